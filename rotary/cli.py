@@ -1,0 +1,54 @@
+"""The ``rotary`` command: a thin layer of argparse over rotary's Python API.
+
+Each verb lives in its own module under ``rotary.commands`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the
+parsed arguments and returning an exit code (or None for 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from rotary import __version__
+from rotary.errors import RotaryError
+
+# Verb modules, in the order `rotary --help` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "rotary.commands.info",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rotary",
+        description="Train and use Transformers with Rotary Position Embeddings (RoPE).",
+    )
+    parser.add_argument("--version", action="version", version=f"rotary {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        code = args.func(args)
+    except RotaryError as err:
+        print(f"rotary: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rotary: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
