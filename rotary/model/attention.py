@@ -1,0 +1,151 @@
+"""Multi-head attention with RoPE, GQA/MQA, padding masks and a preallocated KV cache.
+
+Scores go through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels where
+the device has them); grouped K/V heads are broadcast by SDPA itself (``enable_gqa``) rather
+than materialised with ``repeat_interleave``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rotary.config import ModelConfig
+from rotary.errors import RotaryError
+from rotary.model.rope import apply_rope
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for ``max_len`` positions.
+
+    With dynamic NTK scaling the RoPE base depends on the sequence length, so keys rotated at
+    an earlier length would be stale (transformers #25104). The cache then stores keys *before*
+    rotation and attention rotates all of them with the current base at every step.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.length = 0  # positions filled so far
+        self.stores_unrotated_keys = cfg.position == "rope" and cfg.rope_scaling == "dynamic_ntk"
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def check_room(self, new_tokens: int) -> None:
+        if self.length + new_tokens > self.max_len:
+            raise RotaryError(
+                f"KV cache holds {self.max_len} positions but {self.length + new_tokens} are "
+                "needed: create the cache with a larger max_len"
+            )
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's (B, KV, T, hd) keys/values; return all keys/values so far."""
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, new_tokens: int) -> None:
+        self.length += new_tokens
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows ``index`` (beam search and batch pruning)."""
+        self.k = self.k[:, index]
+        self.v = self.v[:, index]
+
+
+class AttentionContext:
+    """What every layer's attention needs for one forward pass, computed once by the backbone."""
+
+    __slots__ = ("cos", "sin", "key_cos", "key_sin", "mask", "is_causal", "kv_cache")
+
+    def __init__(self) -> None:
+        self.cos = self.sin = None  # RoPE for the new tokens
+        self.key_cos = self.key_sin = None  # RoPE for all keys (dynamic NTK with a cache)
+        self.mask: torch.Tensor | None = None  # bool (B, 1, T, S): True = may attend
+        self.is_causal = False
+        self.kv_cache: KVCache | None = None
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.rope = cfg.position == "rope"
+        self.dropout = cfg.attention_dropout
+        # One fused projection: a single larger GEMM is faster than three small ones.
+        self.qkv_proj = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        B, T, _ = x.shape
+        hd = self.head_dim
+        q, k, v = self.qkv_proj(x).split(
+            [self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=-1
+        )
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        cache = ctx.kv_cache
+        if self.rope:
+            q = apply_rope(q, ctx.cos, ctx.sin)
+            if cache is not None and cache.stores_unrotated_keys:
+                k, v = cache.update(self.layer_idx, k, v)
+                k = apply_rope(k, ctx.key_cos, ctx.key_sin)
+                cache = None  # already stored
+            else:
+                k = apply_rope(k, ctx.cos, ctx.sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=ctx.mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=ctx.is_causal,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * hd))
+
+
+def build_attention_mask(
+    key_padding: torch.Tensor | None, causal: bool, past: int, new: int
+) -> tuple[torch.Tensor | None, bool]:
+    """The SDPA mask for ``new`` queries after ``past`` cached positions, and whether SDPA's own
+    ``is_causal`` can stand in for it (only when nothing is cached and nothing is padded).
+
+    ``key_padding`` is (B, past + new), 1/True for real tokens. Every query may always attend to
+    itself, so rows of padding never turn into NaNs.
+    """
+    total = past + new
+    if key_padding is None:
+        if not causal or new == 1:
+            return None, False  # full attention, or one new token that sees everything
+        if past == 0:
+            return None, True
+    device = key_padding.device if key_padding is not None else None
+    q_pos = torch.arange(past, total, device=device)[:, None]
+    k_pos = torch.arange(total, device=device)[None, :]
+    allowed = (k_pos <= q_pos) if causal else torch.ones(new, total, dtype=torch.bool, device=device)
+    allowed = allowed[None, None]  # (1, 1, T, S)
+    if key_padding is not None:
+        allowed = allowed & key_padding.bool()[:, None, None, :]
+    allowed = allowed | (k_pos == q_pos)[None, None]
+    return allowed, False

@@ -1,0 +1,171 @@
+"""Rotary Position Embedding (RoFormer, Su et al. 2021), with the context-extension variants.
+
+RoPE rotates each pair of query/key dimensions (x_i, x_{i+d/2}) at position m by the angle
+m * theta_i, theta_i = base^(-2i/d) (paper eq. 15, in the "rotate-half" layout). Because
+<R_m q, R_n k> = <q, R_{n-m} k>, attention scores depend only on relative positions.
+
+Layout: rotary rotates halves (Llama's layout). RoFormer's original code rotates adjacent pairs
+(x_{2i}, x_{2i+1}); the two are the same function after permuting the rows of W_q and W_k, which
+``rotary.hf`` does when converting RoFormer checkpoints.
+
+Scaling variants live in one registry: each returns (inverse frequencies, attention scale).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from rotary.config import ModelConfig
+
+RopeParams = tuple[torch.Tensor, float]  # (inv_freq (rotary_dim/2,) float64, attention scale)
+
+
+def base_inv_freq(dim: int, base: float) -> torch.Tensor:
+    """theta_i = base^(-2i/dim) for i in [0, dim/2): the RoFormer paper's frequencies."""
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+
+
+def _plain(cfg: ModelConfig, seq_len: int) -> RopeParams:
+    return base_inv_freq(cfg.rotary_dim, cfg.rope_theta), 1.0
+
+
+def _linear(cfg: ModelConfig, seq_len: int) -> RopeParams:
+    # Position interpolation (Chen et al. 2023): positions divided by the factor.
+    return base_inv_freq(cfg.rotary_dim, cfg.rope_theta) / cfg.rope_scaling_factor, 1.0
+
+
+def dynamic_ntk_base(cfg: ModelConfig, seq_len: int) -> float:
+    """The NTK-aware base for a sequence of ``seq_len`` tokens (transformers' formula).
+
+    It changes only past the original context and only when factor > 1, so factor 1 is plain
+    RoPE (transformers would rescale even at factor 1).
+    """
+    orig, factor, dim = cfg.original_max_seq_len, cfg.rope_scaling_factor, cfg.rotary_dim
+    if seq_len <= orig or factor == 1.0:
+        return cfg.rope_theta
+    return cfg.rope_theta * ((factor * seq_len / orig) - (factor - 1)) ** (dim / (dim - 2))
+
+
+def _dynamic_ntk(cfg: ModelConfig, seq_len: int) -> RopeParams:
+    return base_inv_freq(cfg.rotary_dim, dynamic_ntk_base(cfg, seq_len)), 1.0
+
+
+def yarn_attention_scale(factor: float) -> float:
+    return 0.1 * math.log(factor) + 1.0 if factor > 1.0 else 1.0
+
+
+def _yarn(cfg: ModelConfig, seq_len: int) -> RopeParams:
+    """YaRN (Peng et al. 2023): interpolate low frequencies, keep high ones, temper attention."""
+    dim, base, factor = cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling_factor
+    orig = cfg.original_max_seq_len
+
+    def correction_dim(rotations: float) -> float:
+        # The dimension whose wavelength completes `rotations` turns over the original context.
+        return dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(cfg.yarn_beta_fast)), 0)
+    high = min(math.ceil(correction_dim(cfg.yarn_beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001  # avoid a division by zero in the ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+    extrapolation = base_inv_freq(dim, base)
+    interpolation = extrapolation / factor
+    keep = 1.0 - ramp  # 1 = keep the original (high) frequency
+    inv_freq = interpolation * (1.0 - keep) + extrapolation * keep
+    return inv_freq, yarn_attention_scale(factor)
+
+
+ROPE_SCALINGS: dict[str, Callable[[ModelConfig, int], RopeParams]] = {
+    "none": _plain,
+    "linear": _linear,
+    "dynamic_ntk": _dynamic_ntk,
+    "yarn": _yarn,
+}
+
+
+def rope_parameters(cfg: ModelConfig, seq_len: int | None = None) -> RopeParams:
+    """Inverse frequencies and attention scale of ``cfg``'s variant for a sequence length."""
+    return ROPE_SCALINGS[cfg.rope_scaling](cfg, seq_len or cfg.original_max_seq_len)
+
+
+def cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float = 1.0):
+    """cos and sin of m * theta_i, duplicated over both halves: shape positions.shape + (dim,)."""
+    angles = positions.to(torch.float64)[..., None] * inv_freq.to(positions.device, torch.float64)
+    angles = torch.cat((angles, angles), dim=-1)
+    return (angles.cos() * scale).float(), (angles.sin() * scale).float()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` dims of ``x`` (B, H, T, hd); the rest pass through.
+
+    ``cos``/``sin`` are (T, r) or (B, T, r); they broadcast over heads.
+    """
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    rot = cos.shape[-1]
+    if rot == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    """Serves cos/sin for any positions from a table built once and grown on demand.
+
+    There is no fixed ceiling on positions: asking past the table's end regrows it (doubling).
+    Dynamic NTK depends on the sequence length, so past the original context it computes
+    cos/sin for the current length directly instead of reading the table.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        inv_freq, scale = rope_parameters(cfg)
+        self.attention_scale = scale
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("cos_table", torch.empty(0), persistent=False)
+        self.register_buffer("sin_table", torch.empty(0), persistent=False)
+        self.dynamic = cfg.rope_scaling == "dynamic_ntk"
+        self._grow(cfg.max_seq_len)
+
+    @property
+    def table_len(self) -> int:
+        return self.cos_table.shape[0]
+
+    def _grow(self, length: int) -> None:
+        size = max(length, 2 * self.table_len)
+        device = self.inv_freq.device
+        cos, sin = cos_sin(torch.arange(size), self.inv_freq.cpu(), self.attention_scale)
+        self.cos_table = cos.to(device)
+        self.sin_table = sin.to(device)
+
+    def uses_length(self, seq_len: int) -> bool:
+        """True when cos/sin depend on the total length (dynamic NTK past the original context)."""
+        return self.dynamic and dynamic_ntk_base(self.cfg, seq_len) != self.cfg.rope_theta
+
+    def forward(
+        self, seq_len: int, positions: torch.Tensor | None = None, start: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for ``positions`` (B, T), or for positions ``start..seq_len-1`` when None.
+
+        ``seq_len`` is the total sequence length (past + new tokens): dynamic NTK's base.
+        """
+        if self.uses_length(seq_len):
+            inv_freq, scale = _dynamic_ntk(self.cfg, seq_len)
+            pos = positions if positions is not None else torch.arange(start, seq_len, device=self.inv_freq.device)
+            return cos_sin(pos, inv_freq, scale)
+        if seq_len > self.table_len:
+            self._grow(seq_len)
+        if positions is None:
+            return self.cos_table[start:seq_len], self.sin_table[start:seq_len]
+        return self.cos_table[positions], self.sin_table[positions]

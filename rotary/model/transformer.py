@@ -1,0 +1,349 @@
+"""Blocks, the backbone, and the three heads: causal LM, masked LM, sequence classifier.
+
+One backbone serves every variant described by ``ModelConfig``; the head is the only thing
+that differs between a Llama-style decoder and a RoFormer encoder.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rotary.config import ModelConfig
+from rotary.errors import RotaryError
+from rotary.model.attention import Attention, AttentionContext, KVCache, build_attention_mask
+from rotary.model.positions import make_absolute_positions
+from rotary.model.rope import RotaryEmbedding
+
+IGNORE_INDEX = -100
+
+ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+}
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = cfg.mlp == "swiglu"
+        self.ff = cfg.ff_dim
+        # SwiGLU's gate and up projections fused into one GEMM.
+        self.up_proj = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * self.ff, bias=cfg.bias)
+        self.down_proj = nn.Linear(self.ff, cfg.d_model, bias=cfg.bias)
+        self.act = nn.SiLU() if self.swiglu else ACTIVATIONS[cfg.mlp]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up_proj(x)
+        if self.swiglu:
+            gate, up = h.split(self.ff, dim=-1)
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        return self.down_proj(h)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.pre_norm = cfg.pre_norm
+        self.attn_norm = make_norm(cfg)
+        self.attn = Attention(cfg, layer_idx)
+        self.mlp_norm = make_norm(cfg)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        if self.pre_norm:  # GPT-2 / Llama
+            x = x + self.drop(self.attn(self.attn_norm(x), ctx))
+            return x + self.drop(self.mlp(self.mlp_norm(x)))
+        # post-LN: the original Transformer, BERT and RoFormer
+        x = self.attn_norm(x + self.drop(self.attn(x, ctx)))
+        return self.mlp_norm(x + self.drop(self.mlp(x)))
+
+
+class Backbone(nn.Module):
+    """Embeddings and blocks; returns hidden states (B, T, d_model)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.embed_positions = make_absolute_positions(cfg)
+        self.rope = RotaryEmbedding(cfg) if cfg.position == "rope" else None
+        # Post-LN models normalise the embeddings; pre-LN models normalise the output instead.
+        self.embed_norm = None if cfg.pre_norm else make_norm(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.final_norm = make_norm(cfg) if cfg.pre_norm else None
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        cfg = self.cfg
+        B, T = input_ids.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        total = past + T
+        if attention_mask is not None and attention_mask.shape != (B, total):
+            raise RotaryError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but must be (batch, "
+                f"cached + new tokens) = ({B}, {total})"
+            )
+        if kv_cache is not None:
+            kv_cache.check_room(T)
+        # Positions count real tokens only, so left padding does not shift them.
+        all_positions = None
+        if position_ids is None and attention_mask is not None and not bool(attention_mask[:, 0].all()):
+            all_positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            position_ids = all_positions[:, past:]
+        if position_ids is None:
+            pos_for_embed = torch.arange(past, total, device=input_ids.device)
+        else:
+            pos_for_embed = position_ids
+
+        x = self.embed_tokens(input_ids)
+        if self.embed_types is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.embed_types(token_type_ids)
+        elif token_type_ids is not None and bool(token_type_ids.any()):
+            raise RotaryError("token_type_ids given but the model has no segment embeddings (type_vocab_size=0)")
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(pos_for_embed, total)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        x = self.drop(x)
+
+        ctx = AttentionContext()
+        ctx.kv_cache = kv_cache
+        if self.rope is not None:
+            ctx.cos, ctx.sin = self.rope(total, position_ids, start=past)
+            if kv_cache is not None and kv_cache.stores_unrotated_keys:
+                if all_positions is None and position_ids is not None and past == 0:
+                    all_positions = position_ids
+                if all_positions is None and position_ids is not None:
+                    raise RotaryError("with dynamic NTK and a KV cache pass attention_mask, not position_ids")
+                ctx.key_cos, ctx.key_sin = self.rope(total, all_positions, start=0)
+        ctx.mask, ctx.is_causal = build_attention_mask(attention_mask, cfg.causal, past, T)
+
+        for layer in self.layers:
+            x = layer(x, ctx)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x
+
+
+class RotaryModel(nn.Module):
+    """What every head shares: the backbone, initialisation and accounting."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.backbone = Backbone(config)
+
+    # -- initialisation (GPT-2 / Llama): N(0, 0.02), residual projections scaled by depth ----
+    def init_weights(self) -> None:
+        std = self.config.initializer_range
+        residual_std = std / math.sqrt(2 * self.config.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                is_residual = name.endswith(("attn.o_proj", "mlp.down_proj"))
+                nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual else std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                if module.weight is not None:
+                    nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        if self.backbone.embed_positions is not None and hasattr(self.backbone.embed_positions, "weight"):
+            nn.init.normal_(self.backbone.embed_positions.weight, mean=0.0, std=std)
+        if self.config.pad_token_id is not None:
+            with torch.no_grad():
+                self.backbone.embed_tokens.weight[self.config.pad_token_id].zero_()
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (tied weights counted once)."""
+        params = {id(p): p for p in self.parameters()}
+        n = sum(p.numel() for p in params.values())
+        if exclude_embeddings:
+            n -= self.backbone.embed_tokens.weight.numel()
+            if self.backbone.embed_types is not None:
+                n -= self.backbone.embed_types.weight.numel()
+            pos = self.backbone.embed_positions
+            if pos is not None and hasattr(pos, "weight"):
+                n -= pos.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
+        """Matmul FLOPs per token (PaLM appendix B, as nanoGPT's MFU): 6N + 12·L·d·T for
+        forward+backward, a third of that for a forward pass alone. N counts every weight a
+        token multiplies by, including the output projection, but not embedding lookups."""
+        cfg = self.config
+        T = seq_len or cfg.max_seq_len
+        n = self.num_parameters(exclude_embeddings=True) + self._output_projection_params()
+        flops = 6 * n + 12 * cfg.n_layer * cfg.d_model * T
+        return flops if training else flops / 3
+
+    def _output_projection_params(self) -> int:
+        return 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.embed_tokens.weight.device
+
+    def new_kv_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        return KVCache(self.config, batch_size, max_len, device=self.device,
+                       dtype=dtype or self.backbone.embed_tokens.weight.dtype)
+
+    @staticmethod
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross entropy over positions whose label is not -100 (computed in fp32)."""
+        return F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
+        )
+
+
+class CausalLM(RotaryModel):
+    """A decoder LM: ``model(ids)`` -> logits (B, T, vocab).
+
+    Labels for :meth:`loss_fn` are aligned with the logits (labels[t] = the token after ids[t]),
+    as the loaders produce them: no hidden shift.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embed_tokens.weight
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, kv_cache)
+        if last_only:  # generation needs only the last position's logits
+            h = h[:, -1:]
+        return self.lm_head(h)
+
+    def _output_projection_params(self) -> int:
+        return self.lm_head.weight.numel() if self.config.tie_embeddings else 0
+
+
+class MaskedLMHead(nn.Module):
+    """RoFormer/BERT prediction head: dense -> activation -> norm -> decoder (tied) + bias."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model, bias=True)
+        self.act = ACTIVATIONS[cfg.head_act]()
+        self.norm = make_norm(cfg)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.decoder = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+
+    def forward(self, h: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.act(self.dense(h)))
+        weight = embedding if self.decoder is None else self.decoder.weight
+        return F.linear(h, weight, self.bias)
+
+
+class MaskedLM(RotaryModel):
+    """An encoder LM (RoFormer): ``model(ids)`` -> logits (B, T, vocab) at every position."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.head = MaskedLMHead(config)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
+        return self.head(h, self.backbone.embed_tokens.weight)
+
+    def _output_projection_params(self) -> int:
+        extra = self.head.dense.weight.numel()
+        return extra + (self.config.vocab_size * self.config.d_model if self.config.tie_embeddings else 0)
+
+
+class SequenceClassifier(RotaryModel):
+    """Sentence (pair) classification: ``model(ids)`` -> logits (B, num_labels).
+
+    The head matches transformers' RoFormerClassificationHead: take the first token's hidden
+    state (``pooling="cls"``) or the mean over real tokens (``"mean"``), then
+    dropout -> dense -> activation -> dropout -> projection to the labels.
+    """
+
+    POOLINGS = ("cls", "mean")
+
+    def __init__(self, config: ModelConfig, num_labels: int, pooling: str = "cls") -> None:
+        super().__init__(config)
+        if pooling not in self.POOLINGS:
+            raise RotaryError(f"pooling must be one of {', '.join(self.POOLINGS)}, got '{pooling}'")
+        if num_labels < 1:
+            raise RotaryError(f"num_labels must be at least 1, got {num_labels}")
+        self.num_labels = num_labels
+        self.pooling = pooling
+        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.act = ACTIVATIONS[config.head_act]()
+        self.out_proj = nn.Linear(config.d_model, num_labels)
+        self.drop = nn.Dropout(config.dropout)
+        self.init_weights()
+
+    def pool(self, h: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.pooling == "cls":
+            return h[:, 0]
+        if attention_mask is None:
+            return h.mean(dim=1)
+        m = attention_mask.to(h.dtype)[..., None]
+        return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
+        x = self.drop(self.pool(h, attention_mask))
+        x = self.drop(self.act(self.dense(x)))
+        return self.out_proj(x)
+
+    @staticmethod
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if logits.shape[-1] == 1:  # regression, as transformers does for num_labels == 1
+            return F.mse_loss(logits.float().squeeze(-1), labels.float())
+        return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
