@@ -357,6 +357,9 @@ class ModelConfig:
                 bad(f"rope_theta must be positive, got {self.rope_theta}")
             if self.rope_scaling != "none" and self.rope_scaling_factor < 1.0:
                 bad(f"rope_scaling_factor must be >= 1, got {self.rope_scaling_factor}")
+            if self.rope_scaling == "dynamic_ntk" and self.rotary_dim <= 2:
+                # the NTK base exponent rotary_dim / (rotary_dim - 2) is undefined
+                bad(f"rope_scaling=dynamic_ntk needs more than 2 rotary dims, got {self.rotary_dim}")
         elif self.rope_scaling != "none":
             bad(f"rope_scaling={self.rope_scaling} needs position=rope (got position={self.position})")
         if self.position == "sinusoidal" and self.d_model % 2:

@@ -21,7 +21,9 @@ class KVCache:
 
     With dynamic NTK scaling the RoPE base depends on the sequence length, so keys rotated at
     an earlier length would be stale (transformers #25104). The cache then stores keys *before*
-    rotation and attention rotates all of them with the current base at every step.
+    rotation and attention rotates all of them with the current base at every step. (This makes
+    the first layer exact; deeper layers' cached K/V were computed from hidden states of an
+    earlier step's base, which only recomputing the whole prefix would avoid.)
     """
 
     def __init__(

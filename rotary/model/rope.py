@@ -145,7 +145,9 @@ class RotaryEmbedding(nn.Module):
     def _grow(self, length: int) -> None:
         size = max(length, 2 * self.table_len)
         device = self.inv_freq.device
-        cos, sin = cos_sin(torch.arange(size), self.inv_freq.cpu(), self.attention_scale)
+        # From the config, in float64: the buffer may have been cast by model.to(bfloat16).
+        inv_freq, _ = rope_parameters(self.cfg)
+        cos, sin = cos_sin(torch.arange(size), inv_freq, self.attention_scale)
         self.cos_table = cos.to(device)
         self.sin_table = sin.to(device)
 
@@ -154,13 +156,26 @@ class RotaryEmbedding(nn.Module):
         return self.dynamic and dynamic_ntk_base(self.cfg, seq_len) != self.cfg.rope_theta
 
     def forward(
-        self, seq_len: int, positions: torch.Tensor | None = None, start: int = 0
+        self,
+        seq_len: int,
+        positions: torch.Tensor | None = None,
+        start: int = 0,
+        lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for ``positions`` (B, T), or for positions ``start..seq_len-1`` when None.
 
         ``seq_len`` is the total sequence length (past + new tokens): dynamic NTK's base.
+        ``lengths`` (B,), when given, are the rows' real (unpadded) lengths: dynamic NTK then
+        takes each row's base from its own length, so padding does not change a row's outputs.
         """
-        if self.uses_length(seq_len):
+        if self.dynamic and lengths is not None:
+            if self.uses_length(int(lengths.max())):
+                inv_freq = torch.stack([_dynamic_ntk(self.cfg, n)[0] for n in lengths.tolist()])
+                pos = positions
+                if pos is None:
+                    pos = torch.arange(start, seq_len, device=lengths.device).expand(len(lengths), -1)
+                return cos_sin(pos, inv_freq[:, None, :])  # (B, 1, r/2) broadcasts over T
+        elif self.uses_length(seq_len):
             inv_freq, scale = _dynamic_ntk(self.cfg, seq_len)
             pos = positions if positions is not None else torch.arange(start, seq_len, device=self.inv_freq.device)
             return cos_sin(pos, inv_freq, scale)

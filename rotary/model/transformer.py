@@ -134,13 +134,15 @@ class Backbone(nn.Module):
         ctx = AttentionContext()
         ctx.kv_cache = kv_cache
         if self.rope is not None:
-            ctx.cos, ctx.sin = self.rope(total, position_ids, start=past)
+            # Dynamic NTK's base follows each row's real length, not the padded one.
+            lengths = attention_mask.sum(-1) if self.rope.dynamic and attention_mask is not None else None
+            ctx.cos, ctx.sin = self.rope(total, position_ids, start=past, lengths=lengths)
             if kv_cache is not None and kv_cache.stores_unrotated_keys:
                 if all_positions is None and position_ids is not None and past == 0:
                     all_positions = position_ids
                 if all_positions is None and position_ids is not None:
                     raise RotaryError("with dynamic NTK and a KV cache pass attention_mask, not position_ids")
-                ctx.key_cos, ctx.key_sin = self.rope(total, all_positions, start=0)
+                ctx.key_cos, ctx.key_sin = self.rope(total, all_positions, start=0, lengths=lengths)
         ctx.mask, ctx.is_causal = build_attention_mask(attention_mask, cfg.causal, past, T)
 
         for layer in self.layers:
@@ -294,8 +296,8 @@ class MaskedLM(RotaryModel):
         return self.head(h, self.backbone.embed_tokens.weight)
 
     def _output_projection_params(self) -> int:
-        extra = self.head.dense.weight.numel()
-        return extra + (self.config.vocab_size * self.config.d_model if self.config.tie_embeddings else 0)
+        # head.dense is already a (non-embedding) parameter; only the tied decoder is extra
+        return self.config.vocab_size * self.config.d_model if self.config.tie_embeddings else 0
 
 
 class SequenceClassifier(RotaryModel):
