@@ -18,6 +18,8 @@ from rotary.errors import RotaryError
 # Verb modules, in the order `rotary --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "rotary.commands.info",
+    "rotary.commands.tokenizer",
+    "rotary.commands.prepare",
 )
 
 

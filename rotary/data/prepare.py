@@ -1,0 +1,503 @@
+"""Text -> token shards: ``train.bin`` / ``val.bin`` (flat token ids) plus ``meta.json``.
+
+Documents are encoded in batches by the Rust tokenizer (its own thread pool: all cores), the
+ids of a batch are joined with numpy, and each document is followed by the separator token
+(``<|endoftext|>`` for causal tokenizers, ``[SEP]`` for MLM ones). Tokenizers that pre-split
+with jieba run in a pool of processes instead, since jieba is Python.
+
+Shards are uint16 when every id fits, else uint32, and are read back with ``open_shards`` as
+read-only memmaps (never copied into memory). Every file is written to a temp name and
+renamed; ``meta.json`` is written last, so a directory without it is never taken as complete.
+Re-running with the same inputs does nothing; a different tokenizer is an error.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rotary.errors import RotaryError
+from rotary.io import atomic_open, atomic_write_text, fsync_dir
+
+PREPARE_FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+DTYPES = ("uint16", "uint32")
+# Ids of vocabularies this large go to uint32 (the issue's rule; it leaves 65535 free as well).
+UINT16_VOCAB_LIMIT = 65536
+# Long documents are cut into pieces of about this many characters so that the tokenizer's
+# threads share the work; cuts fall where they cannot change the tokens (see split_document).
+CHUNK_CHARS = 1 << 16
+# A batch is flushed to the tokenizer when it holds this many characters (or batch_docs documents).
+BATCH_CHARS = 1 << 21
+
+
+def choose_dtype(vocab_size: int, requested: str | None = None) -> str:
+    """uint16 when the vocabulary is below 65,536 ids, else uint32; a too-small request is an error."""
+    needs32 = vocab_size >= UINT16_VOCAB_LIMIT
+    if requested in (None, "auto"):
+        return "uint32" if needs32 else "uint16"
+    if requested not in DTYPES:
+        raise RotaryError(f"dtype must be auto, uint16 or uint32, got {requested!r}")
+    if requested == "uint16" and needs32:
+        raise RotaryError(f"a vocabulary of {vocab_size:,} tokens does not fit uint16 "
+                          f"(at most {UINT16_VOCAB_LIMIT - 1:,}); use --dtype uint32 or auto")
+    if vocab_size > 2**32:
+        raise RotaryError(f"a vocabulary of {vocab_size:,} tokens does not fit uint32")
+    return requested
+
+
+# A newline between two non-space characters: the byte-level BPE regex always ends a piece
+# there, WordPiece/char split on whitespace, and jieba splits at non-Han characters, so
+# encoding the two sides separately gives exactly the tokens of the whole.
+_SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
+
+
+def split_document(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    """Cut a long document into pieces of ~``size`` characters whose tokens concatenate exactly."""
+    if len(text) <= size:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > size:
+        m = _SAFE_CUT.search(text, start + size)
+        if m is None:
+            break
+        pieces.append(text[start:m.end()])
+        start = m.end()
+    pieces.append(text[start:])
+    return pieces
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding a batch of documents into one flat array (runs in-process or in a pool worker)
+# ---------------------------------------------------------------------------------------------
+
+_worker_tok: Any = None
+
+
+def _init_worker(tokenizer_dir: str) -> None:
+    global _worker_tok
+    # Each worker is one of N processes: the Rust pool inside it would only oversubscribe.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from rotary.tokenizer import load_tokenizer
+
+    _worker_tok = load_tokenizer(tokenizer_dir)
+
+
+def encode_documents(tok: Any, docs: list[str], dtype: str, word_starts: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Token ids of ``docs``, each followed by ``tok.eos_id``; plus word-start flags if asked.
+
+    No Python loop over tokens: the tokenizer returns one list per piece and numpy joins them.
+    """
+    pieces: list[str] = []
+    doc_of_piece: list[int] = []
+    for i, d in enumerate(docs):
+        parts = split_document(d)
+        pieces.extend(parts)
+        doc_of_piece.extend([i] * len(parts))
+    if word_starts:
+        words = tok.pretokenize(pieces)
+        encs = tok.encode_batch_raw(pieces, pretokenized=words)
+    else:
+        encs = tok.encode_batch_raw(pieces, fast=True)
+    ids_lists = [e.ids for e in encs]
+    lengths = np.fromiter((len(x) for x in ids_lists), dtype=np.int64, count=len(ids_lists))
+    # Room for one separator after each document: piece p of document d lands at
+    # offset(p) + d, since d separators precede it.
+    n_tokens = int(lengths.sum())
+    out = np.empty(n_tokens + len(docs), dtype=dtype)
+    doc_idx = np.asarray(doc_of_piece, dtype=np.int64)
+    last_piece = np.r_[doc_idx[1:] != doc_idx[:-1], True]
+    eos_pos = np.cumsum(lengths)[last_piece] + np.arange(len(docs))
+    is_eos = np.zeros(len(out), dtype=bool)
+    is_eos[eos_pos] = True
+    out[is_eos] = tok.eos_id
+    # chain.from_iterable runs in C: no Python bytecode per token.
+    out[~is_eos] = np.fromiter(itertools.chain.from_iterable(ids_lists), dtype=dtype, count=n_tokens)
+    flags = None
+    if word_starts:
+        flags = np.ones(len(out), dtype=np.uint8)
+        # add_special_tokens=False: every token belongs to a word, so no word id is None.
+        wid = np.fromiter(itertools.chain.from_iterable(e.word_ids for e in encs), dtype=np.int64, count=n_tokens)
+        # A token starts a word when its word index differs from the previous token's; the
+        # first token of every piece does too (pieces are cut at word boundaries).
+        starts = np.ones(n_tokens, dtype=np.uint8)
+        if n_tokens:
+            starts[1:] = wid[1:] != wid[:-1]
+            piece_first = np.cumsum(lengths) - lengths
+            starts[piece_first[lengths > 0]] = 1
+        flags[~is_eos] = starts
+    return out, flags
+
+
+def _worker_encode(args: tuple[list[str], str, bool]) -> tuple[np.ndarray, np.ndarray | None]:
+    docs, dtype, word_starts = args
+    return encode_documents(_worker_tok, docs, dtype, word_starts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The result
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedInfo:
+    """What ``prepare`` made (or found already made)."""
+
+    out_dir: Path
+    meta: dict[str, Any]
+    skipped: bool = False
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def dtype(self) -> str:
+        return self.meta["dtype"]
+
+    def split(self, name: str) -> dict[str, Any]:
+        return self.meta["splits"][name]
+
+    def summary_table(self) -> str:
+        rows = [("split", "documents", "characters", "bytes", "tokens", "bytes/token", "replaced")]
+        for s in SPLITS:
+            m = self.meta["splits"][s]
+            bpt = f"{m['bytes'] / m['tokens']:.2f}" if m["tokens"] else "-"
+            rows.append((s, f"{m['documents']:,}", f"{m['characters']:,}", f"{m['bytes']:,}",
+                         f"{m['tokens']:,}", bpt, f"{m['undecodable_replacements']:,}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                 for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines.append("tokens include one separator after every document")
+        total_bytes = sum(self.meta["splits"][s]["bytes"] for s in SPLITS)
+        total_tokens = sum(self.meta["splits"][s]["tokens"] for s in SPLITS)
+        tail = (f"dtype {self.meta['dtype']}, vocab {self.meta['vocab_size']:,}, tokenizer "
+                f"{self.meta['tokenizer_hash']}, source {self.meta['source']}")
+        lines.append(tail)
+        if self.seconds > 0 and not self.skipped:
+            lines.append(f"{self.seconds:.1f} s: {total_bytes / self.seconds / 1e6:.2f} MB/s, "
+                         f"{total_tokens / self.seconds:,.0f} tokens/s")
+        replaced = sum(self.meta["splits"][s]["undecodable_replacements"] for s in SPLITS)
+        if replaced:
+            lines.append(f"warning: {replaced:,} undecodable byte sequence(s) were replaced with U+FFFD")
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+class _Progress:
+    """Feeds the progress bar: MB/s from the bar itself, tokens/s in its postfix."""
+
+    def __init__(self, bar: Any, start_time: float) -> None:
+        self.bar, self.start_time, self.tokens = bar, start_time, 0
+
+    def update(self, split: str, nbytes: int, ntokens: int) -> None:
+        self.tokens += ntokens
+        if self.bar is not None:
+            self.bar.update(nbytes)
+            elapsed = max(time.perf_counter() - self.start_time, 1e-9)
+            self.bar.set_postfix_str(f"{split}, {self.tokens / elapsed:,.0f} tok/s", refresh=False)
+
+
+def _write_split(split: str, corpus: Any, tok: Any, out: Path, dtype: str, word_starts: bool, batch_docs: int,
+                 pool: Any, workers: int, progress: _Progress) -> dict[str, Any]:
+    """Encode one split into its shard(s), written under temp names and renamed at the end."""
+    stats = {"documents": 0, "characters": 0, "bytes": 0, "tokens": 0}
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(atomic_open(_shard_path(out, split), "wb"))
+        fw = stack.enter_context(atomic_open(_shard_path(out, split, True), "wb")) if word_starts else None
+
+        def consume(batch: list[str], result: tuple[np.ndarray, np.ndarray | None]) -> None:
+            ids, flags = result
+            f.write(memoryview(ids))
+            if fw is not None and flags is not None:
+                fw.write(memoryview(flags))
+            nbytes = sum(len(d.encode("utf-8", "surrogatepass")) for d in batch)
+            stats["documents"] += len(batch)
+            stats["characters"] += sum(len(d) for d in batch)
+            stats["bytes"] += nbytes
+            stats["tokens"] += len(ids)
+            progress.update(split, nbytes, len(ids))
+
+        pending: collections.deque = collections.deque()
+        if pool is None:
+            # One encoding thread: while it is inside the Rust tokenizer (which releases the
+            # GIL and uses every core) this thread reads and decodes the next batch.
+            executor = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            window = 2
+            for batch in _batches(corpus.documents(split), batch_docs):
+                pending.append((batch, executor.submit(encode_documents, tok, batch, dtype, word_starts)))
+                if len(pending) >= window:
+                    done, fut = pending.popleft()
+                    consume(done, fut.result())
+        else:
+            # Smaller batches keep every process busy; a bounded window of jobs in flight
+            # keeps memory flat (Pool.imap would read the whole corpus ahead).
+            window = 2 * workers
+            for batch in _batches(corpus.documents(split), max(1, min(batch_docs, 64))):
+                pending.append((batch, _AsyncResult(pool.apply_async(_worker_encode, ((batch, dtype, word_starts),)))))
+                if len(pending) >= window:
+                    done, fut = pending.popleft()
+                    consume(done, fut.result())
+        while pending:
+            done, fut = pending.popleft()
+            consume(done, fut.result())
+    stats["undecodable_replacements"] = corpus.replacements[split]
+    return stats
+
+
+class _AsyncResult:
+    """multiprocessing's AsyncResult with the Future method name."""
+
+    def __init__(self, result: Any) -> None:
+        self._result = result
+
+    def result(self) -> Any:
+        return self._result.get()
+
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare
+# ---------------------------------------------------------------------------------------------
+
+
+def _inputs_hash(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _shard_path(out: Path, split: str, words: bool = False) -> Path:
+    return out / (f"{split}.words.bin" if words else f"{split}.bin")
+
+
+def _complete(out: Path, meta: dict[str, Any]) -> bool:
+    """Every shard meta.json names exists with the size it records."""
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for s in SPLITS:
+        n = meta["splits"][s]["tokens"]
+        p = _shard_path(out, s)
+        if not p.is_file() or p.stat().st_size != n * itemsize:
+            return False
+        if meta.get("word_starts"):
+            w = _shard_path(out, s, words=True)
+            if not w.is_file() or w.stat().st_size != n:
+                return False
+    return True
+
+
+def _read_meta(out: Path) -> dict[str, Any] | None:
+    path = out / "meta.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise RotaryError(f"{path}: invalid JSON ({err.msg}); delete it or pass --overwrite") from None
+
+
+def _batches(docs: Iterator[str], batch_docs: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    chars = 0
+    for d in docs:
+        batch.append(d)
+        chars += len(d)
+        if len(batch) >= batch_docs or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_fraction: float | None = None,
+            num_workers: int | None = None, batch_docs: int = 1024, progress: bool = True,
+            dtype: str | None = None, overwrite: bool = False, corpus_opts: dict[str, Any] | None = None,
+            print_summary: bool | None = None) -> PreparedInfo:
+    """Tokenize ``corpus`` (a name, path or Corpus) with the tokenizer in ``tokenizer_dir`` into ``out_dir``.
+
+    ``num_workers`` sets the tokenizer's threads (or jieba processes); default: all cores.
+    Tokenizers that use jieba also write ``{split}.words.bin``: one uint8 per token, 1 where a
+    word starts, for whole-word masking.
+    """
+    from rotary.data.corpora import load_corpus
+    from rotary.tokenizer import load_tokenizer
+
+    start_time = time.perf_counter()
+    print_summary = progress if print_summary is None else print_summary
+    if batch_docs < 1:
+        raise RotaryError(f"batch_docs must be >= 1, got {batch_docs}")
+    workers = num_workers or os.cpu_count() or 1
+    if workers < 1:
+        raise RotaryError(f"num_workers must be >= 1, got {num_workers}")
+    if num_workers:
+        # Read by the Rust thread pool when it starts; has no effect once it has started.
+        os.environ.setdefault("RAYON_NUM_THREADS", str(num_workers))
+    tok = load_tokenizer(tokenizer_dir)
+    corpus = load_corpus(corpus, val_fraction=val_fraction, **(corpus_opts or {}))
+    dtype = choose_dtype(tok.vocab_size, dtype)
+    word_starts = tok.jieba
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RotaryError(f"--out {out} exists and is not a directory")
+
+    inputs = {"version": PREPARE_FORMAT_VERSION, "tokenizer_hash": tok.hash, "corpus": corpus.fingerprint(),
+              "dtype": dtype, "word_starts": word_starts}
+    inputs_hash = _inputs_hash(inputs)
+    existing = _read_meta(out)
+    notes: list[str] = []
+    if existing is not None and not overwrite:
+        if existing.get("tokenizer_hash") != tok.hash:
+            raise RotaryError(
+                f"{out} was prepared with another tokenizer (hash {existing.get('tokenizer_hash')}, "
+                f"from {existing.get('tokenizer_dir')}) but {tokenizer_dir} has hash {tok.hash}: "
+                "use a new --out or pass --overwrite")
+        if existing.get("source") != corpus.name:
+            raise RotaryError(f"{out} holds corpus '{existing.get('source')}', not '{corpus.name}': "
+                              "use a new --out or pass --overwrite")
+        if existing.get("inputs_hash") == inputs_hash and _complete(out, existing):
+            info = PreparedInfo(out, existing, skipped=True,
+                                notes=[f"nothing to do: {out} is up to date (same corpus, tokenizer and options)"])
+            if print_summary:
+                print(info.notes[0])
+            return info
+        notes.append("inputs changed since the last run: rebuilt")
+
+    out.mkdir(parents=True, exist_ok=True)
+    # From here on the directory is incomplete until the new meta.json lands.
+    with contextlib.suppress(FileNotFoundError):
+        (out / "meta.json").unlink()
+    # Temp files of a run that was killed outright (atomic_open removes them on exceptions).
+    for stale in [*out.glob(".*.bin.*.tmp"), *out.glob(".meta.json.*.tmp")]:
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+
+    pool = None
+    if word_starts and workers > 1:
+        # jieba is Python: run it (and the tokenizer) in processes. TOKENIZERS_PARALLELISM is
+        # set while forking so that the children do not warn about (or deadlock on) the Rust
+        # pool; the parent's own setting comes back right after.
+        saved = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        try:
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(tokenizer_dir),))
+        finally:
+            if saved is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = saved
+
+    splits: dict[str, dict[str, Any]] = {}
+    bar = None
+    try:
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=corpus.size_hint(), unit="B", unit_scale=True, unit_divisor=1000,
+                       desc=f"prepare {corpus.name}", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+        progress_state = _Progress(bar, start_time)
+        for split in SPLITS:
+            splits[split] = _write_split(split, corpus, tok, out, dtype, word_starts, batch_docs, pool,
+                                         workers, progress_state)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        if bar is not None:
+            bar.close()
+
+    if splits["train"]["documents"] == 0:
+        for s in SPLITS:
+            for words in (False, True):
+                with contextlib.suppress(FileNotFoundError):
+                    _shard_path(out, s, words).unlink()
+        raise RotaryError(f"corpus '{corpus.name}' has no text in its training split (empty file?)")
+    if splits["val"]["documents"] == 0:
+        notes.append("warning: the validation split is empty (too few documents for the val fraction?)")
+
+    meta = {
+        "version": PREPARE_FORMAT_VERSION,
+        "source": corpus.name,
+        "source_description": corpus.description,
+        "tokenizer_hash": tok.hash,
+        "tokenizer_dir": str(Path(tokenizer_dir).resolve()),
+        "tokenizer_kind": tok.kind,
+        "pre_tokenizer": "jieba" if tok.jieba else None,
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype,
+        "eos_id": tok.eos_id,
+        "special_ids": tok.special_ids,
+        "pad_id": tok.pad_id,
+        "mask_id": tok.mask_id,
+        "cls_id": tok.cls_id,
+        "sep_id": tok.sep_id,
+        "separator": "eos after every document",
+        "word_starts": word_starts,
+        "splits": splits,
+        # Flat copies of the per-split numbers, for readers that want one key per number.
+        **{f"{k}_{s}": splits[s][k] for s in SPLITS for k in ("tokens", "documents", "characters", "bytes")},
+        "undecodable_replacements": sum(splits[s]["undecodable_replacements"] for s in SPLITS),
+        "inputs_hash": inputs_hash,
+        "inputs": inputs,
+    }
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    fsync_dir(out)
+    info = PreparedInfo(out, meta, seconds=time.perf_counter() - start_time, notes=notes)
+    if print_summary:
+        print(info.summary_table())
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def _memmap(path: Path, dtype: str, n: int) -> np.ndarray:
+    if n == 0:
+        return np.zeros(0, dtype=dtype)  # mmap cannot map an empty file
+    return np.memmap(path, dtype=dtype, mode="r", shape=(n,))
+
+
+def read_meta(prepared_dir: str | Path) -> dict[str, Any]:
+    out = Path(prepared_dir)
+    if not out.is_dir():
+        raise RotaryError(f"prepared data not found: {out} (run `rotary prepare` first)")
+    meta = _read_meta(out)
+    if meta is None:
+        raise RotaryError(f"{out} is not a complete prepared dataset (no meta.json): run `rotary prepare` again")
+    if meta.get("version") != PREPARE_FORMAT_VERSION:
+        raise RotaryError(f"{out}: prepared with format {meta.get('version')}, this rotary reads "
+                          f"{PREPARE_FORMAT_VERSION}: run `rotary prepare --overwrite`")
+    if not _complete(out, meta):
+        raise RotaryError(f"{out}: shard sizes do not match meta.json (interrupted copy?): run `rotary prepare --overwrite`")
+    return meta
+
+
+def open_shards(prepared_dir: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(meta, {"train": tokens, "val": tokens}) as read-only memmaps with the dtype from meta.json."""
+    out = Path(prepared_dir)
+    meta = read_meta(out)
+    shards = {s: _memmap(_shard_path(out, s), meta["dtype"], meta["splits"][s]["tokens"]) for s in SPLITS}
+    return meta, shards
+
+
+def open_word_starts(prepared_dir: str | Path) -> dict[str, np.ndarray] | None:
+    """{"train": flags, "val": flags} (uint8, 1 = a word starts here) or None when not prepared."""
+    out = Path(prepared_dir)
+    meta = read_meta(out)
+    if not meta.get("word_starts"):
+        return None
+    return {s: _memmap(_shard_path(out, s, True), "uint8", meta["splits"][s]["tokens"]) for s in SPLITS}
