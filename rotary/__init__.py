@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from rotary.config import PRESETS, ModelConfig, get_preset  # noqa: E402
 from rotary.errors import RotaryError  # noqa: E402
 from rotary.model import CausalLM, KVCache, MaskedLM, SequenceClassifier  # noqa: E402
+from rotary.pretrained import load  # noqa: E402
 
 __all__ = [
     "PRESETS",
@@ -16,4 +17,5 @@ __all__ = [
     "SequenceClassifier",
     "__version__",
     "get_preset",
+    "load",
 ]

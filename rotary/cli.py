@@ -17,6 +17,9 @@ from rotary.errors import RotaryError
 
 # Verb modules, in the order `rotary --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "rotary.commands.demo",
+    "rotary.commands.train",
+    "rotary.commands.generate",
     "rotary.commands.info",
     "rotary.commands.tokenizer",
     "rotary.commands.prepare",
@@ -37,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Verbs that take recipe overrides (`--max-steps 10`) receive the arguments argparse
+    # does not know; every other verb refuses them.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0

@@ -1,0 +1,151 @@
+"""Training throughput: rotary vs HF transformers, side by side in one run.
+
+Measures tokens/s and MFU (against this machine's fp32 matmul peak, measured in the same run) of
+- rotary CausalLM vs transformers LlamaForCausalLM (GQA + SwiGLU + RMSNorm), and
+- rotary MaskedLM vs transformers RoFormerForMaskedLM (post-LN, GELU, LayerNorm),
+with identical configs, batch, loss and optimiser (torch AdamW, fused). Rounds alternate A and
+B so machine noise hits both; medians with min-max are printed, then the ratio rotary / HF.
+
+    python bench/train.py                      # PERF.md's config: 6 layers, d=384, batch 8x256
+    python bench/train.py --steps 5 --rounds 5 --precision bf16 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def matmul_peak(dtype: torch.dtype) -> float:
+    from rotary.train.trainer import measure_matmul_peak
+
+    return max(measure_matmul_peak(torch.device("cpu"), dtype, n) for n in (1024, 2048))
+
+
+def rotary_llama(args):
+    from rotary import CausalLM, ModelConfig
+
+    cfg = ModelConfig(vocab_size=args.vocab, max_seq_len=args.seq, n_layer=args.layers, n_head=args.heads,
+                      n_kv_head=args.kv_heads, d_model=args.d_model, d_ff=args.d_ff, mlp="swiglu",
+                      norm="rmsnorm", tie_embeddings=False)
+    return CausalLM(cfg)
+
+
+def hf_llama(args):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.d_model, intermediate_size=args.d_ff,
+                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                      num_key_value_heads=args.kv_heads, max_position_embeddings=args.seq,
+                      tie_word_embeddings=False, attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg)
+
+
+def rotary_roformer(args):
+    from rotary import MaskedLM, ModelConfig
+
+    cfg = ModelConfig(vocab_size=args.vocab, max_seq_len=args.seq, n_layer=args.layers, n_head=args.heads,
+                      d_model=args.d_model, d_ff=4 * args.d_model, mlp="gelu", norm="layernorm",
+                      norm_eps=1e-12, pre_norm=False, bias=True, causal=False, type_vocab_size=2)
+    return MaskedLM(cfg)
+
+
+def hf_roformer(args):
+    from transformers import RoFormerConfig, RoFormerForMaskedLM
+
+    cfg = RoFormerConfig(vocab_size=args.vocab, hidden_size=args.d_model, num_hidden_layers=args.layers,
+                         num_attention_heads=args.heads, intermediate_size=4 * args.d_model,
+                         max_position_embeddings=args.seq, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0)
+    return RoFormerForMaskedLM(cfg)
+
+
+class Runner:
+    """One model + optimiser + fixed batch; ``run(n)`` times n training steps."""
+
+    def __init__(self, name: str, model: torch.nn.Module, args, hf: bool) -> None:
+        self.name, self.hf = name, hf
+        self.model = model.train()
+        self.flops_per_token = None
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g)
+        self.y = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g)
+        self.precision = args.precision
+        self.fwd = torch.compile(model) if args.compile else model
+
+    def step(self) -> float:
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else torch.autocast("cpu", enabled=False)
+        with ctx:
+            out = self.fwd(self.x)
+            logits = out.logits if self.hf else out
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), self.y.reshape(-1))
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def run(self, steps: int) -> float:
+        t = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        return self.x.numel() * steps / (time.perf_counter() - t)
+
+
+def compare(label: str, a: Runner, b: Runner, args, peak: float, flops_per_token: float) -> float:
+    for r in (a, b):  # warm-up (and compilation)
+        r.run(args.warmup)
+    res = {a.name: [], b.name: []}
+    for _ in range(args.rounds):
+        for r in (a, b):
+            res[r.name].append(r.run(args.steps))
+    print(f"\n{label}  (batch {args.batch} x {args.seq}, {args.precision}{', compiled' if args.compile else ''})")
+    for name, vals in res.items():
+        med = statistics.median(vals)
+        print(f"  {name:<28} {med:>8,.0f} tok/s  (min {min(vals):,.0f}, max {max(vals):,.0f})  "
+              f"MFU {100 * flops_per_token * med / peak:5.1f}%")
+    ratio = statistics.median(res[a.name]) / statistics.median(res[b.name])
+    print(f"  ratio rotary / HF: {ratio:.2f}x")
+    return ratio
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--d-model", type=int, default=384)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--d-ff", type=int, default=1024)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--only", choices=("llama", "roformer"), default=None)
+    args = p.parse_args()
+
+    torch.manual_seed(0)
+    peak = matmul_peak(torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, measured matmul peak "
+          f"{peak / 1e9:.0f} GFLOP/s ({args.precision})")
+    ratios = {}
+    if args.only in (None, "llama"):
+        a = Runner("rotary CausalLM", rotary_llama(args), args, hf=False)
+        b = Runner("HF LlamaForCausalLM", hf_llama(args), args, hf=True)
+        ratios["llama"] = compare("Llama-style decoder", a, b, args, peak, a.model.flops_per_token(args.seq))
+    if args.only in (None, "roformer"):
+        a = Runner("rotary MaskedLM", rotary_roformer(args), args, hf=False)
+        b = Runner("HF RoFormerForMaskedLM", hf_roformer(args), args, hf=True)
+        ratios["roformer"] = compare("RoFormer encoder (MLM)", a, b, args, peak, a.model.flops_per_token(args.seq))
+    print("\nsummary: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) + "  (goal >= 1.3x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The training engine: recipe config, data, loop, checkpoints, distributed, logging."""

@@ -1,0 +1,135 @@
+"""``TrainConfig``: what a recipe YAML holds, typed and strict.
+
+A recipe names the model (a preset plus overrides), the data (a built-in corpus or files, a
+tokenizer to train or load, or shards already prepared) and the training settings. Every key can
+be overridden on the command line: ``rotary train recipe.yaml --max-steps 200 --model.n_layer 4``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rotary.config import apply_overrides, doc, from_dict, load_yaml, to_dict
+from rotary.errors import RotaryError
+
+
+@dataclass
+class TokenizerSpec:
+    """A tokenizer to load (``path``) or to train on the corpus's training split."""
+
+    path: str | None = doc(None, "directory of a trained tokenizer; None = train one")
+    kind: Literal["bpe", "wordpiece", "char"] = doc("bpe", "kind to train when path is None")
+    vocab_size: int = doc(8192, "vocabulary size to train")
+    jieba: bool = doc(False, "Chinese word pre-tokenization with jieba before the vocabulary")
+    lowercase: bool = doc(False, "lowercase text before training/encoding")
+
+
+@dataclass
+class DataConfig:
+    corpus: str | None = doc(None, "built-in corpus name (shakespeare, peoples-daily, ...) or a path")
+    shards: str | None = doc(None, "directory of prepared shards; None = prepare into <output_dir>/data")
+    tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec, metadata={"help": "tokenizer to use"})
+    val_fraction: float | None = doc(None, "validation share for sources without a fixed split")
+    mlm_probability: float = doc(0.15, "masked LM: share of tokens to predict")
+    whole_word_mask: bool = doc(False, "masked LM: mask whole words (Chinese via jieba)")
+
+
+@dataclass
+class TrainConfig:
+    name: str = doc("run", "run name; the default output directory is runs/<name>")
+    task: Literal["causal_lm", "masked_lm"] = doc("causal_lm", "objective (the model head follows it)")
+    model: dict[str, Any] = doc(None, "ModelConfig keys, optionally with `preset:`")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data source"})
+    output_dir: str | None = doc(None, "where checkpoints and logs go; default runs/<name>")
+
+    # -- batch and steps ---------------------------------------------------------------------
+    seq_len: int | None = doc(None, "tokens per training window; default model.max_seq_len")
+    batch_size: int = doc(8, "sequences per micro-batch on each process")
+    grad_accum_steps: int | None = doc(None, "micro-batches per step; default from global_batch_tokens or 1")
+    global_batch_tokens: int | None = doc(None, "tokens per optimizer step over all processes (sets accumulation)")
+    max_steps: int = doc(1000, "optimizer steps to train")
+
+    # -- optimiser and schedule ----------------------------------------------------------------
+    lr: float = doc(3e-4, "peak learning rate")
+    min_lr: float | None = doc(None, "final learning rate of the cosine; default lr / 10")
+    warmup_steps: int | None = doc(None, "linear warmup steps")
+    warmup_fraction: float | None = doc(None, "linear warmup as a share of max_steps (e.g. 0.07)")
+    weight_decay: float = doc(0.1, "AdamW decay, applied to matrices only (not norms, biases, embeddings)")
+    beta1: float = doc(0.9, "AdamW beta1")
+    beta2: float = doc(0.95, "AdamW beta2")
+    eps: float = doc(1e-8, "AdamW epsilon")
+    grad_clip: float | None = doc(1.0, "clip the global gradient norm to this; None = no clipping")
+    dropout: float | None = doc(None, "override the model's dropout for training")
+
+    # -- precision, device, speed --------------------------------------------------------------
+    precision: Literal["fp32", "bf16", "fp16"] = doc("fp32", "fp32, bf16 autocast, or fp16 autocast with GradScaler (CUDA)")
+    compile: bool = doc(False, "torch.compile the model")
+    device: str = doc("auto", "auto (cuda > mps > cpu), or cpu / cuda / cuda:N / mps")
+    threads: int | None = doc(None, "CPU threads for torch (default: torch's choice)")
+    seed: int = doc(1337, "seed for initialisation, data order and dropout")
+
+    # -- distributed ---------------------------------------------------------------------------
+    distributed: Literal["ddp", "fsdp"] = doc("ddp", "strategy under torchrun/accelerate: ddp, or fsdp (fully_shard)")
+    dist_timeout_s: float = doc(600.0, "seconds a collective may wait before a dead rank fails the run")
+
+    # -- evaluation, checkpoints, logging -----------------------------------------------------
+    eval_interval: int = doc(200, "evaluate every N steps (and at the end)")
+    eval_batches: int | None = doc(50, "validation batches per evaluation; None = the whole split")
+    early_stopping_patience: int | None = doc(None, "stop after this many evaluations without improvement")
+    checkpoint_interval: int = doc(1000, "save a checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = doc(10, "keep the last N step checkpoints (best/ is kept apart)")
+    log_interval: int = doc(10, "write a log line every N steps")
+    progress: bool = doc(True, "show a progress bar")
+    tensorboard: bool = doc(True, "write TensorBoard event files")
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = {}
+        checks = [
+            (self.batch_size > 0, "batch_size must be positive"),
+            (self.max_steps > 0, "max_steps must be positive"),
+            (self.lr > 0, "lr must be positive"),
+            (self.eval_interval > 0 and self.checkpoint_interval > 0 and self.log_interval > 0,
+             "eval_interval, checkpoint_interval and log_interval must be positive"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
+            (self.warmup_fraction is None or 0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
+            (self.grad_accum_steps is None or self.grad_accum_steps >= 1, "grad_accum_steps must be >= 1"),
+            (self.seq_len is None or self.seq_len > 0, "seq_len must be positive"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise RotaryError(f"recipe: {msg}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
+
+    def warmup(self) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        if self.warmup_fraction is not None:
+            return int(self.warmup_fraction * self.max_steps)
+        return min(100, self.max_steps // 10)
+
+    def final_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return from_dict(cls, data, where="recipe")
+
+
+def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A recipe from YAML (or defaults when ``path`` is None) with dotted-key overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = load_yaml(path)
+        data.setdefault("name", Path(path).stem)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return TrainConfig.from_dict(data)

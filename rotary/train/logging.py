@@ -1,0 +1,91 @@
+"""Run logs: ``metrics.jsonl``, TensorBoard event files, a progress bar and plain log lines.
+
+Only rank 0 logs; the other ranks get a logger that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool, progress: bool,
+                 total_steps: int, start_step: int) -> None:
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self._tb = None
+        self._bar = None
+        self._metrics = None
+        self.log_path = self.run_dir / "train.log"
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Appending keeps the history of a resumed run in one file.
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._log = open(self.log_path, "a", encoding="utf-8")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
+            except ImportError:  # tensorboard is a dependency, but keep training without it
+                self.line("tensorboard is not installed: no event files will be written")
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+                             dynamic_ncols=True, file=sys.stderr, leave=True)
+
+    def metrics(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        """One record to metrics.jsonl and TensorBoard (``kind``/name tags)."""
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        if self._tb is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(f"{kind}/{name}", value, step)
+
+    def line(self, text: str) -> None:
+        """A log line to train.log and the terminal (above the progress bar)."""
+        if not self.enabled:
+            return
+        self._log.write(text + "\n")
+        self._log.flush()
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def progress(self, step: int, postfix: dict[str, str]) -> None:
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.set_postfix(postfix, refresh=False)
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+        self._metrics.close()
+        self._log.close()
+
+
+def format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

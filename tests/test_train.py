@@ -1,0 +1,289 @@
+"""The training engine: runs, logs, checkpoints, exact resume, stopping, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rotary.errors import RotaryError
+from rotary.train import checkpoint as ckpt
+from rotary.train.config import load_recipe
+from rotary.train.trainer import train
+from tests.train_support import make_recipe, write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "docs")
+
+
+@pytest.fixture
+def train_recipe(tmp_path, corpus_dir):
+    """Recipe factory: a tiny model on the small corpus; tokenizer and shards made by train()."""
+
+    def factory(*, output_dir: str | None = None, tokenizer_kind: str = "bpe", **kw):
+        return make_recipe(Path(output_dir or tmp_path / "run"), corpus=corpus_dir,
+                           tokenizer_kind=tokenizer_kind, **kw)
+
+    return factory
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["kind"] == "train":
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+def run_cli(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rotary", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=kw.pop("cwd", None), **kw)
+
+
+def test_causal_run_writes_a_complete_run_directory(train_recipe):
+    cfg = train_recipe(max_steps=12, eval_interval=6, checkpoint_interval=4, keep_checkpoints=2)
+    res = train(cfg)
+    run = cfg.run_dir
+    assert res.step == 12 and res.stopped == "max_steps"
+    # keep-last-2 plus best/
+    steps = [s for s, _ in ckpt.list_checkpoints(run)]
+    assert steps == [8, 12]
+    assert ckpt.is_complete(run / "best")
+    for d in [p for _, p in ckpt.list_checkpoints(run)] + [run / "best"]:
+        assert (d / "tokenizer" / "tokenizer.json").is_file()
+        assert (d / "training_state.pt").is_file()
+        cfg_json = json.loads((d / "config.json").read_text())
+        assert cfg_json["task"] == "causal_lm" and cfg_json["model"]["causal"] is True
+    # metrics, log, tensorboard, resolved recipe
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in recs if r["kind"] == "train"]
+    eval_recs = [r for r in recs if r["kind"] == "eval"]
+    assert [r["step"] for r in eval_recs] == [6, 12]
+    for r in eval_recs:
+        assert {"loss", "perplexity", "bits_per_byte"} <= set(r)
+        assert math.isclose(r["perplexity"], math.exp(r["loss"]), rel_tol=1e-6)
+    assert all({"loss", "lr", "tokens_per_s", "mfu"} <= set(r) for r in train_recs)
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert "tok/s" in (run / "train.log").read_text()
+    assert (run / "recipe.yaml").is_file()
+    # training reduces the loss on this repetitive corpus
+    assert train_recs[-1]["loss"] < train_recs[0]["loss"]
+
+
+def test_masked_lm_run_reports_accuracy(train_recipe):
+    cfg = train_recipe(task="masked_lm", max_steps=6, eval_interval=3, tokenizer_kind="char")
+    res = train(cfg)
+    assert res.step == 6
+    assert 0.0 <= res.last_eval["accuracy"] <= 1.0
+    assert "bits_per_byte" not in res.last_eval
+    assert json.loads((cfg.run_dir / "best" / "config.json").read_text())["model"]["causal"] is False
+
+
+@pytest.mark.parametrize("task", ["causal_lm", "masked_lm"])
+def test_interrupted_then_resumed_run_is_bitwise_identical(train_recipe, task, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from rotary.train.logging import RunLogger
+
+    kind = "char" if task == "masked_lm" else "bpe"
+    common = dict(task=task, max_steps=8, checkpoint_interval=100, eval_interval=3, dropout=0.1,
+                  tokenizer_kind=kind)
+    full = train_recipe(output_dir=str(tmp_path / "full"), **common)
+    train(full)
+
+    # Ctrl-C arrives during step 5: the trainer finishes the step, saves and stops.
+    real_progress = RunLogger.progress
+
+    def progress(self, step, postfix):
+        real_progress(self, step, postfix)
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(RunLogger, "progress", progress)
+    part = train_recipe(output_dir=str(tmp_path / "part"), **common)
+    res = train(part)
+    assert (res.stopped, res.step) == ("interrupted", 5)
+    monkeypatch.setattr(RunLogger, "progress", real_progress)
+    res = train(part, resume=True)
+    assert (res.stopped, res.step) == ("max_steps", 8)
+
+    a, b = losses(full.run_dir), losses(part.run_dir)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in range(1, 9):
+        assert a[step] == b[step], f"step {step}: {a[step]} != {b[step]} (resume is not exact)"
+    # evaluations and final weights are bitwise equal too
+    evals = [[r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+             for d in (full.run_dir, part.run_dir)]
+    assert [(r["step"], r["loss"]) for r in evals[0]] == [(r["step"], r["loss"]) for r in evals[1]]
+    wa = ckpt.load_file(str(ckpt.latest_checkpoint(full.run_dir) / "model.safetensors"))
+    wb = ckpt.load_file(str(ckpt.latest_checkpoint(part.run_dir) / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(train_recipe, tmp_path):
+    big = train_recipe(max_steps=3, batch_size=4, output_dir=str(tmp_path / "big"), eval_interval=100)
+    acc = train_recipe(max_steps=3, batch_size=2, grad_accum_steps=2, output_dir=str(tmp_path / "acc"),
+                       eval_interval=100)
+    train(big)
+    train(acc)
+    # Accumulation splits the same global batch: the same losses up to summation order.
+    a, b = losses(big.run_dir), losses(acc.run_dir)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in a:
+        assert a[step] == pytest.approx(b[step], abs=1e-5)
+
+
+def test_early_stopping_keeps_best(train_recipe, monkeypatch):
+    from rotary.train import trainer
+
+    values = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+
+    def fake_eval(*a, **k):
+        v = next(values)
+        return {"loss": v, "perplexity": math.exp(v), "tokens": 10, "bits_per_byte": v}
+
+    monkeypatch.setattr(trainer, "evaluate", fake_eval)
+    cfg = train_recipe(max_steps=20, eval_interval=2, early_stopping_patience=2, checkpoint_interval=100)
+    res = train(cfg)
+    assert res.stopped == "early_stopping"
+    assert res.step == 8  # evals at 2 (3.0), 4 (2.0 best), 6 (worse), 8 (worse) -> stop
+    best = json.loads((cfg.run_dir / "best" / "trainer_state.json").read_text())
+    assert best["step"] == 4
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(train_recipe, monkeypatch):
+    from rotary.model import CausalLM
+
+    calls = {"n": 0}
+    real = CausalLM.loss_fn
+
+    def poisoned(logits, labels):
+        calls["n"] += 1
+        loss = real(logits, labels)
+        return loss * float("nan") if calls["n"] > 5 else loss
+
+    monkeypatch.setattr(CausalLM, "loss_fn", staticmethod(poisoned))
+    cfg = train_recipe(max_steps=10, checkpoint_interval=2, eval_interval=100)
+    with pytest.raises(RotaryError, match="non-finite loss"):
+        train(cfg)
+    steps = [s for s, _ in ckpt.list_checkpoints(cfg.run_dir)]
+    assert steps and max(steps) == 4  # saved at 2 and 4; step 6 diverged and was not saved
+
+
+def test_pickled_code_in_a_checkpoint_is_refused(train_recipe, tmp_path):
+    cfg = train_recipe(max_steps=2, checkpoint_interval=2, eval_interval=100)
+    train(cfg)
+    latest = ckpt.latest_checkpoint(cfg.run_dir)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"optimizer": Evil()}, latest / "training_state.pt")
+    resumed = train_recipe(max_steps=4, checkpoint_interval=2, eval_interval=100)
+    with pytest.raises(RotaryError, match="refusing to load"):
+        train(resumed, resume=True)
+    assert not marker.exists()
+
+
+def test_output_dir_with_another_run_needs_resume_or_overwrite(train_recipe):
+    cfg = train_recipe(max_steps=2, eval_interval=100)
+    train(cfg)
+    with pytest.raises(RotaryError, match="already holds a run"):
+        train(train_recipe(max_steps=2, eval_interval=100))
+    other = train_recipe(max_steps=2, eval_interval=100, model={"preset": "tiny", "n_layer": 1, "max_seq_len": 32})
+    with pytest.raises(RotaryError, match="different run"):
+        train(other, resume=True)
+    res = train(other, overwrite=True)
+    assert res.step == 2
+
+
+def test_seq_len_longer_than_the_model_is_refused(train_recipe):
+    cfg = train_recipe(max_steps=2, seq_len=128)
+    with pytest.raises(RotaryError, match="longer than model.max_seq_len"):
+        train(cfg)
+
+
+def test_shards_from_another_tokenizer_are_refused(train_recipe, tmp_path):
+    a = train_recipe(max_steps=1, eval_interval=100, output_dir=str(tmp_path / "a"))
+    train(a)
+    b = train_recipe(max_steps=1, eval_interval=100, output_dir=str(tmp_path / "b"), tokenizer_kind="char")
+    train(b)
+    mixed = load_recipe(None, {
+        "model": {"preset": "tiny", "max_seq_len": 32}, "seq_len": 32, "max_steps": 1,
+        "output_dir": str(tmp_path / "c"), "progress": False, "tensorboard": False,
+        "data": {"shards": str(a.run_dir / "data"), "tokenizer": {"path": str(b.run_dir / "tokenizer")}},
+    })
+    with pytest.raises(RotaryError, match="another tokenizer"):
+        train(mixed)
+
+
+def test_cli_unknown_recipe_key_is_one_line_exit_2(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\nmax_step: 3\n")
+    proc = run_cli("train", str(recipe), timeout=60)
+    assert proc.returncode == 2
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "max_step" in lines[0] and "max_steps" in lines[0]
+
+
+def test_cli_override_with_bad_type_is_one_line_exit_2(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\n")
+    proc = run_cli("train", str(recipe), "--max-steps", "many", "--output-dir", str(tmp_path / "r"), timeout=60)
+    assert proc.returncode == 2
+    assert "max_steps" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_lr_schedule_warmup_then_cosine():
+    from rotary.train.schedule import lr_at
+
+    kw = dict(peak=1.0, final=0.1, warmup=10, total=110)
+    assert lr_at(0, **kw) == pytest.approx(0.1)
+    assert lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(60, **kw) == pytest.approx(0.55)
+    assert lr_at(110, **kw) == pytest.approx(0.1)
+    vals = [lr_at(s, **kw) for s in range(10, 110)]
+    assert all(a >= b for a, b in zip(vals, vals[1:]))
+
+
+def test_weight_decay_skips_norms_biases_and_embeddings():
+    from rotary import CausalLM, get_preset
+    from rotary.train.schedule import param_groups
+
+    model = CausalLM(get_preset("tiny").replace(bias=True))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decayed and all(n.endswith("weight") and "norm" not in n and "embed" not in n for n in decayed)
+    assert "backbone.embed_tokens.weight" in {names[id(p)] for p in no_decay["params"]}
+
+
+def test_whole_word_masking_masks_whole_wordpiece_words(train_recipe):
+    from rotary.train.data import prepare_training_data
+    from rotary.train.distributed import DistInfo
+
+    cfg = train_recipe(task="masked_lm", max_steps=2, tokenizer_kind="wordpiece")
+    cfg.data.whole_word_mask = True
+    res = train(cfg)
+    assert res.step == 2
+    data = prepare_training_data(cfg, DistInfo())
+    data.configure(seq_len=32, batch_size=4, seed=cfg.seed, model_vocab=data.vocab_size)
+    inputs, labels = next(data.train_batches(0, 1, DistInfo()))
+    is_cont = torch.from_numpy(data.start_table == 0)
+    original = torch.where(labels != -100, labels, inputs)
+    # a ## continuation is predicted exactly when the token before it (same word) is
+    cont = is_cont[original[:, 1:]]
+    assert bool(((labels[:, 1:] != -100) == (labels[:, :-1] != -100))[cont].all())
