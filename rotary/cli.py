@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "rotary.commands.demo",
     "rotary.commands.train",
     "rotary.commands.generate",
+    "rotary.commands.convert",
     "rotary.commands.info",
     "rotary.commands.tokenizer",
     "rotary.commands.prepare",

@@ -196,3 +196,36 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path, prepared):
     assert "interrupted: checkpoint saved" in err
     steps = [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")]
     assert steps and steps[-1] >= 3
+
+
+def test_accelerate_launch_runs_the_same_entry_point(tmp_path, prepared):
+    recipe = write_recipe(tmp_path / "r.yaml", tmp_path / "run", prepared, batch_size=2, max_steps=2,
+                          eval_interval=2, checkpoint_interval=2)
+    # --multi_gpu selects accelerate's torchrun launcher; rotary itself picks the CPU and gloo here
+    # (accelerate's own --cpu multi-process mode needs MPI).
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2", "--num_machines=1",
+           "--mixed_precision=no", "--dynamo_backend=no", f"--main_process_port={free_port()}",
+           "-m", "rotary", "train", str(recipe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x2" in (tmp_path / "run" / "train.log").read_text()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [2]
+
+
+def test_fsdp_matches_ddp_and_checkpoints_full_weights(tmp_path, prepared):
+    ddp = write_recipe(tmp_path / "ddp.yaml", tmp_path / "ddp", prepared, batch_size=2, max_steps=3,
+                       eval_interval=3, checkpoint_interval=3)
+    fsdp = write_recipe(tmp_path / "fsdp.yaml", tmp_path / "fsdp", prepared, batch_size=2, max_steps=3,
+                        eval_interval=3, checkpoint_interval=3, distributed="fsdp")
+    for recipe in (ddp, fsdp):
+        proc = torchrun(str(recipe), nproc=2, extra=(f"--master-port={free_port()}",))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = train_losses(tmp_path / "ddp"), train_losses(tmp_path / "fsdp")
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])
+    from safetensors.torch import load_file
+
+    wa = load_file(str(ckpt.latest_checkpoint(tmp_path / "ddp") / "model.safetensors"))
+    wb = load_file(str(ckpt.latest_checkpoint(tmp_path / "fsdp") / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5

@@ -245,13 +245,15 @@ def _full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, strate
     return raw.state_dict(), optimizer.state_dict()
 
 
-def _load_full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd, optim_sd,
-                           strategy: str, info: DistInfo) -> None:
+def _load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, optim_sd,
+                          strategy: str, info: DistInfo) -> None:
     if info.enabled and strategy == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
 
-        set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
-                       options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(model, optimizer, optim_sd, options=StateDictOptions(full_state_dict=True))
         return
     optimizer.load_state_dict(optim_sd)
 
@@ -314,7 +316,7 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool) -
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     if latest is not None:
         state = ckpt.load_training_state(latest / "training_state.pt")
-        _load_full_state_dicts(model, optimizer, None, state["optimizer"], cfg.distributed, info)
+        _load_optimizer_state(model, optimizer, state["optimizer"], cfg.distributed, info)
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         resume_rng = state.get("rng", {}).get(str(info.rank))
@@ -354,8 +356,12 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool) -
         if not info.is_main:
             barrier(info)
             return None
-        state_for_file = ckpt.model_state_for_saving(raw_model) if cfg.distributed != "fsdp" else {
-            k: v.contiguous() for k, v in ckpt._strip_wrappers(model_sd).items()}
+        if cfg.distributed == "fsdp" and info.enabled:
+            state_for_file = {k: v.contiguous() for k, v in ckpt._strip_wrappers(model_sd).items()}
+            if model_cfg.tie_embeddings:  # stored once, as in unsharded checkpoints
+                state_for_file.pop("lm_head.weight", None)
+        else:
+            state_for_file = ckpt.model_state_for_saving(raw_model)
         training_state = {"optimizer": optim_sd, "rng": rng_all}
         if scaler is not None:
             training_state["scaler"] = scaler.state_dict()
