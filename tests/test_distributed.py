@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from rotary.train import checkpoint as ckpt
-from tests.train_support import make_recipe, write_corpus
+from tests.train_support import make_recipe, train_losses, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -54,15 +54,6 @@ def torchrun(*args: str, nproc: int = 2, extra: tuple[str, ...] = (), timeout: f
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", *extra,
            "-m", "rotary", "train", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, **popen)
-
-
-def train_losses(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["kind"] == "train":
-            out[rec["step"]] = rec["loss"]
-    return out
 
 
 def test_ddp_two_processes_equal_one_process_with_double_batch(tmp_path, prepared):

@@ -16,6 +16,7 @@ from rotary.train import checkpoint as ckpt
 from rotary.train.config import load_recipe
 from rotary.train.trainer import train
 from tests.train_support import make_recipe, write_corpus
+from tests.train_support import train_losses as losses
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,15 +35,6 @@ def train_recipe(tmp_path, corpus_dir):
                            tokenizer_kind=tokenizer_kind, **kw)
 
     return factory
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["kind"] == "train":
-            out[rec["step"]] = rec["loss"]
-    return out
 
 
 def run_cli(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:

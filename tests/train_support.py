@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +47,13 @@ def make_recipe(run_dir: Path, corpus: Path | None = None, shards: Path | None =
     }
     recipe.update(overrides)
     return load_recipe(None, recipe)
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """Training loss per step from a run's metrics.jsonl."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["kind"] == "train":
+            out[rec["step"]] = rec["loss"]
+    return out
