@@ -194,10 +194,13 @@ def test_accelerate_launch_runs_the_same_entry_point(tmp_path, prepared):
                           eval_interval=2, checkpoint_interval=2)
     # --multi_gpu selects accelerate's torchrun launcher; rotary itself picks the CPU and gloo here
     # (accelerate's own --cpu multi-process mode needs MPI).
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2", "--num_machines=1",
-           "--mixed_precision=no", "--dynamo_backend=no", f"--main_process_port={free_port()}",
-           "-m", "rotary", "train", str(recipe)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=ENV)
+    for _attempt in range(2):  # a free port can be taken between choosing and binding it
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
+               "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no",
+               f"--main_process_port={free_port()}", "-m", "rotary", "train", str(recipe)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=ENV)
+        if "address already in use" not in proc.stderr.lower():
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x2" in (tmp_path / "run" / "train.log").read_text()
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [2]

@@ -83,7 +83,11 @@ def test_each_rank_samples_its_own_contiguous_block() -> None:
     with pytest.raises(RotaryError, match="rank 4 is not in a world of size 4"):
         next(random_lm_batches(POSITIONS, 8, 2, seed=0, rank=4, world_size=4))
     with pytest.raises(RotaryError, match="too small"):
-        next(random_lm_batches(POSITIONS[:100], 64, 2, seed=0, rank=0, world_size=4))
+        next(random_lm_batches(POSITIONS[:60], 64, 2, seed=0, rank=0, world_size=4))
+    # The global batch does not depend on how it is split over ranks (the trainer relies on it).
+    whole = lm_batch(POSITIONS, 16, 8, seed=5, step=2)[0]
+    parts = torch.cat([lm_batch(POSITIONS, 16, 2, seed=5, step=2, rank=r, world_size=4)[0] for r in range(4)])
+    assert torch.equal(whole, parts)
 
 
 def test_sequential_lm_batches_cover_each_window_once() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rotary.data.sampler import lm_window_starts
 from rotary.errors import RotaryError
 
 IGNORE_INDEX = -100
@@ -84,12 +85,12 @@ def _gather(tokens: np.ndarray, offsets: np.ndarray, length: int) -> np.ndarray:
 
 def _random_offsets(n_tokens: int, length: int, batch_size: int, seed: int, rank: int, world_size: int,
                     step: int) -> np.ndarray:
-    start, end = rank_block(n_tokens, rank, world_size)
-    if end - start < length:
-        raise RotaryError(f"the token shard ({n_tokens:,} tokens) is too small for windows of {length} tokens "
-                          f"on {world_size} rank(s): each rank's block has {end - start:,}")
-    rng = step_rng(seed, rank, world_size, step)
-    return start + rng.integers(0, end - start - length + 1, size=batch_size)
+    """This rank's rows of the global batch ``step`` (the trainer's sampler: see rotary.data.sampler)."""
+    _check_rank(rank, world_size)
+    if n_tokens < length:
+        raise RotaryError(f"the token shard ({n_tokens:,} tokens) is too small for windows of {length} tokens")
+    starts = lm_window_starts(n_tokens, length, batch_size * world_size, seed=seed, index=step)
+    return starts[rank * batch_size:(rank + 1) * batch_size]
 
 
 # ---------------------------------------------------------------------------------------------
