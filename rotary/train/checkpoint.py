@@ -63,11 +63,6 @@ def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_weights(model: torch.nn.Module, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
-    state = model_state_for_saving(model) if state is None else state
-    save_file(state, str(path), metadata={"format": "pt"})
-
-
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load safetensors weights; missing keys are allowed only where weights are tied."""
     state = _strip_wrappers(load_file(str(path)))
