@@ -15,6 +15,7 @@ from torch import nn
 from rotary.config import ModelConfig
 from rotary.errors import RotaryError
 from rotary.model.attention import Attention, AttentionContext, KVCache, build_attention_mask
+from rotary.model.losses import linear_cross_entropy
 from rotary.model.positions import make_absolute_positions
 from rotary.model.rope import RotaryEmbedding
 
@@ -228,6 +229,15 @@ class RotaryModel(nn.Module):
         )
 
 
+def labelled_rows(h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states (N, d) and labels (N,) of the positions whose label is not -100."""
+    h, labels = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
+    keep = labels != IGNORE_INDEX
+    if bool(keep.all()):
+        return h, labels
+    return h[keep], labels[keep]
+
+
 class CausalLM(RotaryModel):
     """A decoder LM: ``model(ids)`` -> logits (B, T, vocab).
 
@@ -250,8 +260,14 @@ class CausalLM(RotaryModel):
         position_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         last_only: bool = False,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Logits (B, T, vocab); or, given ``labels``, the mean loss over labelled positions,
+        computed without materialising the logits (see ``rotary.model.losses``)."""
         h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, kv_cache)
+        if labels is not None:
+            rows, targets = labelled_rows(h, labels)
+            return linear_cross_entropy(rows, self.lm_head.weight, None, targets)
         if last_only:  # generation needs only the last position's logits
             h = h[:, -1:]
         return self.lm_head(h)
@@ -271,10 +287,14 @@ class MaskedLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.decoder = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
+    def transform(self, h: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(h)))
+
+    def decoder_weight(self, embedding: torch.Tensor) -> torch.Tensor:
+        return embedding if self.decoder is None else self.decoder.weight
+
     def forward(self, h: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        h = self.norm(self.act(self.dense(h)))
-        weight = embedding if self.decoder is None else self.decoder.weight
-        return F.linear(h, weight, self.bias)
+        return F.linear(self.transform(h), self.decoder_weight(embedding), self.bias)
 
 
 class MaskedLM(RotaryModel):
@@ -291,9 +311,18 @@ class MaskedLM(RotaryModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Logits (B, T, vocab); or, given ``labels``, the mean loss over the masked positions.
+        Then the head runs on those positions alone (~15% of them), as BERT's pre-training
+        code does, and the logits are never materialised."""
         h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
-        return self.head(h, self.backbone.embed_tokens.weight)
+        embedding = self.backbone.embed_tokens.weight
+        if labels is not None:
+            rows, targets = labelled_rows(h, labels)
+            weight = self.head.decoder_weight(embedding)
+            return linear_cross_entropy(self.head.transform(rows), weight, self.head.bias, targets)
+        return self.head(h, embedding)
 
     def _output_projection_params(self) -> int:
         # head.dense is already a (non-embedding) parameter; only the tied decoder is extra

@@ -404,8 +404,9 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool) -
                 sync = micro == accum - 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
                 with (contextlib.nullcontext() if sync else model.no_sync()):
                     with autocast_context(cfg.precision, info.device):
-                        logits = fwd_model(x)
-                    loss = raw_model.loss_fn(logits, y) / accum
+                        # the loss comes out of the model: the head fuses it with the output
+                        # projection and never materialises the logits (rotary.model.losses)
+                        loss = fwd_model(x, labels=y) / accum
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss_sum += loss.detach()
             if scaler is not None:
