@@ -113,7 +113,7 @@ def run_demo(recipe: str | Path | None = None, overrides: dict[str, Any] | None 
     seq_len = cfg.seq_len or pre.model.config.max_seq_len
     data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, model_vocab=pre.model.config.vocab_size)
     with torch.no_grad():
-        metrics = evaluate(pre.model, data, cfg, DistInfo(), max_batches=None)
+        metrics = evaluate(pre.model, data, cfg, DistInfo(device=pre.model.device), max_batches=None)
     comp = compressor_bits_per_byte(validation_text(run_dir / "data"))
     table = {
         "rotary": {"loss": metrics["loss"], "perplexity": metrics["perplexity"], "bits_per_byte": metrics["bits_per_byte"]},

@@ -279,3 +279,17 @@ def test_whole_word_masking_masks_whole_wordpiece_words(train_recipe):
     # a ## continuation is predicted exactly when the token before it (same word) is
     cont = is_cont[original[:, 1:]]
     assert bool(((labels[:, 1:] != -100) == (labels[:, :-1] != -100))[cont].all())
+
+
+def test_more_processes_than_gpus_is_refused_before_nccl(monkeypatch):
+    from rotary.errors import RotaryError
+    from rotary.train.distributed import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    for name in ("auto", "cuda"):
+        with pytest.raises(RotaryError, match="2 processes on this node but 1 CUDA device"):
+            pick_device(name, local_rank=1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert pick_device("auto") == torch.device("cuda", 0)

@@ -50,7 +50,7 @@ def test_readme_workflow_on_your_own_text(tmp_path):
     # Python API: the same model, greedy decoding is deterministic
     import rotary as rt
 
-    pre = rt.load(run)
+    pre = rt.load(run, device="cpu")
     assert pre.generate("So", max_new_tokens=5, temperature=0) == pre.generate("So", max_new_tokens=5, temperature=0)
 
     # to transformers and back

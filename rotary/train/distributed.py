@@ -34,11 +34,24 @@ class DistInfo:
         return self.rank == 0
 
 
+def _cuda_device(local_rank: int) -> torch.device:
+    """This process's GPU: NCCL needs one per process on a node, so more processes than GPUs is
+    refused here rather than failing inside NCCL with 'invalid usage'."""
+    count = torch.cuda.device_count()
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if per_node > count:
+        raise RotaryError(
+            f"{per_node} processes on this node but {count} CUDA device(s): launch at most {count} "
+            "per node (torchrun --nproc-per-node), or train on the CPU with --device cpu"
+        )
+    return torch.device("cuda", local_rank % count)
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` prefers CUDA, then Apple's MPS, then the CPU."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
+            return _cuda_device(local_rank)
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -50,7 +63,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         if not torch.cuda.is_available():
             raise RotaryError("device cuda requested but CUDA is not available: use --device cpu or auto")
         if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+            device = _cuda_device(local_rank)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise RotaryError("device mps requested but MPS is not available: use --device cpu or auto")
     return device
@@ -79,11 +92,14 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
     if not info.enabled:
         return model
     if strategy == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        # fully_shard's default mesh is on CUDA whenever CUDA exists; the run may be on the CPU
+        mesh = init_device_mesh(info.device.type, (info.world_size,))
         for layer in model.backbone.layers:
-            fully_shard(layer)
-        fully_shard(model)
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
         return model
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
