@@ -119,3 +119,19 @@ def test_masked_lm_runs_its_head_on_labelled_positions_only():
     torch.testing.assert_close(loss, ref_loss)
     for a, e in zip(got, ref):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
+
+
+def test_ignored_rows_count_for_nothing_and_all_ignored_is_nan():
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(30, 8, generator=g, requires_grad=True)
+    w = torch.randn(13, 8, generator=g, requires_grad=True)
+    b = torch.randn(13, generator=g, requires_grad=True)
+    y = torch.randint(0, 13, (30,), generator=g)
+    y[::3] = -100
+    ref_loss, ref = grads_of(lambda: F.cross_entropy(F.linear(h, w, b), y), h, w, b)
+    loss, got = grads_of(lambda: linear_cross_entropy(h, w, b, y, 7), h, w, b)
+    torch.testing.assert_close(loss, ref_loss)
+    for a, e in zip(got, ref):
+        torch.testing.assert_close(a, e)
+    assert got[0][::3].abs().max() == 0
+    assert torch.isnan(linear_cross_entropy(h, w, b, torch.full_like(y, -100)))

@@ -28,7 +28,7 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk_rows):  # noqa: D401 - autograd API
+    def forward(ctx, hidden, weight, bias, labels, chunk_rows, ignore_index):  # noqa: D401 - autograd API
         n, vocab = hidden.shape[0], weight.shape[0]
         dtype = _compute_dtype(hidden)
         need_h, need_w = hidden.requires_grad, weight.requires_grad
@@ -37,31 +37,39 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h = hidden.to(dtype)
             w = weight.to(dtype)
             b = bias.to(dtype) if bias is not None else None
+            valid = labels != ignore_index
+            # Ignored rows read class 0 and are weighted 0: no data-dependent shapes, no host sync.
+            targets = labels.masked_fill(~valid, 0)
+            weights = valid.to(torch.float32)
             loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_h = torch.empty_like(hidden, dtype=torch.float32) if need_h else None
             grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
             grad_b = torch.zeros(vocab, dtype=torch.float32, device=hidden.device) if need_b else None
             for start in range(0, n, chunk_rows):
-                h_c, y_c = h[start : start + chunk_rows], labels[start : start + chunk_rows]
-                rows = torch.arange(h_c.shape[0], device=h_c.device)
+                end = min(start + chunk_rows, n)
+                h_c, y_c, m_c = h[start:end], targets[start:end], weights[start:end]
+                rows = torch.arange(end - start, device=h_c.device)
                 logp = F.linear(h_c, w, b).float().log_softmax(-1)
-                loss_sum -= logp[rows, y_c].sum()
+                loss_sum -= logp[rows, y_c] @ m_c
                 if not (need_h or need_w or need_b):
                     continue
-                # d(-log p_y)/d logits = softmax - onehot; scaled by 1/n later, in fp32, so
-                # fp16/bf16 GEMMs see values in [-1, 1] rather than underflowing ones.
+                # d(-log p_y)/d logits = softmax - onehot, for the kept rows; scaled by 1/n
+                # later, in fp32, so fp16/bf16 GEMMs see values in [-1, 1], not underflowing ones.
                 grad = logp.exp_()
                 grad[rows, y_c] -= 1.0
                 if need_b:
-                    grad_b += grad.sum(0)
+                    grad_b += m_c @ grad
                 grad = grad.to(dtype)
                 if need_h:
-                    grad_h[start : start + chunk_rows] = grad @ w
-                if need_w and dtype == torch.float32:
-                    grad_w.addmm_(grad.t(), h_c)  # no temporary (vocab, d) product
-                elif need_w:
-                    grad_w += (grad.t() @ h_c).float()
-        scale = 1.0 / n if n else float("nan")
+                    grad_h[start:end] = (grad @ w).float().mul_(m_c[:, None])
+                if need_w:
+                    h_kept = h_c * m_c[:, None].to(dtype)
+                    if dtype == torch.float32:
+                        grad_w.addmm_(grad.t(), h_kept)  # no temporary (vocab, d) product
+                    else:
+                        grad_w += (grad.t() @ h_kept).float()
+            # mean over kept rows; none kept gives NaN, as F.cross_entropy does
+            scale = 1.0 / weights.sum()
         ctx.save_for_backward(
             *(g.mul_(scale) if g is not None else None for g in (grad_h, grad_w, grad_b))
         )
@@ -75,7 +83,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         out = []
         for g, dtype in ((grad_h, h_dtype), (grad_w, w_dtype), (grad_b, b_dtype)):
             out.append(None if g is None else (g * grad_loss).to(dtype))
-        return out[0], out[1], out[2], None, None
+        return out[0], out[1], out[2], None, None, None
 
 
 def linear_cross_entropy(
@@ -84,15 +92,16 @@ def linear_cross_entropy(
     bias: torch.Tensor | None,
     labels: torch.Tensor,
     chunk_rows: int | None = None,
+    ignore_index: int = -100,
 ) -> torch.Tensor:
-    """Mean cross entropy of ``F.linear(hidden, weight, bias)`` against ``labels``.
+    """Mean cross entropy of ``F.linear(hidden, weight, bias)`` against ``labels``, over the
+    rows whose label is not ``ignore_index`` (``F.cross_entropy``'s semantics).
 
-    ``hidden`` is (N, d) and every label in (N,) is a real class: drop ignored positions
-    before calling (the models do). Softmax runs in fp32; under autocast the GEMMs use the
-    autocast dtype. No (N, vocab) tensor is kept for backward.
+    ``hidden`` is (N, d), ``labels`` (N,). Softmax runs in fp32; under autocast the GEMMs use
+    the autocast dtype. No (N, vocab) tensor is kept for backward.
     """
     if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
         raise ValueError(f"hidden must be (N, d) and labels (N,), got {tuple(hidden.shape)} and {tuple(labels.shape)}")
     if chunk_rows is None:
         chunk_rows = max(64, CHUNK_BYTES // (4 * weight.shape[0]))
-    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_rows)
+    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_rows, ignore_index)

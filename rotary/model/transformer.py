@@ -233,8 +233,6 @@ def labelled_rows(h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     """Hidden states (N, d) and labels (N,) of the positions whose label is not -100."""
     h, labels = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
     keep = labels != IGNORE_INDEX
-    if bool(keep.all()):
-        return h, labels
     return h[keep], labels[keep]
 
 
@@ -266,8 +264,8 @@ class CausalLM(RotaryModel):
         computed without materialising the logits (see ``rotary.model.losses``)."""
         h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, kv_cache)
         if labels is not None:
-            rows, targets = labelled_rows(h, labels)
-            return linear_cross_entropy(rows, self.lm_head.weight, None, targets)
+            # every position is usually labelled: no selection, so no host sync or graph break
+            return linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.lm_head.weight, None, labels.reshape(-1))
         if last_only:  # generation needs only the last position's logits
             h = h[:, -1:]
         return self.lm_head(h)
