@@ -457,8 +457,9 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool) -
                 )
                 result.tokens_per_second = tok_s
                 window_t0, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
-            logger.progress(step, {"loss": f"{loss_value:.3f}", "lr": f"{lr:.1e}",
-                                   "tok/s": f"{result.tokens_per_second:,.0f}"})
+            # the bar's rate: the current log window so far (the last full window right after a log)
+            live = window_tokens / max(time.perf_counter() - window_t0, 1e-9) if window_tokens else result.tokens_per_second
+            logger.progress(step, {"loss": f"{loss_value:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{live:,.0f}"})
 
             is_last = step == cfg.max_steps
             stopping = False
