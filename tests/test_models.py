@@ -351,3 +351,31 @@ def test_bias_true_adds_biases():
     with torch.no_grad():
         biased.backbone.layers[0].attn.o_proj.bias.fill_(0.5)
     assert (biased(ids) - before).abs().max() > 1e-3
+
+
+def test_fused_cpu_rmsnorm_matches_the_composite_formula():
+    from torch import nn
+
+    from rotary.model.norm import RMSNorm
+
+    torch.manual_seed(0)
+    fused, plain = RMSNorm(24, eps=1e-5), nn.RMSNorm(24, eps=1e-5)
+    with torch.no_grad():
+        fused.weight.uniform_(0.5, 1.5)
+        plain.weight.copy_(fused.weight)
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    g = torch.randn(3, 5, 24)
+    outs = []
+    for norm in (fused, plain):
+        x.grad = None
+        y = norm(x)
+        y.backward(g)
+        outs.append((y.detach(), x.grad.clone(), norm.weight.grad.clone()))
+    for a, e in zip(*outs):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+    assert fused.state_dict().keys() == plain.state_dict().keys()
+    xd = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    wd = torch.rand(6, dtype=torch.float64, requires_grad=True)
+    from rotary.model.norm import _RMSNormCPU
+
+    assert torch.autograd.gradcheck(lambda a, b: _RMSNormCPU.apply(a, b, 1e-5), (xd, wd))

@@ -99,11 +99,6 @@ def cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float = 1.0)
     return (angles.cos() * scale).float(), (angles.sin() * scale).float()
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first ``cos.shape[-1]`` dims of ``x`` (B, H, T, hd); the rest pass through.
 
@@ -113,10 +108,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         cos, sin = cos[:, None], sin[:, None]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     rot = cos.shape[-1]
+    half = rot // 2
+    # rotate_half(x) * sin == roll(x, r/2) * [-sin_lo, sin_hi]: one roll instead of chunk + neg
+    # + cat, and addcmul fuses the multiply-add (fewer passes over q and k, each way)
+    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # (T, r): small
     if rot == x.shape[-1]:
-        return x * cos + rotate_half(x) * sin
+        return torch.addcmul(x * cos, x.roll(half, dims=-1), signed_sin)
     x_rot, x_pass = x[..., :rot], x[..., rot:]
-    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+    return torch.cat((torch.addcmul(x_rot * cos, x_rot.roll(half, dims=-1), signed_sin), x_pass), dim=-1)
 
 
 class RotaryEmbedding(nn.Module):

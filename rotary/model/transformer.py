@@ -16,6 +16,7 @@ from rotary.config import ModelConfig
 from rotary.errors import RotaryError
 from rotary.model.attention import Attention, AttentionContext, KVCache, build_attention_mask
 from rotary.model.losses import linear_cross_entropy
+from rotary.model.norm import RMSNorm
 from rotary.model.positions import make_absolute_positions
 from rotary.model.rope import RotaryEmbedding
 
@@ -31,7 +32,7 @@ ACTIVATIONS = {
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        return RMSNorm(cfg.d_model, eps=cfg.norm_eps)
     return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
 
 
