@@ -135,3 +135,29 @@ def test_ignored_rows_count_for_nothing_and_all_ignored_is_nan():
         torch.testing.assert_close(a, e)
     assert got[0][::3].abs().max() == 0
     assert torch.isnan(linear_cross_entropy(h, w, b, torch.full_like(y, -100)))
+
+
+@pytest.mark.parametrize("mlm", [False, True])
+def test_evaluation_stats_equal_sums_over_materialised_logits(mlm):
+    torch.manual_seed(0)
+    if mlm:
+        model = MaskedLM(_model_cfg(causal=False, mlp="gelu", norm="layernorm", pre_norm=False, bias=True))
+    else:
+        model = CausalLM(_model_cfg())
+    model.eval()
+    ids = torch.randint(0, 64, (3, 16))
+    labels = torch.randint(0, 64, (3, 16))
+    labels[torch.rand(labels.shape, generator=torch.Generator().manual_seed(3)) < 0.5] = -100
+    with torch.no_grad():
+        logits = model(ids)
+        stats = model(ids, labels=labels, return_stats=True)
+    keep = labels != -100
+    expected_loss = F.cross_entropy(logits[keep], labels[keep], reduction="sum")
+    expected_correct = (logits.argmax(-1)[keep] == labels[keep]).sum()
+    assert stats.dtype == torch.float64 and stats.shape == (3,)
+    torch.testing.assert_close(stats[0].float(), expected_loss, rtol=1e-5, atol=1e-5)
+    assert stats[1] == keep.sum() and stats[2] == expected_correct
+    # correct counts: labels equal to the argmax are all counted
+    argmax_labels = torch.where(keep, logits.argmax(-1), -100)
+    with torch.no_grad():
+        assert model(ids, labels=argmax_labels, return_stats=True)[2] == keep.sum()

@@ -105,3 +105,36 @@ def linear_cross_entropy(
     if chunk_rows is None:
         chunk_rows = max(64, CHUNK_BYTES // (4 * weight.shape[0]))
     return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_rows, ignore_index)
+
+
+@torch.no_grad()
+def cross_entropy_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    chunk_rows: int | None = None,
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    """Evaluation without logits: float64 (3,) tensor of (sum of token losses, labelled tokens,
+    tokens whose argmax is the label), over rows of ``F.linear(hidden, weight, bias)``.
+
+    Memory stays at one chunk of logits, so a large vocabulary does not make evaluation need
+    more memory than training.
+    """
+    if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
+        raise ValueError(f"hidden must be (N, d) and labels (N,), got {tuple(hidden.shape)} and {tuple(labels.shape)}")
+    if chunk_rows is None:
+        chunk_rows = max(64, CHUNK_BYTES // (4 * weight.shape[0]))
+    valid = labels != ignore_index
+    targets = labels.masked_fill(~valid, 0)
+    out = torch.zeros(3, dtype=torch.float64, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk_rows):
+        end = min(start + chunk_rows, hidden.shape[0])
+        logits = F.linear(hidden[start:end], weight, bias).float()
+        y, m = targets[start:end], valid[start:end]
+        losses = logits.logsumexp(-1) - logits.gather(1, y[:, None]).squeeze(1)
+        out[0] += losses[m].sum()
+        out[1] += m.sum()
+        out[2] += ((logits.argmax(-1) == y) & m).sum()
+    return out

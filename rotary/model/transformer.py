@@ -15,7 +15,7 @@ from torch import nn
 from rotary.config import ModelConfig
 from rotary.errors import RotaryError
 from rotary.model.attention import Attention, AttentionContext, KVCache, build_attention_mask
-from rotary.model.losses import linear_cross_entropy
+from rotary.model.losses import cross_entropy_stats, linear_cross_entropy
 from rotary.model.norm import RMSNorm
 from rotary.model.positions import make_absolute_positions
 from rotary.model.rope import RotaryEmbedding
@@ -260,13 +260,18 @@ class CausalLM(RotaryModel):
         kv_cache: KVCache | None = None,
         last_only: bool = False,
         labels: torch.Tensor | None = None,
+        return_stats: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab); or, given ``labels``, the mean loss over labelled positions,
-        computed without materialising the logits (see ``rotary.model.losses``)."""
+        computed without materialising the logits (see ``rotary.model.losses``); with
+        ``return_stats`` too, (loss sum, labelled tokens, correct argmax) for evaluation."""
         h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, kv_cache)
         if labels is not None:
             # every position is usually labelled: no selection, so no host sync or graph break
-            return linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.lm_head.weight, None, labels.reshape(-1))
+            h, labels = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
+            if return_stats:
+                return cross_entropy_stats(h, self.lm_head.weight, None, labels)
+            return linear_cross_entropy(h, self.lm_head.weight, None, labels)
         if last_only:  # generation needs only the last position's logits
             h = h[:, -1:]
         return self.lm_head(h)
@@ -311,16 +316,18 @@ class MaskedLM(RotaryModel):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        return_stats: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab); or, given ``labels``, the mean loss over the masked positions.
         Then the head runs on those positions alone (~15% of them), as BERT's pre-training
-        code does, and the logits are never materialised."""
+        code does, and the logits are never materialised. ``return_stats``: as CausalLM's."""
         h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
         embedding = self.backbone.embed_tokens.weight
         if labels is not None:
             rows, targets = labelled_rows(h, labels)
             weight = self.head.decoder_weight(embedding)
-            return linear_cross_entropy(self.head.transform(rows), weight, self.head.bias, targets)
+            loss = cross_entropy_stats if return_stats else linear_cross_entropy
+            return loss(self.head.transform(rows), weight, self.head.bias, targets)
         return self.head(h, embedding)
 
     def _output_projection_params(self) -> int:

@@ -172,14 +172,8 @@ def evaluate(model: nn.Module, data: TrainData, cfg: TrainConfig, info: DistInfo
     for x, y in data.eval_batches(max_batches, info):
         x, y = x.to(info.device), y.to(info.device)
         with autocast_context(cfg.precision, info.device):
-            logits = model(x)
-        logits = logits.float()
-        mask = y != -100
-        losses = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
-        totals[0] += losses.item()
-        totals[1] += mask.sum().item()
-        totals[2] += ((logits.argmax(-1) == y) & mask).sum().item()
+            # the head computes the sums chunk by chunk: no (tokens x vocab) logits
+            totals += model(x, labels=y, return_stats=True).cpu()
     model.train(was_training)
     all_reduce_sum(totals, info)
     if totals[1] == 0:
