@@ -3,8 +3,6 @@ resume on a GPU. Skipped where no GPU is present (CI); run on a lent GPU machine
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from rotary.config import ModelConfig
 from rotary.model import CausalLM, MaskedLM
 from rotary.model.losses import linear_cross_entropy
 from rotary.train.trainer import train
-from tests.train_support import make_recipe, write_corpus
+from tests.train_support import make_recipe, train_interrupted_at, write_corpus
 from tests.train_support import train_losses as losses
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -101,22 +99,11 @@ def test_training_on_gpu_learns(corpus, tmp_path, precision, compile):
 
 
 def test_resume_on_gpu_continues_the_run(corpus, tmp_path, monkeypatch):
-    from rotary.train.logging import RunLogger
-
     common = dict(device="cuda", max_steps=8, checkpoint_interval=100, eval_interval=4, dropout=0.1)
     full = make_recipe(tmp_path / "full", corpus=corpus, **common)
     train(full)
-    real = RunLogger.progress
-
-    def progress(self, step, postfix):
-        real(self, step, postfix)
-        if step == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(RunLogger, "progress", progress)
     part = make_recipe(tmp_path / "part", corpus=corpus, **common)
-    assert train(part).step == 5
-    monkeypatch.setattr(RunLogger, "progress", real)
+    assert train_interrupted_at(part, 5, monkeypatch).step == 5
     train(part, resume=True)
     a, b = losses(full.run_dir), losses(part.run_dir)
     assert sorted(a) == sorted(b)

@@ -15,7 +15,7 @@ from rotary.errors import RotaryError
 from rotary.train import checkpoint as ckpt
 from rotary.train.config import load_recipe
 from rotary.train.trainer import train
-from tests.train_support import make_recipe, write_corpus
+from tests.train_support import make_recipe, train_interrupted_at, write_corpus
 from tests.train_support import train_losses as losses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,30 +83,15 @@ def test_masked_lm_run_reports_accuracy(train_recipe):
 
 @pytest.mark.parametrize("task", ["causal_lm", "masked_lm"])
 def test_interrupted_then_resumed_run_is_bitwise_identical(train_recipe, task, tmp_path, monkeypatch):
-    import os
-    import signal
-
-    from rotary.train.logging import RunLogger
-
     kind = "char" if task == "masked_lm" else "bpe"
     common = dict(task=task, max_steps=8, checkpoint_interval=100, eval_interval=3, dropout=0.1,
                   tokenizer_kind=kind)
     full = train_recipe(output_dir=str(tmp_path / "full"), **common)
     train(full)
 
-    # Ctrl-C arrives during step 5: the trainer finishes the step, saves and stops.
-    real_progress = RunLogger.progress
-
-    def progress(self, step, postfix):
-        real_progress(self, step, postfix)
-        if step == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(RunLogger, "progress", progress)
     part = train_recipe(output_dir=str(tmp_path / "part"), **common)
-    res = train(part)
+    res = train_interrupted_at(part, 5, monkeypatch)
     assert (res.stopped, res.step) == ("interrupted", 5)
-    monkeypatch.setattr(RunLogger, "progress", real_progress)
     res = train(part, resume=True)
     assert (res.stopped, res.step) == ("max_steps", 8)
 

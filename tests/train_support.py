@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +59,23 @@ def train_losses(run_dir: Path) -> dict[int, float]:
         if rec["kind"] == "train":
             out[rec["step"]] = rec["loss"]
     return out
+
+
+def train_interrupted_at(cfg: TrainConfig, step: int, monkeypatch):
+    """Train ``cfg`` with a Ctrl-C arriving during ``step``: the trainer finishes the step, saves
+    and stops. Returns the TrainResult."""
+    from rotary.train.logging import RunLogger
+    from rotary.train.trainer import train
+
+    real = RunLogger.progress
+
+    def progress(self, at, postfix):
+        real(self, at, postfix)
+        if at == step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(RunLogger, "progress", progress)
+    try:
+        return train(cfg)
+    finally:
+        monkeypatch.setattr(RunLogger, "progress", real)

@@ -19,6 +19,12 @@ import torch.nn.functional as F
 CHUNK_BYTES = 4 << 20
 
 
+def _chunk_rows(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None) -> int:
+    if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
+        raise ValueError(f"hidden must be (N, d) and labels (N,), got {tuple(hidden.shape)} and {tuple(labels.shape)}")
+    return chunk_rows or max(64, CHUNK_BYTES // (4 * weight.shape[0]))
+
+
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     device_type = hidden.device.type
     if torch.is_autocast_enabled(device_type):
@@ -100,10 +106,7 @@ def linear_cross_entropy(
     ``hidden`` is (N, d), ``labels`` (N,). Softmax runs in fp32; under autocast the GEMMs use
     the autocast dtype. No (N, vocab) tensor is kept for backward.
     """
-    if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
-        raise ValueError(f"hidden must be (N, d) and labels (N,), got {tuple(hidden.shape)} and {tuple(labels.shape)}")
-    if chunk_rows is None:
-        chunk_rows = max(64, CHUNK_BYTES // (4 * weight.shape[0]))
+    chunk_rows = _chunk_rows(hidden, weight, labels, chunk_rows)
     return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_rows, ignore_index)
 
 
@@ -122,10 +125,7 @@ def cross_entropy_stats(
     Memory stays at one chunk of logits, so a large vocabulary does not make evaluation need
     more memory than training.
     """
-    if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
-        raise ValueError(f"hidden must be (N, d) and labels (N,), got {tuple(hidden.shape)} and {tuple(labels.shape)}")
-    if chunk_rows is None:
-        chunk_rows = max(64, CHUNK_BYTES // (4 * weight.shape[0]))
+    chunk_rows = _chunk_rows(hidden, weight, labels, chunk_rows)
     valid = labels != ignore_index
     targets = labels.masked_fill(~valid, 0)
     out = torch.zeros(3, dtype=torch.float64, device=hidden.device)
