@@ -74,8 +74,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                         grad_w.addmm_(grad.t(), h_kept)  # no temporary (vocab, d) product
                     else:
                         grad_w += (grad.t() @ h_kept).float()
-            # mean over kept rows; none kept gives NaN, as F.cross_entropy does
-            scale = 1.0 / weights.sum()
+            # Mean over kept rows. None kept gives 0 and zero gradients (F.cross_entropy gives NaN,
+            # which would stop a run whose MLM micro-batch happened to draw no masked token).
+            scale = 1.0 / weights.sum().clamp(min=1.0)
         ctx.save_for_backward(
             *(g.mul_(scale) if g is not None else None for g in (grad_h, grad_w, grad_b))
         )
@@ -101,7 +102,8 @@ def linear_cross_entropy(
     ignore_index: int = -100,
 ) -> torch.Tensor:
     """Mean cross entropy of ``F.linear(hidden, weight, bias)`` against ``labels``, over the
-    rows whose label is not ``ignore_index`` (``F.cross_entropy``'s semantics).
+    rows whose label is not ``ignore_index`` (``F.cross_entropy``'s semantics, except that no
+    labelled row at all gives 0, not NaN).
 
     ``hidden`` is (N, d), ``labels`` (N,). Softmax runs in fp32; under autocast the GEMMs use
     the autocast dtype. No (N, vocab) tensor is kept for backward.
