@@ -109,10 +109,14 @@ def compare(label: str, a: Runner, b: Runner, args, peak: float, flops_per_token
         med = statistics.median(vals)
         print(f"  {name:<28} {med:>8,.0f} tok/s  (min {min(vals):,.0f}, max {max(vals):,.0f})  "
               f"MFU {100 * flops_per_token * med / peak:5.1f}%")
-    ratio = statistics.median(res[a.name]) / statistics.median(res[b.name])
+    # Each round runs A then B back to back: their ratio cancels slow phases of a noisy machine
+    # better than a ratio of medians does.
+    paired = [x / y for x, y in zip(res[a.name], res[b.name])]
+    ratio = statistics.median(paired)
     if note:
         print(f"  ({note})")
-    print(f"  ratio rotary / HF: {ratio:.2f}x")
+    print(f"  ratio rotary / HF: {ratio:.2f}x  (median of {len(paired)} paired rounds, "
+          f"min {min(paired):.2f}, max {max(paired):.2f})")
     return ratio
 
 
