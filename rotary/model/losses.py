@@ -1,7 +1,7 @@
 """Cross entropy fused with the output projection, computed in row chunks.
 
 A language model's last layer makes a (tokens x vocab) logits tensor that is used once: for the
-loss, then for its gradient. Materialising it costs more than the projection's GEMM on a CPU (a
+loss, then for its gradient. Materialising it costs a CPU about as much as the projection's GEMMs (a
 fresh 64 MB buffer for 2,048 tokens x 8,192 vocab is page-faulted in on every step, then
 log_softmax, its backward and a zero-filled gradient each pass over it). Here the projection,
 the softmax and both gradients are done a few hundred rows at a time in the forward pass, so the
@@ -37,8 +37,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, labels, chunk_rows, ignore_index):  # noqa: D401 - autograd API
         n, vocab = hidden.shape[0], weight.shape[0]
         dtype = _compute_dtype(hidden)
-        need_h, need_w = hidden.requires_grad, weight.requires_grad
-        need_b = bias is not None and bias.requires_grad
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
         with torch.autocast(hidden.device.type, enabled=False):
             h = hidden.to(dtype)
             w = weight.to(dtype)
