@@ -21,10 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rotary.config import parse_overrides
+    from rotary.commands import recipe_overrides
     from rotary.demo import main_demo
 
-    overrides = parse_overrides(args.overrides)
-    if args.output_dir:
-        overrides["output_dir"] = args.output_dir
+    overrides = recipe_overrides(args)
     return main_demo(args.recipe, overrides, args.prompt, args.fresh)

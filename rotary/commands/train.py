@@ -23,13 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rotary.config import parse_overrides
+    from rotary.commands import recipe_overrides
     from rotary.train.config import load_recipe
     from rotary.train.trainer import train
 
-    overrides = parse_overrides(args.overrides)
-    if args.output_dir:
-        overrides["output_dir"] = args.output_dir
+    overrides = recipe_overrides(args)
     cfg = load_recipe(args.recipe, overrides)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if result.last_eval:
