@@ -8,8 +8,13 @@ loss its own way (``model(ids, labels=...)``), as its trainer does. MLM labels c
 positions. Rounds alternate A and B so machine noise hits both; medians with min-max are
 printed, then the ratio rotary / HF.
 
+rotary's fp32 linear layers run on the CPU GEMM backend picked for the machine (``auto``: oneDNN
+where MKL would not run its AVX-512 code, e.g. on AMD; see ``rotary.model.gemm``); HF runs on
+PyTorch's default (MKL). ``MKL_ENABLE_INSTRUCTIONS=AVX2`` makes an Intel machine behave like that.
+
     python bench/train.py                      # PERF.md's config: 6 layers, d=384, batch 8x256
     python bench/train.py --steps 5 --rounds 5 --precision bf16 --compile
+    python bench/train.py --cpu-gemm onednn    # force rotary's GEMM backend (auto, blas, onednn)
 """
 
 from __future__ import annotations
@@ -136,12 +141,18 @@ def main() -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--only", choices=("llama", "roformer"), default=None)
+    p.add_argument("--cpu-gemm", choices=("auto", "blas", "onednn"), default=None,
+                   help="rotary's CPU GEMM backend (default: ROTARY_CPU_GEMM, else auto)")
     args = p.parse_args()
+    from rotary.model import gemm
+
+    if args.cpu_gemm:
+        gemm.set_cpu_gemm(args.cpu_gemm)
 
     torch.manual_seed(0)
     peak = matmul_peak(torch.bfloat16 if args.precision == "bf16" else torch.float32)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, measured matmul peak "
-          f"{peak / 1e9:.0f} GFLOP/s ({args.precision})")
+          f"{peak / 1e9:.0f} GFLOP/s ({args.precision}); rotary's CPU GEMM backend: {gemm.cpu_gemm()}")
     ratios = {}
     if args.only in (None, "llama"):
         a = Runner("rotary CausalLM", rotary_llama(args), args, hf=False)

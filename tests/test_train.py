@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rotary.errors import RotaryError
+from rotary.model import gemm
 from rotary.train import checkpoint as ckpt
 from rotary.train.config import load_recipe
 from rotary.train.trainer import train
@@ -81,8 +82,13 @@ def test_masked_lm_run_reports_accuracy(train_recipe):
     assert json.loads((cfg.run_dir / "best" / "config.json").read_text())["model"]["causal"] is False
 
 
-@pytest.mark.parametrize("task", ["causal_lm", "masked_lm"])
-def test_interrupted_then_resumed_run_is_bitwise_identical(train_recipe, task, tmp_path, monkeypatch):
+@pytest.mark.parametrize("task,cpu_gemm", [("causal_lm", "blas"), ("masked_lm", "blas"), ("causal_lm", "onednn")])
+def test_interrupted_then_resumed_run_is_bitwise_identical(train_recipe, task, cpu_gemm, tmp_path, monkeypatch):
+    if cpu_gemm == "onednn" and not torch.backends.mkldnn.is_available():
+        pytest.skip("needs oneDNN (mkldnn)")
+    monkeypatch.setenv("ROTARY_CPU_GEMM", cpu_gemm)
+    monkeypatch.setattr(gemm, "_setting", None)
+    monkeypatch.setattr(gemm, "_resolved", None)
     kind = "char" if task == "masked_lm" else "bpe"
     common = dict(task=task, max_steps=8, checkpoint_interval=100, eval_interval=3, dropout=0.1,
                   tokenizer_kind=kind)
@@ -95,6 +101,7 @@ def test_interrupted_then_resumed_run_is_bitwise_identical(train_recipe, task, t
     res = train(part, resume=True)
     assert (res.stopped, res.step) == ("max_steps", 8)
 
+    assert f"(CPU GEMM: {cpu_gemm})" in (part.run_dir / "train.log").read_text()
     a, b = losses(full.run_dir), losses(part.run_dir)
     assert sorted(a) == sorted(b) == list(range(1, 9))
     for step in range(1, 9):

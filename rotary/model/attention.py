@@ -13,6 +13,7 @@ from torch import nn
 
 from rotary.config import ModelConfig
 from rotary.errors import RotaryError
+from rotary.model.gemm import Linear
 from rotary.model.rope import apply_rope
 
 
@@ -92,8 +93,8 @@ class Attention(nn.Module):
         self.rope = cfg.position == "rope"
         self.dropout = cfg.attention_dropout
         # One fused projection: a single larger GEMM is faster than three small ones.
-        self.qkv_proj = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
-        self.o_proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.bias)
+        self.qkv_proj = Linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
+        self.o_proj = Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         B, T, _ = x.shape

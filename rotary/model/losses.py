@@ -13,7 +13,8 @@ rounding (tested against it).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from rotary.model import gemm
 
 # Rows per chunk are chosen so one chunk's fp32 logits take about this many bytes.
 CHUNK_BYTES = 4 << 20
@@ -54,7 +55,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 end = min(start + chunk_rows, n)
                 h_c, y_c, m_c = h[start:end], targets[start:end], weights[start:end]
                 rows = torch.arange(end - start, device=h_c.device)
-                logp = F.linear(h_c, w, b).float().log_softmax(-1)
+                logp = gemm.matmul_nt(h_c, w, b).float().log_softmax(-1)
                 loss_sum -= logp[rows, y_c] @ m_c
                 if not (need_h or need_w or need_b):
                     continue
@@ -66,11 +67,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_b += m_c @ grad
                 grad = grad.to(dtype)
                 if need_h:
-                    grad_h[start:end] = (grad @ w).float().mul_(m_c[:, None])
+                    grad_h[start:end] = gemm.matmul_nt(grad, w.t()).float().mul_(m_c[:, None])
                 if need_w:
                     h_kept = h_c * m_c[:, None].to(dtype)
                     if dtype == torch.float32:
-                        grad_w.addmm_(grad.t(), h_kept)  # no temporary (vocab, d) product
+                        # in place, no temporary (vocab, d) product: the BLAS even where oneDNN
+                        # does the other GEMMs (measured: oneDNN + an add is no faster)
+                        grad_w.addmm_(grad.t(), h_kept)
                     else:
                         grad_w += (grad.t() @ h_kept).float()
             # Mean over kept rows. None kept gives 0 and zero gradients (F.cross_entropy gives NaN,
@@ -132,7 +135,7 @@ def cross_entropy_stats(
     out = torch.zeros(3, dtype=torch.float64, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_rows):
         end = min(start + chunk_rows, hidden.shape[0])
-        logits = F.linear(hidden[start:end], weight, bias).float()
+        logits = gemm.matmul_nt(hidden[start:end], weight, bias).float()
         y, m = targets[start:end], valid[start:end]
         losses = logits.logsumexp(-1) - logits.gather(1, y[:, None]).squeeze(1)
         out[0] += losses[m].sum()

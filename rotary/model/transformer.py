@@ -15,6 +15,7 @@ from torch import nn
 from rotary.config import ModelConfig
 from rotary.errors import RotaryError
 from rotary.model.attention import Attention, AttentionContext, KVCache, build_attention_mask
+from rotary.model.gemm import Linear, linear
 from rotary.model.losses import cross_entropy_stats, linear_cross_entropy
 from rotary.model.norm import RMSNorm
 from rotary.model.positions import make_absolute_positions
@@ -42,8 +43,8 @@ class MLP(nn.Module):
         self.swiglu = cfg.mlp == "swiglu"
         self.ff = cfg.ff_dim
         # SwiGLU's gate and up projections fused into one GEMM.
-        self.up_proj = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * self.ff, bias=cfg.bias)
-        self.down_proj = nn.Linear(self.ff, cfg.d_model, bias=cfg.bias)
+        self.up_proj = Linear(cfg.d_model, (2 if self.swiglu else 1) * self.ff, bias=cfg.bias)
+        self.down_proj = Linear(self.ff, cfg.d_model, bias=cfg.bias)
         self.act = nn.SiLU() if self.swiglu else ACTIVATIONS[cfg.mlp]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,7 +247,7 @@ class CausalLM(RotaryModel):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.backbone.embed_tokens.weight
         self.init_weights()
@@ -285,11 +286,11 @@ class MaskedLMHead(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(cfg.d_model, cfg.d_model, bias=True)
+        self.dense = Linear(cfg.d_model, cfg.d_model, bias=True)
         self.act = ACTIVATIONS[cfg.head_act]()
         self.norm = make_norm(cfg)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-        self.decoder = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.decoder = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
     def transform(self, h: torch.Tensor) -> torch.Tensor:
         return self.norm(self.act(self.dense(h)))
@@ -298,7 +299,7 @@ class MaskedLMHead(nn.Module):
         return embedding if self.decoder is None else self.decoder.weight
 
     def forward(self, h: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.transform(h), self.decoder_weight(embedding), self.bias)
+        return linear(self.transform(h), self.decoder_weight(embedding), self.bias)
 
 
 class MaskedLM(RotaryModel):
@@ -353,9 +354,9 @@ class SequenceClassifier(RotaryModel):
             raise RotaryError(f"num_labels must be at least 1, got {num_labels}")
         self.num_labels = num_labels
         self.pooling = pooling
-        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.dense = Linear(config.d_model, config.d_model)
         self.act = ACTIVATIONS[config.head_act]()
-        self.out_proj = nn.Linear(config.d_model, num_labels)
+        self.out_proj = Linear(config.d_model, num_labels)
         self.drop = nn.Dropout(config.dropout)
         self.init_weights()
 
