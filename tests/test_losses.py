@@ -49,6 +49,17 @@ def test_backward_scales_by_the_incoming_gradient_and_accumulates():
         torch.testing.assert_close(a, e)
 
 
+def test_a_second_backward_through_the_same_loss_is_refused_not_wrong():
+    # backward scales its stored gradients in place; autograd must catch a second use
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(100, 8, generator=g, requires_grad=True)
+    w = torch.randn(20, 8, generator=g, requires_grad=True)
+    loss = linear_cross_entropy(h, w, None, torch.randint(0, 20, (100,), generator=g))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_frozen_weight_and_no_grad():
     g = torch.Generator().manual_seed(2)
     h = torch.randn(9, 8, generator=g, requires_grad=True)
