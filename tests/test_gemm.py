@@ -11,7 +11,7 @@ from rotary import CausalLM, MaskedLM, ModelConfig
 from rotary.errors import RotaryError
 from rotary.model import gemm
 
-pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (mkldnn)")
+pytestmark = pytest.mark.skipif(not gemm.onednn_available(), reason="needs oneDNN (mkldnn)")
 
 
 @pytest.fixture

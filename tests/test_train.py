@@ -84,7 +84,7 @@ def test_masked_lm_run_reports_accuracy(train_recipe):
 
 @pytest.mark.parametrize("task,cpu_gemm", [("causal_lm", "blas"), ("masked_lm", "blas"), ("causal_lm", "onednn")])
 def test_interrupted_then_resumed_run_is_bitwise_identical(train_recipe, task, cpu_gemm, tmp_path, monkeypatch):
-    if cpu_gemm == "onednn" and not torch.backends.mkldnn.is_available():
+    if cpu_gemm == "onednn" and not gemm.onednn_available():
         pytest.skip("needs oneDNN (mkldnn)")
     monkeypatch.setenv("ROTARY_CPU_GEMM", cpu_gemm)
     monkeypatch.setattr(gemm, "_setting", None)

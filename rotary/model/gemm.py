@@ -17,6 +17,7 @@ resumed run) makes the same choice and exact resume stays bitwise. Override it w
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
@@ -46,9 +47,21 @@ def _cpu_vendor() -> str:
     return platform.processor()
 
 
+@functools.cache
+def onednn_available() -> bool:
+    """Whether this PyTorch build can run oneDNN's fp32 linear (tried once, on a tiny input)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        matmul_onednn(torch.ones(1, 1), torch.ones(1, 1))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+    return True
+
+
 def _auto_backend() -> str:
     x86 = platform.machine().lower() in ("x86_64", "amd64")
-    if not (x86 and torch.backends.mkldnn.is_available()):
+    if not (x86 and onednn_available()):
         return "blas"
     mkl_capped = os.environ.get("MKL_ENABLE_INSTRUCTIONS", "").upper() in _MKL_BELOW_AVX512
     mkl_fast = torch.backends.mkl.is_available() and "Intel" in _cpu_vendor() and not mkl_capped
@@ -60,7 +73,7 @@ def set_cpu_gemm(backend: str) -> None:
     global _setting, _resolved
     if backend not in BACKENDS:
         raise RotaryError(f"unknown CPU GEMM backend '{backend}': choose one of {', '.join(BACKENDS)}")
-    if backend == "onednn" and not torch.backends.mkldnn.is_available():
+    if backend == "onednn" and not onednn_available():
         raise RotaryError("CPU GEMM backend 'onednn' needs a PyTorch built with oneDNN (mkldnn); use 'blas'")
     _setting, _resolved = backend, None
 

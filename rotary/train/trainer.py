@@ -109,7 +109,7 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     candidates = [lambda: a @ b]
-    if device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available():
+    if device.type == "cpu" and dtype == torch.float32 and gemm.onednn_available():
         candidates.append(lambda: gemm.matmul_onednn(a, b.t()))
     return max(_flops_per_second(fn, 2 * n**3, device) for fn in candidates)
 
