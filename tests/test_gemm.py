@@ -53,6 +53,40 @@ def test_onednn_linear_matches_f_linear_with_gradients(backend, bias, shape, out
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_frozen_weight_double_backward_and_torch_func_agree_with_f_linear(backend):
+    backend("onednn")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 24, generator=g, requires_grad=True)
+    w = torch.randn(40, 24, generator=g)
+    # frozen weight: the input's gradient alone
+    (gx,) = torch.autograd.grad(gemm.linear(x, w).tanh().sum(), x)
+    (ref,) = torch.autograd.grad(F.linear(x, w).tanh().sum(), x)
+    torch.testing.assert_close(gx, ref)
+    # double backward (a gradient penalty): the gradient of a gradient w.r.t. the weight
+    w.requires_grad_()
+
+    def penalty_grad(fn):
+        (gx,) = torch.autograd.grad(fn(x, w).tanh().sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum(), w)[0]
+
+    got, want = penalty_grad(gemm.linear), penalty_grad(F.linear)
+    assert want.abs().max() > 1.0
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # torch.func and forward-mode AD take F.linear's rules
+    fx = torch.func.grad(lambda x: gemm.linear(x, w).sum())(x.detach())
+    torch.testing.assert_close(fx, w.detach().sum(0).expand(64, 24))
+    layer = gemm.Linear(24, 40)
+    torch.fx.symbolic_trace(layer)  # traces (as F.linear) instead of branching on a Proxy
+
+
+def test_models_and_the_fused_loss_really_run_on_onednn(backend):
+    backend("onednn")
+    model = CausalLM(ModelConfig.from_dict({"preset": "tiny", "vocab_size": 300, "max_seq_len": 64}))
+    ids = torch.randint(0, 300, (4, 48))
+    ops = ops_run(lambda: model(ids, labels=ids).backward())
+    assert "mkldnn::_linear_pointwise" in ops and "aten::mm" not in ops  # layers and the head's logits
+
+
 def test_small_row_counts_autocast_and_the_blas_backend_stay_on_f_linear(backend):
     layer = gemm.Linear(24, 16)
     backend("onednn")
@@ -76,6 +110,7 @@ def test_auto_backend_follows_the_cpu_vendor_and_mkl_cap(backend, monkeypatch):
         return gemm.cpu_gemm()
 
     assert resolved("GenuineIntel") == "blas"
+    assert resolved("i386") == "blas"  # an unknown vendor keeps PyTorch's default
     assert resolved("AuthenticAMD") == "onednn"  # MKL runs its AVX2 code on AMD
     monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
     assert resolved("GenuineIntel") == "onednn"

@@ -9,7 +9,7 @@ while oneDNN, also inside every x86 PyTorch build, runs AVX-512 everywhere. ``li
 ``onednn``; results equal ``F.linear``'s up to fp32 rounding (tested).
 
 The backend is a per-process setting, ``auto`` by default: oneDNN on x86 CPUs whose BLAS is not
-Intel's fast path (a non-Intel vendor, or MKL limited by ``MKL_ENABLE_INSTRUCTIONS``), the BLAS
+Intel's fast path (AMD or Hygon, no MKL, or MKL limited by ``MKL_ENABLE_INSTRUCTIONS``), the BLAS
 elsewhere. It is decided by these facts, never by timing, so every process of a run (and a
 resumed run) makes the same choice and exact resume stays bitwise. Override it with
 ``ROTARY_CPU_GEMM=blas|onednn|auto`` or ``set_cpu_gemm(...)``.
@@ -29,6 +29,7 @@ from rotary.errors import RotaryError
 
 BACKENDS = ("auto", "blas", "onednn")
 _MKL_BELOW_AVX512 = {"SSE4_2", "AVX", "AVX2"}  # values of MKL_ENABLE_INSTRUCTIONS that cap MKL
+_MKL_SLOW_VENDORS = ("AuthenticAMD", "HygonGenuine", "AMD")
 # Below this many rows (decoding a few tokens) oneDNN's per-call cost outweighs its faster
 # kernels; from 32 rows on it is 1.1-1.5x faster than MKL's AVX2 code (measured).
 MIN_ROWS = 32
@@ -64,8 +65,10 @@ def _auto_backend() -> str:
     if not (x86 and onednn_available()):
         return "blas"
     mkl_capped = os.environ.get("MKL_ENABLE_INSTRUCTIONS", "").upper() in _MKL_BELOW_AVX512
-    mkl_fast = torch.backends.mkl.is_available() and "Intel" in _cpu_vendor() and not mkl_capped
-    return "blas" if mkl_fast else "onednn"
+    # MKL dispatches on the vendor: AMD and Hygon CPUs get its AVX2 code. An unknown vendor keeps
+    # the BLAS, PyTorch's own default.
+    slowed = any(v in _cpu_vendor() for v in _MKL_SLOW_VENDORS) or not torch.backends.mkl.is_available()
+    return "onednn" if slowed or mkl_capped else "blas"
 
 
 def set_cpu_gemm(backend: str) -> None:
@@ -107,7 +110,9 @@ def weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):  # noqa: D401 - autograd API
-        ctx.save_for_backward(x, weight)
+        need_x, need_w, _ = ctx.needs_input_grad
+        # keep only what backward reads: a frozen weight needs no saved input
+        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
         ctx.has_bias = bias is not None
         return matmul_onednn(x, weight, bias)
 
@@ -116,21 +121,38 @@ class _OneDNNLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
         grad = grad.contiguous()
-        grad_x = matmul_onednn(grad, weight.t()) if need_x else None
         grad2d = grad.reshape(-1, grad.shape[-1])
-        grad_w = weight_grad(grad2d, x.reshape(-1, x.shape[-1])) if need_w else None
+        if torch.is_grad_enabled():  # create_graph: differentiable ops, so double backward is right
+            grad_x = grad @ weight if need_x else None
+            grad_w = grad2d.t() @ x.reshape(-1, x.shape[-1]) if need_w else None
+        else:
+            grad_x = matmul_onednn(grad, weight.t()) if need_x else None
+            grad_w = weight_grad(grad2d, x.reshape(-1, x.shape[-1])) if need_w else None
         grad_b = grad2d.sum(0) if need_b and ctx.has_bias else None
         return grad_x, grad_w, grad_b
 
 
+def _plain_eager() -> bool:
+    """Not under compilation, tracing, torch.func transforms or forward-mode AD: the oneDNN op
+    has no rules for those, so they get F.linear."""
+    return not (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch._C._are_functorch_transforms_active()
+        or torch.autograd.forward_ad._current_level >= 0
+    )
+
+
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``x @ weight.T`` goes to oneDNN: the ``onednn`` backend, fp32 on CPU, at least
-    ``MIN_ROWS`` rows, outside autocast and compilation (those pick their own kernels)."""
+    ``MIN_ROWS`` rows, outside autocast and the transforms of ``_plain_eager``."""
     return (
-        not torch.compiler.is_compiling()
+        isinstance(x, torch.Tensor)  # not an fx Proxy being traced
+        and _plain_eager()
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
-        and x.numel() >= MIN_ROWS * x.shape[-1]
+        and weight.numel() > 0
+        and x.numel() >= MIN_ROWS * x.shape[-1] > 0
         and not torch.is_autocast_enabled("cpu")
         and cpu_gemm() == "onednn"
     )
