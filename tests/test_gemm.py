@@ -87,6 +87,26 @@ def test_models_and_the_fused_loss_really_run_on_onednn(backend):
     assert "mkldnn::_linear_pointwise" in ops and "aten::mm" not in ops  # layers and the head's logits
 
 
+def test_compiled_model_keeps_its_gemms_on_onednn_and_matches_eager(backend):
+    backend("onednn")
+    torch.manual_seed(0)
+    model = CausalLM(ModelConfig.from_dict({"preset": "tiny", "vocab_size": 300, "max_seq_len": 64}))
+    ids = torch.randint(0, 300, (4, 48))
+    compiled = torch.compile(model, fullgraph=True)
+
+    def grads(fn):
+        model.zero_grad()
+        fn(ids, labels=ids).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    got = grads(compiled)
+    for a, b in zip(got, grads(model)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    ops = ops_run(lambda: grads(compiled))
+    assert {"rotary::onednn_linear", "rotary::onednn_matmul", "rotary::onednn_weight_grad"} <= ops
+    assert "aten::mm" not in ops
+
+
 def test_small_row_counts_autocast_and_the_blas_backend_stay_on_f_linear(backend):
     layer = gemm.Linear(24, 16)
     backend("onednn")

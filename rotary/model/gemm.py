@@ -96,48 +96,85 @@ def matmul_onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = Non
     return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
 
 
-def weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``grad.T @ x`` for 2-D ``grad`` (M, N) and ``x`` (M, K) by oneDNN, as (N, K).
-
-    oneDNN reads a transposed weight in place but is slow on a transposed source, so the smaller
-    of the two operands is copied transposed (measured fastest of the layouts).
-    """
-    if grad.shape[1] <= x.shape[1]:
-        return matmul_onednn(grad.t().contiguous(), x.t())
-    return matmul_onednn(x.t().contiguous(), grad.t()).t()
+def _weight_grad_is_transposed(grad: torch.Tensor, x: torch.Tensor) -> bool:
+    # oneDNN reads a transposed weight in place but is slow on a transposed source, so the
+    # smaller operand is copied transposed (the fastest layout measured); with x the smaller
+    # one, the product comes out as (K, N) and is returned transposed.
+    return grad.shape[1] > x.shape[1]
 
 
-class _OneDNNLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias):  # noqa: D401 - autograd API
-        need_x, need_w, _ = ctx.needs_input_grad
-        # keep only what backward reads: a frozen weight needs no saved input
-        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
-        ctx.has_bias = bias is not None
-        return matmul_onednn(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        grad = grad.contiguous()
-        grad2d = grad.reshape(-1, grad.shape[-1])
-        if torch.is_grad_enabled():  # create_graph: differentiable ops, so double backward is right
-            grad_x = grad @ weight if need_x else None
-            grad_w = grad2d.t() @ x.reshape(-1, x.shape[-1]) if need_w else None
-        else:
-            grad_x = matmul_onednn(grad, weight.t()) if need_x else None
-            grad_w = weight_grad(grad2d, x.reshape(-1, x.shape[-1])) if need_w else None
-        grad_b = grad2d.sum(0) if need_b and ctx.has_bias else None
-        return grad_x, grad_w, grad_b
+# The three GEMMs of a linear layer as custom ops: opaque to torch.compile, which keeps them (and
+# fuses what lies around them) instead of sending the GEMMs back to the default BLAS.
+@torch.library.custom_op("rotary::onednn_linear", mutates_args=(), device_types="cpu")
+def _linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return matmul_onednn(x, weight, bias)
 
 
-def _plain_eager() -> bool:
-    """Not under compilation, tracing, torch.func transforms or forward-mode AD: the oneDNN op
-    has no rules for those, so they get F.linear."""
+@_linear_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("rotary::onednn_matmul", mutates_args=(), device_types="cpu")
+def _matmul_op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for 2-D ``b``: a linear layer's input gradient."""
+    return matmul_onednn(a, b.t())
+
+
+@_matmul_op.register_fake
+def _(a, b):
+    return a.new_empty((*a.shape[:-1], b.shape[1]))
+
+
+@torch.library.custom_op("rotary::onednn_weight_grad", mutates_args=(), device_types="cpu")
+def _weight_grad_op(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``grad.T @ x`` for 2-D ``grad`` (M, N) and ``x`` (M, K): a linear layer's weight gradient."""
+    if _weight_grad_is_transposed(grad, x):
+        return matmul_onednn(x.t().contiguous(), grad.t()).t()
+    return matmul_onednn(grad.t().contiguous(), x.t())
+
+
+@_weight_grad_op.register_fake
+def _(grad, x):
+    n, k = grad.shape[1], x.shape[1]
+    return x.new_empty((k, n)).t() if _weight_grad_is_transposed(grad, x) else x.new_empty((n, k))
+
+
+def _setup_linear(ctx, inputs, output) -> None:
+    x, weight, bias = inputs
+    need_x, need_w = ctx.needs_input_grad[:2]
+    # keep only what backward reads: a frozen weight needs no saved input
+    ctx.save_for_backward(x if need_w else None, weight if need_x else None)
+    ctx.has_bias = bias is not None
+
+
+def _linear_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    grad = grad.contiguous()
+    grad2d = grad.reshape(-1, grad.shape[-1])
+    x2d = x.reshape(-1, x.shape[-1]) if need_w else None
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        # create_graph (a gradient penalty, say): differentiable ops, so double backward is right
+        grad_x = grad @ weight if need_x else None
+        grad_w = grad2d.t() @ x2d if need_w else None
+    else:
+        grad_x = _matmul_op(grad, weight) if need_x else None
+        grad_w = _weight_grad_op(grad2d, x2d) if need_w else None
+    grad_b = grad2d.sum(0) if need_b and ctx.has_bias else None
+    return grad_x, grad_w, grad_b
+
+
+_linear_op.register_autograd(_linear_backward, setup_context=_setup_linear)
+
+
+def _onednn_context() -> bool:
+    """Plain eager mode or torch.compile; not TorchScript tracing, torch.func transforms or
+    forward-mode AD, which have no rules for the oneDNN ops and get F.linear's."""
+    if torch.compiler.is_compiling():
+        return True
     return not (
-        torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
+        torch.jit.is_tracing()
         or torch._C._are_functorch_transforms_active()
         or torch.autograd.forward_ad._current_level >= 0
     )
@@ -145,36 +182,40 @@ def _plain_eager() -> bool:
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``x @ weight.T`` goes to oneDNN: the ``onednn`` backend, fp32 on CPU, at least
-    ``MIN_ROWS`` rows, outside autocast and the transforms of ``_plain_eager``."""
+    ``MIN_ROWS`` rows, outside autocast and the transforms of ``_onednn_context``."""
     return (
         isinstance(x, torch.Tensor)  # not an fx Proxy being traced
-        and _plain_eager()
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and weight.numel() > 0
         and x.numel() >= MIN_ROWS * x.shape[-1] > 0
         and not torch.is_autocast_enabled("cpu")
         and cpu_gemm() == "onednn"
+        and _onednn_context()
     )
 
 
-def matmul_nt(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T + bias`` with no autograd (for code that computes its own gradients),
-    through the GEMM backend chosen for this machine. ``weight`` may be a transposed view."""
-    if uses_onednn(x, weight):
-        return matmul_onednn(x, weight, bias)
-    return F.linear(x, weight, bias)
+def matmul_nn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for 2-D ``b`` through the GEMM backend chosen for this machine, for code that
+    computes its own gradients (the oneDNN path has no autograd formula)."""
+    if uses_onednn(a, b):
+        return _matmul_op(a, b)
+    return a @ b
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` through the GEMM backend chosen for this machine."""
+    """``F.linear`` through the GEMM backend chosen for this machine, with its gradients."""
     if uses_onednn(x, weight):
-        return _OneDNNLinear.apply(x, weight, bias)
+        return _linear_op(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same state dict) whose GEMMs follow ``cpu_gemm()``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        cpu_gemm()  # resolved now, in plain Python, not first inside a torch.compile trace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)

@@ -55,7 +55,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 end = min(start + chunk_rows, n)
                 h_c, y_c, m_c = h[start:end], targets[start:end], weights[start:end]
                 rows = torch.arange(end - start, device=h_c.device)
-                logp = gemm.matmul_nt(h_c, w, b).float().log_softmax(-1)
+                logp = gemm.linear(h_c, w, b).float().log_softmax(-1)
                 loss_sum -= logp[rows, y_c] @ m_c
                 if not (need_h or need_w or need_b):
                     continue
@@ -67,7 +67,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_b += m_c @ grad
                 grad = grad.to(dtype)
                 if need_h:
-                    grad_h[start:end] = gemm.matmul_nt(grad, w.t()).float().mul_(m_c[:, None])
+                    grad_h[start:end] = gemm.matmul_nn(grad, w).float().mul_(m_c[:, None])
                 if need_w:
                     h_kept = h_c * m_c[:, None].to(dtype)
                     if dtype == torch.float32:
@@ -137,7 +137,7 @@ def cross_entropy_stats(
     out = torch.zeros(3, dtype=torch.float64, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_rows):
         end = min(start + chunk_rows, hidden.shape[0])
-        logits = gemm.matmul_nt(hidden[start:end], weight, bias).float()
+        logits = gemm.linear(hidden[start:end], weight, bias).float()
         y, m = targets[start:end], valid[start:end]
         losses = logits.logsumexp(-1) - logits.gather(1, y[:, None]).squeeze(1)
         out[0] += losses[m].sum()
