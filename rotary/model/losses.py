@@ -51,6 +51,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_h = torch.empty_like(hidden, dtype=torch.float32) if need_h else None
             grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
             grad_b = torch.zeros(vocab, dtype=torch.float32, device=hidden.device) if need_b else None
+            # bf16/fp16: each chunk's weight gradient lands in reused buffers (the GEMM's output,
+            # then widened to fp32) before it is added to the fp32 sum; a fresh (vocab, d) tensor
+            # per chunk costs a CPU more in page faults than the GEMM itself (measured ~8 ms each)
+            low_precision_w = need_w and dtype != torch.float32
+            grad_w_chunk = torch.empty_like(weight, dtype=dtype) if low_precision_w else None
+            grad_w_wide = torch.empty_like(weight, dtype=torch.float32) if low_precision_w else None
             for start in range(0, n, chunk_rows):
                 end = min(start + chunk_rows, n)
                 h_c, y_c, m_c = h[start:end], targets[start:end], weights[start:end]
@@ -75,7 +81,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                         # does the other GEMMs (measured: oneDNN + an add is no faster)
                         grad_w.addmm_(grad.t(), h_kept)
                     else:
-                        grad_w += (grad.t() @ h_kept).float()
+                        grad_w += grad_w_wide.copy_(torch.mm(grad.t(), h_kept, out=grad_w_chunk))
             # Mean over kept rows. None kept gives 0 and zero gradients (F.cross_entropy gives NaN,
             # which would stop a run whose MLM micro-batch happened to draw no masked token).
             scale = 1.0 / weights.sum().clamp(min=1.0)
