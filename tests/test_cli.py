@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,19 @@ def test_info_lists_presets():
         assert int(fields[1]) == cfg.n_layer and int(fields[2]) == cfg.d_model
         millions = cfg.estimate_num_parameters() / 1e6
         assert fields[-1] == f"{millions:.1f}M"
+    assert "CPU fp32 GEMM: " in proc.stdout
+
+
+@pytest.mark.parametrize("verb", ["info", "train"])
+def test_a_bad_cpu_gemm_setting_is_one_line_and_exit_2_before_any_output(verb, monkeypatch, tmp_path):
+    monkeypatch.setenv("ROTARY_CPU_GEMM", "fastest")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+    args = ["train", str(recipe), "--output-dir", str(tmp_path / "run")] if verb == "train" else [verb]
+    proc = run_module(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "ROTARY_CPU_GEMM: unknown CPU GEMM backend 'fastest'" in proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "run").exists()
 
 
 def test_no_verb_prints_help(capsys):

@@ -1,4 +1,4 @@
-"""``rotary info``: model presets and their sizes."""
+"""``rotary info``: model presets and their sizes, and how this machine will run them."""
 
 from __future__ import annotations
 
@@ -6,15 +6,28 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("info", help="list model presets with parameter counts")
+    p = subparsers.add_parser("info", help="list model presets with parameter counts, and this machine's compute setup")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rotary.config import PRESETS
 
+    machine = machine_summary()  # first: a bad ROTARY_CPU_GEMM is an error before any output
     print(f"{'preset':<16} {'layers':>6} {'d_model':>7} {'heads':>5} {'kv':>3} {'params':>10}")
     for name, cfg in PRESETS.items():
         n = cfg.estimate_num_parameters()
         print(f"{name:<16} {cfg.n_layer:>6} {cfg.d_model:>7} {cfg.n_head:>5} {cfg.kv_heads:>3} {n / 1e6:>9.1f}M")
+    print()
+    print(machine)
     return 0
+
+
+def machine_summary() -> str:
+    import torch
+
+    from rotary.model import gemm
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return (f"torch {torch.__version__} | {torch.get_num_threads()} CPU threads | CUDA GPUs: {gpus} | "
+            f"CPU fp32 GEMM: {gemm.cpu_gemm()} (set ROTARY_CPU_GEMM=auto|blas|onednn to override)")

@@ -86,7 +86,10 @@ def cpu_gemm() -> str:
     global _resolved
     if _resolved is None:
         if _setting is None:
-            set_cpu_gemm(os.environ.get("ROTARY_CPU_GEMM", "auto").strip().lower() or "auto")
+            try:
+                set_cpu_gemm(os.environ.get("ROTARY_CPU_GEMM", "auto").strip().lower() or "auto")
+            except RotaryError as e:
+                raise RotaryError(f"environment variable ROTARY_CPU_GEMM: {e}") from None
         _resolved = _auto_backend() if _setting == "auto" else _setting
     return _resolved
 

@@ -277,6 +277,7 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool) -
         raise RotaryError("fp16 training needs CUDA (GradScaler): use --precision bf16 or fp32")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    gemm.cpu_gemm()  # a bad ROTARY_CPU_GEMM is an error before any file is written
     run_dir = cfg.run_dir
     if info.is_main:
         check_run_dir(cfg, resume=resume, overwrite=overwrite)
