@@ -9,6 +9,7 @@ optimiser and RNG states are saved with the weights.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import signal
 import time
@@ -269,6 +270,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
     try:
         return _train(cfg, info, resume=resume, overwrite=overwrite)
     finally:
+        if info.enabled:
+            # Free the wrapped model, optimizer and their pending collective handles (reference
+            # cycles) while the process group is alive: left to interpreter exit, gloo's threads
+            # were found destroyed mid-flight (std::terminate, SIGABRT) in ~1 of 6 FSDP resumes.
+            gc.collect()
         shutdown(info)
 
 
