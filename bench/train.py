@@ -4,7 +4,8 @@ Measures tokens/s and MFU (against this machine's fp32 matmul peak, measured in 
 - rotary CausalLM vs transformers LlamaForCausalLM (GQA + SwiGLU + RMSNorm), and
 - rotary MaskedLM vs transformers RoFormerForMaskedLM (post-LN, GELU, LayerNorm),
 with identical configs, batch, labels and optimiser (torch AdamW, fused); each model computes its
-loss its own way (``model(ids, labels=...)``), as its trainer does. MLM labels cover 15% of the
+loss its own way, as its trainer does (HF: ``model(ids, labels=...)``, shifted inside; rotary:
+``model(ids, targets=...)``, one target per position). MLM labels cover 15% of the
 positions. Rounds alternate A and B so machine noise hits both; medians with min-max are
 printed, then the ratio rotary / HF.
 
@@ -88,8 +89,10 @@ class Runner:
     def step(self) -> float:
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else torch.autocast("cpu", enabled=False)
         with ctx:  # each library's own training path: the loss comes out of the model
-            out = self.fwd(self.x, labels=self.y)
-            loss = out.loss if self.hf else out
+            if self.hf:
+                loss = self.fwd(self.x, labels=self.y).loss
+            else:  # the trainer's path: per-position targets, no shift inside
+                loss = self.fwd(self.x, targets=self.y)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 from rotary import __version__
 from rotary.errors import RotaryError
@@ -47,9 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
-    if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 0
+    if getattr(args, "func", None) is None:  # `rotary` alone is a usage error, as argparse's are
+        parser.print_help(sys.stderr)
+        return 2
+    shown = _previous_showwarning[0] = warnings.showwarning
+    warnings.showwarning = _one_line_warning
     try:
         code = args.func(args)
     except RotaryError as err:
@@ -58,7 +63,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rotary: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
     return int(code or 0)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_previous_showwarning = [warnings.showwarning]  # what main() replaced, for everyone else's warnings
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: TextIO | None = None, line: str | None = None) -> None:
+    """rotary's own warnings are messages to the user: one line, not Python's file, line
+    number and source line of the code that warned."""
+    if os.path.abspath(filename).startswith(_PACKAGE_DIR):
+        print(f"rotary: warning: {message}", file=file or sys.stderr)
+    else:
+        _previous_showwarning[0](message, category, filename, lineno, file, line)
 
 
 if __name__ == "__main__":

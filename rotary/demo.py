@@ -51,40 +51,6 @@ def validation_text(shards_dir: Path) -> str:
     return "\n".join(corpus.val_documents())
 
 
-def plot_losses(run_dir: Path) -> Path | None:
-    """``loss.png``: training and validation loss against step, from metrics.jsonl."""
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train: dict[int, float] = {}
-    val: dict[int, float] = {}
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        (train if rec["kind"] == "train" else val if rec["kind"] == "eval" else {})[rec["step"]] = rec["loss"]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    if train:
-        ax.plot(sorted(train), [train[s] for s in sorted(train)], label="train loss", lw=1.2)
-    if val:
-        ax.plot(sorted(val), [val[s] for s in sorted(val)], "o-", label="validation loss", lw=1.5)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross entropy (nats/token)")
-    ax.set_title(f"rotary demo: {run_dir.name}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = run_dir / "loss.png"
-    tmp = run_dir / ".loss.png.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
-
-
 def run_demo(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None,
              prompt: str = "ROMEO:", max_new_tokens: int = 120, fresh: bool = False) -> DemoResult:
     """Train (or resume) the demo run, evaluate it on the whole validation split, sample."""
@@ -94,14 +60,16 @@ def run_demo(recipe: str | Path | None = None, overrides: dict[str, Any] | None 
     from rotary.train.config import load_recipe
     from rotary.train.data import TrainData
     from rotary.train.distributed import DistInfo
+    from rotary.train.logging import plot_losses
     from rotary.train.trainer import evaluate, train
 
     t0 = time.perf_counter()
     cfg = load_recipe(recipe or DEFAULT_RECIPE, overrides)
     run_dir = cfg.run_dir
-    if (run_dir / "recipe.yaml").exists() and not fresh:
+    resume = (run_dir / "recipe.yaml").exists() and not fresh
+    if resume:
         print(f"[demo] {run_dir} exists: reusing its tokenizer and shards and resuming training")
-    result = train(cfg, resume=not fresh, overwrite=fresh)
+    result = train(cfg, resume=resume, overwrite=fresh)
     if result.stopped == "resumed_finished":
         print(f"[demo] training already finished at step {result.step}: reusing it")
     elif result.stopped == "interrupted":

@@ -12,18 +12,36 @@ from collections.abc import Callable, Sequence
 import torch
 
 from rotary.errors import RotaryError
-from rotary.model import CausalLM
+from rotary.model import CausalLM, MaskedLM
 
 
-def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Next token ids (B,) from last-position logits (B, vocab). temperature 0 = greedy."""
+def check_sampling(*, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
+    """RotaryError for sampling settings that cannot work."""
     if temperature < 0:
         raise RotaryError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise RotaryError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 1:
         raise RotaryError(f"top_k must be >= 1, got {top_k}")
+
+
+def check_generation(model: torch.nn.Module, max_new_tokens: int, *, temperature: float = 1.0,
+                     top_k: int | None = None, top_p: float | None = None) -> None:
+    """Everything :func:`generate` would refuse that is known before the first forward pass, so
+    callers can check before they print anything."""
+    if not isinstance(model, CausalLM):
+        kind = "a masked LM (an encoder)" if isinstance(model, MaskedLM) else f"a {type(model).__name__}"
+        raise RotaryError(f"generation needs a causal LM, and this model is {kind}: it predicts masked "
+                          "or labelled tokens, not continuations; train with task causal_lm to generate")
+    if max_new_tokens < 0:
+        raise RotaryError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token ids (B,) from last-position logits (B, vocab). temperature 0 = greedy."""
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
@@ -74,10 +92,7 @@ def generate(
     ``on_tokens`` receives each step's (B,) new ids as they are sampled (for streaming).
     A row stops at ``eos_id`` (which is kept in its output).
     """
-    if not isinstance(model, CausalLM):
-        raise RotaryError("generation needs a causal LM (this model is an encoder: use fill-mask)")
-    if max_new_tokens < 0:
-        raise RotaryError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    check_generation(model, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     device = model.device
     if isinstance(prompts, torch.Tensor):
         ids, mask = prompts.long(), torch.ones_like(prompts, dtype=torch.long)

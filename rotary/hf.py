@@ -6,6 +6,7 @@
     to_hf(model)                    the way back (a transformers model instance)
     save_hf(model, out_dir)         config.json + model.safetensors via save_pretrained, loadable by
                                     AutoModelForCausalLM / AutoModelForMaskedLM / ...ForSequenceClassification
+    copy_hf_tokenizer(src, dst)     an HF checkpoint's tokenizer into a rotary checkpoint's tokenizer/
     config_from_hf / config_to_hf   the configs alone
 
 Every conversion is exact (same logits up to float rounding) or refused with a ``RotaryError``
@@ -39,11 +40,13 @@ Decisions where the two sides differ:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -344,7 +347,7 @@ def _llama_config_to_hf(cfg: ModelConfig) -> Any:
         initializer_range=cfg.initializer_range,
         rms_norm_eps=cfg.norm_eps,
         pad_token_id=cfg.pad_token_id,
-        bos_token_id=None,  # rotary's config does not know the tokenizer's special tokens
+        bos_token_id=None,  # rotary's config does not know the tokenizer: save_hf fills these in
         eos_token_id=None,
         tie_word_embeddings=cfg.tie_embeddings,
         attention_bias=cfg.bias,
@@ -470,6 +473,20 @@ def _check_roformer_positions(hf_model: Any, cfg: ModelConfig) -> None:
         raise RotaryError("this RoFormer's sinusoidal position table is not the standard base-10000 one")
 
 
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' "Loading weights" / "Writing model shards" bars, off: they say nothing about
+    a conversion that takes a second."""
+    hf_logging = _transformers().utils.logging
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def _load_hf_dir(path: str | os.PathLike[str]) -> Any:
     tf = _transformers()
     path = Path(path)
@@ -481,7 +498,8 @@ def _load_hf_dir(path: str | os.PathLike[str]) -> Any:
         arch = {"llama": "LlamaForCausalLM", "roformer": "RoFormerForMaskedLM"}.get(hfc.model_type)
     if arch not in _FROM_HF:
         raise RotaryError(f"{path}: architecture {arch} is not convertible (supported: {', '.join(_FROM_HF)})")
-    return getattr(tf, arch).from_pretrained(path, local_files_only=True)
+    with _no_progress_bars():
+        return getattr(tf, arch).from_pretrained(path, local_files_only=True)
 
 
 def from_hf(hf_model: PreTrainedModel | str | os.PathLike[str]) -> RotaryModel:
@@ -659,11 +677,79 @@ def to_hf(model: RotaryModel) -> PreTrainedModel:
     return hf.to(device=ref.device, dtype=ref.dtype).eval()
 
 
+def tokenizer_special_ids(tokenizer_dir: str | os.PathLike[str]) -> dict[str, int]:
+    """``bos_token_id`` / ``eos_token_id`` / ``pad_token_id`` of an HF tokenizer directory, from
+    its tokenizer_config.json / special_tokens_map.json and tokenizer.json (those it defines)."""
+    import json
+
+    d = Path(tokenizer_dir)
+    names: dict[str, str] = {}
+    for fname in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
+        f = d / fname
+        if f.is_file():
+            try:
+                data = json.loads(f.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise RotaryError(f"{f}: invalid JSON ({err.msg})") from None
+            for key in ("bos_token", "eos_token", "pad_token"):
+                value = data.get(key)
+                if isinstance(value, dict):  # AddedToken as saved by transformers
+                    value = value.get("content")
+                if isinstance(value, str):
+                    names[key] = value
+    if not names or not (d / "tokenizer.json").is_file():
+        return {}
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_file(str(d / "tokenizer.json"))
+    out = {}
+    for key, token in names.items():
+        i = backend.token_to_id(token)
+        if i is not None:
+            out[f"{key}_id"] = i
+    return out
+
+
+def copy_hf_tokenizer(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[str]) -> Path | None:
+    """Copy the tokenizer of an HF checkpoint directory into ``dst_dir`` (a rotary checkpoint's
+    ``tokenizer/``) so that ``rotary.tokenizer.load_tokenizer`` and ``rotary generate`` use it.
+
+    A directory with only a slow tokenizer's files (``vocab.txt``, ``tokenizer.model``) also
+    gets the ``tokenizer.json`` that transformers converts them to. Returns ``dst_dir``, or None
+    when ``src_dir`` holds no tokenizer. ``dst_dir`` appears complete or not at all.
+    """
+    src, dst = Path(src_dir), Path(dst_dir)
+    files = [src / n for n in _TOKENIZER_FILES if (src / n).is_file()]
+    if not files:
+        return None
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as tmp:
+        staged = Path(tmp) / "tokenizer"
+        staged.mkdir()
+        for f in files:
+            shutil.copy2(f, staged / f.name)
+        if not (staged / "tokenizer.json").is_file():
+            tf = _transformers()
+            try:
+                tok = tf.AutoTokenizer.from_pretrained(src, use_fast=True, local_files_only=True)
+            except Exception as err:  # transformers raises many types for an unusable directory
+                raise RotaryError(f"{src}: transformers cannot load its tokenizer ({str(err).splitlines()[0]})") from None
+            if not getattr(tok, "is_fast", False):
+                raise RotaryError(f"{src}: its tokenizer has no fast (tokenizer.json) form, which rotary needs")
+            tok.backend_tokenizer.save(str(staged / "tokenizer.json"))
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(staged, dst)
+    return dst
+
+
 def save_hf(model: RotaryModel, out_dir: str | os.PathLike[str], tokenizer_dir: str | os.PathLike[str] | None = None) -> Path:
     """Write ``model`` as an HF checkpoint (config.json + model.safetensors, via save_pretrained).
 
     ``tokenizer_dir``'s HF tokenizer files (tokenizer.json, tokenizer_config.json, vocab.txt, ...)
-    are copied beside it. Files appear under their final names only when complete.
+    are copied beside it, and its BOS/EOS/PAD tokens go into config.json and
+    generation_config.json (so ``generate`` in transformers stops at EOS). Files appear under
+    their final names only when complete.
     """
     out = Path(out_dir)
     hf = to_hf(model)
@@ -672,10 +758,18 @@ def save_hf(model: RotaryModel, out_dir: str | os.PathLike[str], tokenizer_dir: 
         tok_files = [Path(tokenizer_dir) / n for n in _TOKENIZER_FILES if (Path(tokenizer_dir) / n).is_file()]
         if not tok_files:
             raise RotaryError(f"{tokenizer_dir}: no HF tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...)")
+        special = tokenizer_special_ids(tokenizer_dir)
+        if model.config.pad_token_id is not None:  # the model's own padding id stays
+            special.pop("pad_token_id", None)
+        for key, value in special.items():
+            setattr(hf.config, key, value)
+            if getattr(hf, "generation_config", None) is not None:
+                setattr(hf.generation_config, key, value)
     out.mkdir(parents=True, exist_ok=True)
     # save_pretrained writes in place: write to a temp dir beside out_dir, then rename each file.
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        hf.save_pretrained(tmp)
+        with _no_progress_bars():
+            hf.save_pretrained(tmp)
         for f in tok_files:
             shutil.copy2(f, Path(tmp) / f.name)
         for f in sorted(Path(tmp).iterdir()):
@@ -683,4 +777,5 @@ def save_hf(model: RotaryModel, out_dir: str | os.PathLike[str], tokenizer_dir: 
     return out
 
 
-__all__ = ["config_from_hf", "config_to_hf", "from_hf", "pairs_to_halves", "save_hf", "to_hf"]
+__all__ = ["config_from_hf", "config_to_hf", "copy_hf_tokenizer", "from_hf", "pairs_to_halves", "save_hf",
+           "to_hf", "tokenizer_special_ids"]

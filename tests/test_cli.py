@@ -1,5 +1,6 @@
 """The `rotary` command: help, version, `info`, and one-line user errors with exit code 2."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 import rotary
 from rotary import cli
 from rotary.commands import info
-from rotary.config import PRESETS
+from rotary.config import PRESETS, ModelConfig
 from rotary.errors import RotaryError
 
 
@@ -59,9 +60,219 @@ def test_a_bad_cpu_gemm_setting_is_one_line_and_exit_2_before_any_output(verb, m
     assert proc.stdout == "" and not (tmp_path / "run").exists()
 
 
-def test_no_verb_prints_help(capsys):
-    assert cli.main([]) == 0
-    assert "usage: rotary" in capsys.readouterr().out
+def test_no_verb_is_a_usage_error_with_help_on_stderr(capsys):
+    assert cli.main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "usage: rotary" in err and "COMMAND" in err
+    assert cli.main(["tokenizer"]) == 2  # a verb that needs a subcommand
+    out, err = capsys.readouterr()
+    assert out == "" and "usage: rotary tokenizer" in err
+
+
+NO_TORCH = """
+import sys
+import rotary.cli
+try:
+    code = rotary.cli.main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+heavy = sorted(m for m in ("torch", "numpy", "tokenizers", "transformers") if m in sys.modules)
+print("HEAVY", heavy, "CODE", code)
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["--version"], [], ["no-such-verb"], ["train", "--help"], ["generate", "--help"],
+    ["convert", "--help"], ["prepare", "--help"], ["tokenizer", "train", "--help"], ["demo", "--help"],
+    ["generate", "runs/x"],  # a usage error: --prompt is required
+])
+def test_help_version_and_usage_errors_do_not_import_torch(args):
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, timeout=120)
+    assert "HEAVY [] CODE" in proc.stdout, (proc.stdout[-500:], proc.stderr[-2000:])
+    assert "CODE 0" in proc.stdout if "--help" in args or "--version" in args else "CODE 2" in proc.stdout
+
+
+def test_import_rotary_is_light_and_its_names_still_resolve():
+    code = ("import sys, rotary; assert 'torch' not in sys.modules; "
+            "from rotary import CausalLM, load, PRESETS; import rotary as r; "
+            "assert r.hf.to_hf and r.MaskedLM and r.get_preset('tiny') and 'torch' in sys.modules; "
+            "assert set(r.__all__) <= set(dir(r)); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_train_help_lists_every_recipe_key_with_type_default_and_doc():
+    from rotary.train.config import TrainConfig
+
+    proc = run_module("train", "--help")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+
+    def row(key):
+        found = [line for line in lines if line.split()[:1] == [key]]
+        assert len(found) == 1, (key, proc.stdout)
+        return found[0]
+
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in ("model", "data"):
+            assert f.metadata["help"] in row(f.name)
+    assert "int = 1000  optimizer steps to train" in row("max_steps")
+    assert "number of Transformer blocks" in row("model.n_layer") and "= 6 " in row("model.n_layer")
+    assert "bpe|wordpiece|char = bpe" in row("data.tokenizer.kind")
+    assert "shakespeare" in proc.stdout  # the built-in recipes are named
+
+
+@pytest.mark.parametrize("argv, recipe, overrides", [
+    (["--name", "mlm", "--task", "masked_lm"], None, {"name": "mlm", "task": "masked_lm"}),
+    (["--name=mlm", "--task=masked_lm"], None, {"name": "mlm", "task": "masked_lm"}),
+    (["r.yaml", "--max-steps", "3"], "r.yaml", {"max_steps": 3}),
+    (["--max-steps", "3", "r.yaml"], "r.yaml", {"max_steps": 3}),
+    (["--compile", "r.yaml", "--lr=0.001"], "r.yaml", {"compile": True, "lr": 0.001}),
+    (["--compile", "false", "r.yaml"], "r.yaml", {"compile": False}),
+])
+def test_train_finds_the_recipe_among_overrides_in_both_spellings(argv, recipe, overrides):
+    from rotary.commands.train import split_recipe
+    from rotary.config import parse_overrides
+
+    got_recipe, rest = split_recipe(argv)
+    assert got_recipe == recipe and parse_overrides(rest) == overrides
+
+
+class FakeTrain:
+    """Stands in for the trainer: records the recipe and the flags it was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, cfg, *, resume, overwrite, verify=True):
+        from rotary.train.trainer import TrainResult
+
+        self.calls.append((cfg, resume, overwrite))
+        return TrainResult(run_dir=cfg.run_dir, step=3, stopped="max_steps", last_eval={"loss": 1.5})
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    from rotary.train import trainer
+
+    fake = FakeTrain()
+    monkeypatch.setattr(trainer, "train", fake)
+    monkeypatch.delenv("RANK", raising=False)
+    return fake
+
+
+def test_train_without_a_recipe_takes_name_and_task_from_the_command_line(fake_train, capsys):
+    assert cli.main(["train", "--name", "mlm", "--task", "masked_lm", "--max-steps", "2"]) == 0
+    cfg = fake_train.calls[0][0]
+    assert (cfg.name, cfg.task, cfg.max_steps) == ("mlm", "masked_lm", 2)
+    assert capsys.readouterr().out.startswith("runs/mlm: step 3")
+
+
+def test_train_names_a_builtin_recipe_from_anywhere(fake_train, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # outside the repository: no recipes/ here
+    assert cli.main(["train", "shakespeare", "--max-steps", "2"]) == 0
+    assert cli.main(["train", "recipes/shakespeare.yaml"]) == 0
+    assert [c[0].name for c in fake_train.calls] == ["shakespeare", "shakespeare"]
+    assert cli.main(["train", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "recipe not found: nosuch (built-in recipes: demo, shakespeare" in err
+
+
+def test_resume_and_overwrite_together_are_an_error(fake_train, capsys):
+    assert cli.main(["train", "shakespeare", "--resume", "--overwrite"]) == 2
+    assert "--resume" in capsys.readouterr().err and not fake_train.calls
+
+
+def test_resume_without_a_recipe_uses_the_runs_recipe(fake_train, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("name: earlier\nmax_steps: 7\nbatch_size: 3\n")
+    assert cli.main(["train", "--resume", "--output-dir", str(run), "--max-steps", "9"]) == 0
+    cfg, resume, overwrite = fake_train.calls[0]
+    assert (cfg.name, cfg.batch_size, cfg.max_steps, cfg.output_dir) == ("earlier", 3, 9, str(run))
+    assert resume and not overwrite
+    assert cli.main(["train", "--resume", "--output-dir", str(tmp_path / "none")]) == 2
+    assert "recipe.yaml does not exist" in capsys.readouterr().err
+
+
+def test_only_rank_0_prints_the_summary_and_warnings(fake_train, monkeypatch, capsys):
+    args = ["train", "--max-steps", "5", "--warmup-steps", "10"]
+    assert cli.main(args) == 0
+    out, err = capsys.readouterr()
+    assert out.count("step 3 (max_steps)") == 1
+    assert err == ("rotary: warning: warmup (10 steps) is not shorter than max_steps (5): the learning "
+                   "rate never reaches its peak (lower warmup_steps or raise max_steps)\n")
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(args) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+class FakeTokenizer:
+    eos_id, pad_id = 0, None
+
+    def encode(self, text):
+        return [ord(c) % 50 + 1 for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(96 + i % 26) for i in ids)
+
+
+@pytest.mark.parametrize("kind, args, needle", [
+    ("masked", [], "generation needs a causal LM, and this model is a masked LM"),
+    ("causal", ["--top-p", "2"], "top_p must be in (0, 1]"),
+    ("causal", ["--temperature", "-1"], "temperature must be >= 0"),
+    ("causal", ["--max-new-tokens", "-1"], "max_new_tokens must be >= 0"),
+    ("causal", ["--prompt", ""], "encodes to no tokens"),
+])
+def test_generate_checks_everything_before_printing_the_prompt(kind, args, needle, monkeypatch, capsys):
+    from rotary import pretrained
+    from rotary.model import CausalLM, MaskedLM
+
+    cfg = ModelConfig.from_dict({"preset": "tiny", "causal": kind == "causal"})
+    model = (CausalLM if kind == "causal" else MaskedLM)(cfg).eval()
+    fake = pretrained.Pretrained(model, FakeTokenizer(), Path("runs/x"), {"task": kind})
+    monkeypatch.setattr(pretrained, "load", lambda *a, **k: fake)
+    argv = ["generate", "runs/x", *(["--prompt", "ROMEO:"] if "--prompt" not in args else []), *args]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and needle in err and err.count("\n") == 1
+    assert "fill-mask" not in err
+
+
+def test_generate_help_explains_every_option_with_its_default():
+    proc = run_module("generate", "--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    for needle in ("--max-new-tokens MAX_NEW_TOKENS tokens to generate", "(default: 200)", "(default: 0.8)",
+                   "--top-k TOP_K sample among", "--seed SEED random seed", "--device DEVICE auto"):
+        assert needle in text, needle
+
+
+def test_tokenizer_train_prints_one_line(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"the cat sat on the mat {i} times" for i in range(50)))
+    proc = run_module("tokenizer", "train", "--corpus", str(corpus), "--kind", "bpe", "--vocab-size", "270",
+                      "--out", str(tmp_path / "tok"))
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1 and proc.stdout.startswith(str(tmp_path / "tok"))
+
+
+def test_rotarys_warnings_are_one_line_without_source(tmp_path):
+    pytest.importorskip("transformers")
+    script = (
+        "import sys, rotary.cli\n"
+        "from rotary.commands import info\n"
+        "def run(args):\n"
+        "    from rotary import CausalLM, get_preset\n"
+        "    from rotary.hf import to_hf\n"
+        "    to_hf(CausalLM(get_preset('tiny').replace(dropout=0.1)))\n"
+        "info.run = run\n"
+        "sys.exit(rotary.cli.main(['info']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ("rotary: warning: Llama has no residual/embedding dropout: dropout=0.1 is not "
+                           "exported (inference outputs are unaffected)\n")
 
 
 def test_rotary_error_in_a_verb_is_one_line_and_exit_2(monkeypatch, capsys):

@@ -319,3 +319,41 @@ def test_literal_fields_suggest_the_closest_choice():
         ModelConfig.from_dict({"norm": "rms_norm"})
     with pytest.raises(RotaryError, match="did you mean 'dynamic_ntk'"):
         ModelConfig.from_dict({"rope_scaling": "dynamic"})
+
+
+def test_recipe_keys_cover_every_field_dotted():
+    from rotary.config import ModelConfig
+    from rotary.train.config import DataConfig, TokenizerSpec, TrainConfig, recipe_keys
+
+    keys = {k: (t, d, h) for k, t, d, h in recipe_keys()}
+    expected = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "data"}
+    expected |= {f"data.{f.name}" for f in dataclasses.fields(DataConfig)} - {"data.tokenizer"}
+    expected |= {f"data.tokenizer.{f.name}" for f in dataclasses.fields(TokenizerSpec)}
+    expected |= {f"model.{f.name}" for f in dataclasses.fields(ModelConfig)} | {"model.preset"}
+    assert set(keys) == expected
+    assert all(h for _, _, h in keys.values())  # every key is documented
+    assert keys["warmup_steps"][:2] == ("int|null", None) and keys["precision"][1] == "fp32"
+
+
+def test_builtin_recipes_resolve_by_name_and_by_their_repository_path(tmp_path, monkeypatch):
+    from rotary.train.config import BUILTIN_RECIPES, load_recipe, resolve_recipe
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_recipe("shakespeare") == BUILTIN_RECIPES / "shakespeare.yaml"
+    assert resolve_recipe("recipes/demo.yaml") == BUILTIN_RECIPES / "demo.yaml"
+    assert load_recipe("shakespeare").name == "shakespeare"
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "demo.yaml").write_text("name: mine\n")
+    assert load_recipe("recipes/demo.yaml").name == "mine"  # a file that exists comes first
+    for bad in ("nosuch", "elsewhere/shakespeare.yaml"):
+        with pytest.raises(RotaryError, match=r"recipe not found: .*\(built-in recipes: demo, shakespeare"):
+            resolve_recipe(bad)
+
+
+def test_warmup_longer_than_training_is_warned_about():
+    from rotary.train.config import TrainConfig
+
+    assert TrainConfig(max_steps=100).warnings() == []
+    (warning,) = TrainConfig(max_steps=10, warmup_steps=20).warnings()
+    assert "warmup (20 steps) is not shorter than max_steps (10)" in warning
+    assert TrainConfig(max_steps=10, warmup_fraction=0.5).warnings() == []

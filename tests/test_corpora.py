@@ -278,3 +278,67 @@ def test_python_m_rotary_exits_2_with_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "d.jsonl:2: no 'text' field" in lines[0]
+
+
+# --------------------------------------------------------------------------------------------
+# the tail rule for splits a hash leaves empty; text that is not text
+# --------------------------------------------------------------------------------------------
+
+
+def _texts_with_side(val: bool, fraction: float, n: int) -> list[str]:
+    """``n`` documents that the hash split at ``fraction`` puts all in val (or all in train)."""
+    from rotary.data.corpora import in_val
+
+    out = []
+    for i in range(10_000):
+        text = "".join(f"document {i}, line {j}\n" for j in range(100))
+        if in_val(text, fraction) == val:
+            out.append(text)
+            if len(out) == n:
+                return out
+    raise AssertionError("no such documents")
+
+
+def test_small_folder_splits_its_tail_when_the_hash_gives_no_validation(tmp_path: Path) -> None:
+    # The README's "your own text" flow on two files: both hash into train at 5%.
+    texts = _texts_with_side(False, 0.05, 2)
+    for name, text in zip(("a.txt", "b.txt"), texts):
+        (tmp_path / name).write_text(text)
+    c = load_corpus(str(tmp_path))
+    train, val = list(c.train_documents()), list(c.val_documents())
+    assert train[0] == texts[0] and len(train) == 2 and len(val) == 1
+    # Validation is the last 5% of the text, cut at a line boundary.
+    assert train[1] + val[0] == texts[1] and train[1].endswith("\n") and val[0].startswith("document ")
+    assert 0.04 < len(val[0]) / sum(map(len, texts)) < 0.06
+    assert list(load_corpus(str(tmp_path)).val_documents()) == val  # deterministic
+
+
+def test_tail_rule_also_fills_an_empty_training_split(tmp_path: Path) -> None:
+    rows = _texts_with_side(True, 0.5, 3)
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    c = load_corpus(str(tmp_path / "d.jsonl"), val_fraction=0.5)
+    train, val = list(c.train_documents()), list(c.val_documents())
+    assert train and val and "".join(train + val) == "".join(rows)
+    assert 0.45 < sum(map(len, val)) / sum(map(len, rows)) < 0.55
+
+
+def test_mostly_undecodable_text_is_an_error(tmp_path: Path, data_bpe_dir: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import random
+
+    from rotary.tokenizer import train_tokenizer
+
+    noise = tmp_path / "noise.txt"
+    noise.write_bytes(random.Random(0).randbytes(50_000))
+    gbk = tmp_path / "gbk" / "news.txt"
+    gbk.parent.mkdir()
+    gbk.write_bytes(("北京是中国的首都。国务院总理李鹏今天上午来到北京石景山发电总厂考察。\n" * 50).encode("gbk"))
+    for path in (noise, gbk.parent):
+        with pytest.raises(RotaryError, match=r"not UTF-8 text: [\d,]+ of its [\d,]+ characters"):
+            list(load_corpus(str(path)).train_documents())
+        with pytest.raises(RotaryError, match="not UTF-8 text"):
+            train_tokenizer(str(path), "bpe", 300, None)
+    msg = _cli_error(["prepare", "--tokenizer", str(data_bpe_dir), "--out", str(tmp_path / "out"),
+                      "--no-progress", "--corpus", str(noise)], capsys)
+    assert "noise.txt: not UTF-8 text" in msg and "convert it to UTF-8" in msg
+    assert not (tmp_path / "out" / "meta.json").exists()

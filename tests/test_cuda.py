@@ -47,7 +47,7 @@ def test_labels_path_equals_logits_path_on_gpu():
     torch.manual_seed(0)
     model = CausalLM(small()).to(CUDA)
     ids = torch.randint(0, 512, (4, 64), device=CUDA)
-    torch.testing.assert_close(model(ids, labels=ids), model.loss_fn(model(ids), ids), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model(ids, targets=ids), model.loss_fn(model(ids), ids), rtol=1e-5, atol=1e-5)
     mlm = MaskedLM(small(causal=False, norm="layernorm", mlp="gelu", pre_norm=False, bias=True)).to(CUDA)
     labels = torch.where(torch.rand(ids.shape, device=CUDA) < 0.15, ids, -100)
     torch.testing.assert_close(mlm(ids, labels=labels), mlm.loss_fn(mlm(ids), labels), rtol=1e-5, atol=1e-5)

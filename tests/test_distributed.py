@@ -1,8 +1,10 @@
-"""Distributed training on CPU with gloo: torchrun single- and multi-node, DDP equivalence,
+"""Distributed training on CPU with gloo: torchrun single- and multi-node, DDP/FSDP equivalence
+(also on an uneven validation split), workers orphaned in a collective, accelerate launch,
 a dying rank, and kill -9 / Ctrl-C during training and saving."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -227,13 +229,74 @@ def test_fsdp_matches_ddp_and_checkpoints_full_weights(tmp_path, prepared):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
 
 
+def uneven_batch(prepared, seq_len: int = 32, task: str = "causal_lm") -> int:
+    """A per-rank batch B whose last global validation batch (2 ranks) leaves rank 1 no rows."""
+    from rotary.train.data import TrainData
+    from rotary.train.distributed import DistInfo
+
+    data = TrainData(task, *prepared)
+    data.configure(seq_len=seq_len, batch_size=1, seed=0, model_vocab=data.vocab_size)
+    n = sum(len(x) for x, _ in data.eval_batches(None, DistInfo()))
+    return next(B for B in range(2, 64) if 1 <= n % (2 * B) <= B)
+
+
+def eval_records(run_dir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "eval"}
+
+
+def single_process(recipe: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "rotary", "train", str(recipe)], capture_output=True,
+                          text=True, timeout=180, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_masked_lm_under_ddp_on_an_uneven_validation_split_equals_one_process(tmp_path, prepared):
+    """MLM (masks drawn per global batch) under DDP, evaluated on the whole validation split,
+    whose last global batch gives rank 1 nothing: the metrics are the single process's. Before,
+    a rank masked its own rows alone and drew other random replacements than one process."""
+    from rotary.train.data import prepare_training_data
+    from rotary.train.distributed import DistInfo
+
+    corpus = prepared[0].parents[1] / "docs"
+    seed = make_recipe(tmp_path / "mlm-data", corpus=corpus, tokenizer_kind="char", task="masked_lm")
+    prepare_training_data(seed, DistInfo())
+    shards = (seed.run_dir / "data", seed.run_dir / "tokenizer")
+    B = uneven_batch(shards, task="masked_lm")
+    # lr ~0: the same weights in both runs (their training losses differ anyway: each rank averages
+    # over its own masked tokens), so evaluation compares the masks and the split alone
+    common = dict(task="masked_lm", lr=1e-12, max_steps=2, eval_interval=2, checkpoint_interval=2,
+                  eval_batches=None, dist_timeout_s=60)
+    one = write_recipe(tmp_path / "one.yaml", tmp_path / "one", shards, batch_size=2 * B, **common)
+    two = write_recipe(tmp_path / "two.yaml", tmp_path / "two", shards, batch_size=B, **common)
+    single_process(one)
+    proc = torchrun(str(two), nproc=2, extra=(f"--master-port={free_port()}",))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = eval_records(tmp_path / "one")[2], eval_records(tmp_path / "two")[2]
+    assert a["tokens"] == b["tokens"] and abs(a["loss"] - b["loss"]) <= 1e-5, (a, b)
+    assert abs(a["accuracy"] - b["accuracy"]) <= 1e-9
+
+
 def test_fsdp_run_resumes_from_its_checkpoint_exactly(tmp_path, prepared):
+    """FSDP on an uneven validation split (rank 1's share of the last batch is empty: a
+    forward pass is an all_gather, so it must still run one): the evaluations equal a single
+    process's, and a run resumed from step 3 continues exactly."""
     import shutil
 
-    full = write_recipe(tmp_path / "full.yaml", tmp_path / "full", prepared, batch_size=2, max_steps=6,
-                        eval_interval=3, checkpoint_interval=3, keep_checkpoints=5, distributed="fsdp")
+    B = uneven_batch(prepared)
+    common = dict(max_steps=6, eval_interval=3, checkpoint_interval=3, keep_checkpoints=5, eval_batches=None,
+                  dist_timeout_s=60)
+    one = write_recipe(tmp_path / "one.yaml", tmp_path / "one", prepared, batch_size=2 * B, **common)
+    full = write_recipe(tmp_path / "full.yaml", tmp_path / "full", prepared, batch_size=B, distributed="fsdp",
+                        **common)
+    single_process(one)
     proc = torchrun(str(full), nproc=2, extra=(f"--master-port={free_port()}",))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    ref, got = eval_records(tmp_path / "one"), eval_records(tmp_path / "full")
+    assert sorted(ref) == sorted(got) == [3, 6]
+    for step in ref:
+        assert ref[step]["tokens"] == got[step]["tokens"], step
+        assert abs(ref[step]["loss"] - got[step]["loss"]) <= 1e-5, (step, ref[step], got[step])
     # The same run as if it had stopped after step 3: drop everything written later.
     part = tmp_path / "part"
     shutil.copytree(tmp_path / "full", part)
@@ -250,3 +313,68 @@ def test_fsdp_run_resumes_from_its_checkpoint_exactly(tmp_path, prepared):
     # optimizer moments and data position came back: later steps equal the uninterrupted run
     for step in (4, 5, 6):
         assert a[step] == b[step], (step, a[step], b[step])
+    assert eval_records(part)[6]["loss"] == got[6]["loss"]
+
+
+def test_workers_blocked_in_a_collective_exit_when_their_launcher_is_killed(tmp_path, prepared):
+    """torchrun killed with -9 while rank 1 is frozen: rank 0, blocked in a collective, gets
+    SIGTERM (parent-death signal) and ends in seconds, not after dist_timeout_s; so does rank 1
+    once it runs again. Before, they ran on, orphaned, until dist_timeout_s (10 minutes)."""
+    recipe = write_recipe(tmp_path / "r.yaml", tmp_path / "run", prepared, batch_size=2, max_steps=100000,
+                          eval_interval=100000, checkpoint_interval=100000, dist_timeout_s=600,
+                          tensorboard=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+           "-m", "rotary", "train", str(recipe)]
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err:
+        launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=ENV)
+    workers: list[int] = []
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            time.sleep(0.2)
+        assert metrics.exists(), "training never started"
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                                                  text=True).stdout.split()]
+        assert len(workers) == 2
+        os.kill(workers[1], signal.SIGSTOP)  # rank 0 now waits for it in the next collective
+        time.sleep(1.0)
+        launcher.kill()
+        launcher.wait(timeout=30)
+
+        def gone(pid: int, within: float) -> bool:
+            end = time.time() + within
+            while time.time() < end:
+                try:  # gone, or a zombie that its new parent has not reaped yet
+                    if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                        return True
+                except FileNotFoundError:
+                    return True
+                time.sleep(0.2)
+            return False
+
+        assert gone(workers[0], 45), "rank 0 outlived its launcher, blocked in a collective"
+        assert "not handled for" in err_path.read_text()
+        os.kill(workers[1], signal.SIGCONT)
+        assert gone(workers[1], 60), "rank 1 outlived its launcher"
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if launcher.poll() is None:
+            launcher.kill()
+
+
+def test_accelerate_launch_that_starts_one_of_several_processes_warns(tmp_path, prepared):
+    """Without --multi_gpu, accelerate's single-process launcher runs one process for
+    --num_processes 2 (exit 0, "x1"): rotary says so instead of silently training alone."""
+    recipe = write_recipe(tmp_path / "r.yaml", tmp_path / "run", prepared, batch_size=2, max_steps=2,
+                          eval_interval=2, checkpoint_interval=2, tensorboard=False)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes=2",
+           "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "-m", "rotary", "train", str(recipe)]
+    env = {**ENV, "HF_HOME": str(tmp_path / "hf")}  # no accelerate config file of the user's
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rotary: warning: accelerate launch was asked for 2 processes but started one" in proc.stderr
+    assert "x1" in (tmp_path / "run" / "train.log").read_text()

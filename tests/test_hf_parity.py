@@ -11,6 +11,7 @@ Run with ``-s`` to see the max differences per family.
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -284,6 +285,64 @@ def test_save_hf_copies_the_tokenizer(tmp_path):
     assert ids == [5, 7, 11]
     with pytest.raises(RotaryError, match="no HF tokenizer files"):
         save_hf(model, tmp_path / "out2", tokenizer_dir=tmp_path / "out2")
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_causal_lm_labels_give_hfs_loss(ignored):
+    # transformers' idiom: labels aligned with input_ids, shifted inside the model
+    hf = tiny_llama(seed=31)
+    rot = from_hf(hf)
+    ids = batch(T=20, seed=32)["input_ids"]
+    labels = ids.clone()
+    if ignored:
+        labels[0, 5:9] = labels[2, -3:] = -100
+    with torch.no_grad():
+        want = hf(input_ids=ids, labels=labels).loss
+        got = rot(ids, labels=labels)
+    assert abs(got.item() - want.item()) <= 1e-5, (got.item(), want.item())
+
+
+def test_save_hf_takes_bos_eos_pad_from_the_tokenizer(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    vocab = {"[UNK]": 0, **{f"w{i}": i for i in range(1, VOCAB)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tok_dir / "tokenizer.json"))
+    (tok_dir / "tokenizer_config.json").write_text(
+        '{"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]", "eos_token": "w3", '
+        '"bos_token": {"content": "w1", "special": true}, "pad_token": "w2"}')
+    model = rotary_model(CausalLM, seed=26, d_model=32, n_head=4, d_ff=40, n_layer=1)
+    out = save_hf(model, tmp_path / "out", tokenizer_dir=tok_dir)
+    for name in ("config.json", "generation_config.json"):
+        cfg = json.loads((out / name).read_text())
+        assert (cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"]) == (1, 3, 2), name
+    # a model that has its own padding id keeps it
+    model = rotary_model(CausalLM, seed=26, d_model=32, n_head=4, d_ff=40, n_layer=1, pad_token_id=5)
+    out = save_hf(model, tmp_path / "out2", tokenizer_dir=tok_dir)
+    assert AutoModelForCausalLM.from_pretrained(out).config.pad_token_id == 5
+
+
+def test_copy_hf_tokenizer_makes_a_tokenizer_rotary_loads(tmp_path):
+    from rotary.tokenizer import load_tokenizer
+
+    # a BERT directory with only the slow tokenizer's vocab.txt: tokenizer.json is made for it
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat",
+                                               "sat", "##s", "on"]) + "\n")
+    (bert / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+    dst = rhf.copy_hf_tokenizer(bert, tmp_path / "ckpt" / "tokenizer")
+    assert dst == tmp_path / "ckpt" / "tokenizer" and (dst / "tokenizer.json").is_file()
+    want = transformers.AutoTokenizer.from_pretrained(bert)("the cats sat on", add_special_tokens=False)["input_ids"]
+    assert load_tokenizer(dst).encode("the cats sat on") == want == [5, 6, 8, 7, 9]
+    # an export of rotary's own: the files come back as they were
+    again = rhf.copy_hf_tokenizer(dst, tmp_path / "ckpt2" / "tokenizer")
+    assert (again / "tokenizer.json").read_text() == (dst / "tokenizer.json").read_text()
+    assert rhf.copy_hf_tokenizer(tmp_path / "ckpt", tmp_path / "none") is None  # no tokenizer files
+    assert not (tmp_path / "none").exists()
 
 
 def test_llama_dropout_is_dropped_with_a_warning():

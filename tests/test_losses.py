@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from rotary.config import ModelConfig
+from rotary.errors import RotaryError
 from rotary.model import CausalLM, MaskedLM
 from rotary.model.losses import linear_cross_entropy
 
@@ -106,10 +107,49 @@ def test_causal_lm_labels_path_equals_loss_on_logits(tie):
     labels[1, :4] = -100  # ignored positions change neither the value nor the mean
     params = list(model.parameters())
     ref_loss, ref = grads_of(lambda: model.loss_fn(model(ids), labels), *params)
+    loss, got = grads_of(lambda: model(ids, targets=labels), *params)
+    torch.testing.assert_close(loss, ref_loss)
+    for a, e in zip(got, ref):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_causal_lm_labels_are_shifted_inside_as_in_transformers(tie):
+    # labels= is aligned with input_ids: position t is scored against labels[t + 1], so
+    # model(ids, labels=ids) is next-token prediction, not copying the input
+    torch.manual_seed(0)
+    model = CausalLM(_model_cfg(tie_embeddings=tie))
+    ids = torch.randint(0, 64, (3, 12))
+    labels = ids.clone()
+    labels[1, :4] = -100
+    params = list(model.parameters())
+    ref_loss, ref = grads_of(lambda: model.loss_fn(model(ids)[:, :-1], labels[:, 1:]), *params)
     loss, got = grads_of(lambda: model(ids, labels=labels), *params)
     torch.testing.assert_close(loss, ref_loss)
     for a, e in zip(got, ref):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        stats = model(ids, labels=labels, return_stats=True)
+    assert stats[1] == (labels[:, 1:] != -100).sum()
+    with pytest.raises(RotaryError, match="not both"):
+        model(ids, labels=ids, targets=ids)
+
+
+def test_the_hf_idiom_labels_equal_ids_does_not_learn_to_copy():
+    # the symptom: with unshifted labels, 60 steps on random tokens reached loss 0.09
+    # (copying generalises to unseen tokens; predicting a random next token cannot)
+    torch.manual_seed(0)
+    model = CausalLM(_model_cfg())
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        ids = torch.randint(0, 64, (8, 16))
+        loss = model(ids, labels=ids)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        unseen = torch.randint(0, 64, (8, 16))
+        assert model(unseen, labels=unseen).item() > 3.0  # log(64) = 4.16 is the best possible
 
 
 def test_masked_lm_runs_its_head_on_labelled_positions_only():
@@ -128,6 +168,7 @@ def test_masked_lm_runs_its_head_on_labelled_positions_only():
     hook.remove()
     assert seen == [torch.Size([int(picked.sum()), 32])]
     torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(model(ids, targets=labels), loss)  # MLM labels are never shifted
     for a, e in zip(got, ref):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
 
@@ -161,9 +202,10 @@ def test_evaluation_stats_equal_sums_over_materialised_logits(mlm):
     ids = torch.randint(0, 64, (3, 16))
     labels = torch.randint(0, 64, (3, 16))
     labels[torch.rand(labels.shape, generator=torch.Generator().manual_seed(3)) < 0.5] = -100
+    key = "labels" if mlm else "targets"  # per-position labels (MLM's labels= are, too)
     with torch.no_grad():
         logits = model(ids)
-        stats = model(ids, labels=labels, return_stats=True)
+        stats = model(ids, **{key: labels}, return_stats=True)
     keep = labels != -100
     expected_loss = F.cross_entropy(logits[keep], labels[keep], reduction="sum")
     expected_correct = (logits.argmax(-1)[keep] == labels[keep]).sum()
@@ -173,7 +215,7 @@ def test_evaluation_stats_equal_sums_over_materialised_logits(mlm):
     # correct counts: labels equal to the argmax are all counted
     argmax_labels = torch.where(keep, logits.argmax(-1), -100)
     with torch.no_grad():
-        assert model(ids, labels=argmax_labels, return_stats=True)[2] == keep.sum()
+        assert model(ids, **{key: argmax_labels}, return_stats=True)[2] == keep.sum()
 
 
 def test_masked_lm_batch_without_masked_tokens_gives_zero_loss():

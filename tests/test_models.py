@@ -70,15 +70,31 @@ def test_masked_lm_overfits_one_batch():
 
 def test_head_output_shapes():
     ids = ids_of(3, 7)
-    lm = CausalLM(tiny())
+    other = ids.clone()
+    other[:, 0] = (other[:, 0] % 99) + 1  # a different first token in every row
+    torch.manual_seed(0)
+    lm = CausalLM(tiny()).eval()
     assert lm(ids).shape == (3, 7, 100)
     assert lm(ids, last_only=True).shape == (3, 1, 100)
     torch.testing.assert_close(lm(ids, last_only=True)[:, 0], lm(ids)[:, -1])
-    mlm = MaskedLM(tiny(causal=False))
+    # the logits are the final hidden states times the (tied) embedding, and depend on the input
+    torch.testing.assert_close(lm(ids), lm.backbone(ids) @ lm.backbone.embed_tokens.weight.T)
+    assert (lm(ids) - lm(other)).abs().amax(dim=(1, 2)).min() > 1e-4
+    mlm = MaskedLM(tiny(causal=False)).eval()
     assert mlm(ids).shape == (3, 7, 100)
+    head, emb = mlm.head, mlm.backbone.embed_tokens.weight
+    with torch.no_grad():  # zero at init: make the output bias count
+        head.bias.uniform_(-1.0, 1.0)
+    want = head.norm(F.gelu(head.dense(mlm.backbone(ids)))) @ emb.T + head.bias
+    torch.testing.assert_close(mlm(ids), want)
+    assert (mlm(ids) - mlm(other)).abs().amax(dim=(1, 2)).min() > 1e-4
     for pooling in ("cls", "mean"):
-        clf = SequenceClassifier(tiny(causal=False), num_labels=5, pooling=pooling)
+        clf = SequenceClassifier(tiny(causal=False), num_labels=5, pooling=pooling).eval()
         assert clf(ids).shape == (3, 5)
+        h = clf.backbone(ids)
+        pooled = h[:, 0] if pooling == "cls" else h.mean(dim=1)
+        torch.testing.assert_close(clf(ids), clf.out_proj(clf.act(clf.dense(pooled))))
+        assert (clf(ids) - clf(other)).abs().amax(dim=1).min() > 1e-6
 
 
 def test_classifier_argument_errors():
@@ -155,10 +171,30 @@ def test_regression_head_uses_mse():
 
 
 def test_learned_positions_refuse_longer_inputs():
+    learned = CausalLM(tiny(position="learned"))
     with pytest.raises(RotaryError, match="learned"):
-        CausalLM(tiny(position="learned"))(ids_of(1, 17))
-    CausalLM(tiny(position="rope"))(ids_of(1, 40))  # RoPE has no ceiling
-    CausalLM(tiny(position="sinusoidal"))(ids_of(1, 40))
+        learned(ids_of(1, 17))
+    assert learned(ids_of(1, 16)).shape == (1, 16, 100)  # max_seq_len itself is fine
+    ids = ids_of(2, 40)
+    for position in ("rope", "sinusoidal"):  # no ceiling: 40 tokens on a max_seq_len 16 model
+        torch.manual_seed(0)
+        # a wide init: attention is sharp enough for positions to change the logits visibly
+        model = CausalLM(tiny(position=position, initializer_range=0.2)).eval()
+        prefix = model(ids[:, :16])  # before any table grows
+        out = model(ids)
+        assert out.shape == (2, 40, 100) and torch.isfinite(out).all()
+        # causal: the first 16 positions are what the 16-token prefix alone gives
+        torch.testing.assert_close(out[:, :16], prefix)
+        torch.testing.assert_close(out[:, :30], model(ids[:, :30]))
+        # and the positions past max_seq_len continue the same scheme
+        if position == "rope":  # relative: shifting every position by 24 changes nothing
+            shifted = model(ids[:, 24:], position_ids=torch.arange(24, 40).expand(2, -1))
+            torch.testing.assert_close(shifted, model(ids[:, 24:]), rtol=1e-4, atol=1e-5)
+        else:  # PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...)
+            p = torch.arange(40.0, dtype=torch.float64)[:, None]
+            angle = p / 10000 ** (torch.arange(0, 32, 2, dtype=torch.float64) / 32)
+            pe = torch.stack([angle.sin(), angle.cos()], dim=-1).reshape(40, 32).float()
+            torch.testing.assert_close(model.backbone.embed_positions(torch.arange(40), 40), pe)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,3 +415,21 @@ def test_fused_cpu_rmsnorm_matches_the_composite_formula():
     from rotary.model.norm import _RMSNormCPU
 
     assert torch.autograd.gradcheck(lambda a, b: _RMSNormCPU.apply(a, b, 1e-5), (xd, wd))
+
+
+def test_explicit_position_ids_past_the_table_are_rotated_not_an_index_error():
+    """position_ids beyond max_seq_len grow the RoPE table; learned positions refuse them in one line."""
+    import pytest
+
+    from rotary.errors import RotaryError
+
+    torch.manual_seed(0)
+    model = CausalLM(ModelConfig(vocab_size=50, d_model=32, n_layer=1, n_head=2, max_seq_len=16)).eval()
+    ids = torch.randint(0, 50, (1, 8))
+    far = model(ids, position_ids=torch.arange(24, 32)[None])
+    near = model(ids, position_ids=torch.arange(0, 8)[None])
+    torch.testing.assert_close(far, near, rtol=1e-4, atol=1e-4)  # RoPE: only differences matter
+    learned = CausalLM(ModelConfig(vocab_size=50, d_model=32, n_layer=1, n_head=2, max_seq_len=16,
+                                   position="learned")).eval()
+    with pytest.raises(RotaryError, match="learned"):
+        learned(ids, position_ids=torch.arange(24, 32)[None])

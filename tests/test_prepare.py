@@ -283,3 +283,138 @@ def test_train_tokenizer_then_prepare_chinese_char(tmp_path: Path) -> None:
                    corpus_opts={"max_documents": 500})
     assert info.meta["splits"]["train"]["documents"] == 500
     assert info.meta["eos_id"] == tok.sep_id and not info.meta["word_starts"]
+
+
+# --------------------------------------------------------------------------------------------
+# empty splits, jieba shards with special tokens, the recipe's data section
+# --------------------------------------------------------------------------------------------
+
+
+def test_small_folder_prepares_a_validation_split(data_bpe_dir: Path, tmp_path: Path) -> None:
+    # The README's "your own text" flow: two files, no --val-fraction.
+    src = tmp_path / "my_texts"
+    src.mkdir()
+    (src / "a.txt").write_text("".join(f"The first file, line {i}.\n" for i in range(300)))
+    (src / "b.txt").write_text("".join(f"The second file, line {i}.\n" for i in range(300)))
+    info = prepare(str(src), data_bpe_dir, tmp_path / "out", progress=False)
+    assert info.split("val")["tokens"] > 100 and info.split("train")["tokens"] > 10 * info.split("val")["tokens"]
+    _, shards = open_shards(tmp_path / "out")
+    assert len(shards["val"]) == info.split("val")["tokens"]
+
+
+def test_empty_validation_split_fails_at_prepare_with_the_fix(data_bpe_dir: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "tiny"
+    src.mkdir()
+    (src / "a.txt").write_text("one line\n")
+    (src / "b.txt").write_text("another\n")
+    out = tmp_path / "out"
+    with pytest.raises(RotaryError, match=r"empty validation split .*raise the val fraction"):
+        prepare(str(src), data_bpe_dir, out, progress=False)
+    assert not (out / "meta.json").exists() and not (out / "val.bin").exists()
+    assert main(["prepare", "--corpus", str(src), "--tokenizer", str(data_bpe_dir), "--out", str(out),
+                 "--no-progress"]) == 2
+    assert "empty validation split" in capsys.readouterr().err
+    # Asking for no validation split is allowed: a warning, not an error.
+    info = prepare(str(src), data_bpe_dir, out, progress=False, val_fraction=0.0)
+    assert info.split("val")["tokens"] == 0 and any("validation split is empty" in n for n in info.notes)
+
+
+def test_jieba_shards_keep_special_tokens_and_jieba_words(data_wordpiece_jieba_dir: Path) -> None:
+    tok = load_tokenizer(data_wordpiece_jieba_dir)
+    # A jieba word not in the vocabulary is cut into characters (as RoFormer does) but stays
+    # one word for whole-word masking.
+    text = "中国[MASK]民。国务院总理李鹏今天上午来到北京石景山发电总厂考察"
+    ids, flags = prep.encode_documents(tok, [text, "[CLS]北京"], "uint16", word_starts=True)
+    assert list(ids).count(tok.mask_id) == 1 and tok.unk_id not in ids[:4]
+    np.testing.assert_array_equal(ids, expected_tokens(tok, [text, "[CLS]北京"]))
+    pieces, groups = tok.segment(text)
+    assert "[MASK]" in pieces and len(set(groups)) < len(groups)
+    enc = tok.encode_batch_raw([text], pretokenized=[pieces])[0]
+    word_of_token = [groups[w] for w in enc.word_ids]
+    want = [1] + [int(a != b) for a, b in zip(word_of_token, word_of_token[1:])]
+    assert list(flags[:len(want)]) == want and 0 in want
+    assert flags[list(ids).index(tok.mask_id)] == 1
+
+
+def test_recipe_data_values_are_checked_before_anything_is_written(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from rotary.train.config import load_recipe
+
+    bad = [({"mlm_probability": 1.5}, "data.mlm_probability must be in \\(0, 1\\), got 1.5"),
+           ({"mlm_probability": 0}, "mlm_probability"), ({"val_fraction": 1.0}, "data.val_fraction"),
+           ({"val_fraction": 0}, "data.val_fraction"), ({"max_documents": 0}, "data.max_documents"),
+           ({"tokenizer": {"vocab_size": 0}}, "vocab_size must be positive"),
+           ({"tokenizer": {"kind": "bpe", "jieba": True}}, "jieba is for the wordpiece and char"),
+           ({"split_by": "sentence"}, "split_by"),
+           ({"corpus": "shakespeare", "val_fraction": 0.1}, "shakespeare holds out whole works"),
+           ({"corpus_options": {"split_by": "line"}}, "set data.split_by itself")]
+    for data, match in bad:
+        with pytest.raises(RotaryError, match=match):
+            load_recipe(None, {"data": {"corpus": "peoples-daily", **data}})
+    src = tmp_path / "texts"
+    src.mkdir()
+    (src / "a.txt").write_text("some text\n" * 200)
+    run = tmp_path / "run"
+    assert main(["train", "--task", "masked_lm", "--data.corpus", str(src), "--data.mlm_probability", "1.5",
+                 "--data.tokenizer.kind", "char", "--output-dir", str(run), "--model.preset", "tiny",
+                 "--max-steps", "2", "--threads", "1", "--progress", "false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mlm_probability" in err[0]
+    assert not run.exists()
+
+
+def test_recipe_corpus_options_reach_the_tokenizer_and_prepare(tmp_path: Path) -> None:
+    from rotary.train.config import load_recipe
+    from rotary.train.data import prepare_training_data
+    from rotary.train.distributed import DistInfo
+
+    jl = tmp_path / "notes.jsonl"
+    jl.write_text("".join(json.dumps({"body": f"note {i}: " + "some words here " * (i % 7 + 1)}) + "\n"
+                          for i in range(400)))
+    cfg = load_recipe(None, {"task": "masked_lm", "output_dir": str(tmp_path / "run"), "progress": False,
+                             "data": {"corpus": "hf:json", "corpus_options": {"data_files": str(jl)},
+                                      "text_field": "body", "max_documents": 50, "val_fraction": 0.2,
+                                      "tokenizer": {"kind": "char", "vocab_size": 100}}})
+    data = prepare_training_data(cfg, DistInfo())
+    fingerprint = data.meta["inputs"]["corpus"]
+    assert fingerprint["data_files"] == str(jl) and fingerprint["text_field"] == "body"
+    assert fingerprint["val_fraction"] == 0.2 and fingerprint["max_documents"] == 50
+    assert data.meta["documents_train"] == 50 and data.meta["documents_val"] == 50
+    tok_record = json.loads((tmp_path / "run" / "tokenizer" / "rotary_tokenizer.json").read_text())
+    assert tok_record["trained_on"] == "hf:json"
+    # split_by and other options: one document per line of a .txt file.
+    txt = tmp_path / "lines.txt"
+    txt.write_text("".join(f"line number {i} with text\n" for i in range(300)))
+    cfg = load_recipe(None, {"output_dir": str(tmp_path / "run2"), "progress": False,
+                             "data": {"corpus": str(txt), "split_by": "line",
+                                      "tokenizer": {"kind": "bpe", "vocab_size": 300}}})
+    data = prepare_training_data(cfg, DistInfo())
+    assert data.meta["inputs"]["corpus"]["split_by"] == "line"
+    assert data.meta["documents_train"] + data.meta["documents_val"] == 300
+
+
+def test_recipe_with_shards_records_the_corpus_they_came_from(data_char_dir: Path, tmp_path: Path) -> None:
+    from rotary.config import load_yaml, save_yaml, to_dict
+    from rotary.train.config import load_recipe
+    from rotary.train.data import prepare_training_data
+    from rotary.train.distributed import DistInfo
+
+    shards = tmp_path / "pd"
+    prepare("peoples-daily", data_char_dir, shards, progress=False, corpus_opts={"max_documents": 20})
+    # A Shakespeare recipe whose data is replaced by People's Daily shards (`--data.shards`).
+    cfg = load_recipe(None, {"task": "masked_lm", "output_dir": str(tmp_path / "run"),
+                             "data": {"corpus": "shakespeare", "shards": str(shards),
+                                      "tokenizer": {"path": str(data_char_dir)}}})
+    prepare_training_data(cfg, DistInfo())
+    save_yaml(to_dict(cfg), tmp_path / "recipe.yaml")
+    recorded = load_yaml(tmp_path / "recipe.yaml")["data"]
+    assert recorded["corpus"] == "peoples-daily" and recorded["shards"] == str(shards)
+    assert recorded["tokenizer"]["kind"] == "char" and recorded["tokenizer"]["vocab_size"] == 1500
+    # Without data.tokenizer.path the tokenizer is found where prepare recorded it.
+    cfg = load_recipe(None, {"task": "masked_lm", "output_dir": str(tmp_path / "run"),
+                             "data": {"shards": str(shards)}})
+    data = prepare_training_data(cfg, DistInfo())
+    assert data.tokenizer.hash == load_tokenizer(data_char_dir).hash
+    assert Path(cfg.data.tokenizer.path).resolve() == data_char_dir.resolve()
+    assert cfg.data.corpus == "peoples-daily"

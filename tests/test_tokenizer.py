@@ -164,3 +164,130 @@ def test_cli_tokenizer_train(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["tokenizer", "train", "--corpus", "shakespeare", "--kind", "bpe", "--vocab-size", "10",
                  "--out", str(out)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------------------------
+# special tokens in the text; jieba = RoFormer's segmentation, so the HF export matches
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wordpiece_plain(tmp_path_factory: pytest.TempPathFactory):
+    return train_tokenizer("peoples-daily", "wordpiece", 1500, tmp_path_factory.mktemp("wp") / "tok",
+                           max_documents=60)
+
+
+@pytest.fixture(scope="module")
+def char_jieba(tmp_path_factory: pytest.TempPathFactory):
+    return train_tokenizer("peoples-daily", "char", 1500, tmp_path_factory.mktemp("cj") / "tok", jieba=True,
+                           max_documents=60)
+
+
+def test_special_tokens_in_text_are_never_split(bpe, data_wordpiece_jieba_dir: Path, data_char_dir: Path,
+                                                wordpiece_plain, char_jieba) -> None:
+    jieba_wp = load_tokenizer(data_wordpiece_jieba_dir)
+    # The issue's case: [MASK] inside Chinese text is one [MASK], not three [UNK].
+    ids = jieba_wp.encode("中国[MASK]民")
+    assert ids.count(jieba_wp.mask_id) == 1 and jieba_wp.unk_id not in ids
+    assert ids == jieba_wp.encode("中国") + [jieba_wp.mask_id] + jieba_wp.encode("民")
+    for tok in (jieba_wp, load_tokenizer(data_char_dir), wordpiece_plain, char_jieba):
+        for special in ("[MASK]", "[CLS]", "[SEP]", "[PAD]", "[UNK]"):
+            sid = tok.token_to_id(special)
+            for text, head, tail in (("中国" + special + "人民", "中国", "人民"), (special + "北京", "", "北京"),
+                                     ("上海 " + special, "上海", "")):
+                ids = tok.encode(text)
+                assert ids.count(sid) == 1, (tok, text, ids)
+                assert ids == tok.encode(head) + [sid] + tok.encode(tail), (tok, text)
+        assert tok.encode("[MASK][MASK]") == [tok.mask_id] * 2
+        assert tok.encode_for_model(["北京[MASK]"])[0].ids == [tok.cls_id, *tok.encode("北京"), tok.mask_id, tok.sep_id]
+    eot = bpe.token_to_id("<|endoftext|>")
+    ids = bpe.encode("the end<|endoftext|>ROMEO.")
+    assert ids.count(eot) == 1 and ids == bpe.encode("the end") + [eot] + bpe.encode("ROMEO.")
+
+
+def _peoples_daily_docs(n: int = 50) -> list[str]:
+    from rotary.data.corpora import load_corpus
+
+    # Articles after the 300 the fixture tokenizer was trained on: words it has not all seen.
+    docs = list(load_corpus("peoples-daily", max_documents=300 + n).train_documents())[300:]
+    assert len(docs) == n
+    return docs
+
+
+def test_jieba_wordpiece_loads_in_transformers_with_rotarys_ids(data_wordpiece_jieba_dir: Path,
+                                                               tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("rjieba")
+    mixed = ["中国[MASK]民", "Hello World, c++ 与 3.5亿元；Café\u3000naïve[SEP]x", "  \n\t北京  "]
+    docs = _peoples_daily_docs(50) + mixed
+    lower = train_tokenizer("peoples-daily", "wordpiece", 2000, tmp_path / "lower", jieba=True,
+                            lowercase=True, max_documents=100)
+    for tok_dir in (data_wordpiece_jieba_dir, tmp_path / "lower"):
+        tok = load_tokenizer(tok_dir)
+        assert json.loads((tok_dir / "tokenizer_config.json").read_text())["tokenizer_class"] == "RoFormerTokenizer"
+        for hf in (transformers.AutoTokenizer.from_pretrained(str(tok_dir)),
+                   transformers.RoFormerTokenizerFast.from_pretrained(str(tok_dir)), tok.to_hf()):
+            ours = tok.encode_batch(docs)
+            assert hf(docs, add_special_tokens=False)["input_ids"] == ours
+            assert hf(docs)["input_ids"] == [e.ids for e in tok.encode_for_model(docs)]
+            pairs = hf(docs[:10], docs[10:20], truncation="longest_first", max_length=64)
+            assert pairs["input_ids"] == [e.ids for e in tok.encode_for_model(docs[:10], docs[10:20], max_len=64)]
+            assert hf.mask_token_id == tok.mask_id
+            assert hf.decode(ours[0], skip_special_tokens=True) == tok.decode(ours[0])
+    assert lower.encode("HELLO 北京") == lower.encode("hello 北京")
+
+
+def test_jieba_char_tokenizer_loads_in_pretrained_tokenizer_fast(char_jieba, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    char_jieba.save(tmp_path / "cj")
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "cj"))
+    docs = _peoples_daily_docs(50) + ["中国[MASK]民 Hello"]
+    assert hf(docs, add_special_tokens=False)["input_ids"] == char_jieba.encode_batch(docs)
+
+
+def test_jieba_record_names_the_segmenter_and_an_old_one_loads_as_new(data_wordpiece_jieba_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    import hashlib
+
+    tok = load_tokenizer(data_wordpiece_jieba_dir)
+    record = json.loads((data_wordpiece_jieba_dir / "rotary_tokenizer.json").read_text())
+    assert record["segmenter"] == "rjieba" and record["hash"] == tok.hash
+    # A directory written before rjieba: format 1, no segmenter, hashed without it.
+    old = tmp_path / "old"
+    shutil.copytree(data_wordpiece_jieba_dir, old)
+    text = (old / "tokenizer.json").read_text()
+    h = hashlib.sha256()
+    h.update(json.dumps(json.loads(text), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
+    h.update(json.dumps({"kind": "wordpiece", "pre_tokenizer": "jieba"}, sort_keys=True).encode())
+    legacy_hash = h.hexdigest()[:16]
+    record.pop("segmenter")
+    record.update(format=1, hash=legacy_hash)
+    (old / "rotary_tokenizer.json").write_text(json.dumps(record))
+    again = load_tokenizer(old)
+    # It now segments with rjieba, so it is another tokenizer than the one its shards were made with.
+    assert again.jieba and again.hash == tok.hash != legacy_hash
+    assert again.encode(CHINESE) == tok.encode(CHINESE)
+    again.save(tmp_path / "resaved")
+    assert load_tokenizer(tmp_path / "resaved").hash == tok.hash
+    record["hash"] = "0" * 16
+    (old / "rotary_tokenizer.json").write_text(json.dumps(record))
+    with pytest.raises(RotaryError, match="does not match the hash"):
+        load_tokenizer(old)
+
+
+def test_a_transformers_tokenizer_folder_names_its_own_eos_and_pad(tmp_path):
+    """A Llama-style folder (</s>, no rotary record) gives rotary the EOS that generate stops at."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    from rotary.tokenizer import load_tokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3, "b": 4}
+    backend = HFTokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "pad_token": "<unk>"}))
+    tok = load_tokenizer(tmp_path)
+    assert tok.eos_id == 2 and tok.pad_id == 0
+    (tmp_path / "tokenizer_config.json").unlink()
+    with pytest.raises(RotaryError, match=r"no <\|endoftext\|> token"):
+        _ = load_tokenizer(tmp_path).eos_id

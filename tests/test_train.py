@@ -43,6 +43,33 @@ def run_cli(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProce
                           timeout=timeout, cwd=kw.pop("cwd", None), **kw)
 
 
+def recompute_eval(cfg, ckpt_dir: Path) -> dict[str, float]:
+    """The evaluation of ``ckpt_dir`` done here from materialised logits: the checkpoint's model
+    (``model(x)`` -> logits) on the run's validation batches, with F.cross_entropy and argmax."""
+    import torch.nn.functional as F
+
+    from rotary.config import ModelConfig
+    from rotary.model import CausalLM, MaskedLM
+    from rotary.train.data import TrainData
+    from rotary.train.distributed import DistInfo
+
+    config = json.loads((ckpt_dir / "config.json").read_text())
+    model = (CausalLM if config["task"] == "causal_lm" else MaskedLM)(ModelConfig.from_dict(config["model"]))
+    ckpt.load_weights(model, ckpt_dir / "model.safetensors")
+    model.eval()
+    data = TrainData(cfg.task, cfg.run_dir / "data", cfg.run_dir / "tokenizer")
+    data.configure(seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed, model_vocab=model.config.vocab_size)
+    loss_sum, tokens, correct = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in data.eval_batches(cfg.eval_batches, DistInfo()):
+            logits = model(x).double()
+            keep = y != -100
+            loss_sum += F.cross_entropy(logits[keep], y[keep], reduction="sum").item()
+            tokens += int(keep.sum())
+            correct += int((logits.argmax(-1) == y)[keep].sum())
+    return {"loss": loss_sum / tokens, "tokens": tokens, "accuracy": correct / tokens}
+
+
 def test_causal_run_writes_a_complete_run_directory(train_recipe):
     cfg = train_recipe(max_steps=12, eval_interval=6, checkpoint_interval=4, keep_checkpoints=2)
     res = train(cfg)
@@ -62,9 +89,24 @@ def test_causal_run_writes_a_complete_run_directory(train_recipe):
     train_recs = [r for r in recs if r["kind"] == "train"]
     eval_recs = [r for r in recs if r["kind"] == "eval"]
     assert [r["step"] for r in eval_recs] == [6, 12]
+    val = json.loads((run / "data" / "meta.json").read_text())["splits"]["val"]
+    assert val["bytes"] == val["characters"] > val["tokens"] > 0  # ASCII text; BPE merges bytes
     for r in eval_recs:
         assert {"loss", "perplexity", "bits_per_byte"} <= set(r)
         assert math.isclose(r["perplexity"], math.exp(r["loss"]), rel_tol=1e-6)
+        # nats per token -> bits per byte: scaled by tokens / bytes of the validation text
+        assert math.isclose(r["bits_per_byte"], r["loss"] / math.log(2) * val["tokens"] / val["bytes"], rel_tol=1e-9)
+    # the last evaluation is the final model's loss on the validation batches
+    again = recompute_eval(cfg, run / "checkpoints" / "step-0000012")
+    assert again["tokens"] == eval_recs[-1]["tokens"] == res.last_eval["tokens"]
+    assert math.isclose(again["loss"], eval_recs[-1]["loss"], rel_tol=1e-5)
+    # the optimizer that trained it: decay on matrices only, at the recipe's rate
+    state = torch.load(run / "checkpoints" / "step-0000012" / "training_state.pt", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [cfg.weight_decay, 0.0] and cfg.weight_decay > 0
+    weights = ckpt.load_file(str(run / "checkpoints" / "step-0000012" / "model.safetensors"))
+    matrices = [k for k, t in weights.items() if t.dim() == 2 and "embed" not in k]
+    assert len(groups[0]["params"]) == len(matrices) and len(groups[1]["params"]) == len(weights) - len(matrices)
     assert all({"loss", "lr", "tokens_per_s", "mfu"} <= set(r) for r in train_recs)
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert "tok/s" in (run / "train.log").read_text()
@@ -77,7 +119,11 @@ def test_masked_lm_run_reports_accuracy(train_recipe):
     cfg = train_recipe(task="masked_lm", max_steps=6, eval_interval=3, tokenizer_kind="char")
     res = train(cfg)
     assert res.step == 6
-    assert 0.0 <= res.last_eval["accuracy"] <= 1.0
+    # the reported accuracy (and loss) of the final model, recomputed from its logits
+    again = recompute_eval(cfg, cfg.run_dir / "checkpoints" / "step-0000006")
+    assert again["tokens"] == res.last_eval["tokens"] > 0
+    assert res.last_eval["accuracy"] == pytest.approx(again["accuracy"], abs=1e-12)
+    assert res.last_eval["loss"] == pytest.approx(again["loss"], rel=1e-5)
     assert "bits_per_byte" not in res.last_eval
     assert json.loads((cfg.run_dir / "best" / "config.json").read_text())["model"]["causal"] is False
 
@@ -177,6 +223,9 @@ def test_pickled_code_in_a_checkpoint_is_refused(train_recipe, tmp_path):
 
     torch.save({"optimizer": Evil()}, latest / "training_state.pt")
     resumed = train_recipe(max_steps=4, checkpoint_interval=2, eval_interval=100)
+    with pytest.raises(RotaryError, match="training_state.pt is .* bytes"):  # the manifest sees it first
+        train(resumed, resume=True)
+    ckpt.write_manifest(latest)  # whoever planted it can rewrite the manifest too
     with pytest.raises(RotaryError, match="refusing to load"):
         train(resumed, resume=True)
     assert not marker.exists()
@@ -250,6 +299,7 @@ def test_weight_decay_skips_norms_biases_and_embeddings():
     model = CausalLM(get_preset("tiny").replace(bias=True))
     decay, no_decay = param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     decayed = {names[id(p)] for p in decay["params"]}
     assert decayed and all(n.endswith("weight") and "norm" not in n and "embed" not in n for n in decayed)
     assert "backbone.embed_tokens.weight" in {names[id(p)] for p in no_decay["params"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,26 @@ from tests.train_support import write_corpus
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model.preset", "tiny", "--model.max_seq_len", "32", "--seq-len", "32", "--batch-size", "2",
         "--eval-batches", "2", "--progress", "false"]
+
+
+def greedy_decode(pre, prompt: str, n: int, seed: int | None = None, **sampling) -> str:
+    """``n`` tokens by full forward passes over the growing sequence (no cache), stopping at EOS
+    as ``Pretrained.generate`` does; the decoded text without the EOS. Greedy, or with
+    ``sampling`` one ``sample_next`` draw per step from a generator seeded with ``seed``."""
+    from rotary.generate import sample_next
+
+    ids = pre.tokenizer.encode(prompt)
+    new: list[int] = []
+    eos = pre.tokenizer.eos_id
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    with torch.no_grad():
+        for _ in range(n):
+            logits = pre.model(torch.tensor([ids + new]))[:, -1]
+            nxt = int(sample_next(logits, generator=g, **sampling)[0]) if sampling else int(logits[0].argmax())
+            new.append(nxt)
+            if nxt == eos:
+                break
+    return pre.tokenizer.decode([t for t in new if t != eos])
 
 
 def rotary(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -40,18 +61,32 @@ def test_readme_workflow_on_your_own_text(tmp_path):
     run = tmp_path / "runs" / "mine"
     assert (run / "best" / "model.safetensors").is_file()
 
-    out = rotary("generate", "runs/mine", "--prompt", "Shall I", "--top-p", "0.9", "--max-new-tokens", "8",
+    out = rotary("generate", "runs/mine", "--prompt", "Shall I", "--top-p", "0.5", "--max-new-tokens", "8",
                  "--seed", "1", cwd=tmp_path)
     assert out.stdout.startswith("Shall I") and len(out.stdout.strip()) > len("Shall I")
     batch = rotary("generate", "runs/mine", "--prompt", "So", "--prompt", "Rough winds do",
                    "--temperature", "0", "--max-new-tokens", "5", cwd=tmp_path)
     assert batch.stdout.count("-" * 40) == 2 and batch.stdout.startswith("So")
 
-    # Python API: the same model, greedy decoding is deterministic
+    # Python API: greedy decoding (KV cache, batched) is the argmax of full forward passes,
+    # one token at a time; the CLI's greedy batch printed the same continuations
     import rotary as rt
 
     pre = rt.load(run, device="cpu")
-    assert pre.generate("So", max_new_tokens=5, temperature=0) == pre.generate("So", max_new_tokens=5, temperature=0)
+    for prompt in ("So", "Rough winds do"):
+        want = greedy_decode(pre, prompt, 5)
+        assert pre.generate(prompt, max_new_tokens=5, temperature=0) == want
+        assert prompt + want + "\n" + "-" * 40 in batch.stdout
+    assert pre.generate(["So", "Rough winds do"], max_new_tokens=5, temperature=0) == [
+        greedy_decode(pre, "So", 5), greedy_decode(pre, "Rough winds do", 5)]
+    # seeded sampling: the settings reach the sampler (the CLI's default temperature is 0.8).
+    # Narrow sets: this barely trained model's distribution is nearly flat, and a wide top-p
+    # set would rarely change which token is drawn.
+    sampled = greedy_decode(pre, "Shall I", 8, seed=1, temperature=0.8, top_p=0.5)
+    assert out.stdout == "Shall I" + sampled + "\n"
+    assert pre.generate("Shall I", max_new_tokens=8, temperature=0.8, top_p=0.5, seed=1) == sampled
+    assert pre.generate("Shall I", max_new_tokens=8, temperature=1.5, top_k=3, seed=2) == greedy_decode(
+        pre, "Shall I", 8, seed=2, temperature=1.5, top_k=3)
 
     # to transformers and back
     rotary("convert", "runs/mine", "--to", "hf", "hf_out", cwd=tmp_path)
@@ -85,6 +120,15 @@ def test_demo_command_on_a_tiny_budget(tmp_path):
     assert (run / "loss.png").stat().st_size > 1000
     assert (run / "metrics.jsonl").is_file() and list((run / "tensorboard").iterdir())
     res = json.loads((run / "demo_results.json").read_text())
-    assert res["rotary"]["bits_per_byte"] > 0 and res["xz"]["bits_per_byte"] > 0
+    # bits per byte: the loss in bits per token over the bytes each validation token stands for
+    val = json.loads((run / "data" / "meta.json").read_text())["splits"]["val"]
+    assert val["bytes"] > val["tokens"] > 0
+    want = res["rotary"]["loss"] / math.log(2) * val["tokens"] / val["bytes"]
+    assert math.isclose(res["rotary"]["bits_per_byte"], want, rel_tol=1e-9)
+    assert math.isclose(res["rotary"]["perplexity"], math.exp(res["rotary"]["loss"]), rel_tol=1e-9)
+    # the whole validation split was scored: every token but the tail of the last window
+    assert val["tokens"] - 32 <= res["validation_tokens"] <= val["tokens"] - 1
+    # xz -9e and gzip -9 on English text: ~2-3.5 bits per byte, gzip the worse of the two
+    assert 1.0 < res["xz"]["bits_per_byte"] < res["gzip"]["bits_per_byte"] < 4.0
     second = rotary(*args, cwd=tmp_path, timeout=400)
     assert "reusing" in second.stdout and "already finished" in second.stdout

@@ -11,12 +11,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="convert a run to an HF transformers checkpoint, or an HF checkpoint to a rotary one",
         description="rotary convert runs/x --to hf out/  (config.json + model.safetensors that "
         "AutoModelForCausalLM / AutoModelForMaskedLM load)\n"
-        "rotary convert HF_DIR --from-hf out/  (a rotary checkpoint directory)",
+        "rotary convert HF_DIR --from-hf out/  (a rotary checkpoint directory). "
+        "OUT must be new or empty; an existing checkpoint of the same kind is replaced only with "
+        "--overwrite, and the source is never touched.",
     )
     p.add_argument("source", help="run/checkpoint directory, or an HF checkpoint directory with --from-hf")
-    p.add_argument("out", help="output directory")
+    p.add_argument("out", help="output directory (new or empty, or a checkpoint to replace with --overwrite)")
     p.add_argument("--to", choices=("hf",), help="convert a rotary run to transformers' layout")
     p.add_argument("--from-hf", action="store_true", help="convert a transformers checkpoint to rotary")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT when it already holds a checkpoint of the kind written")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of the source checkpoint's files (sizes are still checked)")
     p.set_defaults(func=run)
 
 
@@ -24,32 +30,100 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rotary.errors import RotaryError
+    from rotary.train import checkpoint as ckpt
 
     if bool(args.to) == bool(args.from_hf):
         raise RotaryError("say which way: --to hf (rotary -> transformers) or --from-hf (transformers -> rotary)")
+    source, out = Path(args.source), Path(args.out)
+    if not source.is_dir():
+        raise RotaryError(f"no such directory: {source}")
+    kind = "hf" if args.to else "checkpoint"
+    # Checked before anything is loaded or written: a mistake costs nothing.
+    ckpt.check_output_dir(out, kind=kind, overwrite=args.overwrite, sources=(source,))
     if args.to:
-        from rotary.hf import save_hf
-        from rotary.pretrained import load_model
+        return _to_hf(source, out, verify=not args.no_verify)
+    return _from_hf(source, out)
 
-        model, ckpt_dir = load_model(args.source)
-        tok = ckpt_dir / "tokenizer"
-        save_hf(model, args.out, tokenizer_dir=tok if tok.is_dir() else None)
-        print(f"wrote transformers checkpoint {args.out} from {ckpt_dir}")
-        return 0
-    from rotary.hf import from_hf
+
+def _to_hf(source, out, *, verify: bool) -> int:
+    from rotary.hf import save_hf
+    from rotary.io import apply_umask, replace_dir
+    from rotary.pretrained import load_model
+    from rotary.tokenizer import load_tokenizer
+
+    model, ckpt_dir = load_model(source, verify=verify)
+    tok = ckpt_dir / "tokenizer"
+    if tok.is_dir():
+        load_tokenizer(tok)  # a damaged tokenizer is a one-line error before anything is written
+    tmp = _fresh_tmp(out)
+    try:
+        save_hf(model, tmp, tokenizer_dir=tok if tok.is_dir() else None)
+        apply_umask(tmp)
+        replace_dir(tmp, out)
+    finally:
+        _remove(tmp)
+    print(f"wrote transformers checkpoint {out} from {ckpt_dir}")
+    return 0
+
+
+def _from_hf(source, out) -> int:
+    import json
+
+    from rotary.errors import RotaryError
+    from rotary.hf import copy_hf_tokenizer, from_hf
+    from rotary.tokenizer import load_tokenizer
     from rotary.train import checkpoint as ckpt
     from rotary.train.trainer import checkpoint_config
 
-    model = from_hf(args.source)
+    config = source / "config.json"
+    if not config.is_file():
+        raise RotaryError(f"{source} is not an HF checkpoint directory (no config.json)")
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError):
+        raise RotaryError(f"{config} is not a valid JSON config") from None
+    if model_type == "rotary":
+        raise RotaryError(f"{source} is already a rotary checkpoint: use `rotary convert {source} --to hf OUT` "
+                          "to export it to transformers")
+    try:
+        model = from_hf(source)
+    except RotaryError:
+        raise
+    except Exception as err:  # transformers/safetensors on a damaged or foreign checkpoint
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise RotaryError(f"{source}: transformers cannot load it ({type(err).__name__}: {first})") from None
     extra = {}
     task = {"CausalLM": "causal_lm", "MaskedLM": "masked_lm"}.get(type(model).__name__, "classification")
     if task == "classification":
         extra = {"num_labels": model.num_labels, "pooling": model.pooling}
-    content = ckpt.CheckpointContent(
-        config=checkpoint_config(task, model.config, extra),
-        model_state=ckpt.model_state_for_saving(model),
-        trainer_state={"step": 0, "converted_from": str(Path(args.source))},
-    )
-    ckpt.write_checkpoint_dir(Path(args.out), content)
-    print(f"wrote rotary checkpoint {args.out} ({task}) from {args.source}")
+    # the tokenizer travels with the weights, so generate works on the result
+    tok_tmp = copy_hf_tokenizer(source, _fresh_tmp(out, "tokenizer"))
+    if tok_tmp is not None:
+        load_tokenizer(tok_tmp)  # one line if rotary cannot use it, before anything is written
+    try:
+        content = ckpt.CheckpointContent(
+            config=checkpoint_config(task, model.config, extra),
+            model_state=ckpt.model_state_for_saving(model),
+            trainer_state={"step": 0, "converted_from": str(source)},
+            tokenizer_dir=tok_tmp,
+        )
+        ckpt.write_checkpoint_dir(out, content)
+    finally:
+        if tok_tmp is not None:
+            _remove(tok_tmp)
+    note = "" if tok_tmp is not None else " (no tokenizer files beside the weights: add one as tokenizer/ to generate)"
+    print(f"wrote rotary checkpoint {out} ({task}) from {source}{note}")
     return 0
+
+
+def _fresh_tmp(out, what: str = "convert"):
+    import os
+
+    return out.parent / f".tmp-{out.name}-{what}-{os.getpid()}"
+
+
+def _remove(path) -> None:
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)

@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (from `rotary tokenizer train`)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--val-fraction", type=float,
-                   help="fraction of documents held out, chosen by hash (default: the corpus's own split)")
+                   help="fraction of documents held out, chosen by hash (default: the corpus's own "
+                        "split); when the hash would leave a split empty, validation is the last "
+                        "fraction of the text")
     p.add_argument("--workers", type=int, help="tokenizer threads / jieba processes (default: all cores)")
     p.add_argument("--batch-docs", type=int, default=1024, help="documents per tokenizer batch (default 1024)")
     p.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from rotary.errors import RotaryError
@@ -40,8 +41,10 @@ def corpus_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("tokenizer", help="train tokenizers",
-                              description="Train a tokenizer; the result loads in rotary and in "
-                                          "transformers.PreTrainedTokenizerFast.from_pretrained(DIR).")
+                              description="Train a tokenizer; the result loads in rotary and, with the same "
+                                          "ids, in transformers.AutoTokenizer.from_pretrained(DIR) (a --jieba "
+                                          "wordpiece tokenizer loads as RoFormerTokenizer, which needs the "
+                                          "rjieba package).")
     sub = p.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
     t = sub.add_parser("train", help="train a tokenizer on a corpus's training split",
                        description="Train on the training split only (validation text stays unseen). "
@@ -51,20 +54,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--kind", required=True, choices=("bpe", "wordpiece", "char"), help="tokenizer model")
     t.add_argument("--vocab-size", type=int, required=True, help="vocabulary size, special tokens included")
     t.add_argument("--out", required=True, help="output directory")
-    t.add_argument("--jieba", action="store_true", help="pre-split Chinese into jieba words (wordpiece/char)")
+    t.add_argument("--jieba", action="store_true", help="pre-split Chinese into jieba words with rjieba, as transformers' "
+                                                            "RoFormerTokenizer does (wordpiece/char)")
     t.add_argument("--lowercase", action="store_true", help="lowercase text before tokenizing")
     t.add_argument("--min-frequency", type=int, default=2, help="drop merges/words seen fewer times (default 2)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
-    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])  # a SUBCOMMAND is required
 
 
 def run_train(args: argparse.Namespace) -> int:
     from rotary.tokenizer import train_tokenizer
 
+    # tokenizers draws its progress bars on stdout, and off a terminal they are only blank lines
+    progress = not args.no_progress and sys.stdout.isatty()
     tok = train_tokenizer(args.corpus, args.kind, args.vocab_size, args.out, jieba=args.jieba,
                           lowercase=args.lowercase, min_frequency=args.min_frequency,
-                          progress=not args.no_progress, **corpus_options(args))
+                          progress=progress, **corpus_options(args))
     note = ""
     if tok.vocab_size < args.vocab_size:
         note = f" (asked for {args.vocab_size:,}: the corpus supports no more at min_frequency {args.min_frequency})"

@@ -1,36 +1,109 @@
-"""``rotary train RECIPE.yaml [--key value ...]``: the training engine behind a thin CLI."""
+"""``rotary train [RECIPE] [--key value ...]``: the training engine behind a thin CLI."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+USAGE = "rotary train [RECIPE] [--resume | --overwrite] [--output-dir DIR] [--KEY VALUE | --KEY=VALUE ...]"
+
+
+class _RecipeKeysHelp(argparse.RawDescriptionHelpFormatter):
+    """Keeps the generated recipe-key table in the epilog as written."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from rotary.train.config import builtin_recipes, recipe_keys_help
+
+    # RECIPE is not an argparse positional: with unknown override options around it argparse
+    # would take the value of `--name mlm` for the recipe. train.run finds it among the extras.
     p = subparsers.add_parser(
         "train",
         help="train a model from a YAML recipe",
+        usage=USAGE,
+        formatter_class=_RecipeKeysHelp,
         description=(
-            "Train from a YAML recipe. Any recipe key can be overridden: --max-steps 200, "
-            "--model.n_layer 4, --data.corpus shakespeare. Runs alone, under torchrun "
-            "(python -m rotary train ...) and under accelerate launch."
+            "Train from a YAML recipe. RECIPE is the path of a YAML file or the name of a built-in "
+            f"recipe ({', '.join(builtin_recipes())}); without one the defaults below apply, and "
+            "with --resume the run's own recipe.yaml. Any recipe key can be overridden: "
+            "--max-steps 200, --model.n_layer=4, --data.corpus shakespeare. Runs alone, under "
+            "torchrun (python -m rotary train ...) and under accelerate launch."
         ),
+        epilog=recipe_keys_help(),
     )
-    p.add_argument("recipe", nargs="?", help="recipe YAML (see recipes/)")
-    p.add_argument("--resume", action="store_true", help="continue the run in the output directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the output directory (its recipe.yaml when no RECIPE is given)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the output directory")
     p.add_argument("--output-dir", help="run directory (default runs/<recipe name>)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="on --resume, skip the sha256 check of the checkpoint's files (sizes are still checked)")
     p.set_defaults(func=run, accepts_overrides=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    from rotary.commands import recipe_overrides
-    from rotary.train.config import load_recipe
-    from rotary.train.trainer import train
+def split_recipe(extra: list[str]) -> tuple[str | None, list[str]]:
+    """The recipe argument and the ``--key value`` overrides among the arguments argparse left.
 
+    A word is a key's value when it follows ``--key`` (without ``=``), except after a boolean
+    key (``--compile recipe.yaml``) unless it spells a boolean; any other word is the recipe.
+    """
+    from rotary.errors import RotaryError
+    from rotary.train.config import recipe_keys
+
+    booleans = {key for key, type_name, _, _ in recipe_keys() if type_name == "bool"}
+    bool_words = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+    recipe, overrides, i = None, [], 0
+    while i < len(extra):
+        item = extra[i]
+        if item.startswith("--"):
+            overrides.append(item)
+            key = item[2:].replace("-", "_")
+            takes_value = "=" not in item and i + 1 < len(extra) and not extra[i + 1].startswith("--")
+            if takes_value and key in booleans and extra[i + 1].lower() not in bool_words:
+                takes_value = False
+            if takes_value:
+                overrides.append(extra[i + 1])
+                i += 1
+        elif recipe is None:
+            recipe = item
+        else:
+            raise RotaryError(f"two recipes given ('{recipe}' and '{item}'): name one, and write "
+                              "overrides as --key value")
+        i += 1
+    return recipe, overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rotary.commands import recipe_overrides
+    from rotary.errors import RotaryError
+    from rotary.train.config import load_recipe
+
+    if args.resume and args.overwrite:
+        raise RotaryError("--resume continues the run in the output directory and --overwrite deletes it: "
+                          "pass one of them")
+    recipe, args.overrides = split_recipe(args.overrides)
     overrides = recipe_overrides(args)
-    cfg = load_recipe(args.recipe, overrides)
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    if result.last_eval:
+    if recipe is None and args.resume:
+        # the run records its resolved recipe: --resume --output-dir runs/x needs nothing else
+        run_dir = overrides.get("output_dir") or (f"runs/{overrides['name']}" if "name" in overrides else None)
+        if run_dir is None:
+            raise RotaryError("--resume without a recipe needs the run: --output-dir runs/NAME (or --name NAME)")
+        recorded = Path(run_dir) / "recipe.yaml"
+        if not recorded.is_file():
+            raise RotaryError(f"--resume: {recorded} does not exist; name the recipe: rotary train RECIPE --resume")
+        recipe = str(recorded)
+    cfg = load_recipe(recipe, overrides)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if main_rank:
+        for warning in cfg.warnings():
+            print(f"rotary: warning: {warning}", file=sys.stderr)
+
+    from rotary.train.trainer import train  # torch: only once the arguments are good
+
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, verify=not args.no_verify)
+    if result.last_eval and main_rank:  # one summary per run, not one per process
         summary = ", ".join(f"{k} {v:.4f}" for k, v in result.last_eval.items() if isinstance(v, float))
         print(f"{result.run_dir}: step {result.step} ({result.stopped}); validation {summary}")
     return 130 if result.stopped == "interrupted" else 0

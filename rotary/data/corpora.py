@@ -8,6 +8,14 @@ corpora also yield ``(text, label)`` from ``train_examples()`` / ``test_examples
 Splits never depend on iteration order or on a random state: held-out works are named
 (Shakespeare), everything else is split by a hash of each document's text, so the same text
 always lands in the same split and duplicated documents cannot straddle train and val.
+
+The tail rule: when a hash split would leave the validation (or the training) split empty, as
+it does for a folder of two or three files, validation is instead the last ``val_fraction`` of
+the text: the documents are taken in order and cut once, at a line boundary when the cut falls
+inside one, as for a single ``.txt`` file (the nanoGPT convention).
+
+Text files that are mostly undecodable bytes or control codes (binary data, or another encoding
+than UTF-8) are an error; a few undecodable bytes are replaced with U+FFFD and counted.
 """
 
 from __future__ import annotations
@@ -29,8 +37,8 @@ from rotary.config import closest_key_hint
 from rotary.errors import RotaryError
 
 # Bump when a parser changes what a corpus yields: prepared shards record it, so stale shards
-# are rebuilt instead of silently reused.
-CORPUS_FORMAT_VERSION = 1
+# are rebuilt instead of silently reused. 2: the tail rule for splits a hash leaves empty.
+CORPUS_FORMAT_VERSION = 2
 
 TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -69,6 +77,25 @@ def decode_utf8(data: bytes) -> tuple[str, int]:
     _decode_counts.n = 0  # thread-local: concurrent decodes keep their own counts
     text = data.decode("utf-8", "rotary-count-replace")
     return text, _decode_counts.n
+
+
+# Above this share of undecodable bytes and control codes a ".txt" file is not text: binary
+# data or another encoding, which replacing would turn into a corpus of U+FFFD.
+MAX_UNDECODABLE_SHARE = 0.3
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+
+
+def decode_text_file(path: Path) -> tuple[str, int]:
+    """``decode_utf8`` of a file that must be text: mostly undecodable input is an error."""
+    text, replaced = decode_utf8(path.read_bytes())
+    if replaced:
+        bad = replaced + len(_CONTROL.findall(text))
+        if bad > MAX_UNDECODABLE_SHARE * len(text):
+            raise RotaryError(
+                f"{path}: not UTF-8 text: {bad:,} of its {len(text):,} characters are undecodable bytes "
+                "or control codes (binary data, or another encoding such as GBK or UTF-16?): "
+                "convert it to UTF-8 or remove it")
+    return text, replaced
 
 
 def hash_fraction(text: str) -> float:
@@ -415,22 +442,65 @@ def labelled_corpora() -> list[str]:
 
 
 class _HashSplitCorpus(Corpus):
-    """A corpus whose documents are split into train/val by a hash of their text."""
+    """A corpus whose documents are split into train/val by a hash of their text.
+
+    When the hash puts every document on one side (too few documents for the fraction), the
+    tail rule of the module docstring applies instead.
+    """
 
     default_val_fraction = 0.05
 
     def __init__(self, *, val_fraction: float | None = None, max_documents: int | None = None) -> None:
         super().__init__(max_documents=max_documents)
         self.val_fraction = _check_fraction(self.default_val_fraction if val_fraction is None else val_fraction)
+        self._tail_chars: int | None = None  # characters of all documents when the tail rule applies
 
     def _all_documents(self) -> Iterator[tuple[str, int]]:
         raise NotImplementedError
 
+    def uses_tail_rule(self) -> bool:
+        """True when the hash split would leave a split empty, so the tail rule applies."""
+        if self._tail_chars is None:
+            self._tail_chars = 0
+            if self.val_fraction > 0:
+                sides, chars = set(), 0
+                # Stops at the first document of each side: a large corpus costs a few reads.
+                for text, _ in self._all_documents():
+                    if text.strip():
+                        sides.add(in_val(text, self.val_fraction))
+                        chars += len(text)
+                        if len(sides) == 2:
+                            break
+                if len(sides) == 1:
+                    self._tail_chars = chars
+        return self._tail_chars > 0
+
     def _documents(self, split: str) -> Iterator[tuple[str, int]]:
         want_val = split == "val"
+        if self.uses_tail_rule():
+            yield from self._tail_documents(want_val)
+            return
         for text, replaced in self._all_documents():
             if in_val(text, self.val_fraction) == want_val:
                 yield text, replaced
+
+    def _tail_documents(self, want_val: bool) -> Iterator[tuple[str, int]]:
+        """The documents in order, cut once: validation is the last val_fraction of the text."""
+        total = self._tail_chars or 0
+        cut = total - int(total * self.val_fraction)
+        pos = 0
+        for text, replaced in self._all_documents():
+            if not text.strip():
+                continue
+            start, pos = pos, pos + len(text)
+            if pos <= cut or start >= cut:
+                if (start >= cut) == want_val:
+                    yield text, replaced
+                continue
+            inner = cut - start
+            newline = text.rfind("\n", 0, inner)
+            inner = newline + 1 if newline > 0 else inner
+            yield (text[inner:], 0) if want_val else (text[:inner], replaced)
 
 
 class FilesCorpus(_HashSplitCorpus):
@@ -438,7 +508,8 @@ class FilesCorpus(_HashSplitCorpus):
 
     A directory means every supported file below it, in sorted order. With a single ``.txt``
     document (one file, ``split_by="file"``) a hash split cannot work, so the validation split
-    is the last ``val_fraction`` of the text, cut at a line boundary (the nanoGPT convention).
+    is the last ``val_fraction`` of the text, cut at a line boundary (the nanoGPT convention);
+    so it is for a few documents that a hash would put all on one side (the tail rule).
     """
 
     def __init__(self, path: str | Path, *, text_field: str = "text", label_field: str | None = None,
@@ -479,7 +550,7 @@ class FilesCorpus(_HashSplitCorpus):
         for path in self.files:
             suffix = path.suffix.lower()
             if suffix in TEXT_SUFFIXES:
-                text, replaced = decode_utf8(path.read_bytes())
+                text, replaced = decode_text_file(path)
                 if self.split_by == "file":
                     yield text, replaced, str(path)
                 else:
@@ -543,7 +614,7 @@ class FilesCorpus(_HashSplitCorpus):
         if not self.tail_split:
             yield from super()._documents(split)
             return
-        text, replaced = decode_utf8(self.files[0].read_bytes())
+        text, replaced = decode_text_file(self.files[0])
         cut = len(text) - int(len(text) * self.val_fraction)
         if self.val_fraction > 0:
             newline = text.rfind("\n", 0, cut)

@@ -3,7 +3,7 @@
 Documents are encoded in batches by the Rust tokenizer (its own thread pool: all cores), the
 ids of a batch are joined with numpy, and each document is followed by the separator token
 (``<|endoftext|>`` for causal tokenizers, ``[SEP]`` for MLM ones). Tokenizers that pre-split
-with jieba run in a pool of processes instead, since jieba is Python.
+with jieba run in a pool of processes instead, since their word segmentation loop is Python.
 
 Shards are uint16 when every id fits, else uint32, and are read back with ``open_shards`` as
 read-only memmaps (never copied into memory). Every file is written to a temp name and
@@ -109,9 +109,11 @@ def encode_documents(tok: Any, docs: list[str], dtype: str, word_starts: bool) -
         parts = split_document(d)
         pieces.extend(parts)
         doc_of_piece.extend([i] * len(parts))
+    groups: list[list[int]] = []
     if word_starts:
-        words = tok.pretokenize(pieces)
-        encs = tok.encode_batch_raw(pieces, pretokenized=words)
+        segmented = [tok.segment(p) for p in pieces]
+        groups = [g for _, g in segmented]
+        encs = tok.encode_batch_raw(pieces, pretokenized=[w for w, _ in segmented])
     else:
         encs = tok.encode_batch_raw(pieces, fast=True)
     ids_lists = [e.ids for e in encs]
@@ -131,8 +133,11 @@ def encode_documents(tok: Any, docs: list[str], dtype: str, word_starts: bool) -
     flags = None
     if word_starts:
         flags = np.ones(len(out), dtype=np.uint8)
-        # add_special_tokens=False: every token belongs to a word, so no word id is None.
-        wid = np.fromiter(itertools.chain.from_iterable(e.word_ids for e in encs), dtype=np.int64, count=n_tokens)
+        # add_special_tokens=False: every token belongs to a piece, so no word id is None. A
+        # jieba word cut into several pieces (one not in the vocabulary) is one word.
+        wid = np.concatenate([np.zeros(0, dtype=np.int64)] + [
+            np.asarray(g, dtype=np.int64)[np.asarray(e.word_ids, dtype=np.int64)]
+            for e, g in zip(encs, groups) if e.word_ids])
         # A token starts a word when its word index differs from the previous token's; the
         # first token of every piece does too (pieces are cut at word boundaries).
         starts = np.ones(n_tokens, dtype=np.uint8)
@@ -418,14 +423,26 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
         if bar is not None:
             bar.close()
 
-    if splits["train"]["documents"] == 0:
+    def remove_shards() -> None:
         for s in SPLITS:
             for words in (False, True):
                 with contextlib.suppress(FileNotFoundError):
                     _shard_path(out, s, words).unlink()
+
+    if splits["train"]["documents"] == 0:
+        remove_shards()
         raise RotaryError(f"corpus '{corpus.name}' has no text in its training split (empty file?)")
     if splits["val"]["documents"] == 0:
-        notes.append("warning: the validation split is empty (too few documents for the val fraction?)")
+        fraction = getattr(corpus, "val_fraction", getattr(corpus, "test_fraction", None))
+        if fraction != 0:
+            # Training cannot evaluate on nothing: fail here, with the fix, not at `rotary train`.
+            remove_shards()
+            detail = "" if fraction is None else f", val fraction {fraction}"
+            raise RotaryError(
+                f"corpus '{corpus.name}' gives an empty validation split ({splits['train']['characters']:,} "
+                f"characters in all{detail}): add text, or raise the val fraction "
+                "(--val-fraction, data.val_fraction)")
+        notes.append("warning: the validation split is empty (--val-fraction 0)")
 
     meta = {
         "version": PREPARE_FORMAT_VERSION,

@@ -31,7 +31,7 @@ class LearnedPositions(nn.Module):
         self.weight = nn.Parameter(torch.empty(cfg.max_seq_len, cfg.d_model))
 
     def forward(self, positions: torch.Tensor, seq_len: int) -> torch.Tensor:
-        if seq_len > self.max_len:
+        if seq_len > self.max_len or (positions.numel() and int(positions.max()) >= self.max_len):
             raise RotaryError(
                 f"sequence of {seq_len} tokens is longer than the {self.max_len} learned "
                 "positions of this model: shorten the input or use position=rope"

@@ -178,8 +178,10 @@ class RotaryEmbedding(nn.Module):
             inv_freq, scale = _dynamic_ntk(self.cfg, seq_len)
             pos = positions if positions is not None else torch.arange(start, seq_len, device=self.inv_freq.device)
             return cos_sin(pos, inv_freq, scale)
-        if seq_len > self.table_len:
-            self._grow(seq_len)
+        # explicit positions may point past seq_len (position_ids given by the caller)
+        need = seq_len if positions is None or positions.numel() == 0 else max(seq_len, int(positions.max()) + 1)
+        if need > self.table_len:
+            self._grow(need)
         if positions is None:
             return self.cos_table[start:seq_len], self.sin_table[start:seq_len]
         return self.cos_table[positions], self.sin_table[positions]

@@ -238,11 +238,28 @@ def labelled_rows(h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     return h[keep], labels[keep]
 
 
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """transformers' causal-LM convention: position t predicts labels[t + 1]; the last position,
+    with nothing after it, is ignored (-100)."""
+    return F.pad(labels[..., 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def _one_target(labels: torch.Tensor | None, targets: torch.Tensor | None) -> None:
+    if labels is not None and targets is not None:
+        raise RotaryError("pass labels= (aligned with input_ids, as transformers) or targets= "
+                          "(one per position), not both")
+
+
 class CausalLM(RotaryModel):
     """A decoder LM: ``model(ids)`` -> logits (B, T, vocab).
 
-    Labels for :meth:`loss_fn` are aligned with the logits (labels[t] = the token after ids[t]),
-    as the loaders produce them: no hidden shift.
+    ``model(ids, labels=ids)`` is transformers' convention: labels are aligned with
+    ``input_ids`` and shifted inside (position t is scored against labels[t + 1], the last
+    position is not scored), so ``CausalLM(ids, labels=ids)`` gives the loss that
+    ``LlamaForCausalLM(ids, labels=ids).loss`` gives with the same weights.
+    ``model(x, targets=y)`` takes targets already shifted, one per position (y[t] = the token
+    after x[t], as the loaders produce them and :meth:`loss_fn` expects): the trainer's path,
+    where a window of T + 1 tokens yields T scored positions.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -262,17 +279,22 @@ class CausalLM(RotaryModel):
         last_only: bool = False,
         labels: torch.Tensor | None = None,
         return_stats: bool = False,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab); or, given ``labels``, the mean loss over labelled positions,
+        """Logits (B, T, vocab); or, given ``labels`` (shifted inside, as in transformers) or
+        ``targets`` (already shifted), the mean loss over scored positions (label != -100),
         computed without materialising the logits (see ``rotary.model.losses``); with
-        ``return_stats`` too, (loss sum, labelled tokens, correct argmax) for evaluation."""
-        h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, kv_cache)
+        ``return_stats`` too, (loss sum, scored tokens, correct argmax) for evaluation."""
+        _one_target(labels, targets)
         if labels is not None:
-            # every position is usually labelled: no selection, so no host sync or graph break
-            h, labels = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
+            targets = shift_labels(labels)
+        h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, kv_cache)
+        if targets is not None:
+            # every position is usually scored: no selection, so no host sync or graph break
+            h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
             if return_stats:
-                return cross_entropy_stats(h, self.lm_head.weight, None, labels)
-            return linear_cross_entropy(h, self.lm_head.weight, None, labels)
+                return cross_entropy_stats(h, self.lm_head.weight, None, targets)
+            return linear_cross_entropy(h, self.lm_head.weight, None, targets)
         if last_only:  # generation needs only the last position's logits
             h = h[:, -1:]
         return self.lm_head(h)
@@ -303,7 +325,12 @@ class MaskedLMHead(nn.Module):
 
 
 class MaskedLM(RotaryModel):
-    """An encoder LM (RoFormer): ``model(ids)`` -> logits (B, T, vocab) at every position."""
+    """An encoder LM (RoFormer): ``model(ids)`` -> logits (B, T, vocab) at every position.
+
+    ``labels`` are per position, as in transformers' masked LMs (no shift): labels[t] is the
+    original token at a masked position t, -100 elsewhere. ``targets=`` is the same thing,
+    accepted so that one training loop serves both heads.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -318,10 +345,13 @@ class MaskedLM(RotaryModel):
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_stats: bool = False,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab); or, given ``labels``, the mean loss over the masked positions.
         Then the head runs on those positions alone (~15% of them), as BERT's pre-training
         code does, and the logits are never materialised. ``return_stats``: as CausalLM's."""
+        _one_target(labels, targets)
+        labels = targets if labels is None else labels
         h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
         embedding = self.backbone.embed_tokens.weight
         if labels is not None:

@@ -7,18 +7,22 @@ A checkpoint directory is a complete run directory that HF users recognise::
     tokenizer/            the tokenizer the model was trained with
     training_state.pt     optimiser, grad scaler and RNG state (tensors only: weights_only=True)
     trainer_state.json    step, data position, best metric, early-stopping counter
+    manifest.json         size and sha256 of every other file, written last
 
 It is written under a temporary name and renamed into place, so a directory named
 ``step-NNNNNNN`` is always complete; a killed save leaves only a ``.tmp-*`` directory that the
-next run removes.
+next run removes. A checkpoint damaged later (a truncated copy, an edited file) is caught on
+load by the manifest and named, instead of failing deep inside safetensors or torch.load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +30,18 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from rotary.errors import RotaryError
-from rotary.io import atomic_write_text, fsync_dir
+from rotary.errors import RotaryError, RotaryWarning
+from rotary.io import apply_umask, atomic_write_text, fsync_dir, replace_dir
 
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
 CHECKPOINTS = "checkpoints"
 BEST = "best"
 REQUIRED_FILES = ("config.json", "model.safetensors", "trainer_state.json")
+MANIFEST = "manifest.json"
+# Every file a checkpoint or run directory may hold: what `--overwrite` may replace.
+CHECKPOINT_ENTRIES = frozenset({*REQUIRED_FILES, "training_state.pt", "tokenizer", MANIFEST})
+RUN_ENTRIES = frozenset({"recipe.yaml", CHECKPOINTS, BEST, "metrics.jsonl", "train.log", "tensorboard",
+                         "data", "tokenizer", "loss.png", "demo_results.json", "eval.json"})
 
 
 def step_dir_name(step: int) -> str:
@@ -65,8 +74,22 @@ def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load safetensors weights; missing keys are allowed only where weights are tied."""
-    state = _strip_wrappers(load_file(str(path)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    path = Path(path)
+    if not path.is_file():
+        raise RotaryError(f"missing file: {path}")
+    try:
+        state = _strip_wrappers(load_file(str(path)))
+    except Exception as err:  # SafetensorError (truncated, not safetensors) has no public class
+        raise RotaryError(
+            f"{path} is damaged or not a safetensors file ({str(err).splitlines()[0]}): "
+            f"{_OTHER_CHECKPOINT_HINT}"
+        ) from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes differ: weights of another model
+        detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), "")
+        raise RotaryError(f"{path} holds the weights of another model ({detail[:160]}); "
+                          f"{_OTHER_CHECKPOINT_HINT}") from None
     tied = _tied_keys(model)
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
@@ -108,21 +131,15 @@ def write_checkpoint_dir(target: Path, content: CheckpointContent) -> Path:
             torch.save(content.training_state, tmp / "training_state.pt")
         if content.tokenizer_dir is not None and Path(content.tokenizer_dir).is_dir():
             shutil.copytree(content.tokenizer_dir, tmp / "tokenizer")
-        # trainer_state.json last: its presence marks the content as whole.
         atomic_write_text(tmp / "trainer_state.json", json.dumps(content.trainer_state, indent=2))
-        for f in tmp.iterdir():
+        for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+        write_manifest(tmp)
+        apply_umask(tmp)
         fsync_dir(tmp)
-        if target.exists():  # re-saving the same step (e.g. after a resume): replace it
-            old = target.parent / f".old-{target.name}-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        fsync_dir(target.parent)
+        replace_dir(tmp, target)  # re-saving the same step (e.g. after a resume) replaces it
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -131,6 +148,68 @@ def write_checkpoint_dir(target: Path, content: CheckpointContent) -> Path:
 
 def is_complete(path: Path) -> bool:
     return path.is_dir() and all((path / f).is_file() for f in REQUIRED_FILES)
+
+
+# -- the manifest: detect a damaged checkpoint on load -------------------------------------------
+
+_OTHER_CHECKPOINT_HINT = ("restore it from a copy, or use another checkpoint (delete or move this one "
+                          "to resume from the previous step)")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _manifest_files(ckpt_dir: Path) -> list[Path]:
+    return sorted(p for p in ckpt_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(ckpt_dir: Path) -> None:
+    """Record the size and sha256 of every file of ``ckpt_dir`` (last: it seals the content)."""
+    ckpt_dir = Path(ckpt_dir)
+    files = {p.relative_to(ckpt_dir).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in _manifest_files(ckpt_dir)}
+    atomic_write_text(ckpt_dir / MANIFEST, json.dumps({"format": 1, "files": files}, indent=2))
+
+
+# Files that using a model (generate, convert, eval) never reads: a damaged one only blocks a resume.
+RESUME_ONLY = frozenset({"training_state.pt", "trainer_state.json"})
+
+
+def verify_checkpoint(ckpt_dir: Path, *, checksums: bool = True, for_resume: bool = True) -> None:
+    """Check ``ckpt_dir`` against its manifest: every file present, of its size and (unless
+    ``checksums`` is False, for very large models) of its sha256. A damaged file is a
+    RotaryError naming it; a checkpoint from before manifests is loaded with a warning.
+    ``for_resume=False`` checks only what using the model reads (not the optimiser state)."""
+    ckpt_dir = Path(ckpt_dir)
+    path = ckpt_dir / MANIFEST
+    if not path.is_file():
+        warnings.warn(f"{ckpt_dir} has no {MANIFEST} (written by an older rotary, or removed): "
+                      "its files are not verified", RotaryWarning, stacklevel=2)
+        return
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        entries = [(name, int(e["size"]), str(e["sha256"])) for name, e in files.items()]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise RotaryError(f"{path} is damaged (not a rotary manifest): {_OTHER_CHECKPOINT_HINT}") from None
+    for name, size, digest in entries:
+        if not for_resume and name in RESUME_ONLY:
+            continue
+        f = ckpt_dir / name
+        if not f.is_file():
+            raise RotaryError(f"checkpoint {ckpt_dir} is incomplete: {name} is missing; {_OTHER_CHECKPOINT_HINT}")
+        actual = f.stat().st_size
+        if actual != size:
+            what = "truncated" if actual < size else "longer than written"
+            raise RotaryError(f"checkpoint {ckpt_dir} is damaged: {name} is {actual:,} bytes, {size:,} when "
+                              f"saved ({what}); {_OTHER_CHECKPOINT_HINT}")
+        if checksums and _sha256(f) != digest:
+            raise RotaryError(f"checkpoint {ckpt_dir} is damaged: {name} was altered after saving (sha256 "
+                              f"differs from {MANIFEST}); {_OTHER_CHECKPOINT_HINT}")
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -149,6 +228,52 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     ckpts = list_checkpoints(run_dir)
     return ckpts[-1][1] if ckpts else None
+
+
+def newest_step_dir(run_dir: Path) -> Path | None:
+    """The newest ``step-*`` directory, complete or not: never silently skip a broken one."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return max(found)[1] if found else None
+
+
+def check_complete(ckpt_dir: Path, *, verify: bool = True, checksums: bool = True,
+                   for_resume: bool = True) -> Path:
+    """``ckpt_dir`` if it holds a whole checkpoint (and matches its manifest), else a RotaryError
+    that names what is missing or damaged. ``for_resume=False``: only what using the model needs."""
+    ckpt_dir = Path(ckpt_dir)
+    needed = REQUIRED_FILES if for_resume else tuple(f for f in REQUIRED_FILES if f not in RESUME_ONLY)
+    missing = [f for f in needed if not (ckpt_dir / f).is_file()]
+    if missing:
+        raise RotaryError(f"checkpoint {ckpt_dir} is incomplete: {', '.join(missing)} missing; "
+                          f"{_OTHER_CHECKPOINT_HINT}")
+    if verify:
+        verify_checkpoint(ckpt_dir, checksums=checksums, for_resume=for_resume)
+    return ckpt_dir
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best", *, verify: bool = True,
+                       checksums: bool = True, for_resume: bool = False) -> Path:
+    """The checkpoint directory ``path`` means: itself, or in a run directory ``best/`` (when
+    ``which`` is "best" and it exists) else the newest step. A broken candidate is an error
+    naming it, never a silent fall back to an older one."""
+    path = Path(path)
+    if not path.exists():
+        raise RotaryError(f"no such run or checkpoint directory: {path}")
+    if not path.is_dir():
+        raise RotaryError(f"{path} is a file: give a run directory or a checkpoint directory")
+    opts = {"verify": verify, "checksums": checksums, "for_resume": for_resume}
+    if any((path / f).exists() for f in (*REQUIRED_FILES, MANIFEST)):  # a checkpoint itself
+        return check_complete(path, **opts)
+    if which == "best" and (path / BEST).exists():
+        return check_complete(path / BEST, **opts)
+    newest = newest_step_dir(path)
+    if newest is None:
+        raise RotaryError(f"{path} holds no checkpoint (config.json + model.safetensors, or "
+                          f"{CHECKPOINTS}/step-*): train first, or give a checkpoint directory")
+    return check_complete(newest, **opts)
 
 
 def clean_partial(run_dir: Path) -> list[Path]:
@@ -180,16 +305,7 @@ def publish_best(run_dir: Path, source: Path) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(source, tmp, copy_function=_link_or_copy)
-    best = run_dir / BEST
-    if best.exists():
-        old = run_dir / f".old-{BEST}-{os.getpid()}"
-        os.replace(best, old)
-        os.replace(tmp, best)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, best)
-    fsync_dir(run_dir)
-    return best
+    return replace_dir(tmp, run_dir / BEST)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -200,22 +316,107 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; anything else is a one-line error naming the file."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RotaryError(f"missing file: {path}") from None
-    except json.JSONDecodeError as err:
-        raise RotaryError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f" ({err.msg} at line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
+        raise RotaryError(f"{path} is not valid JSON{where}: {_OTHER_CHECKPOINT_HINT}") from None
+    if not isinstance(data, dict):
+        raise RotaryError(f"{path} holds a JSON {type(data).__name__}, not an object: {_OTHER_CHECKPOINT_HINT}")
+    return data
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """``trainer_state.json``: where a run stands (its step, at least)."""
+    state = read_json(path)
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise RotaryError(f"{path} has no valid 'step' (found {step!r}): it is not a rotary trainer state; "
+                          f"{_OTHER_CHECKPOINT_HINT}")
+    return state
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
     """Optimiser/RNG state, loaded without unpickling code (weights_only=True)."""
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise RotaryError(f"missing file: {path}: the checkpoint cannot resume training; "
+                          f"{_OTHER_CHECKPOINT_HINT}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has no directory
+        raise RotaryError(f"{path} is damaged (truncated or not written by torch.save): "
+                          f"{_OTHER_CHECKPOINT_HINT}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise RotaryError(f"missing file: {path}") from None
-    except Exception as err:  # UnpicklingError for pickled code, among others
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refuses code: a pickle of another kind
         raise RotaryError(
-            f"refusing to load {path}: it is not a plain tensor checkpoint ({type(err).__name__}); "
-            "only load checkpoints you trust"
+            f"refusing to load {path}: it holds Python objects, not plain tensors "
+            f"({str(err).splitlines()[0][:120]}); only load checkpoints you trust"
         ) from None
+    except Exception as err:  # a damaged archive
+        raise RotaryError(f"{path} is damaged ({type(err).__name__}): {_OTHER_CHECKPOINT_HINT}") from None
+    if not isinstance(state, dict) or "optimizer" not in state:
+        raise RotaryError(f"{path} is not a rotary training state (no optimizer state): {_OTHER_CHECKPOINT_HINT}")
+    return state
+
+
+# -- output directories that verbs write: never destroy what is not theirs ------------------------
+
+# What an HF checkpoint directory (save_pretrained + a tokenizer) may hold.
+HF_ENTRIES = frozenset({"config.json", "generation_config.json", "model.safetensors",
+                        "model.safetensors.index.json", "pytorch_model.bin", "tokenizer.json",
+                        "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                        "merges.txt", "added_tokens.json", "rotary_tokenizer.json"})
+
+
+def _kind_of_dir(path: Path) -> str | None:
+    """"checkpoint", "run" or "hf" when ``path`` is one (and holds nothing else), else None."""
+    names = {p.name for p in path.iterdir()}
+    config = path / "config.json"
+    if is_complete(path) and names <= CHECKPOINT_ENTRIES:
+        return "checkpoint"
+    if ((path / "recipe.yaml").is_file() or (path / CHECKPOINTS).is_dir()) and names <= RUN_ENTRIES:
+        return "run"
+    if config.is_file() and names <= HF_ENTRIES and ({"model.safetensors", "pytorch_model.bin",
+                                                      "model.safetensors.index.json"} & names):
+        try:
+            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        except (ValueError, AttributeError):
+            return None
+        return "hf" if model_type not in (None, "rotary") else None
+    return None
+
+
+def check_output_dir(out: str | Path, *, kind: str, overwrite: bool, sources: tuple[Path, ...] = ()) -> Path:
+    """Refuse an output directory whose content would be lost.
+
+    ``out`` may be new or empty. A non-empty ``out`` must be a complete checkpoint of the same
+    ``kind`` ("checkpoint": a rotary checkpoint or run directory, "hf": a transformers one) and
+    is replaced only with ``overwrite``; anything else in it (notes, other files) is refused
+    even then. ``out`` may never be, contain or lie inside one of ``sources``.
+    """
+    out = Path(out)
+    here = out.resolve()
+    for src in sources:
+        src_r = Path(src).resolve()
+        if here == src_r or src_r.is_relative_to(here) or here.is_relative_to(src_r):
+            raise RotaryError(f"output {out} overlaps the source {src}: choose an output directory outside it")
+    if out.exists() and not out.is_dir():
+        raise RotaryError(f"output {out} is a file: choose a directory name")
+    if not out.exists() or not any(out.iterdir()):
+        return out
+    found = _kind_of_dir(out)
+    same = found == kind or (kind == "checkpoint" and found == "run")
+    if not same:
+        what = f"a {found} directory" if found else "not a checkpoint"
+        raise RotaryError(f"output {out} is not empty and is {what}: it would be lost; choose a new or "
+                          "empty directory (nothing was written)")
+    if not overwrite:
+        raise RotaryError(f"output {out} already holds a {found}: pass --overwrite to replace it, or choose "
+                          "another directory")
+    return out

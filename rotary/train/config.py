@@ -7,6 +7,9 @@ be overridden on the command line: ``rotary train recipe.yaml --max-steps 200 --
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,8 +25,16 @@ class TokenizerSpec:
     path: str | None = doc(None, "directory of a trained tokenizer; None = train one")
     kind: Literal["bpe", "wordpiece", "char"] = doc("bpe", "kind to train when path is None")
     vocab_size: int = doc(8192, "vocabulary size to train")
-    jieba: bool = doc(False, "Chinese word pre-tokenization with jieba before the vocabulary")
+    jieba: bool = doc(False, "Chinese word pre-tokenization with jieba (rjieba, as RoFormer) before the vocabulary")
     lowercase: bool = doc(False, "lowercase text before training/encoding")
+
+    def __post_init__(self) -> None:
+        # Checked here so that a bad recipe fails before the run directory is written.
+        if self.vocab_size < 1:
+            raise RotaryError(f"recipe: data.tokenizer.vocab_size must be positive, got {self.vocab_size}")
+        if self.jieba and self.kind == "bpe" and self.path is None:
+            raise RotaryError("recipe: data.tokenizer.jieba is for the wordpiece and char kinds "
+                              "(byte-level BPE keeps spaces): set data.tokenizer.kind or jieba false")
 
 
 @dataclass
@@ -32,8 +43,39 @@ class DataConfig:
     shards: str | None = doc(None, "directory of prepared shards; None = prepare into <output_dir>/data")
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec, metadata={"help": "tokenizer to use"})
     val_fraction: float | None = doc(None, "validation share for sources without a fixed split")
+    split_by: Literal["file", "paragraph", "line"] | None = doc(
+        None, "local .txt files: one document per file (default), paragraph or line")
+    text_field: str | None = doc(None, "field holding the text in .jsonl/.parquet/HF records (default: text)")
+    max_documents: int | None = doc(None, "read at most this many documents per split")
+    corpus_options: dict[str, Any] = doc(None, "other corpus options, e.g. {config: wikitext-2-raw-v1} for hf:NAME")
     mlm_probability: float = doc(0.15, "masked LM: share of tokens to predict")
     whole_word_mask: bool = doc(False, "masked LM: mask whole words (Chinese via jieba)")
+
+    def __post_init__(self) -> None:
+        if self.corpus_options is None:
+            self.corpus_options = {}
+        # Checked here so that a bad recipe fails before the run directory is written.
+        checks = [
+            (0 < self.mlm_probability < 1, f"data.mlm_probability must be in (0, 1), got {self.mlm_probability}"),
+            (self.val_fraction is None or 0 < self.val_fraction < 1,
+             f"data.val_fraction must be in (0, 1) (training needs a validation split), got {self.val_fraction}"),
+            (self.max_documents is None or self.max_documents > 0,
+             f"data.max_documents must be positive, got {self.max_documents}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise RotaryError(f"recipe: {msg}")
+        if self.corpus == "shakespeare" and self.val_fraction is not None and self.shards is None:
+            raise RotaryError("recipe: shakespeare holds out whole works, data.val_fraction does not apply: remove it")
+        named = {"split_by", "text_field", "max_documents", "val_fraction"} & set(self.corpus_options)
+        if named:
+            key = sorted(named)[0]
+            raise RotaryError(f"recipe: set data.{key} itself, not in data.corpus_options")
+
+    def corpus_opts(self) -> dict[str, Any]:
+        """The options for ``load_corpus`` (val_fraction apart); unset ones are left out."""
+        opts = {"split_by": self.split_by, "text_field": self.text_field, "max_documents": self.max_documents}
+        return {**self.corpus_options, **{k: v for k, v in opts.items() if v is not None}}
 
 
 @dataclass
@@ -113,6 +155,14 @@ class TrainConfig:
             return int(self.warmup_fraction * self.max_steps)
         return min(100, self.max_steps // 10)
 
+    def warnings(self) -> list[str]:
+        """Settings that are legal but almost certainly not what was meant."""
+        out = []
+        if self.warmup() >= self.max_steps:
+            out.append(f"warmup ({self.warmup()} steps) is not shorter than max_steps ({self.max_steps}): "
+                       "the learning rate never reaches its peak (lower warmup_steps or raise max_steps)")
+        return out
+
     def final_lr(self) -> float:
         return self.lr / 10 if self.min_lr is None else self.min_lr
 
@@ -124,12 +174,89 @@ class TrainConfig:
         return from_dict(cls, data, where="recipe")
 
 
+BUILTIN_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def builtin_recipes() -> list[str]:
+    """Names of the recipes that ship in the package (``rotary train NAME``)."""
+    return sorted(p.stem for p in BUILTIN_RECIPES.glob("*.yaml"))
+
+
+def resolve_recipe(spec: str | Path) -> Path:
+    """The YAML file a recipe argument names: a path, or a built-in recipe's name.
+
+    ``shakespeare`` (no directory, no suffix) and ``recipes/shakespeare.yaml`` that does not
+    exist relative to the working directory both mean the packaged recipe, so the README's
+    commands work outside the repository too.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if path.exists():
+        raise RotaryError(f"recipe {path} is a directory, not a YAML file")
+    bare = path.parent == Path(".") and path.suffix in ("", ".yaml", ".yml")
+    if bare or path.parent.name == "recipes":
+        packaged = BUILTIN_RECIPES / f"{path.stem}.yaml"
+        if packaged.is_file():
+            return packaged
+    raise RotaryError(f"recipe not found: {spec} (built-in recipes: {', '.join(builtin_recipes())}; "
+                      "or give the path of a YAML file)")
+
+
 def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """A recipe from YAML (or defaults when ``path`` is None) with dotted-key overrides."""
+    """A recipe from YAML (a path or a built-in recipe's name; defaults when ``path`` is None)
+    with dotted-key overrides."""
     data: dict[str, Any] = {}
     if path is not None:
+        path = resolve_recipe(path)
         data = load_yaml(path)
-        data.setdefault("name", Path(path).stem)
+        data.setdefault("name", path.stem)
     if overrides:
         data = apply_overrides(data, overrides)
     return TrainConfig.from_dict(data)
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return "|".join(str(a) for a in typing.get_args(annotation))
+    if origin is typing.Union or origin is types.UnionType:
+        return "|".join(_type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    if origin is dict:
+        return "mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def recipe_keys(cls: type = None, prefix: str = "") -> list[tuple[str, str, Any, str]]:  # type: ignore[assignment]
+    """Every recipe key as (dotted key, type, default, help), nested dataclasses flattened and
+    ``model`` expanded into ModelConfig's fields (what ``rotary train --help`` lists)."""
+    from rotary.config import ModelConfig
+
+    cls = cls or TrainConfig
+    hints = typing.get_type_hints(cls)
+    out: list[tuple[str, str, Any, str]] = []
+    for f in dataclasses.fields(cls):
+        key, annotation, help_text = prefix + f.name, hints[f.name], f.metadata.get("help", "")
+        if dataclasses.is_dataclass(annotation):
+            out.extend(recipe_keys(annotation, key + "."))
+        elif cls is TrainConfig and f.name == "model":
+            out.append((key + ".preset", "str", None, "a model preset (rotary info lists them) the other model keys override"))
+            out.extend(recipe_keys(ModelConfig, key + "."))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out.append((key, _type_name(annotation), default, help_text))
+    return out
+
+
+def recipe_keys_help() -> str:
+    """The recipe keys as help text: one line per key with its type, default and meaning."""
+    rows = recipe_keys()
+    width = max(len(k) for k, *_ in rows) + 2
+    lines = ["recipe keys (in the YAML, or on the command line as --key value / --key=value;",
+             "dashes and underscores are the same, nested keys are dotted: --model.n_layer 4):"]
+    for key, type_name, default, help_text in rows:
+        shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+        lines.append(f"  {key:<{width}}{type_name} = {shown}  {help_text}")
+    return "\n".join(lines)

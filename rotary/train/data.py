@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rotary.data.loader import IGNORE_INDEX, mask_tokens
 from rotary.data.sampler import lm_window_starts, read_windows
 from rotary.errors import RotaryError
 from rotary.train.config import TrainConfig
@@ -93,19 +94,32 @@ class TrainData:
         """
         B = self.batch_size
         rows = B * info.world_size * accum
-        path, dtype = self._shard_path("train"), np.dtype(self.meta["dtype"])
         n_tokens = len(self.train_tokens)
         window = self.seq_len + 1 if self.task == "causal_lm" else self.seq_len
         step = start_step
         while True:
             starts = lm_window_starts(n_tokens, window, rows, seed=self.seed, index=step)
-            for a in range(accum):
-                lo = (info.rank * accum + a) * B
-                # A fresh memmap per batch keeps RSS flat on huge shards (nanoGPT #287).
-                windows = torch.from_numpy(read_windows(path, dtype, starts[lo : lo + B], window))
-                words = self._word_ids("train", windows, starts[lo : lo + B])
-                yield self._to_example(windows, self.seed, step, lo, lo + B, rows, words)
+            mine = [(info.rank * accum + a) * B for a in range(accum)]
+            yield from self._examples("train", starts, window, [(lo, lo + B) for lo in mine], self.seed, step)
             step += 1
+
+    def _examples(self, split: str, starts: np.ndarray, window: int, shares: list[tuple[int, int]],
+                  seed: int, k: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, labels) of rows [lo, hi) of global batch ``k`` (windows at ``starts``), per share."""
+        path, dtype = self._shard_path(split), np.dtype(self.meta["dtype"])
+        if self.task == "causal_lm":
+            for lo, hi in shares:
+                # A fresh memmap per batch keeps RSS flat on huge shards (nanoGPT #287).
+                windows = torch.from_numpy(read_windows(path, dtype, starts[lo:hi], window))
+                yield windows[:, :-1], windows[:, 1:]
+            return
+        # MLM masks the whole global batch, then slices: mask_tokens' draws (the random
+        # replacements in particular) run over all rows in order, so a rank that masked only its
+        # own rows would get other tokens than a single process does.
+        windows = torch.from_numpy(read_windows(path, dtype, starts, window))
+        inputs, labels = self._mask(windows, seed, k, self._word_ids(split, windows, starts))
+        for lo, hi in shares:
+            yield inputs[lo:hi], labels[lo:hi]
 
     def _word_ids(self, split: str, windows: torch.Tensor, starts: np.ndarray) -> torch.Tensor | None:
         """Whole-word masking: equal ids on the tokens of one word (None = token masking)."""
@@ -119,29 +133,21 @@ class TrainData:
         flags[:, 0] = 1  # a window may open mid-word: that part is a word of its own
         return flags.cumsum(dim=1)
 
-    def _to_example(self, windows: torch.Tensor, seed: int, k: int, lo: int, hi: int, rows: int,
-                    word_ids: torch.Tensor | None = None):
-        if self.task == "causal_lm":
-            return windows[:, :-1], windows[:, 1:]
-        from rotary.data.loader import mask_tokens
-
-        # Masks are drawn for the whole global batch, then sliced: world-size independent.
+    def _mask(self, windows: torch.Tensor, seed: int, k: int,
+              word_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(_mix(seed, k))
-        full = torch.zeros(rows, windows.shape[1], dtype=torch.long)
-        full[lo:hi] = windows
-        full_words = None
-        if word_ids is not None:
-            full_words = torch.arange(rows * windows.shape[1]).view(rows, -1)  # other rows: 1-token words
-            full_words[lo:hi] = word_ids + rows * windows.shape[1]
-        inputs, labels = mask_tokens(full, vocab_size=self.vocab_size, mask_id=self.tokenizer.mask_id,
-                                     special_ids=self.tokenizer.special_ids, generator=g,
-                                     mlm_probability=self.mlm_probability, word_ids=full_words)
-        return inputs[lo:hi], labels[lo:hi]
+        return mask_tokens(windows, vocab_size=self.vocab_size, mask_id=self.tokenizer.mask_id,
+                           special_ids=self.tokenizer.special_ids, generator=g,
+                           mlm_probability=self.mlm_probability, word_ids=word_ids)
 
     def eval_batches(self, max_batches: int | None, info: DistInfo) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Non-overlapping windows over the validation split, in global batches of batch_size x
         processes (each rank takes its rows), so every world size evaluates the same windows.
-        ``max_batches`` counts global batches; None = the whole split."""
+        ``max_batches`` counts global batches; None = the whole split.
+
+        Every rank yields as many batches as the others: under FSDP each forward pass is a
+        collective (all_gather), so a rank whose share of the short last batch is empty gets a
+        padding batch whose labels are all ignored (-100): it counts no tokens but still runs."""
         window = self.seq_len + 1 if self.task == "causal_lm" else self.seq_len
         stride = self.seq_len  # causal windows overlap by one token: every token is predicted once
         starts = np.arange(0, len(self.val_tokens) - window + 1, stride, dtype=np.int64)
@@ -150,15 +156,14 @@ class TrainData:
         total = -(-len(starts) // G)  # the last global batch may be short
         if max_batches is not None:
             total = min(total, max_batches)
-        path, dtype = self._shard_path("val"), np.dtype(self.meta["dtype"])
         for b in range(total):
             chunk = starts[b * G : (b + 1) * G]
             lo, hi = info.rank * B, min((info.rank + 1) * B, len(chunk))
-            if lo >= hi:
+            if lo < hi:
+                yield from self._examples("val", chunk, window, [(lo, hi)], self.seed + 1, b)
                 continue
-            windows = torch.from_numpy(read_windows(path, dtype, chunk[lo:hi], window))
-            words = self._word_ids("val", windows, chunk[lo:hi])
-            yield self._to_example(windows, self.seed + 1, b, lo, hi, len(chunk), words)
+            pad = torch.full((min(B, len(chunk)), self.seq_len), self.pad_id or 0, dtype=torch.long)
+            yield pad, torch.full_like(pad, IGNORE_INDEX)
 
 
 def _mix(seed: int, k: int) -> int:
@@ -166,17 +171,37 @@ def _mix(seed: int, k: int) -> int:
 
 
 def prepare_training_data(cfg: TrainConfig, info: DistInfo) -> TrainData:
-    """Shards and tokenizer for the run: given ones, or trained/prepared from the corpus (rank 0)."""
+    """Shards and tokenizer for the run: given ones, or trained/prepared from the corpus (rank 0).
+
+    With ``data.shards`` the recipe's corpus and tokenizer keys are set to what the shards were
+    made from, so the run's recipe.yaml says where its data came from (not a default or the
+    corpus of the recipe the shards replaced).
+    """
     d = cfg.data
     run_dir = cfg.run_dir
     if d.shards is not None:
+        from rotary.data.prepare import read_meta
+
         shards = Path(d.shards)
         if not (shards / "meta.json").is_file():
             raise RotaryError(f"no prepared shards in {shards} (meta.json missing): run `rotary prepare` first")
-        tok_dir = Path(d.tokenizer.path) if d.tokenizer.path else shards / "tokenizer"
+        meta = read_meta(shards)
+        if d.tokenizer.path:
+            tok_dir = Path(d.tokenizer.path)
+        else:
+            # prepare records the tokenizer it used; a copy next to the shards comes first.
+            recorded = Path(meta["tokenizer_dir"]) if meta.get("tokenizer_dir") else None
+            tok_dir = shards / "tokenizer"
+            if not tok_dir.is_dir() and recorded is not None and recorded.is_dir():
+                tok_dir = recorded
         if not tok_dir.is_dir():
             raise RotaryError(f"tokenizer for {shards} not found: set data.tokenizer.path")
-        return TrainData(cfg.task, shards, tok_dir, d.mlm_probability, d.whole_word_mask)
+        data = TrainData(cfg.task, shards, tok_dir, d.mlm_probability, d.whole_word_mask)
+        tok = data.tokenizer
+        d.corpus = meta.get("source", d.corpus)
+        d.tokenizer.path, d.tokenizer.kind, d.tokenizer.vocab_size = str(tok_dir), tok.kind, tok.vocab_size
+        d.tokenizer.jieba, d.tokenizer.lowercase = tok.jieba, tok.lowercase
+        return data
     if d.corpus is None:
         raise RotaryError("the recipe names no data: set data.corpus (a corpus name or path) or data.shards")
     tok_dir = Path(d.tokenizer.path) if d.tokenizer.path else run_dir / "tokenizer"
@@ -185,9 +210,12 @@ def prepare_training_data(cfg: TrainConfig, info: DistInfo) -> TrainData:
         from rotary.data.prepare import prepare
         from rotary.tokenizer import train_tokenizer
 
+        # The tokenizer trains on the training split prepare will write: the same options.
+        opts = d.corpus_opts()
         if d.tokenizer.path is None and not (tok_dir / "tokenizer.json").is_file():
             train_tokenizer(d.corpus, d.tokenizer.kind, d.tokenizer.vocab_size, tok_dir,
-                            jieba=d.tokenizer.jieba, lowercase=d.tokenizer.lowercase)
-        prepare(d.corpus, tok_dir, shards, val_fraction=d.val_fraction, progress=cfg.progress)
+                            jieba=d.tokenizer.jieba, lowercase=d.tokenizer.lowercase,
+                            val_fraction=d.val_fraction, **opts)
+        prepare(d.corpus, tok_dir, shards, val_fraction=d.val_fraction, progress=cfg.progress, corpus_opts=opts)
     barrier(info)
     return TrainData(cfg.task, shards, tok_dir, d.mlm_probability, d.whole_word_mask)

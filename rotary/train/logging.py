@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rotary.io import atomic_open, atomic_write_text
+
 
 class RunLogger:
     def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool, progress: bool,
@@ -89,3 +91,62 @@ def format_eta(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def plot_losses(run_dir: Path, title: str | None = None) -> Path | None:
+    """``loss.png``: training and validation loss against step, from metrics.jsonl."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train: dict[int, float] = {}
+    val: dict[int, float] = {}
+    for rec in read_metrics(metrics):
+        if rec.get("kind") in ("train", "eval") and "loss" in rec:
+            (train if rec["kind"] == "train" else val)[rec["step"]] = rec["loss"]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    if train:
+        ax.plot(sorted(train), [train[s] for s in sorted(train)], label="train loss", lw=1.2)
+    if val:
+        ax.plot(sorted(val), [val[s] for s in sorted(val)], "o-", label="validation loss", lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross entropy (nats/token)")
+    ax.set_title(title or f"rotary: {run_dir.name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = run_dir / "loss.png"
+    with atomic_open(out, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return out
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl (a line cut by a kill is skipped)."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def truncate_metrics(run_dir: Path, step: int) -> int:
+    """Drop the records after ``step`` (steps a resumed run will redo); returns how many."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    records = read_metrics(path)
+    keep = [r for r in records if int(r.get("step", 0)) <= step]
+    if len(keep) != len(records) or path.read_text(encoding="utf-8").count("\n") != len(records):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    return len(records) - len(keep)

@@ -23,8 +23,11 @@ def lr_at(step: int, *, peak: float, final: float, warmup: int, total: int) -> f
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only: not on norms, biases or embeddings."""
+    from rotary.model.positions import LearnedPositions
+
     decay, no_decay = [], []
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    # embedding tables are lookups, not maps: no decay (a learned position table is one too)
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, LearnedPositions))}
     seen = set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:

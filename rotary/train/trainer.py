@@ -33,10 +33,11 @@ from rotary.train.distributed import (
     all_reduce_sum,
     barrier,
     init_distributed,
+    launcher_asked_for,
     shutdown,
     wrap_model,
 )
-from rotary.train.logging import RunLogger, format_eta
+from rotary.train.logging import RunLogger, format_eta, plot_losses, truncate_metrics
 from rotary.train.schedule import lr_at, make_optimizer
 
 TASK_MODELS = {"causal_lm": CausalLM, "masked_lm": MaskedLM}
@@ -134,22 +135,35 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def check_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one directory."""
-    run_dir = cfg.run_dir
-    has_run = (run_dir / "recipe.yaml").exists() or bool(ckpt.list_checkpoints(run_dir))
-    if not has_run:
-        return
-    if overwrite:
-        import shutil
+def check_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool, remove: bool = True) -> bool:
+    """Refuse to mix two runs in one directory; returns whether it already holds a run.
 
-        for name in ("checkpoints", "best", "tensorboard", "metrics.jsonl", "train.log", "recipe.yaml", "data", "tokenizer"):
-            p = run_dir / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-        return
+    ``overwrite`` removes the previous run's own files (never anything else in the directory)
+    when ``remove`` is true (rank 0 only: every rank checks, one deletes).
+    """
+    run_dir = cfg.run_dir
+    if resume and overwrite:
+        raise RotaryError("--resume continues the run in the output directory and --overwrite deletes it: "
+                          "pass one of them")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RotaryError(f"output directory {run_dir} is a file: choose another --output-dir")
+    has_run = (run_dir / "recipe.yaml").exists() or ckpt.newest_step_dir(run_dir) is not None
+    if not has_run:
+        if resume:
+            raise RotaryError(f"nothing to resume in {run_dir} (no recipe.yaml, no checkpoints): drop --resume "
+                              "to start a new run, or point --output-dir at the run to continue")
+        return False
+    if overwrite:
+        if remove:
+            import shutil
+
+            for name in ckpt.RUN_ENTRIES:
+                p = run_dir / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        return True
     if not resume:
         raise RotaryError(
             f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to start "
@@ -166,6 +180,21 @@ def check_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> None:
                     f"{run_dir} holds a different run ({key} differs from this recipe): use "
                     "--output-dir for a new run or --overwrite to replace it"
                 )
+    return True
+
+
+def resume_checkpoint(run_dir: Path, *, verify: bool = True) -> Path | None:
+    """The checkpoint a resumed run continues from: the newest step, checked against its
+    manifest. A damaged newest step is an error naming it (never a silent older one)."""
+    newest = ckpt.newest_step_dir(run_dir)
+    if newest is None:
+        return None
+    try:
+        return ckpt.check_complete(newest, checksums=verify)
+    except RotaryError as err:
+        older = [p for _, p in ckpt.list_checkpoints(run_dir) if p != newest]
+        hint = (f"; to resume from {older[-1].name} instead, move {newest} away" if older else "")
+        raise RotaryError(f"cannot resume: {err}{hint}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +214,7 @@ def evaluate(model: nn.Module, data: TrainData, cfg: TrainConfig, info: DistInfo
         x, y = x.to(info.device), y.to(info.device)
         with autocast_context(cfg.precision, info.device):
             # the head computes the sums chunk by chunk: no (tokens x vocab) logits
-            totals += model(x, labels=y, return_stats=True).cpu()
+            totals += model(x, targets=y, return_stats=True).cpu()  # y is already shifted
     model.train(was_training)
     all_reduce_sum(totals, info)
     if totals[1] == 0:
@@ -205,24 +234,84 @@ def evaluate(model: nn.Module, data: TrainData, cfg: TrainConfig, info: DistInfo
 
 
 class _StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps.
 
-    def __init__(self) -> None:
+    Python runs a signal handler only between bytecodes, so a process blocked in a collective
+    (a peer died or runs other collectives) would not see the signal until dist_timeout_s: killed
+    torchrun workers were left running. A watcher thread hears every signal through the wakeup fd
+    and ends the process when the handler has not run: after ``grace_s`` in a distributed run
+    (then the main thread is blocked in a collective), 1 s after a second signal in any case.
+    """
+
+    def __init__(self, grace_s: float = 10.0) -> None:
         self.signal: int | None = None
+        self.grace_s = grace_s
         self._previous: dict[int, Any] = {}
+        self._handled = 0  # signals the handler ran for (read by the watcher)
+        self._wakeup: tuple[int, int, int] | None = None  # read fd, write fd, previous wakeup fd
 
     def __enter__(self) -> _StopRequest:
+        import os
+        import threading
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread
                 self._previous[sig] = signal.signal(sig, self._handle)
+        if self._previous:
+            r, w = os.pipe()
+            os.set_blocking(w, False)  # the C-level handler must never block
+            self._wakeup = (r, w, signal.set_wakeup_fd(w, warn_on_full_buffer=False))
+            main = threading.main_thread().ident
+            threading.Thread(target=self._watch, args=(r, main), name="rotary-signals", daemon=True).start()
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        self._handled += 1
         if self.signal is not None:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.signal = signum
 
+    def _watch(self, fd: int, main: int | None) -> None:
+        import os
+        import select
+        import sys
+
+        import torch.distributed as dist
+
+        seen, first_at, last_at, signum = 0, 0.0, 0.0, 0
+        while True:
+            wait = None if self._handled >= seen else 0.2
+            if select.select([fd], [], [], wait)[0]:
+                data = os.read(fd, 64)
+                if not data:  # __exit__ closed the write end
+                    os.close(fd)
+                    return
+                for s in data:
+                    if s in (signal.SIGINT, signal.SIGTERM):
+                        signum, last_at = s, time.monotonic()
+                        first_at = last_at if self._handled >= seen else first_at
+                        seen += 1
+            if self._handled >= seen:
+                continue
+            now = time.monotonic()
+            stuck = now - first_at >= self.grace_s and dist.is_available() and dist.is_initialized()
+            if stuck or (seen >= 2 and now - last_at >= 1.0):
+                frame = sys._current_frames().get(main)  # where the main thread is blocked
+                where = f" in {frame.f_code.co_name} ({frame.f_code.co_filename})" if frame else ""
+                name = signal.Signals(signum).name
+                sys.stderr.write(f"rotary: {name} not handled for {now - first_at:.0f}s, blocked{where} "
+                                 "(a collective whose peer is gone or out of step?): exiting now\n")
+                sys.stderr.flush()
+                os._exit(128 + signum)
+
     def __exit__(self, *exc: Any) -> None:
+        import os
+
+        if self._wakeup is not None:
+            r, w, previous = self._wakeup
+            signal.set_wakeup_fd(previous)
+            os.close(w)  # the watcher reads EOF, closes the read end and returns
+            self._wakeup = None
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -261,14 +350,23 @@ def _load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, op
 
         set_optimizer_state_dict(model, optimizer, optim_sd, options=StateDictOptions(full_state_dict=True))
         return
-    optimizer.load_state_dict(optim_sd)
+    try:
+        optimizer.load_state_dict(optim_sd)
+    except (ValueError, KeyError, TypeError) as err:  # the optimiser state of another model
+        raise RotaryError(f"the checkpoint's optimiser state does not fit this model "
+                          f"({str(err).splitlines()[0][:120]}): resume with the recipe it was trained with") from None
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
-    """Train as the recipe says; returns where it stopped and its last evaluation."""
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+          verify: bool = True) -> TrainResult:
+    """Train as the recipe says; returns where it stopped and its last evaluation.
+
+    ``resume`` continues the run in ``cfg.run_dir`` from its newest checkpoint (checked against
+    its manifest; ``verify=False`` skips the sha256 sums); ``overwrite`` replaces that run.
+    """
     info = init_distributed(cfg.device, cfg.dist_timeout_s)
     try:
-        return _train(cfg, info, resume=resume, overwrite=overwrite)
+        return _train(cfg, info, resume=resume, overwrite=overwrite, verify=verify)
     finally:
         if info.enabled:
             # Free the wrapped model, optimizer and their pending collective handles (reference
@@ -278,18 +376,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
         shutdown(info)
 
 
-def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool) -> TrainResult:
+def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool, verify: bool) -> TrainResult:
+    # Everything that can be checked is checked before the first file is written, so a
+    # mistake never leaves a run directory that blocks the corrected rerun.
     if cfg.precision == "fp16" and info.device.type != "cuda":
         raise RotaryError("fp16 training needs CUDA (GradScaler): use --precision bf16 or fp32")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     gemm.cpu_gemm()  # a bad ROTARY_CPU_GEMM is an error before any file is written
     run_dir = cfg.run_dir
-    if info.is_main:
-        check_run_dir(cfg, resume=resume, overwrite=overwrite)
-        ckpt.clean_partial(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+    # the model section's keys and values (the vocabulary comes from the data later)
+    resolve_model_config(cfg, vocab_size=int(cfg.model.get("vocab_size", 2**16)), pad_id=None)
+    had_run = check_run_dir(cfg, resume=resume, overwrite=overwrite, remove=info.is_main)
+    latest = resume_checkpoint(run_dir, verify=verify) if resume else None
     barrier(info)
+    if info.is_main:
+        ckpt.clean_partial(run_dir)
 
     # -- data and model ----------------------------------------------------------------------
     data = prepare_training_data(cfg, info)
@@ -307,12 +409,11 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool) -
     else:
         accum = 1
 
-    latest = ckpt.latest_checkpoint(run_dir) if resume else None
     start_step, trainer_state, resume_rng = 0, {}, None
     if latest is not None:
         ckpt.load_weights(raw_model, latest / "model.safetensors")
-        trainer_state = ckpt.read_json(latest / "trainer_state.json")
-        start_step = int(trainer_state["step"])
+        trainer_state = ckpt.read_trainer_state(latest / "trainer_state.json")
+        start_step = trainer_state["step"]
         global_rows = cfg.batch_size * info.world_size * accum
         if trainer_state.get("global_rows", global_rows) != global_rows:
             raise RotaryError(
@@ -335,6 +436,7 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool) -
 
     if info.is_main:
         save_yaml(to_dict(cfg), run_dir / "recipe.yaml")
+        truncate_metrics(run_dir, start_step)  # steps after the checkpoint are redone: no duplicates
     logger = RunLogger(run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, progress=cfg.progress,
                        total_steps=cfg.max_steps, start_step=start_step)
     result = TrainResult(run_dir=run_dir, step=start_step, stopped="max_steps")
@@ -348,8 +450,12 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool) -
     flops_per_token = raw_model.flops_per_token(seq_len)
     peak = measure_matmul_peak(info.device, torch.bfloat16 if cfg.precision != "fp32" and info.device.type != "cpu" else torch.float32)
     n_params = raw_model.num_parameters()
+    if info.is_main and (asked := launcher_asked_for()) is not None:
+        logger.line(f"warning: accelerate launch was asked for {asked or 'several'} processes; this run has 1")
     if latest is not None:
         logger.line(f"resumed from {latest} at step {start_step}")
+    elif resume and had_run:
+        logger.line(f"{run_dir} has no checkpoint yet: training from step 0")
     logger.line(
         f"rotary {__version__} | {cfg.task} | {n_params / 1e6:.2f}M parameters | device {info.device} "
         f"x{info.world_size} | {tokens_per_step} tokens/step (batch {cfg.batch_size} x seq {seq_len} x "
@@ -387,6 +493,8 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool) -
                 "best_val_loss": best_loss if math.isfinite(best_loss) else None,
                 "evals_without_improvement": bad_evals, "best_eval": result.best_eval,
                 "last_eval": result.last_eval, "seed": cfg.seed, "rotary_version": __version__,
+                # the open log window, so the first line after a resume averages the same steps
+                "log_window": {"loss_sum": window_loss, "steps": window_n},
             },
             training_state=training_state,
             tokenizer_dir=data.tokenizer_dir,
@@ -403,6 +511,8 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool) -
     model.train()
     step = start_step
     window_t0, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+    saved_window = trainer_state.get("log_window") or {}
+    window_loss, window_n = float(saved_window.get("loss_sum", 0.0)), int(saved_window.get("steps", 0))
     run_t0 = time.perf_counter()
     pending_best = False
     with _StopRequest() as stop:
@@ -419,7 +529,7 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool) -
                     with autocast_context(cfg.precision, info.device):
                         # the loss comes out of the model: the head fuses it with the output
                         # projection and never materialises the logits (rotary.model.losses)
-                        loss = fwd_model(x, labels=y) / accum
+                        loss = fwd_model(x, targets=y) / accum  # y[t] follows x[t]: no shift
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss_sum += loss.detach()
             if scaler is not None:
@@ -458,7 +568,7 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool) -
                 dt = time.perf_counter() - window_t0
                 tok_s = window_tokens / dt if dt > 0 else 0.0
                 mfu = flops_per_token * tok_s / (peak * info.world_size)
-                eta = (cfg.max_steps - step) * dt / max(window_n, 1)
+                eta = (cfg.max_steps - step) * dt / max(window_tokens / tokens_per_step, 1)
                 values = {"loss": window_loss / window_n, "lr": lr, "tokens_per_s": tok_s, "mfu": mfu,
                           "tokens": step * tokens_per_step}
                 if grad_norm is not None:
@@ -507,6 +617,8 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool) -
     elapsed = time.perf_counter() - run_t0
     logger.line(f"trained {step - start_step} steps in {elapsed:.1f}s; run directory: {run_dir}")
     logger.close()
+    if info.is_main:
+        plot_losses(run_dir)
     return result
 
 

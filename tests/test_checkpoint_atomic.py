@@ -1,0 +1,206 @@
+"""Checkpoint saves are atomic: a save that fails (or is killed) part-way leaves the previous
+checkpoints as they were and no directory under a checkpoint's name; a checkpoint's final
+directory appears only once its content is complete."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from rotary.train import checkpoint as ckpt
+from tests.train_support import make_recipe, write_corpus
+
+
+def content(run: Path, step: int, value: float) -> ckpt.CheckpointContent:
+    tok = run / "tok_src"
+    tok.mkdir(parents=True, exist_ok=True)
+    (tok / "tokenizer.json").write_text('{"kind": "test"}')
+    return ckpt.CheckpointContent(
+        config={"model_type": "rotary", "task": "causal_lm", "value": value},
+        model_state={"w": torch.full((4, 3), value), "b": torch.arange(3.0) + value},
+        trainer_state={"step": step, "value": value},
+        training_state={"optimizer": {"state": {}, "param_groups": []}, "x": torch.tensor([value])},
+        tokenizer_dir=tok,
+    )
+
+
+def save(run: Path, step: int, value: float) -> Path:
+    return ckpt.write_checkpoint_dir(run / ckpt.CHECKPOINTS / ckpt.step_dir_name(step), content(run, step, value))
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def entries(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / ckpt.CHECKPOINTS).iterdir())
+
+
+class DiskFull(OSError):
+    pass
+
+
+def boom(*args, **kwargs):
+    raise DiskFull(28, "No space left on device")
+
+
+# Each way a save can fail part-way: the weights, the optimiser state, the tokenizer copy, the
+# last JSON file.
+FAILURES = {
+    "weights": lambda mp: mp.setattr(ckpt, "save_file", boom),
+    "training_state": lambda mp: mp.setattr(torch, "save", boom),
+    "tokenizer": lambda mp: mp.setattr(shutil, "copytree", boom),
+    "trainer_state": lambda mp: _fail_on_trainer_state(mp),
+}
+
+
+def _fail_on_trainer_state(mp) -> None:
+    real = ckpt.atomic_write_text
+
+    def write(path, text):
+        if Path(path).name == "trainer_state.json":
+            boom()
+        real(path, text)
+
+    mp.setattr(ckpt, "atomic_write_text", write)
+
+
+def test_a_save_writes_every_file(tmp_path):
+    path = save(tmp_path, 2, 1.0)
+    assert path == tmp_path / "checkpoints" / "step-0000002" and ckpt.is_complete(path)
+    assert {"config.json", "model.safetensors", "trainer_state.json", "training_state.pt",
+            "tokenizer/tokenizer.json"} <= set(snapshot(path))
+    assert torch.equal(ckpt.load_file(str(path / "model.safetensors"))["w"], torch.full((4, 3), 1.0))
+    assert entries(tmp_path) == ["step-0000002"]  # no temp directory left beside it
+
+
+@pytest.mark.parametrize("where", FAILURES)
+def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_partial_one(tmp_path, monkeypatch, where):
+    good = save(tmp_path, 2, 1.0)
+    before = snapshot(good)
+    with monkeypatch.context() as mp:
+        FAILURES[where](mp)
+        with pytest.raises(DiskFull):
+            save(tmp_path, 4, 2.0)
+    assert not (tmp_path / "checkpoints" / "step-0000004").exists()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2]
+    assert ckpt.latest_checkpoint(tmp_path) == good and snapshot(good) == before
+    assert entries(tmp_path) == ["step-0000002"]  # the temp directory was removed too
+    # and the next save of that step works
+    assert ckpt.is_complete(save(tmp_path, 4, 2.0))
+
+
+@pytest.mark.parametrize("where", FAILURES)
+def test_a_killed_save_leaves_only_a_temp_directory_that_clean_partial_removes(tmp_path, monkeypatch, where):
+    """A process killed mid-save runs no cleanup: what it leaves must not look like a checkpoint."""
+    good = save(tmp_path, 2, 1.0)
+    before = snapshot(good)
+    with monkeypatch.context() as mp:
+        FAILURES[where](mp)
+        mp.setattr(shutil, "rmtree", lambda *a, **k: None)  # no cleanup, as after SIGKILL
+        with pytest.raises(DiskFull):
+            save(tmp_path, 4, 2.0)
+    assert not (tmp_path / "checkpoints" / "step-0000004").exists()
+    left = [n for n in entries(tmp_path) if n != "step-0000002"]
+    assert left and all(n.startswith(".tmp-") for n in left), left
+    assert ckpt.latest_checkpoint(tmp_path) == good
+    removed = ckpt.clean_partial(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(left)
+    assert entries(tmp_path) == ["step-0000002"] and snapshot(good) == before
+
+
+def test_a_failed_resave_of_the_same_step_keeps_the_old_copy(tmp_path, monkeypatch):
+    path = save(tmp_path, 4, 1.0)
+    before = snapshot(path)
+    with monkeypatch.context() as mp:
+        mp.setattr(ckpt, "save_file", boom)
+        with pytest.raises(DiskFull):
+            save(tmp_path, 4, 2.0)
+    assert snapshot(path) == before
+    assert entries(tmp_path) == ["step-0000004"]
+    # a successful re-save replaces it whole, leaving no .old- directory
+    save(tmp_path, 4, 3.0)
+    assert ckpt.read_json(path / "trainer_state.json")["value"] == 3.0
+    assert torch.equal(ckpt.load_file(str(path / "model.safetensors"))["b"], torch.arange(3.0) + 3.0)
+    assert entries(tmp_path) == ["step-0000004"]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_the_final_directory_appears_only_with_its_whole_content(tmp_path, monkeypatch, existing):
+    """Nothing is written under the checkpoint's own name: every file goes into a temp directory
+    that is renamed into place once complete. Re-saving a step keeps the old copy whole until the
+    new one replaces it."""
+    target = tmp_path / "checkpoints" / "step-0000004"
+    if existing:
+        save(tmp_path, 4, 1.0)
+    old = snapshot(target) if existing else None
+    final_names = set(snapshot(save(tmp_path / "reference", 4, 2.0)))
+    events: list[str] = []
+
+    def state_of_target() -> None:
+        if existing:  # the old checkpoint stays complete and unchanged while the new one is written
+            assert snapshot(target) == old, "the existing checkpoint was modified in place"
+        else:
+            assert not target.exists(), "the checkpoint directory exists before its content is complete"
+
+    def watch(fn, name):
+        def wrapped(*args, **kwargs):
+            state_of_target()
+            events.append(name)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(ckpt, "save_file", watch(ckpt.save_file, "save_file"))
+    monkeypatch.setattr(torch, "save", watch(torch.save, "torch.save"))
+    monkeypatch.setattr(ckpt, "atomic_write_text", watch(ckpt.atomic_write_text, "json"))
+    monkeypatch.setattr(shutil, "copytree", watch(shutil.copytree, "copytree"))
+    real_replace = os.replace
+    moved_in: list[set[str]] = []
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst) == target:
+            moved_in.append(set(snapshot(Path(src))))  # what the checkpoint holds the moment it appears
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    save(tmp_path, 4, 2.0)
+    assert {"save_file", "torch.save", "json", "copytree"} <= set(events)
+    assert moved_in == [final_names], "the checkpoint must appear by one rename of its complete content"
+    assert set(snapshot(target)) == final_names
+    assert ckpt.read_json(target / "trainer_state.json")["value"] == 2.0
+    assert entries(tmp_path) == ["step-0000004"]
+
+
+def test_a_training_run_whose_save_fails_resumes_from_the_previous_checkpoint(tmp_path, monkeypatch):
+    from rotary.train.trainer import train
+
+    corpus = write_corpus(tmp_path / "docs", n_docs=30)
+
+    def recipe():
+        return make_recipe(tmp_path / "run", corpus=corpus, max_steps=4, checkpoint_interval=2,
+                           eval_interval=100, tensorboard=False, batch_size=2)
+
+    real = ckpt.save_file
+
+    def fail_at_step_4(state, filename, *args, **kwargs):
+        if "step-0000004" in str(filename):
+            boom()
+        return real(state, filename, *args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(ckpt, "save_file", fail_at_step_4)
+        with pytest.raises(DiskFull):
+            train(recipe())
+    run = tmp_path / "run"
+    assert [s for s, _ in ckpt.list_checkpoints(run)] == [2]
+    assert not (run / "checkpoints" / "step-0000004").exists()
+    step2 = run / "checkpoints" / "step-0000002"
+    assert ckpt.read_json(step2 / "trainer_state.json")["step"] == 2
+    res = train(recipe(), resume=True)
+    assert (res.step, res.stopped) == (4, "max_steps")
+    assert [s for s, _ in ckpt.list_checkpoints(run)] == [2, 4]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith((".tmp-", ".old-"))]

@@ -1,0 +1,150 @@
+"""Evaluation numbers against recomputations: chunked loss statistics over several (ragged)
+chunks, and the trainer's loss / perplexity / bits per byte / accuracy from known totals."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rotary.errors import RotaryError
+from rotary.model.losses import cross_entropy_stats
+from rotary.train.distributed import DistInfo
+from rotary.train.trainer import evaluate
+
+N, D, VOCAB = 61, 12, 37
+
+
+def problem(bias: bool, seed: int = 0):
+    """Rows whose labels are a mix of ignored (-100), argmax (counted correct) and random ones,
+    spread over the whole range so every chunk, the last one included, holds each kind."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, D, generator=g)
+    w = torch.randn(VOCAB, D, generator=g)
+    b = torch.randn(VOCAB, generator=g) if bias else None
+    logits = F.linear(h, w, b)
+    labels = torch.randint(0, VOCAB, (N,), generator=g)
+    labels[::3] = logits.argmax(-1)[::3]
+    labels[1::5] = -100
+    labels[-1] = logits[-1].argmax()  # the very last row: correct, and labelled
+    return h, w, b, labels, logits
+
+
+def reference_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
+    keep = labels != -100
+    loss_sum = F.cross_entropy(logits[keep].double(), labels[keep], reduction="sum").item()
+    correct = int((logits.argmax(-1) == labels)[keep].sum())
+    return loss_sum, int(keep.sum()), correct
+
+
+# 61 rows: chunks of 1, 7 (ragged last chunk of 5), 30 (last of 1), 60 (last of 1), 61 (one
+# chunk), 64 and None (one chunk larger than the input)
+@pytest.mark.parametrize("chunk_rows", [1, 7, 30, 60, 61, 64, None])
+@pytest.mark.parametrize("bias", [False, True])
+def test_stats_over_several_chunks_equal_sums_over_materialised_logits(chunk_rows, bias):
+    h, w, b, labels, logits = problem(bias)
+    stats = cross_entropy_stats(h, w, b, labels, chunk_rows=chunk_rows)
+    loss_sum, tokens, correct = reference_stats(logits, labels)
+    assert stats.dtype == torch.float64 and stats.shape == (3,)
+    assert stats[1].item() == tokens and stats[2].item() == correct
+    assert stats[0].item() == pytest.approx(loss_sum, rel=1e-5)
+    # the reference itself is not degenerate: some rows ignored, some right, some wrong
+    assert 0 < correct < tokens < N
+
+
+def test_stats_of_the_last_rows_alone_are_counted():
+    """Only the last row labelled: a chunk loop that stops one chunk early sees nothing."""
+    h, w, b, labels, logits = problem(bias=True, seed=1)
+    only_last = torch.full_like(labels, -100)
+    only_last[-1] = labels[-1]
+    for chunk_rows in (7, 30, 60):
+        stats = cross_entropy_stats(h, w, b, only_last, chunk_rows=chunk_rows)
+        want = F.cross_entropy(logits[-1:], only_last[-1:]).item()
+        assert stats[1].item() == 1 and stats[2].item() == 1
+        assert stats[0].item() == pytest.approx(want, rel=1e-5)
+
+
+def test_stats_with_every_row_ignored_are_zero():
+    h, w, b, labels, _ = problem(bias=False)
+    stats = cross_entropy_stats(h, w, b, torch.full_like(labels, -100), chunk_rows=7)
+    assert stats.tolist() == [0.0, 0.0, 0.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# trainer.evaluate: the metrics from the summed statistics
+# ---------------------------------------------------------------------------------------------
+
+
+class StatsModel(nn.Module):
+    """Returns given (loss sum, tokens, correct) per evaluation batch, whatever its arguments."""
+
+    def __init__(self, per_batch: list[tuple[float, int, int]]) -> None:
+        super().__init__()
+        self.per_batch = list(per_batch)
+        self.calls = 0
+
+    def forward(self, x, *args, **kwargs):
+        assert not self.training, "evaluation runs in eval mode"
+        stats = self.per_batch[self.calls]
+        self.calls += 1
+        return torch.tensor(stats, dtype=torch.float64)
+
+
+class FakeData:
+    def __init__(self, n_batches: int, bytes_per_token: float) -> None:
+        self.n_batches = n_batches
+        self.val_bytes_per_token = bytes_per_token
+
+    def eval_batches(self, max_batches, info):
+        n = self.n_batches if max_batches is None else min(self.n_batches, max_batches)
+        for _ in range(n):
+            yield torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long)
+
+
+PER_BATCH = [(30.0, 16, 5), (25.5, 12, 7), (12.25, 8, 2)]
+
+
+def run_evaluate(task: str, bytes_per_token: float = 3.25, max_batches=None, per_batch=PER_BATCH):
+    model = StatsModel(per_batch)
+    model.train()
+    cfg = SimpleNamespace(task=task, precision="fp32")
+    out = evaluate(model, FakeData(len(per_batch), bytes_per_token), cfg, DistInfo(), max_batches)
+    assert model.training  # restored
+    return out, model
+
+
+def test_causal_metrics_are_per_token_loss_and_bits_per_byte():
+    out, model = run_evaluate("causal_lm", bytes_per_token=3.25)
+    assert model.calls == 3
+    loss = (30.0 + 25.5 + 12.25) / (16 + 12 + 8)
+    assert out["tokens"] == 36
+    assert out["loss"] == pytest.approx(loss, rel=1e-12)
+    assert out["perplexity"] == pytest.approx(math.exp(loss), rel=1e-12)
+    # nats per token -> bits per token -> bits per byte: divided by the bytes each token stands for
+    assert out["bits_per_byte"] == pytest.approx(loss / math.log(2) / 3.25, rel=1e-12)
+    assert "accuracy" not in out
+    # the same losses over text of twice as many bytes per token: half the bits per byte
+    half, _ = run_evaluate("causal_lm", bytes_per_token=6.5)
+    assert half["bits_per_byte"] == pytest.approx(out["bits_per_byte"] / 2, rel=1e-12)
+
+
+def test_masked_metrics_report_accuracy_over_all_batches():
+    out, _ = run_evaluate("masked_lm")
+    assert out["accuracy"] == pytest.approx((5 + 7 + 2) / 36, rel=1e-12)
+    assert out["loss"] == pytest.approx(67.75 / 36, rel=1e-12)
+    assert "bits_per_byte" not in out
+
+
+def test_max_batches_limits_the_evaluation():
+    out, model = run_evaluate("masked_lm", max_batches=2)
+    assert model.calls == 2 and out["tokens"] == 28
+    assert out["accuracy"] == pytest.approx(12 / 28, rel=1e-12)
+
+
+def test_no_labelled_token_is_a_clear_error():
+    with pytest.raises(RotaryError, match="validation split is too small"):
+        run_evaluate("causal_lm", per_batch=[(0.0, 0, 0)])

@@ -1,0 +1,106 @@
+"""AdamW as the trainer builds it: which parameters decay, by how much, and what a step does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rotary.config import ModelConfig
+from rotary.model import CausalLM, MaskedLM
+from rotary.train.schedule import make_optimizer, param_groups
+
+# Every kind of parameter: biases, LayerNorm weight and bias, token/type/position embeddings,
+# an untied output matrix; the MLM head adds a dense layer, its norm and an output bias.
+CFG = ModelConfig(vocab_size=50, max_seq_len=16, n_layer=2, n_head=2, d_model=16, d_ff=32, bias=True,
+                  norm="layernorm", position="learned", type_vocab_size=2, tie_embeddings=False)
+MODELS = {
+    "causal-untied": lambda: CausalLM(CFG),
+    "causal-tied-rms": lambda: CausalLM(CFG.replace(tie_embeddings=True, norm="rmsnorm", bias=False, position="rope")),
+    "masked-tied": lambda: MaskedLM(CFG.replace(causal=False, pre_norm=False, tie_embeddings=True)),
+    "masked-untied": lambda: MaskedLM(CFG.replace(causal=False)),
+}
+MATRICES = ("qkv_proj.weight", "o_proj.weight", "up_proj.weight", "down_proj.weight", "lm_head.weight",
+            "head.dense.weight", "head.decoder.weight")
+
+
+def should_decay(name: str) -> bool:
+    """Written from the rule, not from the code: the layers' matrices decay; norms, biases and
+    embeddings do not."""
+    return name.endswith(MATRICES)
+
+
+def build(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return MODELS[name]()
+
+
+def opt_for(model, lr=0.1, weight_decay=0.5, device="cpu"):
+    return make_optimizer(model, lr=lr, weight_decay=weight_decay, betas=(0.8, 0.9), eps=1e-6,
+                          device=torch.device(device))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_is_in_exactly_one_group_with_its_decay(name):
+    model = build(name)
+    opt = opt_for(model, weight_decay=0.25)
+    by_id = {id(p): n for n, p in model.named_parameters()}  # tied weights appear once
+    seen: dict[str, float] = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            n = by_id[id(p)]
+            assert n not in seen, f"{n} is in two groups"
+            seen[n] = group["weight_decay"]
+        assert group["lr"] == 0.1 and group["betas"] == (0.8, 0.9) and group["eps"] == 1e-6
+    assert set(seen) == set(by_id.values())
+    want = {n: 0.25 if should_decay(n) else 0.0 for n in by_id.values()}
+    assert seen == want
+    assert any(v == 0.25 for v in want.values()) and any(v == 0.0 for v in want.values())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_step_with_zero_gradients_shrinks_matrices_by_lr_times_decay_only(name):
+    """With zero gradients Adam's update is 0, so a step is decoupled weight decay alone:
+    p <- p * (1 - lr * wd) for decayed matrices, unchanged for norms, biases and embeddings."""
+    lr, wd = 0.1, 0.5
+    model = build(name)
+    with torch.no_grad():  # non-trivial norms and biases, so "unchanged" means something
+        for p in model.parameters():
+            p.add_(torch.rand_like(p) + 0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = opt_for(model, lr=lr, weight_decay=wd)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        if should_decay(n):
+            torch.testing.assert_close(p.detach(), before[n] * (1 - lr * wd), rtol=1e-6, atol=0, msg=n)
+        else:
+            assert torch.equal(p.detach(), before[n]), f"{n} changed: norms, biases and embeddings must not decay"
+
+
+def test_a_step_moves_every_parameter_against_its_gradient():
+    """First AdamW step: update = lr * g / (|g| + eps) ~ lr * sign(g), plus decay on matrices."""
+    lr, wd = 0.01, 0.1
+    model = build("causal-untied")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = opt_for(model, lr=lr, weight_decay=wd)
+    g = torch.Generator().manual_seed(1)
+    grads = {}
+    for n, p in model.named_parameters():
+        grads[n] = torch.randn(p.shape, generator=g) + 0.1  # away from 0: |g| >> eps
+        p.grad = grads[n].clone()
+    opt.step()
+    for n, p in model.named_parameters():
+        decay = 1 - lr * wd if should_decay(n) else 1.0
+        want = before[n] * decay - lr * grads[n] / (grads[n].abs() + 1e-6)
+        torch.testing.assert_close(p.detach(), want, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_param_groups_without_decay_candidates_or_frozen_parameters():
+    model = build("causal-untied")
+    model.lm_head.weight.requires_grad_(False)  # frozen: not given to the optimizer
+    groups = param_groups(model, 0.3)
+    params = [p for grp in groups for p in grp["params"]]
+    assert all(p is not model.lm_head.weight for p in params)
+    assert [grp["weight_decay"] for grp in groups] == [0.3, 0.0]
+    assert len(params) == len({id(p) for p in params}) == sum(p.requires_grad for p in model.parameters())
