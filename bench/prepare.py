@@ -32,8 +32,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
-    from rotary.data.corpora import load_corpus
     from rotary.data.prepare import prepare
+    from rotary.data.sources import load_corpus
     from rotary.tokenizer import load_tokenizer, train_tokenizer
 
     tmp = Path(tempfile.mkdtemp(prefix="rotary-bench-prepare-"))

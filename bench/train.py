@@ -10,10 +10,10 @@ positions. Rounds alternate A and B so machine noise hits both; medians with min
 printed, then the ratio rotary / HF.
 
 rotary's fp32 linear layers run on the CPU GEMM backend picked for the machine (``auto``: oneDNN
-where MKL would not run its AVX-512 code, e.g. on AMD; see ``rotary.model.gemm``); HF runs on
+where MKL would not run its AVX-512 code, e.g. on AMD; see ``rotary.ops.gemm``); HF runs on
 PyTorch's default (MKL). ``MKL_ENABLE_INSTRUCTIONS=AVX2`` makes an Intel machine behave like that.
 
-    python bench/train.py                      # PERF.md's config: 6 layers, d=384, batch 8x256
+    python bench/train.py                      # the reference config: 6 layers, d=384, batch 8x256
     python bench/train.py --steps 5 --rounds 5 --precision bf16 --compile
     python bench/train.py --cpu-gemm onednn    # force rotary's GEMM backend (auto, blas, onednn)
 """
@@ -28,7 +28,7 @@ import torch
 
 
 def matmul_peak(dtype: torch.dtype) -> float:
-    from rotary.train.trainer import measure_matmul_peak
+    from rotary.train.metrics import measure_matmul_peak
 
     return max(measure_matmul_peak(torch.device("cpu"), dtype, n) for n in (1024, 2048))
 
@@ -87,7 +87,8 @@ class Runner:
         self.fwd = torch.compile(model) if args.compile else model
 
     def step(self) -> float:
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else torch.autocast("cpu", enabled=False)
+        bf16 = self.precision == "bf16"
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
         with ctx:  # each library's own training path: the loss comes out of the model
             if self.hf:
                 loss = self.fwd(self.x, labels=self.y).loss
@@ -147,7 +148,7 @@ def main() -> None:
     p.add_argument("--cpu-gemm", choices=("auto", "blas", "onednn"), default=None,
                    help="rotary's CPU GEMM backend (default: ROTARY_CPU_GEMM, else auto)")
     args = p.parse_args()
-    from rotary.model import gemm
+    from rotary.ops import gemm
 
     if args.cpu_gemm:
         gemm.set_cpu_gemm(args.cpu_gemm)

@@ -11,39 +11,46 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# The public API, pinned: scripts (experiments/, users' own) use only these names and the
+# submodule rotary.hf; everything else may move. Public name -> the module that defines it.
 _LAZY = {
-    "PRESETS": "rotary.config",
-    "ModelConfig": "rotary.config",
-    "get_preset": "rotary.config",
-    "RotaryError": "rotary.errors",
+    # models
+    "ModelConfig": "rotary.model.config",
+    "PRESETS": "rotary.model.config",
+    "get_preset": "rotary.model.config",
     "CausalLM": "rotary.model",
-    "KVCache": "rotary.model",
     "MaskedLM": "rotary.model",
     "SequenceClassifier": "rotary.model",
+    "KVCache": "rotary.model",
+    # data
+    "load_corpus": "rotary.data.sources",
+    "train_tokenizer": "rotary.tokenizer",
+    "load_tokenizer": "rotary.tokenizer",
+    "prepare": "rotary.data.prepare",
+    # training
+    "TrainConfig": "rotary.train.config",
+    "load_recipe": "rotary.train.config",
+    "train_model": "rotary.train.loop",  # rotary.train is the package
+    "TrainResult": "rotary.train.loop",
+    "Task": "rotary.tasks",
+    "register_task": "rotary.tasks",
+    "get_task": "rotary.tasks",
+    # use
     "load": "rotary.pretrained",
+    "Pretrained": "rotary.pretrained",
+    "RotaryError": "rotary.errors",
 }
+_ALIASES = {"train_model": "train"}
 # submodules reachable as attributes (``rotary.hf.to_hf``) without importing them first
-_SUBMODULES = ("hf", "model", "data", "train", "tokenizer", "generate", "pretrained", "config",
-               "errors", "demo", "io", "cli", "commands")
+_SUBMODULES = ("hf", "model", "ops", "data", "train", "tokenizer", "generate", "pretrained", "config",
+               "checkpoint", "tasks", "errors", "demo", "io", "cli", "commands")
 
-__all__ = [
-    "PRESETS",
-    "CausalLM",
-    "KVCache",
-    "MaskedLM",
-    "ModelConfig",
-    "RotaryError",
-    "SequenceClassifier",
-    "__version__",
-    "get_preset",
-    "load",
-]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), _ALIASES.get(name, name))
     elif name in _SUBMODULES:
         value = importlib.import_module(f"rotary.{name}")
     else:

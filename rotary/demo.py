@@ -43,7 +43,7 @@ def compressor_bits_per_byte(text: str) -> dict[str, float]:
 
 def validation_text(shards_dir: Path) -> str:
     """The validation documents exactly as the shards were prepared from them."""
-    from rotary.data.corpora import load_corpus
+    from rotary.data.sources import load_corpus
 
     meta = json.loads((shards_dir / "meta.json").read_text(encoding="utf-8"))
     source = meta.get("source") or meta.get("corpus")
@@ -56,12 +56,13 @@ def run_demo(recipe: str | Path | None = None, overrides: dict[str, Any] | None 
     """Train (or resume) the demo run, evaluate it on the whole validation split, sample."""
     import torch
 
+    from rotary.data.lm import TrainData
     from rotary.pretrained import load
     from rotary.train.config import load_recipe
-    from rotary.train.data import TrainData
     from rotary.train.distributed import DistInfo
+    from rotary.train.evaluate import evaluate
     from rotary.train.logging import plot_losses
-    from rotary.train.trainer import evaluate, train
+    from rotary.train.loop import train
 
     t0 = time.perf_counter()
     cfg = load_recipe(recipe or DEFAULT_RECIPE, overrides)
@@ -84,7 +85,7 @@ def run_demo(recipe: str | Path | None = None, overrides: dict[str, Any] | None 
         metrics = evaluate(pre.model, data, cfg, DistInfo(device=pre.model.device), max_batches=None)
     comp = compressor_bits_per_byte(validation_text(run_dir / "data"))
     table = {
-        "rotary": {"loss": metrics["loss"], "perplexity": metrics["perplexity"], "bits_per_byte": metrics["bits_per_byte"]},
+        "rotary": {k: metrics[k] for k in ("loss", "perplexity", "bits_per_byte")},
         "xz": {"bits_per_byte": comp["xz"]},
         "gzip": {"bits_per_byte": comp["gzip"]},
     }
@@ -103,7 +104,8 @@ def format_table(res: DemoResult) -> str:
     lines = [
         f"Validation (held-out works) of {res.run_dir}:",
         f"  {'model':<22} {'loss':>7} {'ppl':>8} {'bits/byte':>10}",
-        f"  {'rotary (RoPE decoder)':<22} {r['rotary']['loss']:>7.3f} {r['rotary']['perplexity']:>8.1f} {r['rotary']['bits_per_byte']:>10.3f}",
+        f"  {'rotary (RoPE decoder)':<22} {r['rotary']['loss']:>7.3f} {r['rotary']['perplexity']:>8.1f} "
+        f"{r['rotary']['bits_per_byte']:>10.3f}",
         f"  {'xz -9e':<22} {'':>7} {'':>8} {r['xz']['bits_per_byte']:>10.3f}",
         f"  {'gzip -9':<22} {'':>7} {'':>8} {r['gzip']['bits_per_byte']:>10.3f}",
     ]

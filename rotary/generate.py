@@ -7,7 +7,7 @@ model counts positions from the attention mask, so padding never shifts them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -73,8 +73,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, mask
 
 
-@torch.no_grad()
-def generate(
+def iter_tokens(
     model: CausalLM,
     prompts: Sequence[Sequence[int]] | torch.Tensor,
     max_new_tokens: int,
@@ -85,14 +84,16 @@ def generate(
     eos_id: int | None = None,
     pad_id: int | None = None,
     seed: int | None = None,
-    on_tokens: Callable[[torch.Tensor], None] | None = None,
-) -> list[list[int]]:
-    """Continue each prompt by up to ``max_new_tokens`` tokens; returns only the new tokens.
+) -> Iterator[torch.Tensor]:
+    """Continue each prompt, yielding each step's (B,) new ids as they are sampled.
 
-    ``on_tokens`` receives each step's (B,) new ids as they are sampled (for streaming).
-    A row stops at ``eos_id`` (which is kept in its output).
+    A row that reached ``eos_id`` keeps yielding ``eos_id``; the iteration ends after
+    ``max_new_tokens`` steps or when every row has ended. The KV cache makes each step one
+    token's forward pass.
     """
     check_generation(model, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    if max_new_tokens == 0:
+        return
     device = model.device
     if isinstance(prompts, torch.Tensor):
         ids, mask = prompts.long(), torch.ones_like(prompts, dtype=torch.long)
@@ -110,27 +111,52 @@ def generate(
     padded = not bool(mask.all())
     full_mask = torch.ones((B, T + max_new_tokens), dtype=torch.long, device=device)
     full_mask[:, :T] = mask
-    out = torch.empty((B, max_new_tokens), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    n = 0
     try:
-        logits = model(ids, attention_mask=mask if padded else None, kv_cache=cache, last_only=True)
+        with torch.no_grad():
+            logits = model(ids, attention_mask=mask if padded else None, kv_cache=cache, last_only=True)
         for n in range(1, max_new_tokens + 1):
             nxt = sample_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p,
                               generator=generator)
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
                 done |= nxt == eos_id
-            out[:, n - 1] = nxt
-            if on_tokens is not None:
-                on_tokens(nxt)
+            yield nxt
             if n == max_new_tokens or (eos_id is not None and bool(done.all())):
                 break
             step_mask = full_mask[:, : T + n] if padded else None
-            logits = model(nxt[:, None], attention_mask=step_mask, kv_cache=cache, last_only=True)
+            with torch.no_grad():
+                logits = model(nxt[:, None], attention_mask=step_mask, kv_cache=cache, last_only=True)
     finally:
         model.train(was_training)
-    rows = out[:, :n].tolist() if max_new_tokens else [[] for _ in range(B)]
+
+
+def generate(
+    model: CausalLM,
+    prompts: Sequence[Sequence[int]] | torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    pad_id: int | None = None,
+    seed: int | None = None,
+    on_tokens: Callable[[torch.Tensor], None] | None = None,
+) -> list[list[int]]:
+    """Continue each prompt by up to ``max_new_tokens`` tokens; returns only the new tokens.
+
+    Collects :func:`iter_tokens`; ``on_tokens`` receives each step's (B,) new ids as they are
+    sampled. A row stops at ``eos_id`` (which is kept in its output).
+    """
+    steps = []
+    for nxt in iter_tokens(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           eos_id=eos_id, pad_id=pad_id, seed=seed):
+        steps.append(nxt)
+        if on_tokens is not None:
+            on_tokens(nxt)
+    B = len(prompts)
+    rows = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(B)]  # (B, steps)
     if eos_id is not None:  # cut each row after its first EOS
         rows = [r[: r.index(eos_id) + 1] if eos_id in r else r for r in rows]
     return rows

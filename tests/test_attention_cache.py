@@ -9,9 +9,8 @@ import math
 import pytest
 import torch
 
-from rotary.config import ModelConfig
 from rotary.errors import RotaryError
-from rotary.model import CausalLM, MaskedLM
+from rotary.model import CausalLM, MaskedLM, ModelConfig
 from rotary.model.attention import Attention, AttentionContext, build_attention_mask
 from rotary.model.rope import RotaryEmbedding
 
@@ -192,6 +191,30 @@ def test_attention_mask_must_cover_cached_and_new_tokens():
     model(torch.ones(1, 4, dtype=torch.long), kv_cache=cache)
     with pytest.raises(RotaryError, match="attention_mask"):
         model(torch.ones(1, 1, dtype=torch.long), torch.ones(1, 1), kv_cache=cache)
+
+
+@pytest.mark.parametrize("index", [[2, 0, 1], [2, 2, 0], [1]], ids=["permute", "beams", "prune"])
+@pytest.mark.parametrize("scaling,factor", [("none", 1.0), ("dynamic_ntk", 2.0)])
+def test_decoding_after_reorder_equals_decoding_the_reordered_prompts(scaling, factor, index):
+    """Beam search keeps, repeats and drops rows of the cache between steps (``reorder``)."""
+    cfg = tiny(n_layer=1, n_kv_head=2, rope_scaling=scaling, rope_scaling_factor=factor)
+    model = build(CausalLM, cfg)
+    ids, mask = padded_batch(total=24)
+    prompt, chunks = 10, [1, 3, 1, 9]
+    index = torch.tensor(index)
+    cache = model.new_kv_cache(ids.shape[0], ids.shape[1])
+    with torch.no_grad():
+        model(ids[:, :prompt], mask[:, :prompt], kv_cache=cache)
+    cache.reorder(index)
+    assert cache.batch_size == len(index) and cache.length == prompt
+    out, t = [], prompt
+    with torch.no_grad():
+        for c in chunks:
+            out.append(model(ids[index, t : t + c], mask[index, : t + c], kv_cache=cache))
+            t += c
+    got = torch.cat(out, dim=1)
+    want = decode_in_chunks(model, ids[index], mask[index], [prompt, *chunks])[:, prompt:]
+    torch.testing.assert_close(got, want, **TOL)
 
 
 # ---------------------------------------------------------------------------------------------

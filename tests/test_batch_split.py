@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rotary.train.data import TrainData, prepare_training_data
+from rotary.data.lm import TrainData, prepare_training_data
 from rotary.train.distributed import DistInfo
 from tests.train_support import make_recipe, write_corpus
 
@@ -72,8 +72,8 @@ def _val_windows(data: TrainData) -> int:
 @pytest.mark.parametrize("name", list(KINDS))
 @pytest.mark.parametrize("last_share", ["empty", "short"])
 def test_each_rank_evaluates_its_rows_and_as_many_batches_as_the_others(shards, name, last_share):
-    from rotary.config import ModelConfig
-    from rotary.train.trainer import TASK_MODELS
+    from rotary.model.config import ModelConfig
+    from rotary.tasks import get_task
 
     world = 2
     n = _val_windows(make_data(shards, name, 1))
@@ -98,9 +98,32 @@ def test_each_rank_evaluates_its_rows_and_as_many_batches_as_the_others(shards, 
     data = make_data(shards, name, B)
     torch.manual_seed(0)
     spec = {"preset": "tiny", "max_seq_len": SEQ, "vocab_size": data.vocab_size, "causal": task == "causal_lm"}
-    model = TASK_MODELS[task](ModelConfig.from_dict(spec)).eval()
+    model = get_task(task).build_model(ModelConfig.from_dict(spec), {}).eval()
     with torch.no_grad():
         one = sum(model(x, labels=y, return_stats=True) for x, y in single)
         split = sum(model(x, labels=y, return_stats=True) for batches in per_rank for x, y in batches)
     assert torch.isfinite(split).all() and split[1] == one[1] and split[2] == one[2]
     assert abs(float(split[0] - one[0])) <= 1e-6 * float(one[0])
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_each_rank_reads_only_its_own_contiguous_stretch_of_the_shard(data_bpe_dir, tmp_path, accum):
+    """Random reads stay inside one region of a large memmap per process: rank r of W reads only
+    tokens [r*n/W, (r+1)*n/W), and different ranks see different data with the same seed."""
+    import numpy as np
+
+    from tests.train_support import write_shards
+
+    n, world, B = 100_000, 4, 4
+    positions = np.arange(n, dtype=np.uint32)  # ids = positions: each window shows where it lies
+    shards = write_shards(tmp_path / "positions", data_bpe_dir, positions, positions[:1000], vocab_size=n)
+    stretch = (n // (world * B * accum)) * B * accum
+    seen = []
+    for rank in range(world):
+        data = TrainData("causal_lm", shards, data_bpe_dir)
+        data.configure(seq_len=SEQ, batch_size=B, seed=3, model_vocab=n)
+        batches = take(data.train_batches(0, accum, DistInfo(rank=rank, world_size=world)), 10 * accum)
+        tokens = torch.cat([torch.cat([x, y[:, -1:]], 1) for x, y in batches])
+        assert int(tokens.min()) >= rank * stretch and int(tokens.max()) < (rank + 1) * stretch
+        seen.append(tokens - rank * stretch)
+    assert not torch.equal(seen[0], seen[1])

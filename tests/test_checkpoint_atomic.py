@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rotary.train import checkpoint as ckpt
+from rotary import checkpoint as ckpt
 from tests.train_support import make_recipe, write_corpus
 
 
@@ -176,7 +176,7 @@ def test_the_final_directory_appears_only_with_its_whole_content(tmp_path, monke
 
 
 def test_a_training_run_whose_save_fails_resumes_from_the_previous_checkpoint(tmp_path, monkeypatch):
-    from rotary.train.trainer import train
+    from rotary.train.loop import train
 
     corpus = write_corpus(tmp_path / "docs", n_docs=30)
 

@@ -10,8 +10,8 @@ import pytest
 import rotary
 from rotary import cli
 from rotary.commands import info
-from rotary.config import PRESETS, ModelConfig
 from rotary.errors import RotaryError
+from rotary.model.config import PRESETS, ModelConfig
 
 
 def run_module(*args):
@@ -145,7 +145,7 @@ class FakeTrain:
         self.calls = []
 
     def __call__(self, cfg, *, resume, overwrite, verify=True):
-        from rotary.train.trainer import TrainResult
+        from rotary.train.loop import TrainResult
 
         self.calls.append((cfg, resume, overwrite))
         return TrainResult(run_dir=cfg.run_dir, step=3, stopped="max_steps", last_eval={"loss": 1.5})
@@ -153,10 +153,10 @@ class FakeTrain:
 
 @pytest.fixture
 def fake_train(monkeypatch):
-    from rotary.train import trainer
+    from rotary.train import loop
 
     fake = FakeTrain()
-    monkeypatch.setattr(trainer, "train", fake)
+    monkeypatch.setattr(loop, "train", fake)
     monkeypatch.delenv("RANK", raising=False)
     return fake
 
@@ -302,3 +302,16 @@ def test_unknown_verb_is_a_usage_error(capsys):
         cli.main(["no-such-verb"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_every_public_name_resolves_to_what_it_names():
+    """rotary.__all__ is the pinned API: each name loads, and none is shadowed by a submodule."""
+    import types
+
+    import rotary
+
+    for name in rotary.__all__:
+        value = getattr(rotary, name)
+        assert not isinstance(value, types.ModuleType), name
+    assert callable(rotary.train_model) and rotary.train_model.__module__ == "rotary.train.loop"
+    assert rotary.hf.to_hf and rotary.load.__module__ == "rotary.pretrained"

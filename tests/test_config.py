@@ -6,16 +6,9 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from rotary.config import (
-    PRESETS,
-    ModelConfig,
-    apply_overrides,
-    from_dict,
-    get_preset,
-    load_yaml,
-    parse_overrides,
-)
+from rotary.config import apply_overrides, from_dict, load_yaml, parse_overrides
 from rotary.errors import RotaryError
+from rotary.model.config import PRESETS, ModelConfig, get_preset
 
 
 def test_yaml_round_trip(tmp_path):
@@ -322,7 +315,7 @@ def test_literal_fields_suggest_the_closest_choice():
 
 
 def test_recipe_keys_cover_every_field_dotted():
-    from rotary.config import ModelConfig
+    from rotary.model.config import ModelConfig
     from rotary.train.config import DataConfig, TokenizerSpec, TrainConfig, recipe_keys
 
     keys = {k: (t, d, h) for k, t, d, h in recipe_keys()}

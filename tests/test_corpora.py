@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rotary.cli import main
-from rotary.data.corpora import (
+from rotary.data.sources import (
     CORPORA,
     ChineseSentimentCorpus,
     ShakespeareCorpus,
@@ -287,7 +287,7 @@ def test_python_m_rotary_exits_2_with_one_line(tmp_path: Path) -> None:
 
 def _texts_with_side(val: bool, fraction: float, n: int) -> list[str]:
     """``n`` documents that the hash split at ``fraction`` puts all in val (or all in train)."""
-    from rotary.data.corpora import in_val
+    from rotary.data.sources import in_val
 
     out = []
     for i in range(10_000):

@@ -9,10 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rotary.config import ModelConfig
-from rotary.model import CausalLM, MaskedLM
-from rotary.model.losses import linear_cross_entropy
-from rotary.train.trainer import train
+from rotary.model import CausalLM, MaskedLM, ModelConfig
+from rotary.ops.fused_cross_entropy import linear_cross_entropy
+from rotary.train.loop import train
 from tests.train_support import make_recipe, train_interrupted_at, write_corpus
 from tests.train_support import train_losses as losses
 
@@ -56,7 +55,8 @@ def test_labels_path_equals_logits_path_on_gpu():
 @pytest.mark.parametrize("scaling", ["none", "yarn"])
 def test_kv_cache_decode_equals_full_forward_on_gpu(scaling):
     torch.manual_seed(0)
-    extra = {} if scaling == "none" else dict(rope_scaling="yarn", rope_scaling_factor=4.0, rope_original_max_seq_len=16)
+    yarn = dict(rope_scaling="yarn", rope_scaling_factor=4.0, rope_original_max_seq_len=16)
+    extra = {} if scaling == "none" else yarn
     model = CausalLM(small(**extra)).to(CUDA).eval()
     ids = torch.randint(0, 512, (3, 40), device=CUDA)
     with torch.no_grad():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rotary.train import checkpoint as ckpt
+from rotary import checkpoint as ckpt
 from tests.train_support import make_recipe, train_losses, write_corpus
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """Tokenizer and shards made once by a one-step run, reused by every test here."""
-    from rotary.train.trainer import train
+    from rotary.train.loop import train
 
     root = tmp_path_factory.mktemp("dist")
     corpus = write_corpus(root / "docs")
@@ -231,7 +231,7 @@ def test_fsdp_matches_ddp_and_checkpoints_full_weights(tmp_path, prepared):
 
 def uneven_batch(prepared, seq_len: int = 32, task: str = "causal_lm") -> int:
     """A per-rank batch B whose last global validation batch (2 ranks) leaves rank 1 no rows."""
-    from rotary.train.data import TrainData
+    from rotary.data.lm import TrainData
     from rotary.train.distributed import DistInfo
 
     data = TrainData(task, *prepared)
@@ -255,7 +255,7 @@ def test_masked_lm_under_ddp_on_an_uneven_validation_split_equals_one_process(tm
     """MLM (masks drawn per global batch) under DDP, evaluated on the whole validation split,
     whose last global batch gives rank 1 nothing: the metrics are the single process's. Before,
     a rank masked its own rows alone and drew other random replacements than one process."""
-    from rotary.train.data import prepare_training_data
+    from rotary.data.lm import prepare_training_data
     from rotary.train.distributed import DistInfo
 
     corpus = prepared[0].parents[1] / "docs"

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from rotary import CausalLM, MaskedLM, ModelConfig
 from rotary.errors import RotaryError
-from rotary.model import gemm
+from rotary.ops import gemm
 
 pytestmark = pytest.mark.skipif(not gemm.onednn_available(), reason="needs oneDNN (mkldnn)")
 
@@ -34,7 +34,10 @@ def ops_run(fn) -> set[str]:
 def test_onednn_linear_matches_f_linear_with_gradients(backend, bias, shape, out_features):
     backend("onednn")
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(40, 3, 24, generator=g).transpose(0, 1) if shape == "transposed" else torch.randn(*shape, generator=g)
+    if shape == "transposed":
+        x = torch.randn(40, 3, 24, generator=g).transpose(0, 1)
+    else:
+        x = torch.randn(*shape, generator=g)
     w = torch.randn(out_features, 24, generator=g)
     b = torch.randn(out_features, generator=g) if bias else None
     grad_out = torch.randn(*x.shape[:-1], out_features, generator=g)

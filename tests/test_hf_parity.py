@@ -32,10 +32,10 @@ from transformers import (  # noqa: E402
 from transformers.activations import ACT2FN  # noqa: E402
 
 import rotary.hf as rhf  # noqa: E402
-from rotary.config import ModelConfig  # noqa: E402
 from rotary.errors import RotaryError  # noqa: E402
 from rotary.hf import config_from_hf, config_to_hf, from_hf, save_hf, to_hf  # noqa: E402
 from rotary.model import CausalLM, MaskedLM, SequenceClassifier  # noqa: E402
+from rotary.model.config import ModelConfig  # noqa: E402
 from rotary.model.rope import apply_rope, base_inv_freq, cos_sin  # noqa: E402
 
 TOL = 1e-4
@@ -278,7 +278,8 @@ def test_save_hf_copies_the_tokenizer(tmp_path):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(str(tok_dir / "tokenizer.json"))
-    (tok_dir / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]"}')
+    (tok_dir / "tokenizer_config.json").write_text(
+        '{"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]"}')
     model = rotary_model(CausalLM, seed=25, d_model=32, n_head=4, d_ff=40, n_layer=1)
     out = save_hf(model, tmp_path / "out", tokenizer_dir=tok_dir)
     ids = transformers.AutoTokenizer.from_pretrained(out)("w5 w7 w11")["input_ids"]
@@ -382,7 +383,7 @@ def test_roformer_without_permutation_does_not_match(monkeypatch):
     """Teeth: with the permutation switched off, conversion must visibly fail parity."""
     torch.manual_seed(0)
     hf = randomize(RoFormerForMaskedLM(tiny_roformer_config()), 14)
-    monkeypatch.setattr(rhf, "pairs_to_halves", lambda d: torch.arange(d))
+    monkeypatch.setattr(rhf.roformer, "pairs_to_halves", lambda d: torch.arange(d))
     rot = from_hf(hf)
     inputs = batch(T=16, seed=15, types=2)
     gap = (hf_logits(hf, inputs) - rot_logits(rot, inputs)).abs().max().item()
@@ -441,7 +442,8 @@ def test_roformer_mlm_rotary_to_hf(kw, tmp_path):
 
 CLS_CASES = [
     pytest.param(dict(num_labels=3, num_hidden_layers=1), id="3labels-1layer-gelu"),
-    pytest.param(dict(num_labels=1, num_hidden_layers=3, hidden_act="relu", type_vocab_size=3), id="regression-3layers-relu"),
+    pytest.param(dict(num_labels=1, num_hidden_layers=3, hidden_act="relu", type_vocab_size=3),
+                 id="regression-3layers-relu"),
 ]
 
 
@@ -587,7 +589,8 @@ TO_HF_REFUSED = [
     pytest.param(MaskedLM, _ROFORMER | dict(hidden_act="gelu_tanh"), "one hidden_act", id="roformer-head-act"),
     pytest.param(MaskedLM, _ROFORMER | dict(n_kv_head=2), "grouped", id="roformer-gqa"),
     pytest.param(MaskedLM, _ROFORMER | dict(rope_theta=500.0), "10000", id="roformer-theta"),
-    pytest.param(MaskedLM, _ROFORMER | dict(rope_scaling="linear", rope_scaling_factor=2.0), "scaling", id="roformer-scaling"),
+    pytest.param(MaskedLM, _ROFORMER | dict(rope_scaling="linear", rope_scaling_factor=2.0), "scaling",
+                 id="roformer-scaling"),
     pytest.param(MaskedLM, _ROFORMER | dict(position="learned"), "position=learned", id="roformer-learned"),
     pytest.param(MaskedLM, _ROFORMER | dict(causal=True), "encoder", id="roformer-causal"),
     pytest.param(MaskedLM, _ROFORMER | dict(rotary_fraction=0.5), "whole heads", id="roformer-partial-rotary"),

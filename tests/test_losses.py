@@ -5,10 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rotary.config import ModelConfig
 from rotary.errors import RotaryError
-from rotary.model import CausalLM, MaskedLM
-from rotary.model.losses import linear_cross_entropy
+from rotary.model import CausalLM, MaskedLM, ModelConfig
+from rotary.ops.fused_cross_entropy import linear_cross_entropy
 
 
 def reference(h, w, b, y):

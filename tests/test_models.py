@@ -7,9 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rotary.config import ModelConfig, get_preset
 from rotary.errors import RotaryError
-from rotary.model import CausalLM, MaskedLM, SequenceClassifier
+from rotary.model import CausalLM, MaskedLM, ModelConfig, SequenceClassifier, get_preset
 
 
 def tiny(**kw) -> ModelConfig:
@@ -392,7 +391,7 @@ def test_bias_true_adds_biases():
 def test_fused_cpu_rmsnorm_matches_the_composite_formula():
     from torch import nn
 
-    from rotary.model.norm import RMSNorm
+    from rotary.ops.rms_norm import RMSNorm
 
     torch.manual_seed(0)
     fused, plain = RMSNorm(24, eps=1e-5), nn.RMSNorm(24, eps=1e-5)
@@ -412,7 +411,7 @@ def test_fused_cpu_rmsnorm_matches_the_composite_formula():
     assert fused.state_dict().keys() == plain.state_dict().keys()
     xd = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
     wd = torch.rand(6, dtype=torch.float64, requires_grad=True)
-    from rotary.model.norm import _RMSNormCPU
+    from rotary.ops.rms_norm import _RMSNormCPU
 
     assert torch.autograd.gradcheck(lambda a, b: _RMSNormCPU.apply(a, b, 1e-5), (xd, wd))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rotary.config import ModelConfig
 from rotary.model import CausalLM, MaskedLM
+from rotary.model.config import ModelConfig
 from rotary.train.schedule import make_optimizer, param_groups
 
 # Every kind of parameter: biases, LayerNorm weight and bias, token/type/position embeddings,

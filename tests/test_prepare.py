@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from rotary.cli import main
+from rotary.data import encode
 from rotary.data import prepare as prep
-from rotary.data.corpora import load_corpus
-from rotary.data.prepare import choose_dtype, open_shards, open_word_starts, prepare, split_document
+from rotary.data.encode import split_document
+from rotary.data.prepare import prepare
+from rotary.data.shards import PREPARE_FORMAT_VERSION, choose_dtype, open_shards, open_word_starts
+from rotary.data.sources import load_corpus
 from rotary.errors import RotaryError
 from rotary.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 
@@ -47,7 +50,7 @@ def test_shards_hold_every_document_followed_by_eos(shakespeare_prepared, data_b
     assert meta["dtype"] == "uint16" and shards["train"].dtype == np.uint16
     assert meta["tokenizer_hash"] == tok.hash and meta["vocab_size"] == tok.vocab_size
     assert meta["eos_id"] == tok.eos_id and meta["source"] == "shakespeare"
-    assert meta["undecodable_replacements"] == 0 and meta["version"] == prep.PREPARE_FORMAT_VERSION
+    assert meta["undecodable_replacements"] == 0 and meta["version"] == PREPARE_FORMAT_VERSION
     assert info.summary_table().splitlines()[0].split()[:5] == ["split", "documents", "characters", "bytes", "tokens"]
 
 
@@ -199,8 +202,8 @@ def test_long_documents_are_split_without_changing_tokens(data_bpe_dir: Path, mo
     doc = doc[:60_000] + "\n\n\n   spaced  \n\tout\n" + doc[60_000:80_000]
     pieces = split_document(doc, 2000)
     assert len(pieces) > 20 and "".join(pieces) == doc
-    monkeypatch.setattr(prep, "CHUNK_CHARS", 2000)
-    ids, flags = prep.encode_documents(tok, [doc, "tail"], "uint16", word_starts=False)
+    monkeypatch.setattr(encode, "CHUNK_CHARS", 2000)
+    ids, flags = encode.encode_documents(tok, [doc, "tail"], "uint16", word_starts=False)
     np.testing.assert_array_equal(ids, expected_tokens(tok, [doc, "tail"]))
     assert flags is None
 
@@ -262,7 +265,7 @@ def test_meta_json_is_written_last(data_bpe_dir: Path, tmp_path: Path, monkeypat
 
 
 def test_corpus_token_counts_match_prepare(shakespeare_prepared, data_bpe_dir: Path) -> None:
-    from rotary.data.corpora import corpus_stats
+    from rotary.data.sources import corpus_stats
 
     _, info = shakespeare_prepared
     stats = corpus_stats("shakespeare", load_tokenizer(data_bpe_dir), max_documents=3)
@@ -325,7 +328,7 @@ def test_jieba_shards_keep_special_tokens_and_jieba_words(data_wordpiece_jieba_d
     # A jieba word not in the vocabulary is cut into characters (as RoFormer does) but stays
     # one word for whole-word masking.
     text = "中国[MASK]民。国务院总理李鹏今天上午来到北京石景山发电总厂考察"
-    ids, flags = prep.encode_documents(tok, [text, "[CLS]北京"], "uint16", word_starts=True)
+    ids, flags = encode.encode_documents(tok, [text, "[CLS]北京"], "uint16", word_starts=True)
     assert list(ids).count(tok.mask_id) == 1 and tok.unk_id not in ids[:4]
     np.testing.assert_array_equal(ids, expected_tokens(tok, [text, "[CLS]北京"]))
     pieces, groups = tok.segment(text)
@@ -365,8 +368,8 @@ def test_recipe_data_values_are_checked_before_anything_is_written(tmp_path: Pat
 
 
 def test_recipe_corpus_options_reach_the_tokenizer_and_prepare(tmp_path: Path) -> None:
+    from rotary.data.lm import prepare_training_data
     from rotary.train.config import load_recipe
-    from rotary.train.data import prepare_training_data
     from rotary.train.distributed import DistInfo
 
     jl = tmp_path / "notes.jsonl"
@@ -396,8 +399,8 @@ def test_recipe_corpus_options_reach_the_tokenizer_and_prepare(tmp_path: Path) -
 
 def test_recipe_with_shards_records_the_corpus_they_came_from(data_char_dir: Path, tmp_path: Path) -> None:
     from rotary.config import load_yaml, save_yaml, to_dict
+    from rotary.data.lm import prepare_training_data
     from rotary.train.config import load_recipe
-    from rotary.train.data import prepare_training_data
     from rotary.train.distributed import DistInfo
 
     shards = tmp_path / "pd"

@@ -122,11 +122,17 @@ def test_the_python_snippet_and_the_own_text_commands_run(tmp_path, monkeypatch,
     # the Python snippet, as written, on this tiny run standing in for the demo's
     shutil.copytree(tmp_path / "runs/mine", tmp_path / "runs/demo")
     snippets = code_blocks("python")
-    assert len(snippets) == 1
+    assert len(snippets) == 2
     scope: dict = {}
     exec(compile(snippets[0], str(README) + ":python", "exec"), scope)
     assert type(scope["hf_model"]).__name__ == "LlamaForCausalLM"
     assert scope["loss"].ndim == 0 and scope["loss"].item() > 0
+    assert pre_printed(capsys)
+
+    # the API section's snippet: a real (tiny) training run through the public names only
+    scope = {}
+    exec(compile(snippets[1], str(README) + ":python-api", "exec"), scope)
+    assert scope["result"].step == 20 and (tmp_path / "runs/api/best/manifest.json").is_file()
     assert pre_printed(capsys)
 
 

@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rotary.config import ModelConfig
 from rotary.errors import RotaryError
+from rotary.model.config import ModelConfig
 from rotary.model.rope import (
     ROPE_SCALINGS,
     RotaryEmbedding,

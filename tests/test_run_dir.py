@@ -16,15 +16,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from rotary import checkpoint as ckpt
 from rotary.cli import main
-from rotary.train import checkpoint as ckpt
 from tests.train_support import make_recipe, train_losses, write_corpus
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny causal-LM run with checkpoints at steps 2 and 4 and best/."""
-    from rotary.train.trainer import train
+    from rotary.train.loop import train
 
     root = tmp_path_factory.mktemp("run_dir")
     cfg = make_recipe(root / "run", write_corpus(root / "corpus", 30), max_steps=4, eval_interval=2,
@@ -167,8 +167,8 @@ def test_broken_newest_checkpoint_blocks_resume_and_names_the_older_one(trained_
 
 
 def test_skipping_checksums_still_checks_sizes(trained_run, tmp_path):
+    from rotary.checkpoint import load_model
     from rotary.errors import RotaryError
-    from rotary.pretrained import load_model
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -305,7 +305,7 @@ def test_output_dir_that_is_a_file_is_refused(trained_run, tmp_path, capsys):
 
 def test_a_bad_model_value_writes_nothing(tmp_path):
     from rotary.errors import RotaryError
-    from rotary.train.trainer import train
+    from rotary.train.loop import train
 
     cfg = make_recipe(tmp_path / "run", write_corpus(tmp_path / "corpus", 10),
                       model={"preset": "tiny", "max_seq_len": 32, "n_head": 3})
@@ -316,7 +316,7 @@ def test_a_bad_model_value_writes_nothing(tmp_path):
 
 def test_resumed_log_window_and_metrics_match_an_uninterrupted_run(tmp_path, monkeypatch):
     """The first line after a resume averages the same steps, and re-done steps are not logged twice."""
-    from rotary.train.trainer import train
+    from rotary.train.loop import train
     from tests.train_support import train_interrupted_at
 
     corpus = write_corpus(tmp_path / "corpus", 30)

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from rotary.config import ModelConfig
 from rotary.errors import RotaryError
 from rotary.generate import generate, left_pad, sample_next
 from rotary.model import CausalLM
+from rotary.model.config import ModelConfig
 
 DRAWS = 4000  # rows per sampling call: a token of probability >= 0.05 is drawn ~200 times
 
@@ -56,7 +56,8 @@ def test_top_p_keeps_exactly_the_smallest_set_reaching_p(top_p, allowed):
     torch.testing.assert_close(frequencies(samples, 4), want, atol=0.03, rtol=0)
 
 
-@pytest.mark.parametrize("top_k,allowed", [(1, {1}), (2, {1, 3}), (3, {1, 3, 2}), (4, {0, 1, 2, 3}), (10, {0, 1, 2, 3})])
+@pytest.mark.parametrize("top_k,allowed",
+                         [(1, {1}), (2, {1, 3}), (3, {1, 3, 2}), (4, {0, 1, 2, 3}), (10, {0, 1, 2, 3})])
 def test_top_k_keeps_exactly_the_k_most_likely(top_k, allowed):
     samples = drawn(logits_of(*PROBS), top_k=top_k)
     assert support(samples) == allowed
@@ -233,3 +234,23 @@ def test_reference_probabilities_are_what_the_tests_assume():
     p = logits_of(*PROBS).double().softmax(-1)[0]
     torch.testing.assert_close(p, torch.tensor(PROBS, dtype=torch.float64), atol=1e-6, rtol=0)
     assert math.isclose(sum(PROBS), 1.0)
+
+
+def test_pretrained_stream_yields_pieces_that_join_to_generate(tmp_path):
+    """The library streams by yielding (the CLI prints): the pieces join to generate()'s text."""
+    import io
+    from contextlib import redirect_stdout
+
+    from rotary.pretrained import Pretrained
+    from rotary.tokenizer import train_tokenizer
+    from tests.train_support import write_corpus
+
+    tok = train_tokenizer(write_corpus(tmp_path / "c", 10), "bpe", 300, tmp_path / "tok")
+    torch.manual_seed(0)
+    model = CausalLM(ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layer=1, n_head=2, max_seq_len=64))
+    pre = Pretrained(model.eval(), tok, tmp_path, {"task": "causal_lm"})
+    out = io.StringIO()
+    with redirect_stdout(out):
+        pieces = list(pre.stream("Shall I", max_new_tokens=12, seed=3))
+    assert out.getvalue() == ""  # nothing printed by the library
+    assert len(pieces) >= 2 and "".join(pieces) == pre.generate("Shall I", max_new_tokens=12, seed=3)

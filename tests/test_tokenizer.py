@@ -206,7 +206,7 @@ def test_special_tokens_in_text_are_never_split(bpe, data_wordpiece_jieba_dir: P
 
 
 def _peoples_daily_docs(n: int = 50) -> list[str]:
-    from rotary.data.corpora import load_corpus
+    from rotary.data.sources import load_corpus
 
     # Articles after the 300 the fixture tokenizer was trained on: words it has not all seen.
     docs = list(load_corpus("peoples-daily", max_documents=300 + n).train_documents())[300:]

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from rotary import checkpoint as ckpt
 from rotary.errors import RotaryError
-from rotary.model import gemm
-from rotary.train import checkpoint as ckpt
+from rotary.ops import gemm
 from rotary.train.config import load_recipe
-from rotary.train.trainer import train
+from rotary.train.loop import train
 from tests.train_support import make_recipe, train_interrupted_at, write_corpus
 from tests.train_support import train_losses as losses
 
@@ -48,9 +48,9 @@ def recompute_eval(cfg, ckpt_dir: Path) -> dict[str, float]:
     (``model(x)`` -> logits) on the run's validation batches, with F.cross_entropy and argmax."""
     import torch.nn.functional as F
 
-    from rotary.config import ModelConfig
+    from rotary.data.lm import TrainData
     from rotary.model import CausalLM, MaskedLM
-    from rotary.train.data import TrainData
+    from rotary.model.config import ModelConfig
     from rotary.train.distributed import DistInfo
 
     config = json.loads((ckpt_dir / "config.json").read_text())
@@ -175,7 +175,7 @@ def test_gradient_accumulation_matches_a_bigger_batch(train_recipe, tmp_path):
 
 
 def test_early_stopping_keeps_best(train_recipe, monkeypatch):
-    from rotary.train import trainer
+    from rotary.train import loop
 
     values = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
 
@@ -183,7 +183,7 @@ def test_early_stopping_keeps_best(train_recipe, monkeypatch):
         v = next(values)
         return {"loss": v, "perplexity": math.exp(v), "tokens": 10, "bits_per_byte": v}
 
-    monkeypatch.setattr(trainer, "evaluate", fake_eval)
+    monkeypatch.setattr(loop, "evaluate", fake_eval)
     cfg = train_recipe(max_steps=20, eval_interval=2, early_stopping_patience=2, checkpoint_interval=100)
     res = train(cfg)
     assert res.stopped == "early_stopping"
@@ -193,17 +193,17 @@ def test_early_stopping_keeps_best(train_recipe, monkeypatch):
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(train_recipe, monkeypatch):
-    from rotary.model import transformer
+    from rotary.model import heads
 
     calls = {"n": 0}
-    real = transformer.linear_cross_entropy
+    real = heads.linear_cross_entropy
 
     def poisoned(*args):
         calls["n"] += 1
         loss = real(*args)
         return loss * float("nan") if calls["n"] > 5 else loss
 
-    monkeypatch.setattr(transformer, "linear_cross_entropy", poisoned)
+    monkeypatch.setattr(heads, "linear_cross_entropy", poisoned)
     cfg = train_recipe(max_steps=10, checkpoint_interval=2, eval_interval=100)
     with pytest.raises(RotaryError, match="non-finite loss"):
         train(cfg)
@@ -306,7 +306,7 @@ def test_weight_decay_skips_norms_biases_and_embeddings():
 
 
 def test_whole_word_masking_masks_whole_wordpiece_words(train_recipe):
-    from rotary.train.data import prepare_training_data
+    from rotary.data.lm import prepare_training_data
     from rotary.train.distributed import DistInfo
 
     cfg = train_recipe(task="masked_lm", max_steps=2, tokenizer_kind="wordpiece")
@@ -324,8 +324,8 @@ def test_whole_word_masking_masks_whole_wordpiece_words(train_recipe):
 
 
 def test_more_processes_than_gpus_is_refused_before_nccl(monkeypatch):
+    from rotary.device import pick_device
     from rotary.errors import RotaryError
-    from rotary.train.distributed import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

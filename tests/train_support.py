@@ -65,7 +65,7 @@ def train_interrupted_at(cfg: TrainConfig, step: int, monkeypatch):
     """Train ``cfg`` with a Ctrl-C arriving during ``step``: the trainer finishes the step, saves
     and stops. Returns the TrainResult."""
     from rotary.train.logging import RunLogger
-    from rotary.train.trainer import train
+    from rotary.train.loop import train
 
     real = RunLogger.progress
 
@@ -79,3 +79,23 @@ def train_interrupted_at(cfg: TrainConfig, step: int, monkeypatch):
         return train(cfg)
     finally:
         monkeypatch.setattr(RunLogger, "progress", real)
+
+
+def write_shards(out: Path, tokenizer_dir: Path, train: Any, val: Any, vocab_size: int) -> Path:
+    """Prepared shards holding exactly ``train`` and ``val`` (numpy id arrays), for the tokenizer
+    in ``tokenizer_dir``: ids equal to their positions show where each window came from."""
+    import numpy as np
+
+    from rotary.data.shards import PREPARE_FORMAT_VERSION
+    from rotary.tokenizer import load_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = np.dtype(train.dtype).name
+    splits = {}
+    for split, tokens in (("train", train), ("val", val)):
+        np.asarray(tokens, dtype=dtype).tofile(out / f"{split}.bin")
+        splits[split] = {"tokens": len(tokens), "bytes": 4 * len(tokens), "documents": 1, "characters": len(tokens)}
+    meta = {"version": PREPARE_FORMAT_VERSION, "dtype": dtype, "vocab_size": vocab_size, "splits": splits,
+            "tokenizer_hash": load_tokenizer(tokenizer_dir).hash, "word_starts": False, "source": "synthetic"}
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rotary.errors import RotaryError
-    from rotary.train import checkpoint as ckpt
+    from rotary.outputs import check_output_dir
 
     if bool(args.to) == bool(args.from_hf):
         raise RotaryError("say which way: --to hf (rotary -> transformers) or --from-hf (transformers -> rotary)")
@@ -39,16 +39,16 @@ def run(args: argparse.Namespace) -> int:
         raise RotaryError(f"no such directory: {source}")
     kind = "hf" if args.to else "checkpoint"
     # Checked before anything is loaded or written: a mistake costs nothing.
-    ckpt.check_output_dir(out, kind=kind, overwrite=args.overwrite, sources=(source,))
+    check_output_dir(out, kind=kind, overwrite=args.overwrite, sources=(source,))
     if args.to:
         return _to_hf(source, out, verify=not args.no_verify)
     return _from_hf(source, out)
 
 
 def _to_hf(source, out, *, verify: bool) -> int:
+    from rotary.checkpoint import load_model
     from rotary.hf import save_hf
     from rotary.io import apply_umask, replace_dir
-    from rotary.pretrained import load_model
     from rotary.tokenizer import load_tokenizer
 
     model, ckpt_dir = load_model(source, verify=verify)
@@ -69,11 +69,11 @@ def _to_hf(source, out, *, verify: bool) -> int:
 def _from_hf(source, out) -> int:
     import json
 
+    from rotary import checkpoint as ckpt
     from rotary.errors import RotaryError
     from rotary.hf import copy_hf_tokenizer, from_hf
+    from rotary.tasks import model_head_settings, task_of_model
     from rotary.tokenizer import load_tokenizer
-    from rotary.train import checkpoint as ckpt
-    from rotary.train.trainer import checkpoint_config
 
     config = source / "config.json"
     if not config.is_file():
@@ -92,17 +92,15 @@ def _from_hf(source, out) -> int:
     except Exception as err:  # transformers/safetensors on a damaged or foreign checkpoint
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise RotaryError(f"{source}: transformers cannot load it ({type(err).__name__}: {first})") from None
-    extra = {}
-    task = {"CausalLM": "causal_lm", "MaskedLM": "masked_lm"}.get(type(model).__name__, "classification")
-    if task == "classification":
-        extra = {"num_labels": model.num_labels, "pooling": model.pooling}
+    task = task_of_model(model).name
+    extra = model_head_settings(model)
     # the tokenizer travels with the weights, so generate works on the result
     tok_tmp = copy_hf_tokenizer(source, _fresh_tmp(out, "tokenizer"))
     if tok_tmp is not None:
         load_tokenizer(tok_tmp)  # one line if rotary cannot use it, before anything is written
     try:
         content = ckpt.CheckpointContent(
-            config=checkpoint_config(task, model.config, extra),
+            config=ckpt.checkpoint_config(task, model.config, extra),
             model_state=ckpt.model_state_for_saving(model),
             trainer_state={"step": 0, "converted_from": str(source)},
             tokenizer_dir=tok_tmp,

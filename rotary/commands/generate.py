@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     pre.check_generate(args.prompt, **kwargs)
     if len(args.prompt) == 1 and not args.no_stream:
         print(args.prompt[0], end="", flush=True)
-        pre.generate(args.prompt[0], stream=True, **kwargs)
+        for piece in pre.stream(args.prompt[0], **kwargs):
+            print(piece, end="", flush=True)
         print()
         return 0
     for prompt, text in zip(args.prompt, pre.generate(args.prompt, **kwargs)):

@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rotary.config import PRESETS
+    from rotary.model.config import PRESETS
 
     machine = machine_summary()  # first: a bad ROTARY_CPU_GEMM is an error before any output
     print(f"{'preset':<16} {'layers':>6} {'d_model':>7} {'heads':>5} {'kv':>3} {'params':>10}")
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 def machine_summary() -> str:
     import torch
 
-    from rotary.model import gemm
+    from rotary.ops import gemm
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return (f"torch {torch.__version__} | {torch.get_num_threads()} CPU threads | CUDA GPUs: {gpus} | "

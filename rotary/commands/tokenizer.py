@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--kind", required=True, choices=("bpe", "wordpiece", "char"), help="tokenizer model")
     t.add_argument("--vocab-size", type=int, required=True, help="vocabulary size, special tokens included")
     t.add_argument("--out", required=True, help="output directory")
-    t.add_argument("--jieba", action="store_true", help="pre-split Chinese into jieba words with rjieba, as transformers' "
+    t.add_argument("--jieba", action="store_true",
+                   help="pre-split Chinese into jieba words with rjieba, as transformers' "
                                                             "RoFormerTokenizer does (wordpiece/char)")
     t.add_argument("--lowercase", action="store_true", help="lowercase text before tokenizing")
     t.add_argument("--min-frequency", type=int, default=2, help="drop merges/words seen fewer times (default 2)")

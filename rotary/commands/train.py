@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         for warning in cfg.warnings():
             print(f"rotary: warning: {warning}", file=sys.stderr)
 
-    from rotary.train.trainer import train  # torch: only once the arguments are good
+    from rotary.train.loop import train  # torch: only once the arguments are good
 
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, verify=not args.no_verify)
     if result.last_eval and main_rank:  # one summary per run, not one per process

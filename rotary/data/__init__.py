@@ -1,35 +1,37 @@
-"""The data layer: corpora -> tokenizer -> prepared token shards -> batches.
+"""The data layer: text sources -> tokenizer -> prepared token shards -> batches.
 
-- ``rotary.data.corpora``: built-in corpora (shakespeare, peoples-daily, chinese-sentiment) and
+- ``rotary.data.sources``: built-in corpora (shakespeare, peoples-daily, chinese-sentiment) and
   generic sources (.txt, .jsonl, .parquet, HF datasets), ``load_corpus``.
-- ``rotary.data.prepare``: ``prepare`` text into ``train.bin``/``val.bin`` + ``meta.json``;
-  ``open_shards`` reads them back as memmaps.
-- ``rotary.data.loader``: LM windows with the DDP block sampler, MLM masking, classification.
+- ``rotary.data.prepare``: ``prepare`` text into ``train.bin``/``val.bin`` + ``meta.json``
+  (encoding in ``rotary.data.encode``); ``rotary.data.shards`` reads them back as memmaps.
+- ``rotary.data.sampler``: the one seed scheme (which windows, which random draws batch k uses).
+- ``rotary.data.lm``: the causal and masked LM batches the trainer uses, ``prepare_training_data``.
+- ``rotary.data.masking``: BERT masking and whole-word ids.
+- ``rotary.data.classification``: padded (text, label) batches.
 """
 
-from rotary.data.corpora import CORPORA, Corpus, corpus_stats, load_corpus
-from rotary.data.loader import (
+from rotary.data.classification import (
     ClassificationDataset,
-    LMWindows,
     classification_batches,
     collate_classification,
-    mask_tokens,
-    random_lm_batches,
-    random_mlm_batches,
-    sequential_lm_batches,
-    sequential_mlm_batches,
 )
-from rotary.data.prepare import PreparedInfo, open_shards, open_word_starts
+from rotary.data.lm import TrainData, prepare_training_data
+from rotary.data.masking import mask_tokens, word_ids_from_starts, wordpiece_start_table
+from rotary.data.prepare import PreparedInfo
+from rotary.data.shards import open_shards, open_word_starts, read_meta
+from rotary.data.sources import CORPORA, Corpus, corpus_stats, load_corpus
+from rotary.labels import IGNORE_INDEX
 
 # The function rotary.data.prepare.prepare is deliberately not re-exported here: a package
 # attribute named "prepare" would shadow the submodule rotary.data.prepare.
 
 __all__ = [
     "CORPORA",
+    "IGNORE_INDEX",
     "ClassificationDataset",
     "Corpus",
-    "LMWindows",
     "PreparedInfo",
+    "TrainData",
     "classification_batches",
     "collate_classification",
     "corpus_stats",
@@ -37,8 +39,8 @@ __all__ = [
     "mask_tokens",
     "open_shards",
     "open_word_starts",
-    "random_lm_batches",
-    "random_mlm_batches",
-    "sequential_lm_batches",
-    "sequential_mlm_batches",
+    "prepare_training_data",
+    "read_meta",
+    "word_ids_from_starts",
+    "wordpiece_start_table",
 ]

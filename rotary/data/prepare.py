@@ -1,14 +1,13 @@
 """Text -> token shards: ``train.bin`` / ``val.bin`` (flat token ids) plus ``meta.json``.
 
-Documents are encoded in batches by the Rust tokenizer (its own thread pool: all cores), the
-ids of a batch are joined with numpy, and each document is followed by the separator token
-(``<|endoftext|>`` for causal tokenizers, ``[SEP]`` for MLM ones). Tokenizers that pre-split
-with jieba run in a pool of processes instead, since their word segmentation loop is Python.
+The pipeline: read the corpus in batches, encode them (``rotary.data.encode``) while the next
+batch is read, append the ids to the split's shard. Tokenizers that pre-split with jieba run in
+a pool of processes instead, since their word segmentation loop is Python. The on-disk format
+and reading it back are ``rotary.data.shards``.
 
-Shards are uint16 when every id fits, else uint32, and are read back with ``open_shards`` as
-read-only memmaps (never copied into memory). Every file is written to a temp name and
-renamed; ``meta.json`` is written last, so a directory without it is never taken as complete.
-Re-running with the same inputs does nothing; a different tokenizer is an error.
+Every file is written to a temp name and renamed; ``meta.json`` is written last, so a directory
+without it is never taken as complete. Re-running with the same inputs does nothing; a
+different tokenizer is an error.
 """
 
 from __future__ import annotations
@@ -16,11 +15,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
-import itertools
 import json
 import multiprocessing as mp
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -31,127 +28,20 @@ from typing import Any
 
 import numpy as np
 
+from rotary.data.encode import encode_documents, init_worker, worker_encode
+from rotary.data.shards import (
+    PREPARE_FORMAT_VERSION,
+    SPLITS,
+    choose_dtype,
+    read_meta_if_any,
+    shard_path,
+    shards_complete,
+)
 from rotary.errors import RotaryError
 from rotary.io import atomic_open, atomic_write_text, fsync_dir
 
-PREPARE_FORMAT_VERSION = 1
-SPLITS = ("train", "val")
-DTYPES = ("uint16", "uint32")
-# Ids of vocabularies this large go to uint32 (the issue's rule; it leaves 65535 free as well).
-UINT16_VOCAB_LIMIT = 65536
-# Long documents are cut into pieces of about this many characters so that the tokenizer's
-# threads share the work; cuts fall where they cannot change the tokens (see split_document).
-CHUNK_CHARS = 1 << 16
 # A batch is flushed to the tokenizer when it holds this many characters (or batch_docs documents).
 BATCH_CHARS = 1 << 21
-
-
-def choose_dtype(vocab_size: int, requested: str | None = None) -> str:
-    """uint16 when the vocabulary is below 65,536 ids, else uint32; a too-small request is an error."""
-    needs32 = vocab_size >= UINT16_VOCAB_LIMIT
-    if requested in (None, "auto"):
-        return "uint32" if needs32 else "uint16"
-    if requested not in DTYPES:
-        raise RotaryError(f"dtype must be auto, uint16 or uint32, got {requested!r}")
-    if requested == "uint16" and needs32:
-        raise RotaryError(f"a vocabulary of {vocab_size:,} tokens does not fit uint16 "
-                          f"(at most {UINT16_VOCAB_LIMIT - 1:,}); use --dtype uint32 or auto")
-    if vocab_size > 2**32:
-        raise RotaryError(f"a vocabulary of {vocab_size:,} tokens does not fit uint32")
-    return requested
-
-
-# A newline between two non-space characters: the byte-level BPE regex always ends a piece
-# there, WordPiece/char split on whitespace, and jieba splits at non-Han characters, so
-# encoding the two sides separately gives exactly the tokens of the whole.
-_SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
-
-
-def split_document(text: str, size: int = CHUNK_CHARS) -> list[str]:
-    """Cut a long document into pieces of ~``size`` characters whose tokens concatenate exactly."""
-    if len(text) <= size:
-        return [text]
-    pieces, start = [], 0
-    while len(text) - start > size:
-        m = _SAFE_CUT.search(text, start + size)
-        if m is None:
-            break
-        pieces.append(text[start:m.end()])
-        start = m.end()
-    pieces.append(text[start:])
-    return pieces
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoding a batch of documents into one flat array (runs in-process or in a pool worker)
-# ---------------------------------------------------------------------------------------------
-
-_worker_tok: Any = None
-
-
-def _init_worker(tokenizer_dir: str) -> None:
-    global _worker_tok
-    # Each worker is one of N processes: the Rust pool inside it would only oversubscribe.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from rotary.tokenizer import load_tokenizer
-
-    _worker_tok = load_tokenizer(tokenizer_dir)
-
-
-def encode_documents(tok: Any, docs: list[str], dtype: str, word_starts: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Token ids of ``docs``, each followed by ``tok.eos_id``; plus word-start flags if asked.
-
-    No Python loop over tokens: the tokenizer returns one list per piece and numpy joins them.
-    """
-    pieces: list[str] = []
-    doc_of_piece: list[int] = []
-    for i, d in enumerate(docs):
-        parts = split_document(d)
-        pieces.extend(parts)
-        doc_of_piece.extend([i] * len(parts))
-    groups: list[list[int]] = []
-    if word_starts:
-        segmented = [tok.segment(p) for p in pieces]
-        groups = [g for _, g in segmented]
-        encs = tok.encode_batch_raw(pieces, pretokenized=[w for w, _ in segmented])
-    else:
-        encs = tok.encode_batch_raw(pieces, fast=True)
-    ids_lists = [e.ids for e in encs]
-    lengths = np.fromiter((len(x) for x in ids_lists), dtype=np.int64, count=len(ids_lists))
-    # Room for one separator after each document: piece p of document d lands at
-    # offset(p) + d, since d separators precede it.
-    n_tokens = int(lengths.sum())
-    out = np.empty(n_tokens + len(docs), dtype=dtype)
-    doc_idx = np.asarray(doc_of_piece, dtype=np.int64)
-    last_piece = np.r_[doc_idx[1:] != doc_idx[:-1], True]
-    eos_pos = np.cumsum(lengths)[last_piece] + np.arange(len(docs))
-    is_eos = np.zeros(len(out), dtype=bool)
-    is_eos[eos_pos] = True
-    out[is_eos] = tok.eos_id
-    # chain.from_iterable runs in C: no Python bytecode per token.
-    out[~is_eos] = np.fromiter(itertools.chain.from_iterable(ids_lists), dtype=dtype, count=n_tokens)
-    flags = None
-    if word_starts:
-        flags = np.ones(len(out), dtype=np.uint8)
-        # add_special_tokens=False: every token belongs to a piece, so no word id is None. A
-        # jieba word cut into several pieces (one not in the vocabulary) is one word.
-        wid = np.concatenate([np.zeros(0, dtype=np.int64)] + [
-            np.asarray(g, dtype=np.int64)[np.asarray(e.word_ids, dtype=np.int64)]
-            for e, g in zip(encs, groups) if e.word_ids])
-        # A token starts a word when its word index differs from the previous token's; the
-        # first token of every piece does too (pieces are cut at word boundaries).
-        starts = np.ones(n_tokens, dtype=np.uint8)
-        if n_tokens:
-            starts[1:] = wid[1:] != wid[:-1]
-            piece_first = np.cumsum(lengths) - lengths
-            starts[piece_first[lengths > 0]] = 1
-        flags[~is_eos] = starts
-    return out, flags
-
-
-def _worker_encode(args: tuple[list[str], str, bool]) -> tuple[np.ndarray, np.ndarray | None]:
-    docs, dtype, word_starts = args
-    return encode_documents(_worker_tok, docs, dtype, word_starts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,8 +112,8 @@ def _write_split(split: str, corpus: Any, tok: Any, out: Path, dtype: str, word_
     """Encode one split into its shard(s), written under temp names and renamed at the end."""
     stats = {"documents": 0, "characters": 0, "bytes": 0, "tokens": 0}
     with contextlib.ExitStack() as stack:
-        f = stack.enter_context(atomic_open(_shard_path(out, split), "wb"))
-        fw = stack.enter_context(atomic_open(_shard_path(out, split, True), "wb")) if word_starts else None
+        f = stack.enter_context(atomic_open(shard_path(out, split), "wb"))
+        fw = stack.enter_context(atomic_open(shard_path(out, split, True), "wb")) if word_starts else None
 
         def consume(batch: list[str], result: tuple[np.ndarray, np.ndarray | None]) -> None:
             ids, flags = result
@@ -253,7 +143,7 @@ def _write_split(split: str, corpus: Any, tok: Any, out: Path, dtype: str, word_
             # keeps memory flat (Pool.imap would read the whole corpus ahead).
             window = 2 * workers
             for batch in _batches(corpus.documents(split), max(1, min(batch_docs, 64))):
-                pending.append((batch, _AsyncResult(pool.apply_async(_worker_encode, ((batch, dtype, word_starts),)))))
+                pending.append((batch, _AsyncResult(pool.apply_async(worker_encode, ((batch, dtype, word_starts),)))))
                 if len(pending) >= window:
                     done, fut = pending.popleft()
                     consume(done, fut.result())
@@ -274,7 +164,6 @@ class _AsyncResult:
         return self._result.get()
 
 
-
 # ---------------------------------------------------------------------------------------------
 # prepare
 # ---------------------------------------------------------------------------------------------
@@ -282,35 +171,6 @@ class _AsyncResult:
 
 def _inputs_hash(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _shard_path(out: Path, split: str, words: bool = False) -> Path:
-    return out / (f"{split}.words.bin" if words else f"{split}.bin")
-
-
-def _complete(out: Path, meta: dict[str, Any]) -> bool:
-    """Every shard meta.json names exists with the size it records."""
-    itemsize = np.dtype(meta["dtype"]).itemsize
-    for s in SPLITS:
-        n = meta["splits"][s]["tokens"]
-        p = _shard_path(out, s)
-        if not p.is_file() or p.stat().st_size != n * itemsize:
-            return False
-        if meta.get("word_starts"):
-            w = _shard_path(out, s, words=True)
-            if not w.is_file() or w.stat().st_size != n:
-                return False
-    return True
-
-
-def _read_meta(out: Path) -> dict[str, Any] | None:
-    path = out / "meta.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise RotaryError(f"{path}: invalid JSON ({err.msg}); delete it or pass --overwrite") from None
 
 
 def _batches(docs: Iterator[str], batch_docs: int) -> Iterator[list[str]]:
@@ -336,7 +196,7 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
     Tokenizers that use jieba also write ``{split}.words.bin``: one uint8 per token, 1 where a
     word starts, for whole-word masking.
     """
-    from rotary.data.corpora import load_corpus
+    from rotary.data.sources import load_corpus
     from rotary.tokenizer import load_tokenizer
 
     start_time = time.perf_counter()
@@ -360,7 +220,7 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
     inputs = {"version": PREPARE_FORMAT_VERSION, "tokenizer_hash": tok.hash, "corpus": corpus.fingerprint(),
               "dtype": dtype, "word_starts": word_starts}
     inputs_hash = _inputs_hash(inputs)
-    existing = _read_meta(out)
+    existing = read_meta_if_any(out)
     notes: list[str] = []
     if existing is not None and not overwrite:
         if existing.get("tokenizer_hash") != tok.hash:
@@ -371,7 +231,7 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
         if existing.get("source") != corpus.name:
             raise RotaryError(f"{out} holds corpus '{existing.get('source')}', not '{corpus.name}': "
                               "use a new --out or pass --overwrite")
-        if existing.get("inputs_hash") == inputs_hash and _complete(out, existing):
+        if existing.get("inputs_hash") == inputs_hash and shards_complete(out, existing):
             info = PreparedInfo(out, existing, skipped=True,
                                 notes=[f"nothing to do: {out} is up to date (same corpus, tokenizer and options)"])
             if print_summary:
@@ -397,7 +257,7 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         try:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(tokenizer_dir),))
+            pool = ctx.Pool(workers, initializer=init_worker, initargs=(str(tokenizer_dir),))
         finally:
             if saved is None:
                 os.environ.pop("TOKENIZERS_PARALLELISM", None)
@@ -427,7 +287,7 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
         for s in SPLITS:
             for words in (False, True):
                 with contextlib.suppress(FileNotFoundError):
-                    _shard_path(out, s, words).unlink()
+                    shard_path(out, s, words).unlink()
 
     if splits["train"]["documents"] == 0:
         remove_shards()
@@ -475,46 +335,3 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
     if print_summary:
         print(info.summary_table())
     return info
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------
-
-
-def _memmap(path: Path, dtype: str, n: int) -> np.ndarray:
-    if n == 0:
-        return np.zeros(0, dtype=dtype)  # mmap cannot map an empty file
-    return np.memmap(path, dtype=dtype, mode="r", shape=(n,))
-
-
-def read_meta(prepared_dir: str | Path) -> dict[str, Any]:
-    out = Path(prepared_dir)
-    if not out.is_dir():
-        raise RotaryError(f"prepared data not found: {out} (run `rotary prepare` first)")
-    meta = _read_meta(out)
-    if meta is None:
-        raise RotaryError(f"{out} is not a complete prepared dataset (no meta.json): run `rotary prepare` again")
-    if meta.get("version") != PREPARE_FORMAT_VERSION:
-        raise RotaryError(f"{out}: prepared with format {meta.get('version')}, this rotary reads "
-                          f"{PREPARE_FORMAT_VERSION}: run `rotary prepare --overwrite`")
-    if not _complete(out, meta):
-        raise RotaryError(f"{out}: shard sizes do not match meta.json (interrupted copy?): run `rotary prepare --overwrite`")
-    return meta
-
-
-def open_shards(prepared_dir: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(meta, {"train": tokens, "val": tokens}) as read-only memmaps with the dtype from meta.json."""
-    out = Path(prepared_dir)
-    meta = read_meta(out)
-    shards = {s: _memmap(_shard_path(out, s), meta["dtype"], meta["splits"][s]["tokens"]) for s in SPLITS}
-    return meta, shards
-
-
-def open_word_starts(prepared_dir: str | Path) -> dict[str, np.ndarray] | None:
-    """{"train": flags, "val": flags} (uint8, 1 = a word starts here) or None when not prepared."""
-    out = Path(prepared_dir)
-    meta = read_meta(out)
-    if not meta.get("word_starts"):
-        return None
-    return {s: _memmap(_shard_path(out, s, True), "uint8", meta["splits"][s]["tokens"]) for s in SPLITS}

@@ -1,9 +1,13 @@
-"""Window sampling over a memory-mapped token shard, independent of the number of processes.
+"""The one seed scheme of the data: which windows and which random draws batch k uses.
 
-The shard is cut into one contiguous block per row of the global batch; row g draws a window
-uniformly inside block g. Rank r owns rows [r*B, (r+1)*B),
-so it only ever reads its own contiguous stretch of the shard (random access across a huge
-memmap is slow), and the global batch of index k is the same on 1 process or 64.
+Every random choice of a batch is a pure function of (seed, batch index), never of carried
+state or of the number of processes, so batch k can be rebuilt without replaying batches
+0..k-1 (exact resume) and a global batch is the same on 1 process or 64.
+
+Window sampling over a memory-mapped token shard: the shard is cut into one contiguous block
+per row of the global batch; row g draws a window uniformly inside block g. Rank r owns rows
+[r*B, (r+1)*B), so it only ever reads its own contiguous stretch of the shard (random access
+across a huge memmap is slow).
 """
 
 from __future__ import annotations
@@ -35,10 +39,24 @@ def lm_window_starts(n_tokens: int, window: int, rows: int, *, seed: int, index:
     return np.minimum(lo + (u * size).astype(np.int64), n_starts - 1)
 
 
+def mask_seed(seed: int, index: int) -> int:
+    """The seed of batch ``index``'s masking generator (MLM): distinct per (seed, index)."""
+    return (seed * 1_000_003 + index * 7919 + 17) % (2**63 - 1)
+
+
+def epoch_order(n: int, *, seed: int, epoch: int) -> np.ndarray:
+    """A permutation (n,) of the examples for one epoch: the same on every process."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(n)
+
+
 def read_windows(path: str | Path, dtype: np.dtype, starts: np.ndarray, window: int) -> np.ndarray:
-    """Windows (len(starts), window) as int64, read through a short-lived memmap."""
+    """Windows (len(starts), window) as int64, read through a short-lived memmap.
+
+    A fresh mapping per batch keeps RSS flat on huge shards: pages touched through one
+    long-lived mapping count towards the process's RSS until it is dropped (nanoGPT #287).
+    """
     tokens = np.memmap(path, dtype=dtype, mode="r")
-    idx = starts[:, None] + np.arange(window, dtype=np.int64)[None, :]
+    idx = starts[:, None] + np.arange(window, dtype=np.int64)[None, :]  # (rows, window)
     out = tokens[idx].astype(np.int64)
     del tokens
     return out

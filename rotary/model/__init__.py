@@ -1,6 +1,37 @@
-"""The model library: RoPE, attention with a KV cache, blocks, backbone and heads."""
+"""The model as the papers write it: config, RoPE, attention with a KV cache, blocks, heads.
 
-from rotary.model.attention import KVCache
-from rotary.model.transformer import CausalLM, MaskedLM, RotaryModel, SequenceClassifier
+Names are imported on first use (PEP 562), so ``rotary.model.config`` (which the CLI's recipe
+handling reads) does not pull in torch.
+"""
 
-__all__ = ["CausalLM", "KVCache", "MaskedLM", "RotaryModel", "SequenceClassifier"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> submodule that defines it
+_LAZY = {
+    "ModelConfig": "config",
+    "PRESETS": "config",
+    "get_preset": "config",
+    "KVCache": "attention",
+    "RotaryModel": "heads",
+    "CausalLM": "heads",
+    "MaskedLM": "heads",
+    "SequenceClassifier": "heads",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        # also how ``from rotary.model import rope`` falls through to importing the submodule
+        raise AttributeError(f"module 'rotary.model' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f"rotary.model.{_LAZY[name]}"), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rotary.config import ModelConfig
 from rotary.errors import RotaryError
-from rotary.model.gemm import Linear
+from rotary.model.config import ModelConfig
 from rotary.model.rope import apply_rope
+from rotary.ops.gemm import Linear
 
 
 class KVCache:
@@ -22,9 +22,10 @@ class KVCache:
 
     With dynamic NTK scaling the RoPE base depends on the sequence length, so keys rotated at
     an earlier length would be stale (transformers #25104). The cache then stores keys *before*
-    rotation and attention rotates all of them with the current base at every step. (This makes
-    the first layer exact; deeper layers' cached K/V were computed from hidden states of an
-    earlier step's base, which only recomputing the whole prefix would avoid.)
+    rotation (``stores_unrotated_keys``) and attention rotates all of them with the current base
+    at every step (``RotaryEmbedding.for_pass``). This makes the first layer exact; deeper layers'
+    cached K/V were computed from hidden states of an earlier step's base, which only
+    recomputing the whole prefix would avoid.
     """
 
     def __init__(
@@ -35,7 +36,7 @@ class KVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        shape = (cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim)
+        shape = (cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim)  # (L, B, KV, S, hd)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
@@ -53,7 +54,9 @@ class KVCache:
                 "needed: create the cache with a larger max_len"
             )
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's (B, KV, T, hd) keys/values; return all keys/values so far."""
         end = self.length + k.shape[2]
         self.k[layer, :, :, self.length : end] = k
@@ -67,19 +70,24 @@ class KVCache:
         self.length = 0
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows ``index`` (beam search and batch pruning)."""
+        """Keep batch rows ``index``, in that order (beam search and batch pruning)."""
         self.k = self.k[:, index]
         self.v = self.v[:, index]
 
 
 class AttentionContext:
-    """What every layer's attention needs for one forward pass, computed once by the backbone."""
+    """What every layer's attention needs for one forward pass, computed once by the backbone.
+
+    Per-pass state that is not a weight joins here (an additive position bias, an encoder's
+    keys/values for cross-attention), so layers keep one signature.
+    """
 
     __slots__ = ("cos", "sin", "key_cos", "key_sin", "mask", "is_causal", "kv_cache")
 
     def __init__(self) -> None:
         self.cos = self.sin = None  # RoPE for the new tokens
-        self.key_cos = self.key_sin = None  # RoPE for all keys (dynamic NTK with a cache)
+        # RoPE for all keys so far, set when the cache holds unrotated keys (dynamic NTK)
+        self.key_cos = self.key_sin = None
         self.mask: torch.Tensor | None = None  # bool (B, 1, T, S): True = may attend
         self.is_causal = False
         self.kv_cache: KVCache | None = None
@@ -93,7 +101,8 @@ class Attention(nn.Module):
         self.rope = cfg.position == "rope"
         self.dropout = cfg.attention_dropout
         # One fused projection: a single larger GEMM is faster than three small ones.
-        self.qkv_proj = Linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
+        qkv_width = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        self.qkv_proj = Linear(cfg.d_model, qkv_width, bias=cfg.bias)
         self.o_proj = Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
@@ -102,21 +111,22 @@ class Attention(nn.Module):
         q, k, v = self.qkv_proj(x).split(
             [self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=-1
         )
-        q = q.view(B, T, self.n_head, hd).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, KV, T, hd)
+        v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, KV, T, hd)
         cache = ctx.kv_cache
         if self.rope:
             q = apply_rope(q, ctx.cos, ctx.sin)
-            if cache is not None and cache.stores_unrotated_keys:
-                k, v = cache.update(self.layer_idx, k, v)
-                k = apply_rope(k, ctx.key_cos, ctx.key_sin)
-                cache = None  # already stored
-            else:
+        if ctx.key_cos is not None:
+            # the cache holds unrotated keys: store, then rotate every key with this pass's base
+            k, v = cache.update(self.layer_idx, k, v)  # (B, KV, S, hd)
+            k = apply_rope(k, ctx.key_cos, ctx.key_sin)
+        else:
+            if self.rope:
                 k = apply_rope(k, ctx.cos, ctx.sin)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)
-        y = F.scaled_dot_product_attention(
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, k, v)  # (B, KV, S, hd)
+        y = F.scaled_dot_product_attention(  # (B, H, T, hd)
             q,
             k,
             v,
@@ -125,7 +135,7 @@ class Attention(nn.Module):
             is_causal=ctx.is_causal,
             enable_gqa=self.n_kv_head != self.n_head,
         )
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * hd))
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * hd))  # (B, T, d)
 
 
 def build_attention_mask(
@@ -146,7 +156,10 @@ def build_attention_mask(
     device = key_padding.device if key_padding is not None else None
     q_pos = torch.arange(past, total, device=device)[:, None]
     k_pos = torch.arange(total, device=device)[None, :]
-    allowed = (k_pos <= q_pos) if causal else torch.ones(new, total, dtype=torch.bool, device=device)
+    if causal:
+        allowed = k_pos <= q_pos  # (T, S)
+    else:
+        allowed = torch.ones(new, total, dtype=torch.bool, device=device)
     allowed = allowed[None, None]  # (1, 1, T, S)
     if key_padding is not None:
         allowed = allowed & key_padding.bool()[:, None, None, :]

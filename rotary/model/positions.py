@@ -10,8 +10,8 @@ import math
 import torch
 from torch import nn
 
-from rotary.config import ModelConfig
 from rotary.errors import RotaryError
+from rotary.model.config import ModelConfig
 
 
 def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
@@ -43,11 +43,13 @@ class SinusoidalPositions(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.dim = cfg.d_model
-        self.register_buffer("table", sinusoidal_table(cfg.max_seq_len, cfg.d_model), persistent=False)
+        table = sinusoidal_table(cfg.max_seq_len, cfg.d_model)  # (max_seq_len, d)
+        self.register_buffer("table", table, persistent=False)
 
     def forward(self, positions: torch.Tensor, seq_len: int) -> torch.Tensor:
         if seq_len > self.table.shape[0]:  # no ceiling: grow on demand
-            self.table = sinusoidal_table(max(seq_len, 2 * self.table.shape[0]), self.dim).to(self.table.device)
+            size = max(seq_len, 2 * self.table.shape[0])
+            self.table = sinusoidal_table(size, self.dim).to(self.table.device)
         return self.table[positions]
 
 

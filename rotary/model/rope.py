@@ -19,7 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from rotary.config import ModelConfig
+from rotary.errors import RotaryError
+from rotary.model.config import ModelConfig
 
 RopeParams = tuple[torch.Tensor, float]  # (inv_freq (rotary_dim/2,) float64, attention scale)
 
@@ -93,9 +94,12 @@ def rope_parameters(cfg: ModelConfig, seq_len: int | None = None) -> RopeParams:
 
 
 def cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float = 1.0):
-    """cos and sin of m * theta_i, duplicated over both halves: shape positions.shape + (dim,)."""
+    """cos and sin of m * theta_i, duplicated over both halves: shape positions.shape + (dim,).
+
+    The halves layout, [θ0, θ1, ..., θ0, θ1, ...]: dimension i pairs with i + dim/2.
+    """
     angles = positions.to(torch.float64)[..., None] * inv_freq.to(positions.device, torch.float64)
-    angles = torch.cat((angles, angles), dim=-1)
+    angles = torch.cat((angles, angles), dim=-1)  # positions.shape + (dim/2,) -> + (dim,)
     return (angles.cos() * scale).float(), (angles.sin() * scale).float()
 
 
@@ -115,7 +119,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     if rot == x.shape[-1]:
         return torch.addcmul(x * cos, x.roll(half, dims=-1), signed_sin)
     x_rot, x_pass = x[..., :rot], x[..., rot:]
-    return torch.cat((torch.addcmul(x_rot * cos, x_rot.roll(half, dims=-1), signed_sin), x_pass), dim=-1)
+    rotated = torch.addcmul(x_rot * cos, x_rot.roll(half, dims=-1), signed_sin)
+    return torch.cat((rotated, x_pass), dim=-1)
 
 
 class RotaryEmbedding(nn.Module):
@@ -130,6 +135,8 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         self.cfg = cfg
         inv_freq, scale = rope_parameters(cfg)
+        # YaRN's temperature folded into cos/sin: q and k each scaled by sqrt(1/t) scale their dot
+        # product by 1/t, with no change to attention (as the paper and transformers do).
         self.attention_scale = scale
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("cos_table", torch.empty(0), persistent=False)
@@ -154,6 +161,38 @@ class RotaryEmbedding(nn.Module):
         """True when cos/sin depend on the total length (dynamic NTK past the original context)."""
         return self.dynamic and dynamic_ntk_base(self.cfg, seq_len) != self.cfg.rope_theta
 
+    def for_pass(
+        self,
+        total: int,
+        positions: torch.Tensor | None,
+        past: int,
+        attention_mask: torch.Tensor | None,
+        key_positions: torch.Tensor | None,
+        rotate_cached_keys: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(cos, sin) for one forward pass's new tokens, then (key_cos, key_sin) for every key
+        so far when ``rotate_cached_keys`` (else None, None).
+
+        The one place of dynamic NTK under a KV cache: its base depends on the total length, so
+        keys rotated at an earlier step would keep a stale base (transformers #25104); the cache
+        then holds unrotated keys and all of them are rotated with this step's base.
+        ``total`` = cached + new tokens; ``positions`` (B, T) are the new tokens' positions (None:
+        ``past..total-1``); ``key_positions`` (B, total) all tokens' (None: ``0..total-1``).
+        """
+        # Dynamic NTK's base follows each row's real length, not the padded one.
+        lengths = attention_mask.sum(-1) if self.dynamic and attention_mask is not None else None
+        cos, sin = self(total, positions, start=past, lengths=lengths)
+        if not rotate_cached_keys:
+            return cos, sin, None, None
+        if key_positions is None and positions is not None:
+            if past:  # the cached tokens' positions are unknown
+                raise RotaryError(
+                    "with dynamic NTK and a KV cache pass attention_mask, not position_ids"
+                )
+            key_positions = positions
+        key_cos, key_sin = self(total, key_positions, start=0, lengths=lengths)
+        return cos, sin, key_cos, key_sin
+
     def forward(
         self,
         seq_len: int,
@@ -172,16 +211,51 @@ class RotaryEmbedding(nn.Module):
                 inv_freq = torch.stack([_dynamic_ntk(self.cfg, n)[0] for n in lengths.tolist()])
                 pos = positions
                 if pos is None:
-                    pos = torch.arange(start, seq_len, device=lengths.device).expand(len(lengths), -1)
+                    pos = torch.arange(start, seq_len, device=lengths.device)
+                    pos = pos.expand(len(lengths), -1)  # (B, T)
                 return cos_sin(pos, inv_freq[:, None, :])  # (B, 1, r/2) broadcasts over T
         elif self.uses_length(seq_len):
             inv_freq, scale = _dynamic_ntk(self.cfg, seq_len)
-            pos = positions if positions is not None else torch.arange(start, seq_len, device=self.inv_freq.device)
+            pos = positions
+            if pos is None:
+                pos = torch.arange(start, seq_len, device=self.inv_freq.device)
             return cos_sin(pos, inv_freq, scale)
         # explicit positions may point past seq_len (position_ids given by the caller)
-        need = seq_len if positions is None or positions.numel() == 0 else max(seq_len, int(positions.max()) + 1)
+        need = seq_len
+        if positions is not None and positions.numel():
+            need = max(seq_len, int(positions.max()) + 1)
         if need > self.table_len:
             self._grow(need)
         if positions is None:
             return self.cos_table[start:seq_len], self.sin_table[start:seq_len]
         return self.cos_table[positions], self.sin_table[positions]
+
+
+# ---------------------------------------------------------------------------------------------
+# The two RoPE layouts, and the row order that turns one into the other
+# ---------------------------------------------------------------------------------------------
+#
+# Which dimensions of a head (d = head_dim) rotate together, and the angle each one gets:
+#
+#   interleaved (RoFormer, Meta's Llama code): adjacent pairs (x0,x1), (x2,x3), ...
+#       angles per dimension  [θ0, θ0, θ1, θ1, ..., θ(d/2-1), θ(d/2-1)]
+#   halves (HF Llama, rotary):                 pairs (x0,x(d/2)), (x1,x(d/2+1)), ...
+#       angles per dimension  [θ0, θ1, ..., θ(d/2-1), θ0, θ1, ..., θ(d/2-1)]
+#
+# They are the same function once the rows of W_q and W_k (and their biases) are reordered per
+# head: halves row i is interleaved row 2i, halves row i + d/2 is interleaved row 2i+1, so each
+# pair keeps its frequency θi. q·k is unchanged by one permutation applied to both q and k, and
+# V is not rotated, so it is not permuted. For d = 8: pairs_to_halves(8) = [0, 2, 4, 6, 1, 3, 5, 7].
+
+
+def pairs_to_halves(head_dim: int) -> torch.Tensor:
+    """Row order that turns a head in the interleaved (adjacent-pairs) layout into the halves one.
+
+    ``W_halves = W_pairs[perm]`` for the rows of one head of W_q or W_k.
+    """
+    return torch.cat((torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)))
+
+
+def halves_to_pairs(head_dim: int) -> torch.Tensor:
+    """The inverse of ``pairs_to_halves``: ``W_pairs = W_halves[perm]``."""
+    return torch.argsort(pairs_to_halves(head_dim))

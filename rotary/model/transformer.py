@@ -1,27 +1,21 @@
-"""Blocks, the backbone, and the three heads: causal LM, masked LM, sequence classifier.
+"""The Transformer stack: MLP, blocks (pre- or post-LN) and the backbone every head shares.
 
-One backbone serves every variant described by ``ModelConfig``; the head is the only thing
-that differs between a Llama-style decoder and a RoFormer encoder.
+One backbone serves every variant described by ``ModelConfig``; the head (``rotary.model.heads``)
+is the only thing that differs between a Llama-style decoder and a RoFormer encoder.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from rotary.config import ModelConfig
 from rotary.errors import RotaryError
 from rotary.model.attention import Attention, AttentionContext, KVCache, build_attention_mask
-from rotary.model.gemm import Linear, linear
-from rotary.model.losses import cross_entropy_stats, linear_cross_entropy
-from rotary.model.norm import RMSNorm
+from rotary.model.config import ModelConfig
 from rotary.model.positions import make_absolute_positions
 from rotary.model.rope import RotaryEmbedding
-
-IGNORE_INDEX = -100
+from rotary.ops.gemm import Linear
+from rotary.ops.rms_norm import RMSNorm
 
 ACTIVATIONS = {
     "gelu": nn.GELU,
@@ -83,7 +77,9 @@ class Backbone(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.embed_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.embed_types = (
+            nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        )
         self.embed_positions = make_absolute_positions(cfg)
         self.rope = RotaryEmbedding(cfg) if cfg.position == "rope" else None
         # Post-LN models normalise the embeddings; pre-LN models normalise the output instead.
@@ -113,21 +109,27 @@ class Backbone(nn.Module):
             kv_cache.check_room(T)
         # Positions count real tokens only, so left padding does not shift them.
         all_positions = None
-        if position_ids is None and attention_mask is not None and not bool(attention_mask[:, 0].all()):
-            all_positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            position_ids = all_positions[:, past:]
+        if (
+            position_ids is None
+            and attention_mask is not None
+            and not bool(attention_mask[:, 0].all())  # left padding
+        ):
+            all_positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, past + T)
+            position_ids = all_positions[:, past:]  # (B, T)
         if position_ids is None:
             pos_for_embed = torch.arange(past, total, device=input_ids.device)
         else:
             pos_for_embed = position_ids
 
-        x = self.embed_tokens(input_ids)
+        x = self.embed_tokens(input_ids)  # (B, T, d)
         if self.embed_types is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
             x = x + self.embed_types(token_type_ids)
         elif token_type_ids is not None and bool(token_type_ids.any()):
-            raise RotaryError("token_type_ids given but the model has no segment embeddings (type_vocab_size=0)")
+            raise RotaryError(
+                "token_type_ids given but the model has no segment embeddings (type_vocab_size=0)"
+            )
         if self.embed_positions is not None:
             x = x + self.embed_positions(pos_for_embed, total)
         if self.embed_norm is not None:
@@ -137,15 +139,10 @@ class Backbone(nn.Module):
         ctx = AttentionContext()
         ctx.kv_cache = kv_cache
         if self.rope is not None:
-            # Dynamic NTK's base follows each row's real length, not the padded one.
-            lengths = attention_mask.sum(-1) if self.rope.dynamic and attention_mask is not None else None
-            ctx.cos, ctx.sin = self.rope(total, position_ids, start=past, lengths=lengths)
-            if kv_cache is not None and kv_cache.stores_unrotated_keys:
-                if all_positions is None and position_ids is not None and past == 0:
-                    all_positions = position_ids
-                if all_positions is None and position_ids is not None:
-                    raise RotaryError("with dynamic NTK and a KV cache pass attention_mask, not position_ids")
-                ctx.key_cos, ctx.key_sin = self.rope(total, all_positions, start=0, lengths=lengths)
+            rotate_cached_keys = kv_cache is not None and kv_cache.stores_unrotated_keys
+            ctx.cos, ctx.sin, ctx.key_cos, ctx.key_sin = self.rope.for_pass(
+                total, position_ids, past, attention_mask, all_positions, rotate_cached_keys
+            )
         ctx.mask, ctx.is_causal = build_attention_mask(attention_mask, cfg.causal, past, T)
 
         for layer in self.layers:
@@ -155,263 +152,3 @@ class Backbone(nn.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x
-
-
-class RotaryModel(nn.Module):
-    """What every head shares: the backbone, initialisation and accounting."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        config.validate()
-        self.config = config
-        self.backbone = Backbone(config)
-
-    # -- initialisation (GPT-2 / Llama): N(0, 0.02), residual projections scaled by depth ----
-    def init_weights(self) -> None:
-        std = self.config.initializer_range
-        residual_std = std / math.sqrt(2 * self.config.n_layer)
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                is_residual = name.endswith(("attn.o_proj", "mlp.down_proj"))
-                nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual else std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-                if module.weight is not None:
-                    nn.init.ones_(module.weight)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-        if self.backbone.embed_positions is not None and hasattr(self.backbone.embed_positions, "weight"):
-            nn.init.normal_(self.backbone.embed_positions.weight, mean=0.0, std=std)
-        if self.config.pad_token_id is not None:
-            with torch.no_grad():
-                self.backbone.embed_tokens.weight[self.config.pad_token_id].zero_()
-
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        """Unique parameters (tied weights counted once)."""
-        params = {id(p): p for p in self.parameters()}
-        n = sum(p.numel() for p in params.values())
-        if exclude_embeddings:
-            n -= self.backbone.embed_tokens.weight.numel()
-            if self.backbone.embed_types is not None:
-                n -= self.backbone.embed_types.weight.numel()
-            pos = self.backbone.embed_positions
-            if pos is not None and hasattr(pos, "weight"):
-                n -= pos.weight.numel()
-        return n
-
-    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
-        """Matmul FLOPs per token (PaLM appendix B, as nanoGPT's MFU): 6N + 12·L·d·T for
-        forward+backward, a third of that for a forward pass alone. N counts every weight a
-        token multiplies by, including the output projection, but not embedding lookups."""
-        cfg = self.config
-        T = seq_len or cfg.max_seq_len
-        n = self.num_parameters(exclude_embeddings=True) + self._output_projection_params()
-        flops = 6 * n + 12 * cfg.n_layer * cfg.d_model * T
-        return flops if training else flops / 3
-
-    def _output_projection_params(self) -> int:
-        return 0
-
-    @property
-    def device(self) -> torch.device:
-        return self.backbone.embed_tokens.weight.device
-
-    def new_kv_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
-        return KVCache(self.config, batch_size, max_len, device=self.device,
-                       dtype=dtype or self.backbone.embed_tokens.weight.dtype)
-
-    @staticmethod
-    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross entropy over positions whose label is not -100 (computed in fp32)."""
-        return F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
-        )
-
-
-def labelled_rows(h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states (N, d) and labels (N,) of the positions whose label is not -100."""
-    h, labels = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
-    keep = labels != IGNORE_INDEX
-    return h[keep], labels[keep]
-
-
-def shift_labels(labels: torch.Tensor) -> torch.Tensor:
-    """transformers' causal-LM convention: position t predicts labels[t + 1]; the last position,
-    with nothing after it, is ignored (-100)."""
-    return F.pad(labels[..., 1:], (0, 1), value=IGNORE_INDEX)
-
-
-def _one_target(labels: torch.Tensor | None, targets: torch.Tensor | None) -> None:
-    if labels is not None and targets is not None:
-        raise RotaryError("pass labels= (aligned with input_ids, as transformers) or targets= "
-                          "(one per position), not both")
-
-
-class CausalLM(RotaryModel):
-    """A decoder LM: ``model(ids)`` -> logits (B, T, vocab).
-
-    ``model(ids, labels=ids)`` is transformers' convention: labels are aligned with
-    ``input_ids`` and shifted inside (position t is scored against labels[t + 1], the last
-    position is not scored), so ``CausalLM(ids, labels=ids)`` gives the loss that
-    ``LlamaForCausalLM(ids, labels=ids).loss`` gives with the same weights.
-    ``model(x, targets=y)`` takes targets already shifted, one per position (y[t] = the token
-    after x[t], as the loaders produce them and :meth:`loss_fn` expects): the trainer's path,
-    where a window of T + 1 tokens yields T scored positions.
-    """
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.backbone.embed_tokens.weight
-        self.init_weights()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
-        last_only: bool = False,
-        labels: torch.Tensor | None = None,
-        return_stats: bool = False,
-        targets: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits (B, T, vocab); or, given ``labels`` (shifted inside, as in transformers) or
-        ``targets`` (already shifted), the mean loss over scored positions (label != -100),
-        computed without materialising the logits (see ``rotary.model.losses``); with
-        ``return_stats`` too, (loss sum, scored tokens, correct argmax) for evaluation."""
-        _one_target(labels, targets)
-        if labels is not None:
-            targets = shift_labels(labels)
-        h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, kv_cache)
-        if targets is not None:
-            # every position is usually scored: no selection, so no host sync or graph break
-            h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
-            if return_stats:
-                return cross_entropy_stats(h, self.lm_head.weight, None, targets)
-            return linear_cross_entropy(h, self.lm_head.weight, None, targets)
-        if last_only:  # generation needs only the last position's logits
-            h = h[:, -1:]
-        return self.lm_head(h)
-
-    def _output_projection_params(self) -> int:
-        return self.lm_head.weight.numel() if self.config.tie_embeddings else 0
-
-
-class MaskedLMHead(nn.Module):
-    """RoFormer/BERT prediction head: dense -> activation -> norm -> decoder (tied) + bias."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.dense = Linear(cfg.d_model, cfg.d_model, bias=True)
-        self.act = ACTIVATIONS[cfg.head_act]()
-        self.norm = make_norm(cfg)
-        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-        self.decoder = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, bias=False)
-
-    def transform(self, h: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.act(self.dense(h)))
-
-    def decoder_weight(self, embedding: torch.Tensor) -> torch.Tensor:
-        return embedding if self.decoder is None else self.decoder.weight
-
-    def forward(self, h: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return linear(self.transform(h), self.decoder_weight(embedding), self.bias)
-
-
-class MaskedLM(RotaryModel):
-    """An encoder LM (RoFormer): ``model(ids)`` -> logits (B, T, vocab) at every position.
-
-    ``labels`` are per position, as in transformers' masked LMs (no shift): labels[t] is the
-    original token at a masked position t, -100 elsewhere. ``targets=`` is the same thing,
-    accepted so that one training loop serves both heads.
-    """
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        self.head = MaskedLMHead(config)
-        self.init_weights()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        return_stats: bool = False,
-        targets: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits (B, T, vocab); or, given ``labels``, the mean loss over the masked positions.
-        Then the head runs on those positions alone (~15% of them), as BERT's pre-training
-        code does, and the logits are never materialised. ``return_stats``: as CausalLM's."""
-        _one_target(labels, targets)
-        labels = targets if labels is None else labels
-        h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
-        embedding = self.backbone.embed_tokens.weight
-        if labels is not None:
-            rows, targets = labelled_rows(h, labels)
-            weight = self.head.decoder_weight(embedding)
-            loss = cross_entropy_stats if return_stats else linear_cross_entropy
-            return loss(self.head.transform(rows), weight, self.head.bias, targets)
-        return self.head(h, embedding)
-
-    def _output_projection_params(self) -> int:
-        # head.dense is already a (non-embedding) parameter; only the tied decoder is extra
-        return self.config.vocab_size * self.config.d_model if self.config.tie_embeddings else 0
-
-
-class SequenceClassifier(RotaryModel):
-    """Sentence (pair) classification: ``model(ids)`` -> logits (B, num_labels).
-
-    The head matches transformers' RoFormerClassificationHead: take the first token's hidden
-    state (``pooling="cls"``) or the mean over real tokens (``"mean"``), then
-    dropout -> dense -> activation -> dropout -> projection to the labels.
-    """
-
-    POOLINGS = ("cls", "mean")
-
-    def __init__(self, config: ModelConfig, num_labels: int, pooling: str = "cls") -> None:
-        super().__init__(config)
-        if pooling not in self.POOLINGS:
-            raise RotaryError(f"pooling must be one of {', '.join(self.POOLINGS)}, got '{pooling}'")
-        if num_labels < 1:
-            raise RotaryError(f"num_labels must be at least 1, got {num_labels}")
-        self.num_labels = num_labels
-        self.pooling = pooling
-        self.dense = Linear(config.d_model, config.d_model)
-        self.act = ACTIVATIONS[config.head_act]()
-        self.out_proj = Linear(config.d_model, num_labels)
-        self.drop = nn.Dropout(config.dropout)
-        self.init_weights()
-
-    def pool(self, h: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        if self.pooling == "cls":
-            return h[:, 0]
-        if attention_mask is None:
-            return h.mean(dim=1)
-        m = attention_mask.to(h.dtype)[..., None]
-        return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
-        x = self.drop(self.pool(h, attention_mask))
-        x = self.drop(self.act(self.dense(x)))
-        return self.out_proj(x)
-
-    @staticmethod
-    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if logits.shape[-1] == 1:  # regression, as transformers does for num_labels == 1
-            return F.mse_loss(logits.float().squeeze(-1), labels.float())
-        return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)

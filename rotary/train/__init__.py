@@ -1,1 +1,1 @@
-"""The training engine: recipe config, data, loop, checkpoints, distributed, logging."""
+"""The training engine: recipe config, the loop and its step, evaluation, resume state, distributed, logs."""

@@ -81,7 +81,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     name: str = doc("run", "run name; the default output directory is runs/<name>")
-    task: Literal["causal_lm", "masked_lm"] = doc("causal_lm", "objective (the model head follows it)")
+    task: str = doc("causal_lm", "objective, a row of rotary.tasks: causal_lm or masked_lm (the model head follows it)")
     model: dict[str, Any] = doc(None, "ModelConfig keys, optionally with `preset:`")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data source"})
     output_dir: str | None = doc(None, "where checkpoints and logs go; default runs/<name>")
@@ -106,7 +106,8 @@ class TrainConfig:
     dropout: float | None = doc(None, "override the model's dropout for training")
 
     # -- precision, device, speed --------------------------------------------------------------
-    precision: Literal["fp32", "bf16", "fp16"] = doc("fp32", "fp32, bf16 autocast, or fp16 autocast with GradScaler (CUDA)")
+    precision: Literal["fp32", "bf16", "fp16"] = doc(
+        "fp32", "fp32, bf16 autocast, or fp16 autocast with GradScaler (CUDA)")
     compile: bool = doc(False, "torch.compile the model")
     device: str = doc("auto", "auto (cuda > mps > cpu), or cpu / cuda / cuda:N / mps")
     threads: int | None = doc(None, "CPU threads for torch (default: torch's choice)")
@@ -129,6 +130,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model is None:
             self.model = {}
+        from rotary.tasks import get_task, trainable_tasks
+
+        if get_task(self.task).make_data is None:
+            raise RotaryError(f"recipe: task {self.task} is not trained from a corpus by `rotary train` "
+                              f"(trainable: {', '.join(trainable_tasks())})")
         checks = [
             (self.batch_size > 0, "batch_size must be positive"),
             (self.max_steps > 0, "max_steps must be positive"),
@@ -232,7 +238,7 @@ def _type_name(annotation: Any) -> str:
 def recipe_keys(cls: type = None, prefix: str = "") -> list[tuple[str, str, Any, str]]:  # type: ignore[assignment]
     """Every recipe key as (dotted key, type, default, help), nested dataclasses flattened and
     ``model`` expanded into ModelConfig's fields (what ``rotary train --help`` lists)."""
-    from rotary.config import ModelConfig
+    from rotary.model.config import ModelConfig
 
     cls = cls or TrainConfig
     hints = typing.get_type_hints(cls)
@@ -242,7 +248,8 @@ def recipe_keys(cls: type = None, prefix: str = "") -> list[tuple[str, str, Any,
         if dataclasses.is_dataclass(annotation):
             out.extend(recipe_keys(annotation, key + "."))
         elif cls is TrainConfig and f.name == "model":
-            out.append((key + ".preset", "str", None, "a model preset (rotary info lists them) the other model keys override"))
+            out.append((key + ".preset", "str", None,
+                        "a model preset (rotary info lists them) the other model keys override"))
             out.extend(recipe_keys(ModelConfig, key + "."))
         else:
             default = f.default if f.default is not dataclasses.MISSING else None

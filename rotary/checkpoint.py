@@ -1,4 +1,4 @@
-"""Checkpoints: atomic directories, keep-last-N plus ``best/``, and exact-resume state.
+"""The run directory, rotary's one interchange format: checkpoints, keep-last-N, ``best/``.
 
 A checkpoint directory is a complete run directory that HF users recognise::
 
@@ -12,17 +12,16 @@ A checkpoint directory is a complete run directory that HF users recognise::
 It is written under a temporary name and renamed into place, so a directory named
 ``step-NNNNNNN`` is always complete; a killed save leaves only a ``.tmp-*`` directory that the
 next run removes. A checkpoint damaged later (a truncated copy, an edited file) is caught on
-load by the manifest and named, instead of failing deep inside safetensors or torch.load.
+load by the manifest (``rotary.manifest``). ``train`` writes run directories; ``generate``,
+``convert`` and ``rotary.load`` read them through this module alone.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,21 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from rotary.errors import RotaryError, RotaryWarning
+from rotary import __version__
+from rotary.errors import RotaryError
 from rotary.io import apply_umask, atomic_write_text, fsync_dir, replace_dir
+from rotary.manifest import (
+    MANIFEST,
+    OTHER_CHECKPOINT_HINT,
+    RESUME_ONLY,
+    verify_checkpoint,
+    write_manifest,
+)
 
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
 CHECKPOINTS = "checkpoints"
 BEST = "best"
 REQUIRED_FILES = ("config.json", "model.safetensors", "trainer_state.json")
-MANIFEST = "manifest.json"
 # Every file a checkpoint or run directory may hold: what `--overwrite` may replace.
 CHECKPOINT_ENTRIES = frozenset({*REQUIRED_FILES, "training_state.pt", "tokenizer", MANIFEST})
 RUN_ENTRIES = frozenset({"recipe.yaml", CHECKPOINTS, BEST, "metrics.jsonl", "train.log", "tensorboard",
@@ -48,7 +54,7 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:07d}"
 
 
-def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Remove ``_orig_mod.`` (torch.compile) and ``module.`` (DDP) prefixes (nanoGPT #325)."""
     out = {}
     for key, value in state.items():
@@ -60,7 +66,7 @@ def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Contiguous CPU tensors, tied weights stored once (safetensors refuses shared storage)."""
-    state = _strip_wrappers(model.state_dict())
+    state = strip_wrappers(model.state_dict())
     seen: dict[int, str] = {}
     out = {}
     for key, t in state.items():
@@ -78,18 +84,18 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     if not path.is_file():
         raise RotaryError(f"missing file: {path}")
     try:
-        state = _strip_wrappers(load_file(str(path)))
+        state = strip_wrappers(load_file(str(path)))
     except Exception as err:  # SafetensorError (truncated, not safetensors) has no public class
         raise RotaryError(
             f"{path} is damaged or not a safetensors file ({str(err).splitlines()[0]}): "
-            f"{_OTHER_CHECKPOINT_HINT}"
+            f"{OTHER_CHECKPOINT_HINT}"
         ) from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shapes differ: weights of another model
         detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), "")
         raise RotaryError(f"{path} holds the weights of another model ({detail[:160]}); "
-                          f"{_OTHER_CHECKPOINT_HINT}") from None
+                          f"{OTHER_CHECKPOINT_HINT}") from None
     tied = _tied_keys(model)
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
@@ -150,66 +156,6 @@ def is_complete(path: Path) -> bool:
     return path.is_dir() and all((path / f).is_file() for f in REQUIRED_FILES)
 
 
-# -- the manifest: detect a damaged checkpoint on load -------------------------------------------
-
-_OTHER_CHECKPOINT_HINT = ("restore it from a copy, or use another checkpoint (delete or move this one "
-                          "to resume from the previous step)")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _manifest_files(ckpt_dir: Path) -> list[Path]:
-    return sorted(p for p in ckpt_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
-
-
-def write_manifest(ckpt_dir: Path) -> None:
-    """Record the size and sha256 of every file of ``ckpt_dir`` (last: it seals the content)."""
-    ckpt_dir = Path(ckpt_dir)
-    files = {p.relative_to(ckpt_dir).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
-             for p in _manifest_files(ckpt_dir)}
-    atomic_write_text(ckpt_dir / MANIFEST, json.dumps({"format": 1, "files": files}, indent=2))
-
-
-# Files that using a model (generate, convert, eval) never reads: a damaged one only blocks a resume.
-RESUME_ONLY = frozenset({"training_state.pt", "trainer_state.json"})
-
-
-def verify_checkpoint(ckpt_dir: Path, *, checksums: bool = True, for_resume: bool = True) -> None:
-    """Check ``ckpt_dir`` against its manifest: every file present, of its size and (unless
-    ``checksums`` is False, for very large models) of its sha256. A damaged file is a
-    RotaryError naming it; a checkpoint from before manifests is loaded with a warning.
-    ``for_resume=False`` checks only what using the model reads (not the optimiser state)."""
-    ckpt_dir = Path(ckpt_dir)
-    path = ckpt_dir / MANIFEST
-    if not path.is_file():
-        warnings.warn(f"{ckpt_dir} has no {MANIFEST} (written by an older rotary, or removed): "
-                      "its files are not verified", RotaryWarning, stacklevel=2)
-        return
-    try:
-        files = json.loads(path.read_text(encoding="utf-8"))["files"]
-        entries = [(name, int(e["size"]), str(e["sha256"])) for name, e in files.items()]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise RotaryError(f"{path} is damaged (not a rotary manifest): {_OTHER_CHECKPOINT_HINT}") from None
-    for name, size, digest in entries:
-        if not for_resume and name in RESUME_ONLY:
-            continue
-        f = ckpt_dir / name
-        if not f.is_file():
-            raise RotaryError(f"checkpoint {ckpt_dir} is incomplete: {name} is missing; {_OTHER_CHECKPOINT_HINT}")
-        actual = f.stat().st_size
-        if actual != size:
-            what = "truncated" if actual < size else "longer than written"
-            raise RotaryError(f"checkpoint {ckpt_dir} is damaged: {name} is {actual:,} bytes, {size:,} when "
-                              f"saved ({what}); {_OTHER_CHECKPOINT_HINT}")
-        if checksums and _sha256(f) != digest:
-            raise RotaryError(f"checkpoint {ckpt_dir} is damaged: {name} was altered after saving (sha256 "
-                              f"differs from {MANIFEST}); {_OTHER_CHECKPOINT_HINT}")
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -248,7 +194,7 @@ def check_complete(ckpt_dir: Path, *, verify: bool = True, checksums: bool = Tru
     missing = [f for f in needed if not (ckpt_dir / f).is_file()]
     if missing:
         raise RotaryError(f"checkpoint {ckpt_dir} is incomplete: {', '.join(missing)} missing; "
-                          f"{_OTHER_CHECKPOINT_HINT}")
+                          f"{OTHER_CHECKPOINT_HINT}")
     if verify:
         verify_checkpoint(ckpt_dir, checksums=checksums, for_resume=for_resume)
     return ckpt_dir
@@ -323,9 +269,9 @@ def read_json(path: Path) -> dict[str, Any]:
         raise RotaryError(f"missing file: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         where = f" ({err.msg} at line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
-        raise RotaryError(f"{path} is not valid JSON{where}: {_OTHER_CHECKPOINT_HINT}") from None
+        raise RotaryError(f"{path} is not valid JSON{where}: {OTHER_CHECKPOINT_HINT}") from None
     if not isinstance(data, dict):
-        raise RotaryError(f"{path} holds a JSON {type(data).__name__}, not an object: {_OTHER_CHECKPOINT_HINT}")
+        raise RotaryError(f"{path} holds a JSON {type(data).__name__}, not an object: {OTHER_CHECKPOINT_HINT}")
     return data
 
 
@@ -335,7 +281,7 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
     step = state.get("step")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise RotaryError(f"{path} has no valid 'step' (found {step!r}): it is not a rotary trainer state; "
-                          f"{_OTHER_CHECKPOINT_HINT}")
+                          f"{OTHER_CHECKPOINT_HINT}")
     return state
 
 
@@ -347,10 +293,10 @@ def load_training_state(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise RotaryError(f"missing file: {path}: the checkpoint cannot resume training; "
-                          f"{_OTHER_CHECKPOINT_HINT}")
+                          f"{OTHER_CHECKPOINT_HINT}")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has no directory
         raise RotaryError(f"{path} is damaged (truncated or not written by torch.save): "
-                          f"{_OTHER_CHECKPOINT_HINT}")
+                          f"{OTHER_CHECKPOINT_HINT}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refuses code: a pickle of another kind
@@ -359,64 +305,47 @@ def load_training_state(path: Path) -> dict[str, Any]:
             f"({str(err).splitlines()[0][:120]}); only load checkpoints you trust"
         ) from None
     except Exception as err:  # a damaged archive
-        raise RotaryError(f"{path} is damaged ({type(err).__name__}): {_OTHER_CHECKPOINT_HINT}") from None
+        raise RotaryError(f"{path} is damaged ({type(err).__name__}): {OTHER_CHECKPOINT_HINT}") from None
     if not isinstance(state, dict) or "optimizer" not in state:
-        raise RotaryError(f"{path} is not a rotary training state (no optimizer state): {_OTHER_CHECKPOINT_HINT}")
+        raise RotaryError(f"{path} is not a rotary training state (no optimizer state): {OTHER_CHECKPOINT_HINT}")
     return state
 
 
-# -- output directories that verbs write: never destroy what is not theirs ------------------------
 
-# What an HF checkpoint directory (save_pretrained + a tokenizer) may hold.
-HF_ENTRIES = frozenset({"config.json", "generation_config.json", "model.safetensors",
-                        "model.safetensors.index.json", "pytorch_model.bin", "tokenizer.json",
-                        "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                        "merges.txt", "added_tokens.json", "rotary_tokenizer.json"})
+def checkpoint_config(task: str, model_cfg: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``config.json`` of a checkpoint directory: enough to rebuild the model."""
+    return {"model_type": "rotary", "rotary_version": __version__, "task": task,
+            "model": model_cfg.to_dict(), **(extra or {})}
 
 
-def _kind_of_dir(path: Path) -> str | None:
-    """"checkpoint", "run" or "hf" when ``path`` is one (and holds nothing else), else None."""
-    names = {p.name for p in path.iterdir()}
-    config = path / "config.json"
-    if is_complete(path) and names <= CHECKPOINT_ENTRIES:
-        return "checkpoint"
-    if ((path / "recipe.yaml").is_file() or (path / CHECKPOINTS).is_dir()) and names <= RUN_ENTRIES:
-        return "run"
-    if config.is_file() and names <= HF_ENTRIES and ({"model.safetensors", "pytorch_model.bin",
-                                                      "model.safetensors.index.json"} & names):
-        try:
-            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-        except (ValueError, AttributeError):
-            return None
-        return "hf" if model_type not in (None, "rotary") else None
-    return None
+# -- loading a model from a run or checkpoint directory ---------------------------------------------
 
 
-def check_output_dir(out: str | Path, *, kind: str, overwrite: bool, sources: tuple[Path, ...] = ()) -> Path:
-    """Refuse an output directory whose content would be lost.
+def build_model(config: dict[str, Any], where: str | Path = "config.json") -> torch.nn.Module:
+    """The model a checkpoint's config.json describes, with fresh weights."""
+    if config.get("model_type") != "rotary":
+        if config.get("model_type"):
+            raise RotaryError(f"{where} is a transformers checkpoint (model_type "
+                              f"{config['model_type']!r}), not a rotary one: convert it first with "
+                              f"`rotary convert DIR --from-hf OUT`")
+        raise RotaryError(f"{where} is not a rotary checkpoint config (no model_type 'rotary'): "
+                          "give a run directory or a checkpoint that rotary wrote")
+    if not isinstance(config.get("model"), dict):
+        raise RotaryError(f"{where} has no 'model' section: the checkpoint is damaged")
+    from rotary.model.config import ModelConfig
+    from rotary.tasks import TASKS, head_settings
 
-    ``out`` may be new or empty. A non-empty ``out`` must be a complete checkpoint of the same
-    ``kind`` ("checkpoint": a rotary checkpoint or run directory, "hf": a transformers one) and
-    is replaced only with ``overwrite``; anything else in it (notes, other files) is refused
-    even then. ``out`` may never be, contain or lie inside one of ``sources``.
-    """
-    out = Path(out)
-    here = out.resolve()
-    for src in sources:
-        src_r = Path(src).resolve()
-        if here == src_r or src_r.is_relative_to(here) or here.is_relative_to(src_r):
-            raise RotaryError(f"output {out} overlaps the source {src}: choose an output directory outside it")
-    if out.exists() and not out.is_dir():
-        raise RotaryError(f"output {out} is a file: choose a directory name")
-    if not out.exists() or not any(out.iterdir()):
-        return out
-    found = _kind_of_dir(out)
-    same = found == kind or (kind == "checkpoint" and found == "run")
-    if not same:
-        what = f"a {found} directory" if found else "not a checkpoint"
-        raise RotaryError(f"output {out} is not empty and is {what}: it would be lost; choose a new or "
-                          "empty directory (nothing was written)")
-    if not overwrite:
-        raise RotaryError(f"output {out} already holds a {found}: pass --overwrite to replace it, or choose "
-                          "another directory")
-    return out
+    task = TASKS.get(config.get("task"))
+    if task is None:
+        raise RotaryError(f"unknown task {config.get('task')!r} in {where} (rotary knows {', '.join(TASKS)})")
+    return task.build_model(ModelConfig.from_dict(config["model"]), head_settings(task, config))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", which: str = "best", *,
+               verify: bool = True) -> tuple[torch.nn.Module, Path]:
+    """The model of a run or checkpoint directory, on ``device`` in eval mode, and where it came
+    from. ``verify=False`` skips the manifest's sha256 sums (sizes are still checked)."""
+    ckpt_dir = resolve_checkpoint(path, which, checksums=verify)
+    model = build_model(read_json(ckpt_dir / "config.json"), ckpt_dir / "config.json")
+    load_weights(model, ckpt_dir / "model.safetensors")
+    return model.to(device).eval(), ckpt_dir

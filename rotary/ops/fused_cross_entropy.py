@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import torch
 
-from rotary.model import gemm
+from rotary.labels import IGNORE_INDEX
+from rotary.ops import gemm
 
 # Rows per chunk are chosen so one chunk's fp32 logits take about this many bytes.
 CHUNK_BYTES = 4 << 20
 
 
-def _chunk_rows(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None) -> int:
+def _chunk_rows(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None
+) -> int:
     if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
-        raise ValueError(f"hidden must be (N, d) and labels (N,), got {tuple(hidden.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            "hidden must be (N, d) and labels (N,), "
+            f"got {tuple(hidden.shape)} and {tuple(labels.shape)}"
+        )
     return chunk_rows or max(64, CHUNK_BYTES // (4 * weight.shape[0]))
 
 
@@ -35,7 +41,7 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk_rows, ignore_index):  # noqa: D401 - autograd API
+    def forward(ctx, hidden, weight, bias, labels, chunk_rows, ignore_index):  # autograd API
         n, vocab = hidden.shape[0], weight.shape[0]
         dtype = _compute_dtype(hidden)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -50,7 +56,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_h = torch.empty_like(hidden, dtype=torch.float32) if need_h else None
             grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
-            grad_b = torch.zeros(vocab, dtype=torch.float32, device=hidden.device) if need_b else None
+            grad_b = (
+                torch.zeros(vocab, dtype=torch.float32, device=hidden.device) if need_b else None
+            )
             # bf16/fp16: each chunk's weight gradient lands in reused buffers (the GEMM's output,
             # then widened to fp32) before it is added to the fp32 sum; a fresh (vocab, d) tensor
             # per chunk costs a CPU more in page faults than the GEMM itself (measured ~8 ms each)
@@ -109,7 +117,7 @@ def linear_cross_entropy(
     bias: torch.Tensor | None,
     labels: torch.Tensor,
     chunk_rows: int | None = None,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
     """Mean cross entropy of ``F.linear(hidden, weight, bias)`` against ``labels``, over the
     rows whose label is not ``ignore_index`` (``F.cross_entropy``'s semantics, except that no
@@ -129,7 +137,7 @@ def cross_entropy_stats(
     bias: torch.Tensor | None,
     labels: torch.Tensor,
     chunk_rows: int | None = None,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
     """Evaluation without logits: float64 (3,) tensor of (sum of token losses, labelled tokens,
     tokens whose argmax is the label), over rows of ``F.linear(hidden, weight, bias)``.

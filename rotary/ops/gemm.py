@@ -67,7 +67,8 @@ def _auto_backend() -> str:
     mkl_capped = os.environ.get("MKL_ENABLE_INSTRUCTIONS", "").upper() in _MKL_BELOW_AVX512
     # MKL dispatches on the vendor: AMD and Hygon CPUs get its AVX2 code. An unknown vendor keeps
     # the BLAS, PyTorch's own default.
-    slowed = any(v in _cpu_vendor() for v in _MKL_SLOW_VENDORS) or not torch.backends.mkl.is_available()
+    slow_vendor = any(v in _cpu_vendor() for v in _MKL_SLOW_VENDORS)
+    slowed = slow_vendor or not torch.backends.mkl.is_available()
     return "onednn" if slowed or mkl_capped else "blas"
 
 
@@ -75,9 +76,13 @@ def set_cpu_gemm(backend: str) -> None:
     """Choose how fp32 linear layers multiply on CPU: ``auto``, ``blas`` or ``onednn``."""
     global _setting, _resolved
     if backend not in BACKENDS:
-        raise RotaryError(f"unknown CPU GEMM backend '{backend}': choose one of {', '.join(BACKENDS)}")
+        raise RotaryError(
+            f"unknown CPU GEMM backend '{backend}': choose one of {', '.join(BACKENDS)}"
+        )
     if backend == "onednn" and not onednn_available():
-        raise RotaryError("CPU GEMM backend 'onednn' needs a PyTorch built with oneDNN (mkldnn); use 'blas'")
+        raise RotaryError(
+            "CPU GEMM backend 'onednn' needs a PyTorch built with oneDNN (mkldnn); use 'blas'"
+        )
     _setting, _resolved = backend, None
 
 

@@ -17,7 +17,7 @@ _FUSED_FORWARD = getattr(torch.ops.aten, "_fused_rms_norm", None)
 
 class _RMSNormCPU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, eps):  # noqa: D401 - autograd API
+    def forward(ctx, x, weight, eps):  # autograd API
         y, rstd = _FUSED_FORWARD(x, [x.shape[-1]], weight, eps)
         ctx.save_for_backward(x, weight, rstd)
         return y
@@ -31,7 +31,8 @@ class _RMSNormCPU(torch.autograd.Function):
         gw = grad * weight
         dot = (gw * xhat).mean(-1, keepdim=True)
         dw = (grad * xhat).reshape(-1, x.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
-        dx = torch.addcmul(gw, xhat, dot, value=-1.0).mul_(rstd) if ctx.needs_input_grad[0] else None
+        need_x = ctx.needs_input_grad[0]
+        dx = torch.addcmul(gw, xhat, dot, value=-1.0).mul_(rstd) if need_x else None
         return dx, dw, None
 
 

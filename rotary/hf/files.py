@@ -1,0 +1,132 @@
+"""An HF checkpoint directory on disk: ``save_hf`` writes one, and the tokenizer files go in
+and out of a rotary checkpoint (``copy_hf_tokenizer``, ``tokenizer_special_ids``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rotary.errors import RotaryError
+from rotary.hf.adapter import no_progress_bars, transformers_module
+from rotary.hf.convert import to_hf
+from rotary.model.heads import RotaryModel
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+    # rotary's pre-tokenizer record (jieba), which tokenizer.json cannot hold
+    "rotary_tokenizer.json",
+)
+
+
+def tokenizer_special_ids(tokenizer_dir: str | os.PathLike[str]) -> dict[str, int]:
+    """``bos_token_id`` / ``eos_token_id`` / ``pad_token_id`` of an HF tokenizer directory, from
+    its tokenizer_config.json / special_tokens_map.json and tokenizer.json (those it defines)."""
+    d = Path(tokenizer_dir)
+    names: dict[str, str] = {}
+    for fname in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
+        f = d / fname
+        if f.is_file():
+            try:
+                data = json.loads(f.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise RotaryError(f"{f}: invalid JSON ({err.msg})") from None
+            for key in ("bos_token", "eos_token", "pad_token"):
+                value = data.get(key)
+                if isinstance(value, dict):  # AddedToken as saved by transformers
+                    value = value.get("content")
+                if isinstance(value, str):
+                    names[key] = value
+    if not names or not (d / "tokenizer.json").is_file():
+        return {}
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_file(str(d / "tokenizer.json"))
+    out = {}
+    for key, token in names.items():
+        i = backend.token_to_id(token)
+        if i is not None:
+            out[f"{key}_id"] = i
+    return out
+
+
+def copy_hf_tokenizer(
+    src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[str]
+) -> Path | None:
+    """Copy the tokenizer of an HF checkpoint directory into ``dst_dir`` (a rotary checkpoint's
+    ``tokenizer/``) so that ``rotary.tokenizer.load_tokenizer`` and ``rotary generate`` use it.
+
+    A directory with only a slow tokenizer's files (``vocab.txt``, ``tokenizer.model``) also
+    gets the ``tokenizer.json`` that transformers converts them to. Returns ``dst_dir``, or None
+    when ``src_dir`` holds no tokenizer. ``dst_dir`` appears complete or not at all.
+    """
+    src, dst = Path(src_dir), Path(dst_dir)
+    files = [src / n for n in TOKENIZER_FILES if (src / n).is_file()]
+    if not files:
+        return None
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as tmp:
+        staged = Path(tmp) / "tokenizer"
+        staged.mkdir()
+        for f in files:
+            shutil.copy2(f, staged / f.name)
+        if not (staged / "tokenizer.json").is_file():
+            tf = transformers_module()
+            try:
+                tok = tf.AutoTokenizer.from_pretrained(src, use_fast=True, local_files_only=True)
+            except Exception as err:  # transformers raises many types for an unusable directory
+                first_line = str(err).splitlines()[0]
+                msg = f"{src}: transformers cannot load its tokenizer ({first_line})"
+                raise RotaryError(msg) from None
+            if not getattr(tok, "is_fast", False):
+                raise RotaryError(
+                    f"{src}: its tokenizer has no fast (tokenizer.json) form, which rotary needs"
+                )
+            tok.backend_tokenizer.save(str(staged / "tokenizer.json"))
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(staged, dst)
+    return dst
+
+
+def save_hf(
+    model: RotaryModel,
+    out_dir: str | os.PathLike[str],
+    tokenizer_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write ``model`` as an HF checkpoint (config.json + model.safetensors, via save_pretrained).
+
+    ``tokenizer_dir``'s HF tokenizer files (tokenizer.json, tokenizer_config.json, vocab.txt, ...)
+    are copied beside it, and its BOS/EOS/PAD tokens go into config.json and
+    generation_config.json (so ``generate`` in transformers stops at EOS). Files appear under
+    their final names only when complete.
+    """
+    out = Path(out_dir)
+    hf = to_hf(model)
+    tok_files: list[Path] = []
+    if tokenizer_dir is not None:
+        tok_files = [Path(tokenizer_dir) / n for n in TOKENIZER_FILES]
+        tok_files = [f for f in tok_files if f.is_file()]
+        if not tok_files:
+            known = ", ".join(TOKENIZER_FILES[:3])
+            raise RotaryError(f"{tokenizer_dir}: no HF tokenizer files ({known}, ...)")
+        special = tokenizer_special_ids(tokenizer_dir)
+        if model.config.pad_token_id is not None:  # the model's own padding id stays
+            special.pop("pad_token_id", None)
+        for key, value in special.items():
+            setattr(hf.config, key, value)
+            if getattr(hf, "generation_config", None) is not None:
+                setattr(hf.generation_config, key, value)
+    out.mkdir(parents=True, exist_ok=True)
+    # save_pretrained writes in place: write to a temp dir beside out_dir, then rename each file.
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        with no_progress_bars():
+            hf.save_pretrained(tmp)
+        for f in tok_files:
+            shutil.copy2(f, Path(tmp) / f.name)
+        for f in sorted(Path(tmp).iterdir()):
+            os.replace(f, out / f.name)
+    return out

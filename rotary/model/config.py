@@ -1,0 +1,242 @@
+"""``ModelConfig``: one description of every rotary model, and the named presets.
+
+Every field carries its documentation (``doc``), so ``--help`` and generated YAML can explain it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rotary.config import closest_key_hint, doc, from_dict, load_yaml, save_yaml, to_dict
+from rotary.errors import RotaryError
+
+MLPKind = Literal["swiglu", "gelu", "relu"]
+NormKind = Literal["rmsnorm", "layernorm"]
+PositionKind = Literal["rope", "learned", "sinusoidal", "none"]
+RopeScaling = Literal["none", "linear", "dynamic_ntk", "yarn"]
+
+
+@dataclass
+class ModelConfig:
+    """One description for every rotary model: encoder or decoder, MHA/GQA/MQA, any position scheme.
+
+    The head (causal LM, masked LM, classifier) is chosen by the model class, not here.
+    """
+
+    vocab_size: int = doc(32768, "number of token ids the embedding holds")
+    max_seq_len: int = doc(
+        1024, "longest sequence trained on; learned positions are capped here, RoPE is not"
+    )
+    n_layer: int = doc(6, "number of Transformer blocks")
+    n_head: int = doc(8, "attention heads for queries")
+    n_kv_head: int | None = doc(
+        None, "heads for keys/values: None = n_head (MHA), 1 = MQA, else GQA"
+    )
+    d_model: int = doc(512, "hidden width")
+    d_ff: int | None = doc(
+        None, "MLP inner width; None = 4*d_model (gelu/relu) or 8/3*d_model rounded to 64 (swiglu)"
+    )
+    mlp: MLPKind = doc("swiglu", "MLP kind: swiglu (Llama), gelu (BERT/RoFormer) or relu")
+    norm: NormKind = doc("rmsnorm", "normalisation: rmsnorm (Llama) or layernorm (BERT/RoFormer)")
+    norm_eps: float = doc(1e-5, "epsilon inside the norm")
+    pre_norm: bool = doc(
+        True, "pre-LN blocks with a final norm; False = post-LN as in BERT/RoFormer"
+    )
+    bias: bool = doc(False, "biases in the linear layers")
+    dropout: float = doc(0.0, "dropout on embeddings, residual branches and MLP")
+    attention_dropout: float = doc(0.0, "dropout on attention probabilities")
+    causal: bool = doc(True, "causal (decoder) attention; False = bidirectional (encoder)")
+    position: PositionKind = doc(
+        "rope", "position scheme: rope, or the learned/sinusoidal/none baselines"
+    )
+    rope_theta: float = doc(10000.0, "RoPE base")
+    rope_scaling: RopeScaling = doc("none", "context extension: none, linear, dynamic_ntk or yarn")
+    rope_scaling_factor: float = doc(1.0, "context extension factor for rope_scaling")
+    rope_original_max_seq_len: int | None = doc(
+        None, "context length the model was trained at (default: max_seq_len)"
+    )
+    yarn_beta_fast: float = doc(32.0, "YaRN: rotations above which dimensions are not interpolated")
+    yarn_beta_slow: float = doc(
+        1.0, "YaRN: rotations below which dimensions are fully interpolated"
+    )
+    rotary_fraction: float = doc(
+        1.0, "fraction of each head's dimensions that RoPE rotates (partial rotary)"
+    )
+    tie_embeddings: bool = doc(True, "share the input embedding with the output projection")
+    type_vocab_size: int = doc(0, "segment (token type) ids, as BERT/RoFormer have; 0 = none")
+    pad_token_id: int | None = doc(None, "padding token id")
+    initializer_range: float = doc(0.02, "std of the normal initialisation")
+    hidden_act: Literal["gelu", "relu", "silu", "gelu_tanh"] | None = doc(
+        None, "activation of MLM/classifier heads; None = the MLP's own (gelu for swiglu)"
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- derived values -----------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "swiglu":
+            return 64 * math.ceil(8 * self.d_model / 3 / 64)
+        return 4 * self.d_model
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dimensions of each head that RoPE rotates (even)."""
+        return int(round(self.head_dim * self.rotary_fraction))
+
+    @property
+    def original_max_seq_len(self) -> int:
+        return self.rope_original_max_seq_len or self.max_seq_len
+
+    @property
+    def head_act(self) -> str:
+        if self.hidden_act is not None:
+            return self.hidden_act
+        return "relu" if self.mlp == "relu" else "gelu"
+
+    def validate(self) -> None:
+        def bad(msg: str) -> None:
+            raise RotaryError(f"ModelConfig: {msg}")
+
+        for name in ("vocab_size", "max_seq_len", "n_layer", "n_head", "d_model"):
+            if getattr(self, name) <= 0:
+                bad(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_head:
+            bad(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        if self.kv_heads <= 0 or self.n_head % self.kv_heads:
+            bad(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.kv_heads})")
+        if self.d_ff is not None and self.d_ff <= 0:
+            bad(f"d_ff must be positive, got {self.d_ff}")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attention_dropout < 1.0:
+            bad("dropout and attention_dropout must be in [0, 1)")
+        if not 0.0 < self.rotary_fraction <= 1.0:
+            bad(f"rotary_fraction must be in (0, 1], got {self.rotary_fraction}")
+        if self.position == "rope":
+            if self.rotary_dim % 2 or self.rotary_dim == 0:
+                bad(
+                    f"RoPE rotates pairs of dimensions: rotary dims = head_dim ({self.head_dim}) "
+                    f"x rotary_fraction ({self.rotary_fraction}) = "
+                    f"{self.head_dim * self.rotary_fraction:g} must be a positive even integer"
+                )
+            if abs(self.head_dim * self.rotary_fraction - self.rotary_dim) > 1e-6:
+                bad(
+                    "head_dim x rotary_fraction must be an integer, "
+                    f"got {self.head_dim * self.rotary_fraction:g}"
+                )
+            if self.rope_theta <= 0:
+                bad(f"rope_theta must be positive, got {self.rope_theta}")
+            if self.rope_scaling != "none" and self.rope_scaling_factor < 1.0:
+                bad(f"rope_scaling_factor must be >= 1, got {self.rope_scaling_factor}")
+            if self.rope_scaling == "dynamic_ntk" and self.rotary_dim <= 2:
+                # the NTK base exponent rotary_dim / (rotary_dim - 2) is undefined
+                bad(
+                    f"rope_scaling=dynamic_ntk needs more than 2 rotary dims, got {self.rotary_dim}"
+                )
+        elif self.rope_scaling != "none":
+            bad(
+                f"rope_scaling={self.rope_scaling} needs position=rope "
+                f"(got position={self.position})"
+            )
+        if self.position == "sinusoidal" and self.d_model % 2:
+            bad(f"sinusoidal positions need an even d_model, got {self.d_model}")
+        if self.type_vocab_size < 0:
+            bad("type_vocab_size must be >= 0")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            bad(
+                f"pad_token_id {self.pad_token_id} is outside the vocabulary "
+                f"(size {self.vocab_size})"
+            )
+
+    # -- (de)serialisation ---------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Strict construction: ``preset`` may name a base that the other keys override."""
+        data = dict(data)
+        preset = data.pop("preset", None)
+        if preset is not None:
+            base = to_dict(get_preset(preset))
+            base.update(data)
+            data = base
+        return from_dict(cls, data, where="model")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ModelConfig:
+        return cls.from_dict(load_yaml(path))
+
+    def to_yaml(self, path: str | Path) -> None:
+        save_yaml(self.to_dict(), path)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def estimate_num_parameters(self) -> int:
+        """Parameter count without building the model (embeddings included)."""
+        d, hd = self.d_model, self.head_dim
+        attn = d * (self.n_head * hd) + 2 * d * (self.kv_heads * hd) + (self.n_head * hd) * d
+        mlp = (3 if self.mlp == "swiglu" else 2) * d * self.ff_dim
+        norms = 2 * d * (2 if self.norm == "layernorm" else 1)
+        per_layer = attn + mlp + norms
+        if self.bias:
+            qkv_bias = (self.n_head + 2 * self.kv_heads) * hd
+            mlp_bias = self.ff_dim * (2 if self.mlp == "swiglu" else 1) + d
+            per_layer += qkv_bias + d + mlp_bias  # q/k/v, o_proj, up, down
+        emb = self.vocab_size * d + self.type_vocab_size * d
+        if self.position == "learned":
+            emb += self.max_seq_len * d
+        out = 0 if self.tie_embeddings else self.vocab_size * d
+        return self.n_layer * per_layer + emb + out + d * (2 if self.norm == "layernorm" else 1)
+
+
+# Named presets are plain ModelConfig values.
+PRESETS: dict[str, ModelConfig] = {
+    # RoFormer paper / HF junnyu/roformer_chinese_base: BERT-base shape, post-LN, GELU, LayerNorm.
+    "roformer-base": ModelConfig(
+        vocab_size=50000, max_seq_len=1536, n_layer=12, n_head=12, d_model=768, d_ff=3072,
+        mlp="gelu", norm="layernorm", norm_eps=1e-12, pre_norm=False, bias=True, dropout=0.1,
+        attention_dropout=0.1, causal=False, type_vocab_size=2, pad_token_id=0,
+        tie_embeddings=True,
+    ),
+    "roformer-small": ModelConfig(
+        vocab_size=50000, max_seq_len=1536, n_layer=6, n_head=6, d_model=384, d_ff=1536,
+        mlp="gelu", norm="layernorm", norm_eps=1e-12, pre_norm=False, bias=True, dropout=0.1,
+        attention_dropout=0.1, causal=False, type_vocab_size=2, pad_token_id=0,
+    ),
+    # A ~100M Llama-style decoder: GQA + SwiGLU + RMSNorm.
+    "llama-small": ModelConfig(
+        vocab_size=32768, max_seq_len=2048, n_layer=12, n_head=12, n_kv_head=4, d_model=768,
+        d_ff=2048, mlp="swiglu", norm="rmsnorm", norm_eps=1e-5, tie_embeddings=True,
+        rope_theta=10000.0,
+    ),
+    # The shape bench/train.py measures and the demo trains: 6 layers, d=384, 6 heads, 2 KV heads.
+    "llama-mini": ModelConfig(
+        vocab_size=8192, max_seq_len=256, n_layer=6, n_head=6, n_kv_head=2, d_model=384,
+        d_ff=1024, mlp="swiglu", norm="rmsnorm",
+    ),
+    "tiny": ModelConfig(
+        vocab_size=256, max_seq_len=64, n_layer=2, n_head=4, n_kv_head=2, d_model=64, d_ff=128,
+    ),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise RotaryError(f"unknown model preset '{name}'{closest_key_hint(name, PRESETS)}")
+    return dataclasses.replace(PRESETS[name])

@@ -1,0 +1,143 @@
+"""The task table: one row per objective, read by every verb.
+
+A row says which model a task builds (and which ``config.json`` keys rebuild its head), whether
+its attention is causal, where its training batches come from, how a batch becomes the model's
+keyword arguments, and which metrics its evaluation reports from the summed statistics. The
+training loop, ``rotary.load``, ``convert`` and the run directory all go through this table, so a
+new task is one ``register_task(Task(...))``, not an edit in each verb.
+
+Importing this module imports no torch: the builders import the model when called.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rotary.errors import RotaryError
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    build_model: Callable[[Any, Mapping[str, Any]], Any]
+    """(ModelConfig, head settings from config.json) -> a fresh model."""
+    causal: bool
+    """The backbone's attention: causal for decoders, bidirectional for encoders."""
+    metrics: Callable[[Any, Any], dict[str, float]]
+    """(summed (loss, count, correct) as float64 tensor, the task's data) -> extra metrics."""
+    make_data: Callable[[Any, Any], Any] | None = None
+    """(TrainConfig, DistInfo) -> the object whose train_batches/eval_batches the loop reads;
+    None for a task that is only loaded and used (not trained by ``rotary train``)."""
+    inputs: Callable[[Any], dict[str, Any]] = field(default=lambda batch: {"targets": batch[1]})
+    """A batch -> the model's keyword arguments besides the input ids (``batch[0]``)."""
+    head_keys: tuple[str, ...] = ()
+    """config.json keys the head needs besides the model section (e.g. num_labels)."""
+    help: str = ""
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add a row (or replace the row of the same name)."""
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    task = TASKS.get(name)
+    if task is None:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(TASKS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise RotaryError(f"unknown task '{name}'{hint}: rotary knows {', '.join(TASKS)}")
+    return task
+
+
+def trainable_tasks() -> list[str]:
+    return [name for name, task in TASKS.items() if task.make_data is not None]
+
+
+def task_of_model(model: Any) -> Task:
+    """The row whose builder makes models of ``type(model)`` (for exporting a model)."""
+    for task in TASKS.values():
+        if task.name in _MODEL_CLASS and type(model).__name__ == _MODEL_CLASS[task.name]:
+            return task
+    raise RotaryError(f"no task builds a {type(model).__name__}")
+
+
+# -- the rows ----------------------------------------------------------------------------------
+
+
+def _causal_lm(cfg: Any, head: Mapping[str, Any]) -> Any:
+    from rotary.model import CausalLM
+
+    return CausalLM(cfg)
+
+
+def _masked_lm(cfg: Any, head: Mapping[str, Any]) -> Any:
+    from rotary.model import MaskedLM
+
+    return MaskedLM(cfg)
+
+
+def _classifier(cfg: Any, head: Mapping[str, Any]) -> Any:
+    from rotary.model import SequenceClassifier
+
+    if "num_labels" not in head:
+        raise RotaryError("a classification checkpoint needs num_labels in its config.json")
+    return SequenceClassifier(cfg, int(head["num_labels"]), str(head.get("pooling", "cls")))
+
+
+def _lm_data(cfg: Any, info: Any) -> Any:
+    from rotary.data.lm import prepare_training_data
+
+    return prepare_training_data(cfg, info)
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0))
+
+
+def _causal_metrics(totals: Any, data: Any) -> dict[str, float]:
+    loss = float(totals[0] / totals[1])
+    # per byte of text, not per token: tokenizers of different sizes compare
+    return {"perplexity": _perplexity(loss), "bits_per_byte": loss / math.log(2) / data.val_bytes_per_token}
+
+
+def _accuracy_metrics(totals: Any, data: Any) -> dict[str, float]:
+    loss = float(totals[0] / totals[1])
+    return {"perplexity": _perplexity(loss), "accuracy": float(totals[2] / totals[1])}
+
+
+def _classification_metrics(totals: Any, data: Any) -> dict[str, float]:
+    return {"accuracy": float(totals[2] / totals[1])}
+
+
+# Class names per row, so that exporting a model finds its row without importing torch here.
+_MODEL_CLASS = {"causal_lm": "CausalLM", "masked_lm": "MaskedLM", "classification": "SequenceClassifier"}
+
+register_task(Task("causal_lm", _causal_lm, causal=True, metrics=_causal_metrics, make_data=_lm_data,
+                   help="next-token prediction (decoder)"))
+register_task(Task("masked_lm", _masked_lm, causal=False, metrics=_accuracy_metrics, make_data=_lm_data,
+                   help="masked-token prediction (encoder, RoFormer)"))
+# Trained by fine-tuning (its data arrives with the labelled sources); loaded and converted today.
+register_task(Task("classification", _classifier, causal=False, metrics=_classification_metrics,
+                   head_keys=("num_labels", "pooling"), help="sequence (pair) classification"))
+
+
+def head_settings(task: Task, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The head keys of ``task`` found in a checkpoint's config.json."""
+    return {k: config[k] for k in task.head_keys if k in config}
+
+
+def model_head_settings(model: Any) -> dict[str, Any]:
+    """The head keys a checkpoint of ``model`` must record."""
+    return {k: getattr(model, k) for k in task_of_model(model).head_keys}
+
+
+__all__ = ["TASKS", "Task", "get_task", "register_task", "task_of_model", "trainable_tasks"]

@@ -1,0 +1,62 @@
+"""One optimizer step: forward and backward over the accumulation micro-batches, clip, step.
+
+Task-agnostic: a batch is (input ids, ...) and the task says which keyword arguments the model
+takes besides the ids; the model returns its loss itself (the fused head never builds logits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from rotary.tasks import Task
+
+
+def autocast_context(precision: str, device: torch.device):
+    """bf16/fp16 autocast on the right device type (CPU and MPS are not CUDA: nanoGPT #28)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def model_inputs(task: Task, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The input ids and the model's other keyword arguments of ``batch``, on ``device``."""
+    kwargs = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+              for k, v in task.inputs(batch).items()}
+    return batch[0].to(device, non_blocking=True), kwargs
+
+
+def train_step(model: nn.Module, forward: nn.Module, task: Task, batches: Iterator[Any], *,
+               optimizer: torch.optim.Optimizer, scaler: Any, accum: int, precision: str,
+               grad_clip: float | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run ``accum`` micro-batches and one optimizer step; returns (summed loss, grad norm).
+
+    ``model`` is the wrapped model (DDP/FSDP), ``forward`` what is called (it may be compiled).
+    Under DDP only the last micro-batch all-reduces its gradients (``no_sync`` before it).
+    """
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(accum):
+        x, kwargs = model_inputs(task, next(batches), device)
+        sync = micro == accum - 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
+        with (contextlib.nullcontext() if sync else model.no_sync()):
+            with autocast_context(precision, device):
+                loss = forward(x, **kwargs) / accum
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        loss_sum += loss.detach()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    grad_norm = None
+    if grad_clip is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm
