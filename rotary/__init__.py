@@ -24,6 +24,7 @@ _LAZY = {
     "KVCache": "rotary.model",
     # data
     "load_corpus": "rotary.data.sources",
+    "load_labelled": "rotary.data.sources",
     "train_tokenizer": "rotary.tokenizer",
     "load_tokenizer": "rotary.tokenizer",
     "prepare": "rotary.data.prepare",

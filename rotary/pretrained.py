@@ -108,6 +108,20 @@ class Pretrained:
         if text != shown:
             yield text[len(shown):]
 
+    def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
+                 batch_size: int = 32) -> list[dict[str, Any]]:
+        """The label and the class probabilities of each text (or text pair)."""
+        from rotary.classify import classify
+
+        return classify(self, texts, text_pairs, batch_size=batch_size)
+
+    def fill_mask(self, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """For each [MASK] in ``text``, in order, the ``top_k`` (token, probability) pairs, as
+        transformers' fill-mask pipeline computes them (``rotary.fill_mask``)."""
+        from rotary.fill_mask import fill_mask
+
+        return fill_mask(self.model, self.tokenizer, text, top_k)
+
 
 def load(path: str | Path, device: str = "auto", which: str = "best", *, verify: bool = True) -> Pretrained:
     """Load a run directory (its best checkpoint, else the latest) or a checkpoint directory.

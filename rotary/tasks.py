@@ -35,6 +35,10 @@ class Task:
     """A batch -> the model's keyword arguments besides the input ids (``batch[0]``)."""
     head_keys: tuple[str, ...] = ()
     """config.json keys the head needs besides the model section (e.g. num_labels)."""
+    metric_names: tuple[str, ...] = ("loss",)
+    """What its evaluation reports (best_metric must be one of them)."""
+    count_name: str = "tokens"
+    """What its evaluation counts (tokens scored, or examples)."""
     help: str = ""
 
 
@@ -90,7 +94,9 @@ def _classifier(cfg: Any, head: Mapping[str, Any]) -> Any:
 
     if "num_labels" not in head:
         raise RotaryError("a classification checkpoint needs num_labels in its config.json")
-    return SequenceClassifier(cfg, int(head["num_labels"]), str(head.get("pooling", "cls")))
+    model = SequenceClassifier(cfg, int(head["num_labels"]), str(head.get("pooling", "cls")))
+    model.label_names = list(head.get("label_names") or [str(i) for i in range(model.num_labels)])
+    return model
 
 
 def _lm_data(cfg: Any, info: Any) -> Any:
@@ -115,19 +121,55 @@ def _accuracy_metrics(totals: Any, data: Any) -> dict[str, float]:
 
 
 def _classification_metrics(totals: Any, data: Any) -> dict[str, float]:
-    return {"accuracy": float(totals[2] / totals[1])}
+    out = {"accuracy": float(totals[2] / totals[1])}
+    if len(totals) > 3:
+        out["macro_f1"] = macro_f1(confusion_matrix(totals))
+    return out
+
+
+def confusion_matrix(totals: Any) -> list[list[int]]:
+    """The (true x predicted) counts a classifier's statistics end with."""
+    flat = [int(v) for v in totals[3:]]
+    n = int(round(len(flat) ** 0.5))
+    return [flat[i * n:(i + 1) * n] for i in range(n)]
+
+
+def per_class(confusion: list[list[int]]) -> list[dict[str, float]]:
+    """Precision, recall, F1 and support of each class (0 where a class was never predicted/seen)."""
+    out = []
+    for k, row in enumerate(confusion):
+        tp = row[k]
+        predicted = sum(r[k] for r in confusion)
+        support = sum(row)
+        p = tp / predicted if predicted else 0.0
+        r = tp / support if support else 0.0
+        out.append({"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "support": support})
+    return out
+
+
+def macro_f1(confusion: list[list[int]]) -> float:
+    """The mean F1 over the classes present in the data (scikit-learn's macro average)."""
+    scores = [c["f1"] for c in per_class(confusion) if c["support"] > 0]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def _classification_inputs(batch: Any) -> dict[str, Any]:
+    _, attention_mask, token_type_ids, labels = batch
+    return {"attention_mask": attention_mask, "token_type_ids": token_type_ids, "labels": labels}
 
 
 # Class names per row, so that exporting a model finds its row without importing torch here.
 _MODEL_CLASS = {"causal_lm": "CausalLM", "masked_lm": "MaskedLM", "classification": "SequenceClassifier"}
 
 register_task(Task("causal_lm", _causal_lm, causal=True, metrics=_causal_metrics, make_data=_lm_data,
-                   help="next-token prediction (decoder)"))
+                   metric_names=("loss", "perplexity", "bits_per_byte"), help="next-token prediction (decoder)"))
 register_task(Task("masked_lm", _masked_lm, causal=False, metrics=_accuracy_metrics, make_data=_lm_data,
-                   help="masked-token prediction (encoder, RoFormer)"))
-# Trained by fine-tuning (its data arrives with the labelled sources); loaded and converted today.
+                   metric_names=("loss", "perplexity", "accuracy"), help="masked-token prediction (encoder, RoFormer)"))
+# Trained by fine-tuning (rotary.finetune builds its data and model), not from a corpus by `train`.
 register_task(Task("classification", _classifier, causal=False, metrics=_classification_metrics,
-                   head_keys=("num_labels", "pooling"), help="sequence (pair) classification"))
+                   inputs=_classification_inputs, head_keys=("num_labels", "pooling", "label_names"),
+                   metric_names=("loss", "accuracy", "macro_f1"), count_name="examples",
+                   help="sequence (pair) classification (trained by `rotary finetune`)"))
 
 
 def head_settings(task: Task, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -137,7 +179,7 @@ def head_settings(task: Task, config: Mapping[str, Any]) -> dict[str, Any]:
 
 def model_head_settings(model: Any) -> dict[str, Any]:
     """The head keys a checkpoint of ``model`` must record."""
-    return {k: getattr(model, k) for k in task_of_model(model).head_keys}
+    return {k: getattr(model, k) for k in task_of_model(model).head_keys if hasattr(model, k)}
 
 
 __all__ = ["TASKS", "Task", "get_task", "register_task", "task_of_model", "trainable_tasks"]

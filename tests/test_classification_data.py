@@ -74,3 +74,19 @@ def test_classification_batches_seeded_and_sharded(data_char_dir: Path) -> None:
     seen = torch.cat(shards).tolist()
     assert len(set(seen)) == 48  # disjoint; the two left over from 50 = 3 * 16 + 2 are dropped
     assert all(len(b["labels"]) == 8 for b in classification_batches(ds, 8, seed=0, drop_last=True))
+
+
+def test_classification_dataset_takes_labelled_examples(data_char_dir: Path) -> None:
+    from rotary.data.sources import Example, load_labelled
+
+    tok = load_tokenizer(data_char_dir)
+    examples = load_labelled("chinese-sentiment", max_examples=16).split("val")
+    ds = ClassificationDataset(examples, tok, max_len=32)
+    assert ds.labels.tolist() == [e.label for e in examples]
+    assert ds.input_ids[0].tolist() == tok.encode_for_model([examples[0].text], None, max_len=32)[0].ids
+    pairs = [Example("今天天气很好", "明天下雨", 1), Example("北京", "上海", 0)]
+    assert len(ClassificationDataset(pairs, tok, max_len=16, pair=True)) == 2
+    with pytest.raises(RotaryError, match="has a text_pair: build the dataset with pair=True"):
+        ClassificationDataset(pairs, tok, max_len=16)
+    with pytest.raises(RotaryError, match="no text_pair for a pair classifier"):
+        ClassificationDataset([Example("a", None, 0)], tok, max_len=16, pair=True)

@@ -83,23 +83,27 @@ def test_chinese_sentiment_is_deduplicated_without_leakage() -> None:
     c = load_corpus("chinese-sentiment")
     assert isinstance(c, ChineseSentimentCorpus)
     assert c.label_names == ("negative", "positive")
-    train = list(c.train_examples())
-    test = list(c.test_examples())
-    train_texts = [t for t, _ in train]
-    test_texts = [t for t, _ in test]
-    assert len(set(train_texts)) == len(train_texts)
-    assert len(set(test_texts)) == len(test_texts)
-    assert not set(train_texts) & set(test_texts)
-    assert {y for _, y in train} == {0, 1} and {y for _, y in test} == {0, 1}
-    assert 0.07 < len(test) / (len(train) + len(test)) < 0.13
+    train, val, test = list(c.train_examples()), list(c.val_examples()), list(c.test_examples())
+    texts = {name: [t for t, _ in rows] for name, rows in (("train", train), ("val", val), ("test", test))}
+    for rows in texts.values():
+        assert len(set(rows)) == len(rows)
+    assert not set(texts["train"]) & set(texts["test"])
+    assert not set(texts["train"]) & set(texts["val"]) and not set(texts["val"]) & set(texts["test"])
+    assert {y for _, y in train} == {y for _, y in val} == {y for _, y in test} == {0, 1}
+    total = len(train) + len(val) + len(test)
+    assert 0.07 < len(test) / total < 0.13 and 0.07 < len(val) / total < 0.13
     stats = c.dedup_stats()
     # About half of the shipped lines are exact duplicates, and some reviews carry both labels.
     assert stats["duplicates_dropped"] > 10_000
     assert stats["conflicting_labels_dropped"] > 0
-    assert stats["kept"] == len(train) + len(test)
-    # Documents are the texts: val = test split.
-    assert list(c.val_documents()) == test_texts
+    assert stats["kept"] == total
+    # As a text corpus its validation documents are the val split, never the test reviews (early
+    # stopping on them would select on test).
+    assert list(c.val_documents()) == texts["val"]
+    assert list(c.train_documents()) == texts["train"]
     assert list(load_corpus("chinese-sentiment").test_examples()) == test
+    with pytest.raises(RotaryError, match="fixed by a committed manifest"):
+        load_corpus("chinese-sentiment", val_fraction=0.2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,22 +145,11 @@ def test_jsonl_and_parquet_text_fields(tmp_path: Path) -> None:
 
     pq_path = tmp_path / "d.parquet"
     pq.write_table(pa.table({"body": [r["body"] for r in rows], "y": [r["y"] for r in rows]}), pq_path)
-    c = load_corpus(str(pq_path), text_field="body", label_field="y", val_fraction=0.2)
+    c = load_corpus(str(pq_path), text_field="body", val_fraction=0.2)
     docs = list(c.train_documents()) + list(c.val_documents())
     assert sorted(docs) == sorted(r["body"] for r in rows)
-    examples = list(c.train_examples()) + list(c.test_examples())
-    assert sorted(examples) == sorted((r["body"], r["y"]) for r in rows)
     with pytest.raises(RotaryError, match=r"no column 'text' \(valid keys: body, y\)"):
         list(load_corpus(str(pq_path), text_field="text").train_documents())
-
-
-def test_jsonl_string_labels(tmp_path: Path) -> None:
-    jl = tmp_path / "d.jsonl"
-    jl.write_text("".join(json.dumps({"text": f"t{i}", "label": "pos" if i % 3 else "neg"}) + "\n" for i in range(30)))
-    c = load_corpus(str(jl), label_field="label", val_fraction=0.3)
-    assert c.label_names == ("neg", "pos")
-    examples = list(c.train_examples()) + list(c.test_examples())
-    assert dict(examples)["t0"] == 0 and dict(examples)["t1"] == 1
 
 
 def test_hf_datasets_sources(tmp_path: Path) -> None:
@@ -173,10 +166,9 @@ def test_hf_datasets_sources(tmp_path: Path) -> None:
         "test": datasets.Dataset.from_dict({"text": ["d"], "label": [1]}),
     })
     dd.save_to_disk(str(tmp_path / "saved"))
-    c = load_corpus(str(tmp_path / "saved"), label_field="label")
+    c = load_corpus(str(tmp_path / "saved"))
     assert c.val_split == "test"
     assert list(c.train_documents()) == ["a", "b", "c"] and list(c.val_documents()) == ["d"]
-    assert list(c.test_examples()) == [("d", 1)]
     with pytest.raises(RotaryError, match="no column 'txt'"):
         load_corpus(str(tmp_path / "saved"), text_field="txt")
 

@@ -521,8 +521,6 @@ def test_config_round_trip(kind, kw):
 # ---------------------------------------------------------------------------------------------
 
 HF_REFUSED = [
-    pytest.param(tiny_roformer_config(rotary_value=True), "rotary_value", id="roformer-rotary_value"),
-    pytest.param(tiny_roformer_config(embedding_size=16), "embedding_size", id="roformer-embedding_size"),
     pytest.param(tiny_roformer_config(hidden_act="gelu_new"), "hidden_act", id="roformer-gelu_new"),
     pytest.param(tiny_roformer_config(hidden_act="silu"), "hidden_act", id="roformer-silu"),
     pytest.param(tiny_roformer_config(is_decoder=True), "encoders", id="roformer-decoder"),
@@ -618,3 +616,72 @@ def test_refuses_other_models_and_paths(tmp_path):
         from_hf(tmp_path / "missing")
     with pytest.raises(RotaryError, match="unknown HF kind"):
         config_to_hf(ModelConfig(vocab_size=VOCAB, **_LLAMA), "gpt2")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# RoFormer's embedding_size != hidden_size (embeddings_project) and rotary_value
+# ---------------------------------------------------------------------------------------------
+
+ROFORMER_VARIANTS = [
+    pytest.param(dict(embedding_size=16), id="embedding16-hidden32-tied"),
+    pytest.param(dict(embedding_size=48, tie_word_embeddings=False, num_hidden_layers=1), id="embedding48-untied"),
+    pytest.param(dict(rotary_value=True), id="rotary_value"),
+    pytest.param(dict(embedding_size=16, rotary_value=True, num_attention_heads=2), id="embedding16-rotary_value"),
+]
+
+
+@pytest.mark.parametrize("kw", ROFORMER_VARIANTS)
+@pytest.mark.parametrize("cls", [RoFormerForMaskedLM, RoFormerForSequenceClassification], ids=["mlm", "cls"])
+def test_roformer_variants_hf_to_rotary_and_back(kw, cls, tmp_path):
+    torch.manual_seed(30)
+    hf = randomize(cls(tiny_roformer_config(**kw)), 30)
+    if "embedding_size" in kw:
+        assert hasattr(hf.roformer, "embeddings_project")  # the case HF builds a projection for
+    rot = from_hf(hf)
+    assert rot.config.embed_dim == hf.config.embedding_size and rot.config.rotary_value == hf.config.rotary_value
+    # left padding: rotary counts positions from the first real token, HF from the first pad;
+    # rotated values (unlike scores) see absolute positions, so only the unpadded answer is HF's
+    left = cls is RoFormerForMaskedLM and not kw.get("rotary_value")
+    pads = (None, "right", "left") if left else (None, "right")
+    inputs = [(p or "nopad", batch(T=20, seed=31, types=2, pad=p)) for p in pads]
+    for name, inp in inputs:
+        mask = inp["attention_mask"] if cls is RoFormerForMaskedLM else None
+        max_diff(hf_logits(hf, inp), rot_logits(rot, inp), f"RoFormer {kw} HF->rotary [{name}]", mask)
+    auto = AutoModelForMaskedLM if cls is RoFormerForMaskedLM else AutoModelForSequenceClassification
+    check_rotary_to_hf(rot, auto, tmp_path, f"RoFormer {kw}", inputs)
+    assert config_to_hf(rot.config, "roformer").embedding_size == hf.config.embedding_size
+
+
+def test_rotary_value_needs_the_output_columns_permuted(monkeypatch):
+    """rotary_value rotates V in HF's pairs layout: without permuting W_o's columns with V's rows
+    the converted model computes something else (the test above would not be vacuous)."""
+    from rotary.hf import roformer
+
+    torch.manual_seed(32)
+    hf = randomize(RoFormerForMaskedLM(tiny_roformer_config(rotary_value=True)), 32)
+    monkeypatch.setitem(roformer.TRANSFORMS, "roformer.encoder.layer.{}.attention.output.dense.weight",
+                        rhf.adapter.Transform(from_hf=lambda t, cfg: t, to_hf=lambda t, cfg: t))
+    inp = batch(T=16, seed=33, types=2)
+    assert (hf_logits(hf, inp) - rot_logits(from_hf(hf), inp)).abs().max() > 1e-2
+
+
+def test_embedding_size_model_config_round_trip():
+    cfg = ModelConfig(vocab_size=VOCAB, d_model=64, n_head=4, d_ff=96, max_seq_len=128, mlp="gelu",
+                      norm="layernorm", pre_norm=False, bias=True, causal=False, type_vocab_size=2,
+                      hidden_act="gelu", embedding_size=24, rotary_value=True)
+    assert config_from_hf(config_to_hf(cfg, "roformer")) == cfg
+    # the parameter estimate counts the projection and the narrower embeddings
+    for c in (cfg, cfg.replace(pre_norm=True, norm="rmsnorm")):
+        c = c.replace(tie_embeddings=False)  # a causal LM ties only embeddings of width d_model
+        assert c.estimate_num_parameters() == CausalLM(c).num_parameters()
+    with pytest.raises(RotaryError, match="tie"):
+        CausalLM(cfg)
+
+
+@pytest.mark.parametrize("kw, match", [
+    pytest.param(dict(embedding_size=16, tie_embeddings=False), "embedding projection", id="embedding_size"),
+    pytest.param(dict(rotary_value=True), "rotary_value", id="rotary_value"),
+])
+def test_llama_refuses_roformer_only_settings(kw, match):
+    with pytest.raises(RotaryError, match=match):
+        to_hf(CausalLM(ModelConfig(vocab_size=VOCAB, max_seq_len=32, **_LLAMA, **kw)))

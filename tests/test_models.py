@@ -432,3 +432,71 @@ def test_explicit_position_ids_past_the_table_are_rotated_not_an_index_error():
                                    position="learned")).eval()
     with pytest.raises(RotaryError, match="learned"):
         learned(ids, position_ids=torch.arange(24, 32)[None])
+
+
+# ---------------------------------------------------------------------------------------------
+# Narrow embeddings (RoFormer's embedding_size) and rotated values (rotary_value)
+# ---------------------------------------------------------------------------------------------
+
+
+def _encoder(**kw) -> ModelConfig:
+    return tiny(causal=False, mlp="gelu", norm="layernorm", pre_norm=False, bias=True, type_vocab_size=2, **kw)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_embedding_size_projects_narrow_embeddings(tie):
+    torch.manual_seed(0)
+    model = MaskedLM(_encoder(embedding_size=12, tie_embeddings=tie)).eval()
+    b = model.backbone
+    assert b.embed_tokens.weight.shape == (100, 12) and b.embed_types.weight.shape == (2, 12)
+    assert b.embed_norm.normalized_shape == (12,) and b.embed_project.weight.shape == (32, 12)
+    assert model.head.dense.weight.shape == (12, 32)  # back to the embeddings' width for the decoder
+    assert (model.head.decoder is None) == tie
+    ids = ids_of(2, 10)
+    logits = model(ids)
+    assert logits.shape == (2, 10, 100)
+    # by hand: embeddings -> norm -> projection, then the blocks
+    x = b.embed_project(b.embed_norm(b.embed_tokens(ids) + b.embed_types(torch.zeros_like(ids))))
+    assert torch.allclose(b(ids), _blocks(b, x), atol=1e-5)
+    # the training path (head on masked rows only) gives the full logits' loss
+    labels = ids.masked_fill(torch.arange(10) % 3 != 0, -100)
+    assert torch.allclose(model(ids, labels=labels), model.loss_fn(logits, labels), atol=1e-5)
+    # the parameter and FLOP accounting see the narrower embeddings
+    output = 100 * 12 if tie else 0
+    n = model.num_parameters(exclude_embeddings=True)
+    assert model.flops_per_token(16) == 6 * (n + output) + 12 * 2 * 32 * 16
+    assert MaskedLM(_encoder()).backbone.embed_project is None  # width d_model: nothing added
+
+
+def _blocks(b, x):
+    from rotary.model.attention import AttentionContext
+
+    ctx = AttentionContext()
+    ctx.cos, ctx.sin, ctx.key_cos, ctx.key_sin = b.rope.for_pass(x.shape[1], None, 0, None, None, False)
+    for layer in b.layers:
+        x = layer(x, ctx)
+    return x
+
+
+def test_embedding_size_errors():
+    with pytest.raises(RotaryError, match="position=rope or none"):
+        tiny(embedding_size=16, position="learned")
+    with pytest.raises(RotaryError, match="embedding_size must be positive"):
+        tiny(embedding_size=0)
+    with pytest.raises(RotaryError, match="cannot tie"):
+        CausalLM(tiny(embedding_size=16))
+    assert CausalLM(tiny(embedding_size=16, tie_embeddings=False))(ids_of(1, 5)).shape == (1, 5, 100)
+
+
+def test_rotary_value_rotate_the_values():
+    torch.manual_seed(0)
+    plain = MaskedLM(_encoder()).eval()
+    rotated = MaskedLM(_encoder(rotary_value=True)).eval()
+    rotated.load_state_dict(plain.state_dict())
+    ids = ids_of(1, 8)
+    assert not torch.allclose(plain(ids), rotated(ids), atol=1e-3)
+    # one token attends only to itself: its value is rotated by position 0, the identity
+    one = ids[:, :1]
+    assert torch.allclose(plain(one), rotated(one), atol=1e-6)
+    with pytest.raises(RotaryError, match="rotary_value needs position=rope"):
+        tiny(rotary_value=True, position="none")

@@ -44,8 +44,13 @@ def test_a_new_task_is_one_row_and_trains_through_the_unchanged_loop(copy_task, 
 def test_unknown_and_untrainable_tasks_are_one_line_errors(tmp_path):
     with pytest.raises(RotaryError, match="did you mean 'masked_lm'"):
         get_task("masked_ml")
-    with pytest.raises(RotaryError, match="not trained from a corpus"):
-        make_recipe(tmp_path / "run", tmp_path, task="classification")
+    from rotary.train.loop import train
+
+    with pytest.raises(RotaryError, match="rotary finetune"):
+        train(make_recipe(tmp_path / "run", tmp_path, task="classification"))
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(RotaryError, match="best_metric bits_per_byte is not a metric of masked_lm"):
+        make_recipe(tmp_path / "run", tmp_path, task="masked_lm", best_metric="bits_per_byte")
 
 
 def test_every_verb_reads_the_same_rows():

@@ -73,7 +73,9 @@ def split_recipe(extra: list[str]) -> tuple[str | None, list[str]]:
     return recipe, overrides
 
 
-def run(args: argparse.Namespace) -> int:
+def recipe_from_args(args: argparse.Namespace, extra: dict | None = None, verb: str = "train"):
+    """The TrainConfig a training verb's arguments name: RECIPE (or, on --resume, the run's own
+    recipe.yaml) with the overrides and ``extra`` (a verb's own options) applied; warnings on rank 0."""
     from pathlib import Path
 
     from rotary.commands import recipe_overrides
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         raise RotaryError("--resume continues the run in the output directory and --overwrite deletes it: "
                           "pass one of them")
     recipe, args.overrides = split_recipe(args.overrides)
-    overrides = recipe_overrides(args)
+    overrides = {**recipe_overrides(args), **(extra or {})}
     if recipe is None and args.resume:
         # the run records its resolved recipe: --resume --output-dir runs/x needs nothing else
         run_dir = overrides.get("output_dir") or (f"runs/{overrides['name']}" if "name" in overrides else None)
@@ -92,18 +94,25 @@ def run(args: argparse.Namespace) -> int:
             raise RotaryError("--resume without a recipe needs the run: --output-dir runs/NAME (or --name NAME)")
         recorded = Path(run_dir) / "recipe.yaml"
         if not recorded.is_file():
-            raise RotaryError(f"--resume: {recorded} does not exist; name the recipe: rotary train RECIPE --resume")
+            raise RotaryError(f"--resume: {recorded} does not exist; name the recipe: rotary {verb} RECIPE --resume")
         recipe = str(recorded)
     cfg = load_recipe(recipe, overrides)
-    main_rank = os.environ.get("RANK", "0") == "0"
-    if main_rank:
+    if is_main_rank():
         for warning in cfg.warnings():
             print(f"rotary: warning: {warning}", file=sys.stderr)
+    return cfg
 
+
+def is_main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = recipe_from_args(args)
     from rotary.train.loop import train  # torch: only once the arguments are good
 
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, verify=not args.no_verify)
-    if result.last_eval and main_rank:  # one summary per run, not one per process
+    if result.last_eval and is_main_rank():  # one summary per run, not one per process
         summary = ", ".join(f"{k} {v:.4f}" for k, v in result.last_eval.items() if isinstance(v, float))
         print(f"{result.run_dir}: step {result.step} ({result.stopped}); validation {summary}")
     return 130 if result.stopped == "interrupted" else 0

@@ -1,6 +1,6 @@
 """The data layer: text sources -> tokenizer -> prepared token shards -> batches.
 
-- ``rotary.data.sources``: built-in corpora (shakespeare, peoples-daily, chinese-sentiment) and
+- ``rotary.data.sources``: built-in corpora (shakespeare, peoples-daily, chinese-sentiment, thucnews) and
   generic sources (.txt, .jsonl, .parquet, HF datasets), ``load_corpus``.
 - ``rotary.data.prepare``: ``prepare`` text into ``train.bin``/``val.bin`` + ``meta.json``
   (encoding in ``rotary.data.encode``); ``rotary.data.shards`` reads them back as memmaps.

@@ -13,7 +13,18 @@ import numpy as np
 import torch
 
 from rotary.data.sampler import epoch_order
+from rotary.data.sources.labelled import Example
 from rotary.errors import RotaryError
+
+
+def _as_row(row: Sequence[Any] | Example, pair: bool) -> Sequence[Any]:
+    if not isinstance(row, Example):
+        return row
+    if pair and row.text_pair is None:
+        raise RotaryError(f"example {row.text[:30]!r}: no text_pair for a pair classifier")
+    if not pair and row.text_pair is not None:
+        raise RotaryError(f"example {row.text[:30]!r} has a text_pair: build the dataset with pair=True")
+    return (row.text, row.text_pair, row.label) if pair else (row.text, row.label)
 
 
 def _check_seed(seed: int) -> int:
@@ -31,8 +42,10 @@ class ClassificationDataset(torch.utils.data.Dataset):
     in batches.
     """
 
-    def __init__(self, examples: Iterable[Sequence[Any]], tokenizer: Any, max_len: int, pair: bool = False) -> None:
-        rows = list(examples)
+    def __init__(self, examples: Iterable[Sequence[Any] | Example], tokenizer: Any, max_len: int,
+                 pair: bool = False) -> None:
+        # LabelledData's Example rows (rotary.data.sources.load_labelled) or plain tuples.
+        rows = [_as_row(r, pair) for r in examples]
         if not rows:
             raise RotaryError("no classification examples (empty split?)")
         width = 3 if pair else 2

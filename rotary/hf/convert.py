@@ -79,7 +79,8 @@ def load_hf_dir(path: str | os.PathLike[str]) -> Any:
             f"{path}: architecture {arch} is not convertible (supported: {supported})"
         )
     with no_progress_bars():
-        return getattr(tf, arch).from_pretrained(path, local_files_only=True)
+        # weights_only: a pytorch_model.bin (the published RoFormers') is unpickled without running code
+        return getattr(tf, arch).from_pretrained(path, local_files_only=True, weights_only=True)
 
 
 def from_hf(hf_model: PreTrainedModel | str | os.PathLike[str]) -> RotaryModel:

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from rotary.errors import RotaryError
 from rotary.hf.adapter import no_progress_bars, transformers_module
@@ -60,8 +61,11 @@ def copy_hf_tokenizer(
     ``tokenizer/``) so that ``rotary.tokenizer.load_tokenizer`` and ``rotary generate`` use it.
 
     A directory with only a slow tokenizer's files (``vocab.txt``, ``tokenizer.model``) also
-    gets the ``tokenizer.json`` that transformers converts them to. Returns ``dst_dir``, or None
-    when ``src_dir`` holds no tokenizer. ``dst_dir`` appears complete or not at all.
+    gets the ``tokenizer.json`` that transformers converts them to. A RoFormer tokenizer (the
+    published ``roformer_chinese_*`` checkpoints: ``vocab.txt`` and jieba) becomes a rotary
+    jieba WordPiece tokenizer that segments as transformers' ``RoFormerTokenizer``. Returns
+    ``dst_dir``, or None when ``src_dir`` holds no tokenizer. ``dst_dir`` appears complete or not
+    at all.
     """
     src, dst = Path(src_dir), Path(dst_dir)
     files = [src / n for n in TOKENIZER_FILES if (src / n).is_file()]
@@ -70,7 +74,11 @@ def copy_hf_tokenizer(
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as tmp:
         staged = Path(tmp) / "tokenizer"
-        staged.mkdir()
+        if _is_roformer_tokenizer(src):
+            _roformer_tokenizer(src).save(staged)
+            files = []
+        else:
+            staged.mkdir()
         for f in files:
             shutil.copy2(f, staged / f.name)
         if not (staged / "tokenizer.json").is_file():
@@ -90,6 +98,60 @@ def copy_hf_tokenizer(
             shutil.rmtree(dst)
         os.replace(staged, dst)
     return dst
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RotaryError(f"{path}: invalid JSON") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _is_roformer_tokenizer(src: Path) -> bool:
+    """Whether transformers would load ``src``'s tokenizer as ``RoFormerTokenizer`` (jieba words
+    over ``vocab.txt``), which no tokenizer.json can express. A folder that rotary wrote says
+    so in its own record and is copied as it is."""
+    from rotary.tokenizer import RECORD
+
+    if (src / RECORD).is_file() or not (src / "vocab.txt").is_file():
+        return False
+    declared = _read_json(src / "tokenizer_config.json").get("tokenizer_class")
+    if declared:
+        return declared in ("RoFormerTokenizer", "RoFormerTokenizerFast")
+    return _read_json(src / "config.json").get("model_type") == "roformer"
+
+
+def _roformer_tokenizer(src: Path) -> Any:
+    """The rotary jieba WordPiece tokenizer of a RoFormer checkpoint: transformers builds the
+    backend from ``vocab.txt`` and the tokenizer_config (normaliser, template); rotary applies
+    the jieba step itself, as its own jieba tokenizers do."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import pre_tokenizers
+
+    from rotary.tokenizer import Tokenizer
+
+    tf = transformers_module()
+    try:
+        hf_tok = tf.AutoTokenizer.from_pretrained(src, local_files_only=True)
+    except Exception as err:  # transformers raises many types for an unusable directory
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise RotaryError(f"{src}: transformers cannot load its RoFormer tokenizer ({first})") from None
+    backend = hf_tok.backend_tokenizer
+    shown = backend.pre_tokenizer
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()  # jieba (custom) cannot be serialised
+    try:
+        text = backend.to_str()
+    finally:
+        backend.pre_tokenizer = shown
+    ours = HFTokenizer.from_str(text)
+    specials = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if ours.token_to_id(t) is not None]
+    ours.add_special_tokens(specials)  # cut out before jieba, as transformers' added tokens are
+    lowercase = bool(json.loads(text).get("normalizer", {}).get("lowercase"))
+    return Tokenizer(ours, "wordpiece", jieba=True, lowercase=lowercase,
+                     meta={"converted_from": type(hf_tok).__name__})
 
 
 def save_hf(

@@ -256,6 +256,9 @@ def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
         f"partial rotary (rotary_fraction={cfg.rotary_fraction}) is not supported by HF Llama, "
         "which rotates whole heads",
     )
+    require(cfg.embed_dim == cfg.d_model, fam,
+            f"Llama has no embedding projection (embedding_size={cfg.embed_dim}, d_model={cfg.d_model})")
+    require(not cfg.rotary_value, fam, "Llama does not rotate the values (rotary_value=True)")
     require(cfg.type_vocab_size == 0, fam,
             f"Llama has no token-type embeddings (type_vocab_size={cfg.type_vocab_size})")
     if cfg.dropout:

@@ -11,6 +11,9 @@ Decisions where the two sides differ:
   is written with zero biases / one all-zero token type, which computes the same function.
 * HF RoFormer's RoPE is a stored sinusoidal table: ``from_hf`` checks it is the standard
   base-10000 one, ``to_hf`` leaves it to HF, which builds it itself.
+* ``embedding_size`` != ``hidden_size`` (HF's ``embeddings_project``) is rotary's
+  ``embedding_size`` with ``backbone.embed_project``; ``rotary_value`` has the same name. Rotated
+  values change layout with Q and K, so the output projection's columns are permuted with them.
 """
 
 from __future__ import annotations
@@ -69,16 +72,33 @@ BACKBONE: NameMap = {
     _R + "mlp_norm.bias": _H + "output.LayerNorm.bias",
 }
 
-# Q and K change RoPE layout (pairs <-> halves) per head; V is not rotated, so it stays.
-# pairs_to_halves is looked up at call time: the parity test switches it off to show it matters.
+# Only when the embeddings are narrower than the blocks (HF creates embeddings_project then).
+EMBED_PROJECT: NameMap = {
+    "backbone.embed_project.weight": "roformer.embeddings_project.weight",
+    "backbone.embed_project.bias": "roformer.embeddings_project.bias",
+}
+
+# Q and K change RoPE layout (pairs <-> halves) per head; V is not rotated, so it stays, unless
+# rotary_value rotates it too. pairs_to_halves is looked up at call time: the parity test
+# switches it off to show it matters.
 ROPE_LAYOUT = Transform(
     from_hf=lambda t, cfg: permute_heads(t, cfg.n_head, pairs_to_halves(cfg.head_dim)),
     to_hf=lambda t, cfg: permute_heads(t, cfg.n_head, halves_to_pairs(cfg.head_dim)),
 )
+# rotary_value: V's rows change layout like Q's and K's, and so the attention output's features,
+# which W_o's columns read: W_o' = W_o P^T keeps W_o' (P y) = W_o y.
+VALUE_LAYOUT = Transform(
+    from_hf=lambda t, cfg: ROPE_LAYOUT.from_hf(t, cfg) if cfg.rotary_value else t,
+    to_hf=lambda t, cfg: ROPE_LAYOUT.to_hf(t, cfg) if cfg.rotary_value else t,
+)
+OUTPUT_COLUMNS = Transform(
+    from_hf=lambda t, cfg: ROPE_LAYOUT.from_hf(t.T, cfg).T.contiguous() if cfg.rotary_value else t,
+    to_hf=lambda t, cfg: ROPE_LAYOUT.to_hf(t.T, cfg).T.contiguous() if cfg.rotary_value else t,
+)
 TRANSFORMS = {
-    _H + f"attention.self.{proj}.{p}": ROPE_LAYOUT
-    for proj in ("query", "key")
-    for p in ("weight", "bias")
+    **{_H + f"attention.self.{proj}.{p}": ROPE_LAYOUT for proj in ("query", "key") for p in ("weight", "bias")},
+    **{_H + f"attention.self.value.{p}": VALUE_LAYOUT for p in ("weight", "bias")},
+    _H + "attention.output.dense.weight": OUTPUT_COLUMNS,
 }
 
 _P = "cls.predictions."
@@ -131,15 +151,6 @@ def _check_positions(hf_model: Any, hf_state: dict[str, torch.Tensor], cfg: Mode
 
 def config_from_hf(hfc: Any) -> ModelConfig:
     """The rotary config of a transformers ``RoFormerConfig`` (RotaryError if not reproducible)."""
-    if hfc.rotary_value:
-        raise RotaryError(
-            "RoFormer with rotary_value=True rotates the values too, which rotary does not do"
-        )
-    if hfc.embedding_size != hfc.hidden_size:
-        raise RotaryError(
-            f"RoFormer embedding_size {hfc.embedding_size} != hidden_size {hfc.hidden_size}: "
-            "rotary has no embedding projection"
-        )
     if getattr(hfc, "is_decoder", False) or getattr(hfc, "add_cross_attention", False):
         raise RotaryError("only RoFormer encoders convert (is_decoder=False, no cross-attention)")
     act = hfc.hidden_act if isinstance(hfc.hidden_act, str) else None
@@ -156,6 +167,8 @@ def config_from_hf(hfc: Any) -> ModelConfig:
         n_head=hfc.num_attention_heads,
         n_kv_head=None,
         d_model=hfc.hidden_size,
+        # None when equal: a plain config round-trips to itself
+        embedding_size=None if hfc.embedding_size == hfc.hidden_size else hfc.embedding_size,
         d_ff=hfc.intermediate_size,
         mlp=act,
         norm="layernorm",
@@ -168,6 +181,7 @@ def config_from_hf(hfc: Any) -> ModelConfig:
         position="rope",
         rope_theta=_THETA,
         rope_scaling="none",
+        rotary_value=bool(hfc.rotary_value),
         tie_embeddings=bool(hfc.tie_word_embeddings),
         type_vocab_size=hfc.type_vocab_size,
         pad_token_id=hfc.pad_token_id,
@@ -206,7 +220,7 @@ def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
     head = "RoFormerForMaskedLM" if num_labels is None else "RoFormerForSequenceClassification"
     return tf.RoFormerConfig(
         vocab_size=cfg.vocab_size,
-        embedding_size=cfg.d_model,
+        embedding_size=cfg.embed_dim,
         hidden_size=cfg.d_model,
         num_hidden_layers=cfg.n_layer,
         num_attention_heads=cfg.n_head,
@@ -220,7 +234,7 @@ def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
         initializer_range=cfg.initializer_range,
         layer_norm_eps=cfg.norm_eps,
         pad_token_id=cfg.pad_token_id,
-        rotary_value=False,
+        rotary_value=cfg.rotary_value,
         is_decoder=False,
         tie_word_embeddings=cfg.tie_embeddings,
         architectures=[head],
@@ -231,6 +245,10 @@ def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
 # ---------------------------------------------------------------------------------------------
 # The two heads
 # ---------------------------------------------------------------------------------------------
+
+
+def _backbone(cfg: ModelConfig) -> NameMap:
+    return BACKBONE | (EMBED_PROJECT if cfg.embed_dim != cfg.d_model else {})
 
 
 def _masked_lm_hf_config(model: RotaryModel) -> Any:
@@ -252,7 +270,7 @@ MASKED_LM = Architecture(
     rotary_class=MaskedLM,
     build=lambda cfg, hfc: MaskedLM(cfg),
     hf_config=_masked_lm_hf_config,
-    names=lambda cfg: BACKBONE | (MLM_HEAD_TIED if cfg.tie_embeddings else MLM_HEAD_UNTIED),
+    names=lambda cfg: _backbone(cfg) | (MLM_HEAD_TIED if cfg.tie_embeddings else MLM_HEAD_UNTIED),
     hf_copies=lambda cfg: MLM_COPIES_TIED if cfg.tie_embeddings else MLM_COPIES_UNTIED,
 )
 SEQUENCE_CLASSIFIER = Architecture(
@@ -260,7 +278,7 @@ SEQUENCE_CLASSIFIER = Architecture(
     rotary_class=SequenceClassifier,
     build=lambda cfg, hfc: SequenceClassifier(cfg, num_labels=hfc.num_labels, pooling="cls"),
     hf_config=_classifier_hf_config,
-    names=lambda cfg: BACKBONE | CLASSIFIER_HEAD,
+    names=lambda cfg: _backbone(cfg) | CLASSIFIER_HEAD,
 )
 FAMILY = Family(
     model_type="roformer",

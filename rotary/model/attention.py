@@ -99,6 +99,7 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         self.rope = cfg.position == "rope"
+        self.rotary_value = cfg.rotary_value
         self.dropout = cfg.attention_dropout
         # One fused projection: a single larger GEMM is faster than three small ones.
         qkv_width = (self.n_head + 2 * self.n_kv_head) * self.head_dim
@@ -117,6 +118,8 @@ class Attention(nn.Module):
         cache = ctx.kv_cache
         if self.rope:
             q = apply_rope(q, ctx.cos, ctx.sin)
+            if self.rotary_value:  # RoFormer's option: the values carry their position too
+                v = apply_rope(v, ctx.cos, ctx.sin)
         if ctx.key_cos is not None:
             # the cache holds unrotated keys: store, then rotate every key with this pass's base
             k, v = cache.update(self.layer_idx, k, v)  # (B, KV, S, hd)

@@ -37,6 +37,9 @@ class ModelConfig:
         None, "heads for keys/values: None = n_head (MHA), 1 = MQA, else GQA"
     )
     d_model: int = doc(512, "hidden width")
+    embedding_size: int | None = doc(
+        None, "width of the token embeddings; None = d_model, else projected to d_model (RoFormer, ALBERT)"
+    )
     d_ff: int | None = doc(
         None, "MLP inner width; None = 4*d_model (gelu/relu) or 8/3*d_model rounded to 64 (swiglu)"
     )
@@ -66,6 +69,7 @@ class ModelConfig:
     rotary_fraction: float = doc(
         1.0, "fraction of each head's dimensions that RoPE rotates (partial rotary)"
     )
+    rotary_value: bool = doc(False, "RoPE rotates the values too, not only queries and keys (as HF RoFormer's)")
     tie_embeddings: bool = doc(True, "share the input embedding with the output projection")
     type_vocab_size: int = doc(0, "segment (token type) ids, as BERT/RoFormer have; 0 = none")
     pad_token_id: int | None = doc(None, "padding token id")
@@ -85,6 +89,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the token (and token-type) embeddings, before any projection to d_model."""
+        return self.d_model if self.embedding_size is None else self.embedding_size
 
     @property
     def ff_dim(self) -> int:
@@ -120,6 +129,15 @@ class ModelConfig:
             bad(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         if self.kv_heads <= 0 or self.n_head % self.kv_heads:
             bad(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.kv_heads})")
+        if self.embedding_size is not None and self.embedding_size <= 0:
+            bad(f"embedding_size must be positive, got {self.embedding_size}")
+        if self.embed_dim != self.d_model and self.position in ("learned", "sinusoidal"):
+            # absolute positions are added in d_model space; they have no place before the projection
+            bad(f"embedding_size {self.embed_dim} != d_model {self.d_model} needs position=rope or none, "
+                f"got position={self.position}")
+        if self.rotary_value and (self.position != "rope" or self.rope_scaling == "dynamic_ntk"):
+            # dynamic NTK re-rotates cached keys with a new base; values would need the same
+            bad("rotary_value needs position=rope without dynamic_ntk scaling")
         if self.d_ff is not None and self.d_ff <= 0:
             bad(f"d_ff must be positive, got {self.d_ff}")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attention_dropout < 1.0:
@@ -198,11 +216,16 @@ class ModelConfig:
             qkv_bias = (self.n_head + 2 * self.kv_heads) * hd
             mlp_bias = self.ff_dim * (2 if self.mlp == "swiglu" else 1) + d
             per_layer += qkv_bias + d + mlp_bias  # q/k/v, o_proj, up, down
-        emb = self.vocab_size * d + self.type_vocab_size * d
+        e = self.embed_dim
+        emb = self.vocab_size * e + self.type_vocab_size * e
+        if e != d:
+            emb += e * d + d  # the projection to d_model, with its bias
         if self.position == "learned":
             emb += self.max_seq_len * d
-        out = 0 if self.tie_embeddings else self.vocab_size * d
-        return self.n_layer * per_layer + emb + out + d * (2 if self.norm == "layernorm" else 1)
+        out = 0 if self.tie_embeddings else self.vocab_size * d  # a causal LM's output projection
+        # the final norm (pre-LN) or the embedding norm (post-LN, at the embeddings' width)
+        last_norm = (d if self.pre_norm else e) * (2 if self.norm == "layernorm" else 1)
+        return self.n_layer * per_layer + emb + out + last_norm
 
 
 # Named presets are plain ModelConfig values.

@@ -133,6 +133,9 @@ class CausalLM(RotaryModel):
     """
 
     def __init__(self, config: ModelConfig) -> None:
+        if config.tie_embeddings and config.embed_dim != config.d_model:
+            raise RotaryError(f"a causal LM cannot tie its output to embeddings of width {config.embed_dim} "
+                              f"!= d_model {config.d_model}: set tie_embeddings false or drop embedding_size")
         super().__init__(config)
         self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -174,16 +177,20 @@ class CausalLM(RotaryModel):
 
 
 class MaskedLMHead(nn.Module):
-    """RoFormer/BERT prediction head: dense -> activation -> norm -> decoder (tied) + bias."""
+    """RoFormer/BERT prediction head: dense -> activation -> norm -> decoder (tied) + bias.
+
+    The dense layer maps back to the embeddings' width (HF RoFormer's ``embedding_size``), so a
+    tied decoder is the embedding matrix itself."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.dense = Linear(cfg.d_model, cfg.d_model, bias=True)
+        e = cfg.embed_dim
+        self.dense = Linear(cfg.d_model, e, bias=True)
         self.act = ACTIVATIONS[cfg.head_act]()
-        self.norm = make_norm(cfg)
+        self.norm = make_norm(cfg, e)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         untied = not cfg.tie_embeddings
-        self.decoder = Linear(cfg.d_model, cfg.vocab_size, bias=False) if untied else None
+        self.decoder = Linear(e, cfg.vocab_size, bias=False) if untied else None
 
     def transform(self, h: torch.Tensor) -> torch.Tensor:
         return self.norm(self.act(self.dense(h)))
@@ -234,7 +241,7 @@ class MaskedLM(RotaryModel):
 
     def _output_projection_params(self) -> int:
         # head.dense is already a (non-embedding) parameter; only the tied decoder is extra
-        return self.config.vocab_size * self.config.d_model if self.config.tie_embeddings else 0
+        return self.config.vocab_size * self.config.embed_dim if self.config.tie_embeddings else 0
 
 
 class SequenceClassifier(RotaryModel):
@@ -275,11 +282,32 @@ class SequenceClassifier(RotaryModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_stats: bool = False,
     ) -> torch.Tensor:
+        """Logits (B, num_labels); with ``labels`` (B,) the mean loss over rows whose label is not
+        -100; with ``return_stats`` too, float64 (3 + L*L,): loss sum, scored rows, correct, and
+        the confusion counts (true x predicted, row-major) that macro-F1 needs."""
         h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
         x = self.drop(self.pool(h, attention_mask))
         x = self.drop(self.act(self.dense(x)))
-        return self.out_proj(x)
+        logits = self.out_proj(x)
+        if labels is None:
+            return logits
+        if not return_stats:
+            if not bool((labels != IGNORE_INDEX).any()):  # a padding batch (evaluation): no rows
+                return logits.sum() * 0.0
+            return self.loss_fn(logits, labels)
+        keep = labels != IGNORE_INDEX
+        logits, labels = logits[keep].float(), labels[keep]
+        n = self.num_labels
+        losses = F.cross_entropy(logits, labels, reduction="sum") if len(labels) else logits.sum() * 0.0
+        pred = logits.argmax(-1)
+        confusion = torch.bincount(labels * n + pred, minlength=n * n).to(torch.float64)
+        head = torch.stack([losses.double(), torch.tensor(float(len(labels)), dtype=torch.float64,
+                                                          device=logits.device),
+                            (pred == labels).sum().double()])
+        return torch.cat([head, confusion])
 
     @staticmethod
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -25,10 +25,12 @@ ACTIVATIONS = {
 }
 
 
-def make_norm(cfg: ModelConfig) -> nn.Module:
+def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
+    """The config's norm over ``dim`` features (default d_model)."""
+    dim = cfg.d_model if dim is None else dim
     if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        return RMSNorm(dim, eps=cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps)
 
 
 class MLP(nn.Module):
@@ -76,15 +78,17 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.embed_types = (
-            nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
-        )
+        e = cfg.embed_dim
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, e)
+        self.embed_types = nn.Embedding(cfg.type_vocab_size, e) if cfg.type_vocab_size else None
         self.embed_positions = make_absolute_positions(cfg)
         self.rope = RotaryEmbedding(cfg) if cfg.position == "rope" else None
         # Post-LN models normalise the embeddings; pre-LN models normalise the output instead.
-        self.embed_norm = None if cfg.pre_norm else make_norm(cfg)
+        self.embed_norm = None if cfg.pre_norm else make_norm(cfg, e)
         self.drop = nn.Dropout(cfg.dropout)
+        # Narrower embeddings than the blocks (RoFormer's embedding_size, as in ALBERT): projected
+        # after the embedding norm and dropout, where HF RoFormer's embeddings_project sits.
+        self.embed_project = Linear(e, cfg.d_model, bias=True) if e != cfg.d_model else None
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.final_norm = make_norm(cfg) if cfg.pre_norm else None
 
@@ -135,6 +139,8 @@ class Backbone(nn.Module):
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         x = self.drop(x)
+        if self.embed_project is not None:
+            x = self.embed_project(x)  # (B, T, e) -> (B, T, d)
 
         ctx = AttentionContext()
         ctx.kv_cache = kv_cache

@@ -248,7 +248,7 @@ class Tokenizer:
             # transformers' RoFormer tokenizer segments with rjieba as rotary does; its
             # normaliser comes from these keys (strip_accents=None would follow lowercase).
             hf_config.update(tokenizer_class="RoFormerTokenizer", do_lower_case=self.lowercase,
-                             strip_accents=False)
+                             strip_accents=self._strip_accents())
             vocab = self.backend.get_vocab(with_added_tokens=False)
             by_id = sorted(vocab, key=vocab.__getitem__)
             atomic_write_text(out / "vocab.txt", "".join(f"{t}\n" for t in by_id))
@@ -260,6 +260,12 @@ class Tokenizer:
         record = {**cfg, "hash": self.hash, **{k: v for k, v in self.meta.items() if k not in cfg and k != "hash"}}
         atomic_write_text(out / RECORD, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         return out
+
+    def _strip_accents(self) -> bool | None:
+        """The normaliser's strip_accents (False for rotary's own; None = follow lowercase, as in
+        an imported RoFormer tokenizer), so transformers rebuilds the same normaliser."""
+        normalizer = json.loads(self.backend.to_str()).get("normalizer") or {}
+        return normalizer.get("strip_accents", False)
 
     def to_hf(self) -> Any:
         """The transformers tokenizer that encodes as this one: ``RoFormerTokenizer`` for jieba

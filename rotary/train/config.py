@@ -104,6 +104,13 @@ class TrainConfig:
     eps: float = doc(1e-8, "AdamW epsilon")
     grad_clip: float | None = doc(1.0, "clip the global gradient norm to this; None = no clipping")
     dropout: float | None = doc(None, "override the model's dropout for training")
+    lr_schedule: Literal["cosine", "constant"] = doc(
+        "cosine", "after warmup: cosine decay to min_lr, or constant (the RoFormer CAIL2019-SCM setup)")
+
+    # -- fine-tuning (rotary finetune) -----------------------------------------------------------
+    init_from: str | None = doc(None, "run or checkpoint whose backbone and tokenizer a fine-tune starts "
+                                      "from; none = the recipe's model from scratch (--from)")
+    pooling: Literal["cls", "mean"] = doc("cls", "classifier: first-token ([CLS]) or mean pooling")
 
     # -- precision, device, speed --------------------------------------------------------------
     precision: Literal["fp32", "bf16", "fp16"] = doc(
@@ -121,6 +128,8 @@ class TrainConfig:
     eval_interval: int = doc(200, "evaluate every N steps (and at the end)")
     eval_batches: int | None = doc(50, "validation batches per evaluation; None = the whole split")
     early_stopping_patience: int | None = doc(None, "stop after this many evaluations without improvement")
+    best_metric: str = doc("loss", "validation metric that picks best/ and drives early stopping "
+                                   "(loss: lower is better; accuracy, macro_f1, ...: higher)")
     checkpoint_interval: int = doc(1000, "save a checkpoint every N steps (and at the end)")
     keep_checkpoints: int = doc(10, "keep the last N step checkpoints (best/ is kept apart)")
     log_interval: int = doc(10, "write a log line every N steps")
@@ -130,11 +139,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model is None:
             self.model = {}
-        from rotary.tasks import get_task, trainable_tasks
+        from rotary.tasks import get_task
 
-        if get_task(self.task).make_data is None:
-            raise RotaryError(f"recipe: task {self.task} is not trained from a corpus by `rotary train` "
-                              f"(trainable: {', '.join(trainable_tasks())})")
+        task = get_task(self.task)
+        if self.best_metric not in task.metric_names:
+            raise RotaryError(f"recipe: best_metric {self.best_metric} is not a metric of {self.task} "
+                              f"(it reports {', '.join(task.metric_names)})")
         checks = [
             (self.batch_size > 0, "batch_size must be positive"),
             (self.max_steps > 0, "max_steps must be positive"),
@@ -170,7 +180,15 @@ class TrainConfig:
         return out
 
     def final_lr(self) -> float:
+        if self.lr_schedule == "constant":
+            return self.lr
         return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    def better(self, value: float, best: float | None) -> bool:
+        """Whether ``value`` of best_metric improves on ``best`` (None: nothing yet)."""
+        if best is None:
+            return True
+        return value < best if self.best_metric in ("loss", "perplexity", "bits_per_byte") else value > best
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

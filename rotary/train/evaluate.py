@@ -20,14 +20,18 @@ from rotary.train.step import autocast_context, model_inputs
 
 @torch.no_grad()
 def evaluation_totals(model: nn.Module, task: Task, batches: Any, precision: str, info: DistInfo) -> torch.Tensor:
-    """(sum of losses, scored count, correct argmax) over ``batches``, summed over ranks."""
+    """(sum of losses, scored count, correct argmax, ...) over ``batches``, summed over ranks
+    (every rank runs the same number of batches: a rank short of rows gets a padding batch)."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64)
+    totals = torch.zeros(3, dtype=torch.float64)  # a head may append more counts (a confusion matrix)
     for batch in batches:
         x, kwargs = model_inputs(task, batch, info.device)
         with autocast_context(precision, info.device):
-            totals += model(x, **kwargs, return_stats=True).cpu()
+            stats = model(x, **kwargs, return_stats=True).cpu()
+        if len(stats) > len(totals):
+            totals = torch.cat([totals, torch.zeros(len(stats) - len(totals), dtype=torch.float64)])
+        totals += stats
     model.train(was_training)
     all_reduce_sum(totals, info)
     return totals
@@ -45,6 +49,6 @@ def evaluate(model: nn.Module, data: Any, cfg: Any, info: DistInfo, max_batches:
     extra = task.metrics(totals, data)
     if "perplexity" in extra:  # the order of the log line: loss, perplexity, tokens, the rest
         out["perplexity"] = extra.pop("perplexity")
-    out["tokens"] = int(totals[1])
+    out[task.count_name] = int(totals[1])
     out.update(extra)
     return out

@@ -59,6 +59,7 @@ class TrainResult:
     best_eval: dict[str, float] = field(default_factory=dict)
     train_losses: list[tuple[int, float]] = field(default_factory=list)
     tokens_per_second: float = 0.0
+    test: dict[str, Any] = field(default_factory=dict)  # a fine-tune's one scoring of its test split
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
@@ -70,10 +71,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     """
     task = get_task(cfg.task)
     if task.make_data is None:
-        raise RotaryError(f"task {task.name} is not trained from a recipe's corpus by `rotary train`")
+        raise RotaryError(f"task {task.name} is not trained from a corpus by `rotary train`: fine-tune it with "
+                          f"`rotary finetune RECIPE --from RUN`")
     info = init_distributed(cfg.device, cfg.dist_timeout_s)
     try:
-        latest, notes = _prepare_run(cfg, info, resume=resume, overwrite=overwrite, verify=verify)
+        latest, notes = prepare_run(cfg, info, resume=resume, overwrite=overwrite, verify=verify)
         data = task.make_data(cfg, info)
         model_cfg = resolve_model_config(cfg, data.vocab_size, data.pad_id)
         seq_len = cfg.seq_len or model_cfg.max_seq_len
@@ -90,7 +92,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         shutdown(info)
 
 
-def _prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool,
+def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool,
                  verify: bool) -> tuple[Path | None, list[str]]:
     """Every check that needs no data, before the first file is written, so a mistake never
     leaves a run directory that blocks the corrected rerun. Returns the checkpoint to resume."""
@@ -163,8 +165,8 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
     logger = RunLogger(run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, progress=cfg.progress,
                        total_steps=cfg.max_steps, start_step=start_step)
     result = TrainResult(run_dir=run_dir, step=start_step, stopped="max_steps")
-    best_loss = trainer_state.get("best_val_loss")
-    best_loss = math.inf if best_loss is None else float(best_loss)
+    # the best value of best_metric so far (older checkpoints recorded only the loss)
+    best_value = trainer_state.get("best_value", trainer_state.get("best_val_loss"))
     bad_evals = int(trainer_state.get("evals_without_improvement", 0))
     result.best_eval = trainer_state.get("best_eval", {})
     result.last_eval = trainer_state.get("last_eval", {})
@@ -193,7 +195,8 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
         logger.close()
         return result
     window = LogWindow(trainer_state.get("log_window"))
-    head = {k: getattr(raw_model, k) for k in task.head_keys}
+    head = {k: getattr(raw_model, k) for k in task.head_keys if hasattr(raw_model, k)}
+    head.update(getattr(data, "head_settings", {}))
 
     def save(step: int) -> Path | None:
         model_sd, optim_sd = full_state_dicts(model, optimizer, cfg.distributed, info)
@@ -217,7 +220,7 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
             trainer_state={
                 "step": step, "tokens_seen": step * tokens_per_step, "micro_batches": step * accum,
                 "grad_accum_steps": accum, "global_rows": cfg.batch_size * info.world_size * accum,
-                "best_val_loss": best_loss if math.isfinite(best_loss) else None,
+                "best_metric": cfg.best_metric, "best_value": best_value,
                 "evals_without_improvement": bad_evals, "best_eval": result.best_eval,
                 "last_eval": result.last_eval, "seed": cfg.seed, "rotary_version": __version__,
                 # the open log window, so the first line after a resume averages the same steps
@@ -293,8 +296,8 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
                 logger.metrics("eval", step, metrics)
                 logger.line("eval   " + " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                    for k, v in metrics.items()))
-                if metrics["loss"] < best_loss:
-                    best_loss, bad_evals, pending_best = metrics["loss"], 0, True
+                if cfg.better(metrics[cfg.best_metric], best_value):
+                    best_value, bad_evals, pending_best = metrics[cfg.best_metric], 0, True
                     result.best_eval = {**metrics, "step": step}
                 else:
                     bad_evals += 1

@@ -3,8 +3,11 @@
 Every corpus is asked for by name (``load_corpus("shakespeare")``) or by path
 (``load_corpus("data/notes.jsonl", text_field="body")``) and answers the same questions (see
 ``base.Corpus``). One module per source: ``shakespeare``, ``peoples_daily``,
-``chinese_sentiment``, ``files`` (.txt/.jsonl/.parquet), ``hf_datasets``; labelled sources share
-``labelled.LabelledCorpus``.
+``chinese_sentiment``, ``thucnews``, ``files`` (.txt/.jsonl/.parquet), ``hf_datasets``.
+
+Labelled data (fine-tuning, evaluation, baselines) is asked for the same way, by name or path,
+through ``load_labelled``: train, val and test ``Example`` lists with label names (``labelled``,
+``labelled_files``; the built-ins' splits are fixed by committed manifests, ``splits``).
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ from rotary.data.sources.base import (
 from rotary.data.sources.chinese_sentiment import ChineseSentimentCorpus
 from rotary.data.sources.files import FilesCorpus
 from rotary.data.sources.hf_datasets import HFDatasetCorpus
-from rotary.data.sources.labelled import LabelledCorpus
+from rotary.data.sources.labelled import BuiltinSource, Example, LabelledCorpus, LabelledData
+from rotary.data.sources.labelled_files import LABELLED_SUFFIXES, load_labelled_hf, load_labelled_path
 from rotary.data.sources.peoples_daily import PeoplesDailyCorpus
 from rotary.data.sources.shakespeare import ShakespeareCorpus
+from rotary.data.sources.splits import LABELLED_SPLITS
+from rotary.data.sources.thucnews import ThucnewsCorpus
 from rotary.errors import RotaryError
 
 # The registry of built-in corpora: name -> class. Options are the classes' keyword arguments.
@@ -39,12 +45,63 @@ CORPORA: dict[str, type[Corpus]] = {
     ShakespeareCorpus.name: ShakespeareCorpus,
     PeoplesDailyCorpus.name: PeoplesDailyCorpus,
     ChineseSentimentCorpus.name: ChineseSentimentCorpus,
+    ThucnewsCorpus.name: ThucnewsCorpus,
+}
+
+# The labelled built-ins: name -> source (its rows and its fixed, manifest-checked split).
+BUILTIN_LABELLED: dict[str, BuiltinSource] = {
+    c.name: c.source for c in CORPORA.values() if isinstance(c, type) and issubclass(c, LabelledCorpus)
 }
 
 
 def labelled_corpora() -> list[str]:
-    return [n for n, c in CORPORA.items() if c.labelled]
+    return list(BUILTIN_LABELLED)
 
+
+def load_labelled(name_or_path: str, **opts: Any) -> LabelledData:
+    """Labelled train/val/test data by built-in name (``chinese-sentiment``, ``thucnews``), path or ``hf:NAME``.
+
+    A path is a ``.jsonl`` / ``.csv`` / ``.tsv`` / ``.parquet`` file, split by hash
+    (``val_fraction``, ``test_fraction``: 0.1 each by default), or a directory of ``train``,
+    ``val`` (``validation``, ``dev``) and ``test`` files. Options: ``text_field`` ("text"),
+    ``text_pair_field`` ("text_pair" when present), ``label_field`` ("label"), ``label_names``,
+    ``max_examples`` (alias ``max_documents``: caps each split; the only option of a built-in,
+    whose split is fixed);
+    for ``hf:`` also ``config`` and ``data_files``. Options with the value None are dropped.
+    """
+    spec = str(name_or_path)
+    opts = {k: v for k, v in opts.items() if v is not None}
+    if "max_documents" in opts:  # the recipe's data.max_documents means the same here
+        if "max_examples" in opts:
+            raise RotaryError(f"{spec}: give max_examples or max_documents, not both")
+        opts["max_examples"] = opts.pop("max_documents")
+    if spec in BUILTIN_LABELLED:
+        if set(opts) - {"max_examples"}:
+            key = sorted(set(opts) - {"max_examples"})[0]
+            if key in ("val_fraction", "test_fraction"):
+                raise RotaryError(f"{spec}: its train/val/test split is fixed by a committed manifest: "
+                                  f"{key} does not apply")
+            raise RotaryError(f"{spec}: unknown option '{key}'{closest_key_hint(key, ['max_examples'])}")
+        return BUILTIN_LABELLED[spec].load(opts.get("max_examples"))
+    if spec.startswith("hf:"):
+        return _construct_labelled(load_labelled_hf, spec, spec[3:], **opts)
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _construct_labelled(load_labelled_path, spec, path, **opts)
+    if _looks_like_path(spec) or Path(spec).suffix.lower() in LABELLED_SUFFIXES:
+        raise RotaryError(f"labelled data path does not exist: {spec}")
+    known = (f"labelled built-ins: {', '.join(BUILTIN_LABELLED)}; or a .jsonl/.csv/.tsv/.parquet file, "
+             "a directory of train/val/test files, or hf:NAME")
+    hint = closest_key_hint(spec, BUILTIN_LABELLED)
+    raise RotaryError(f"unknown labelled data '{spec}'{hint if 'did you mean' in hint else ''}; {known}")
+
+
+def _construct_labelled(fn: Callable[..., LabelledData], what: str, *args: Any, **opts: Any) -> LabelledData:
+    valid = [n for n, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY]
+    for key in opts:
+        if key not in valid:
+            raise RotaryError(f"{what}: unknown option '{key}'{closest_key_hint(key, valid)}")
+    return fn(*args, **opts)
 
 
 def _construct(cls: Callable[..., Corpus], what: str, *args: Any, **opts: Any) -> Corpus:
@@ -81,6 +138,9 @@ def load_corpus(name_or_path: str | Corpus, **opts: Any) -> Corpus:
         if spec == "shakespeare" and "val_fraction" in opts:
             raise RotaryError("shakespeare holds out whole works "
                               f"({', '.join(ShakespeareCorpus.VAL_WORKS)}): --val-fraction does not apply")
+        if spec in BUILTIN_LABELLED and "val_fraction" in opts:
+            raise RotaryError(f"{spec}: its train/val/test split is fixed by a committed manifest: "
+                              "--val-fraction does not apply")
         return _construct(cls, spec, **opts)
     if spec.startswith("hf:"):
         return _construct(HFDatasetCorpus, spec, spec[3:], **opts)
@@ -128,17 +188,22 @@ def _count_tokens(tokenizer: Any, batch: list[str]) -> int:
     return sum(len(ids) for ids in tokenizer.encode_batch(batch))
 
 __all__ = [
+    "BUILTIN_LABELLED",
     "CORPORA",
     "CORPUS_FORMAT_VERSION",
+    "LABELLED_SPLITS",
     "SPLITS",
     "ChineseSentimentCorpus",
     "Corpus",
+    "Example",
     "FilesCorpus",
     "HFDatasetCorpus",
     "HashSplitCorpus",
     "LabelledCorpus",
+    "LabelledData",
     "PeoplesDailyCorpus",
     "ShakespeareCorpus",
+    "ThucnewsCorpus",
     "corpus_stats",
     "decode_text_file",
     "decode_utf8",
@@ -147,4 +212,5 @@ __all__ = [
     "known_corpora_hint",
     "labelled_corpora",
     "load_corpus",
+    "load_labelled",
 ]

@@ -2,8 +2,9 @@
 
 Every corpus is asked for by name (``load_corpus("shakespeare")``) or by path
 (``load_corpus("data/notes.jsonl", text_field="body")``) and answers the same questions:
-``train_documents()`` and ``val_documents()`` yield plain strings, one per document; labelled
-corpora also yield ``(text, label)`` from ``train_examples()`` / ``test_examples()``.
+``train_documents()`` and ``val_documents()`` yield plain strings, one per document. Labelled
+data (train/val/test with labels) is ``load_labelled``'s (``labelled``); the labelled built-ins
+are corpora too, whose documents are their train and val texts.
 
 Splits never depend on iteration order or on a random state: held-out works are named
 (Shakespeare), everything else is split by a hash of each document's text, so the same text

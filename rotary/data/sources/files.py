@@ -18,11 +18,10 @@ from rotary.data.sources.base import (
     decode_utf8,
     file_fingerprint,
 )
-from rotary.data.sources.labelled import LabelledCorpus
 from rotary.errors import RotaryError
 
 
-class FilesCorpus(LabelledCorpus, HashSplitCorpus):
+class FilesCorpus(HashSplitCorpus):
     """Local files: ``.txt`` (one document per file, line or paragraph), ``.jsonl``, ``.parquet``.
 
     A directory means every supported file below it, in sorted order. With a single ``.txt``
@@ -31,9 +30,8 @@ class FilesCorpus(LabelledCorpus, HashSplitCorpus):
     so it is for a few documents that a hash would put all on one side (the tail rule).
     """
 
-    def __init__(self, path: str | Path, *, text_field: str = "text", label_field: str | None = None,
-                 split_by: str = "file", val_fraction: float | None = None,
-                 max_documents: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, text_field: str = "text", split_by: str = "file",
+                 val_fraction: float | None = None, max_documents: int | None = None) -> None:
         super().__init__(val_fraction=val_fraction, max_documents=max_documents)
         self.path = Path(path)
         self.name = str(path)
@@ -41,7 +39,6 @@ class FilesCorpus(LabelledCorpus, HashSplitCorpus):
             raise RotaryError(f"split_by must be file, paragraph or line, got {split_by!r}")
         self.split_by = split_by
         self.text_field = text_field
-        self.label_field = label_field
         if self.path.is_dir():
             self.files = sorted(p for p in self.path.rglob("*")
                                 if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
@@ -56,9 +53,6 @@ class FilesCorpus(LabelledCorpus, HashSplitCorpus):
         if all(p.stat().st_size == 0 for p in self.files):
             raise RotaryError(f"{self.path} is empty: no text to read")
         self.description = f"{len(self.files)} file(s) under {self.path}" if self.path.is_dir() else str(self.path)
-        self.labelled = label_field is not None
-        self._label_map: dict[Any, int] | None = None
-        self._label_names: tuple[str, ...] = ()
         # One .txt file read as one document: split its tail off instead of hashing.
         self.tail_split = (len(self.files) == 1 and self.files[0].suffix.lower() in TEXT_SUFFIXES
                            and split_by == "file")
@@ -105,7 +99,7 @@ class FilesCorpus(LabelledCorpus, HashSplitCorpus):
         except Exception as err:  # pyarrow raises several types for a corrupt file
             raise RotaryError(f"{path}: not a readable parquet file ({err})") from None
         columns = pf.schema_arrow.names
-        wanted = [self.text_field] + ([self.label_field] if self.label_field else [])
+        wanted = [self.text_field]
         for col in wanted:
             if col not in columns:
                 raise RotaryError(f"{path}: no column '{col}'{closest_key_hint(col, columns)}")
@@ -141,42 +135,6 @@ class FilesCorpus(LabelledCorpus, HashSplitCorpus):
         else:
             cut = len(text)
         yield (text[:cut], replaced) if split == "train" else (text[cut:], 0)
-
-    # -- labels --------------------------------------------------------------------------------
-    def _labels(self) -> dict[Any, int]:
-        """Label value -> int id: ints are kept, strings are numbered in sorted order."""
-        if self._label_map is None:
-            values = set()
-            for record, _, where in self._records():
-                if not isinstance(record, dict):
-                    raise RotaryError(f"{where}: label_field needs .jsonl or .parquet records")
-                if self.label_field not in record or record[self.label_field] is None:
-                    raise RotaryError(f"{where}: no '{self.label_field}' field")
-                values.add(record[self.label_field])
-            if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-                if any(v < 0 for v in values):
-                    raise RotaryError(f"{self.path}: labels in '{self.label_field}' must be non-negative")
-                self._label_map = {v: v for v in values}
-                self._label_names = tuple(str(i) for i in range(max(values, default=-1) + 1))
-            elif all(isinstance(v, str) for v in values):
-                self._label_names = tuple(sorted(values))
-                self._label_map = {v: i for i, v in enumerate(self._label_names)}
-            else:
-                raise RotaryError(f"{self.path}: labels in '{self.label_field}' must be all integers or all strings")
-        return self._label_map
-
-    @property  # type: ignore[override]
-    def label_names(self) -> tuple[str, ...]:
-        if not self.labelled:
-            return ()
-        self._labels()
-        return self._label_names
-
-    def _labelled_rows(self, test: bool) -> Iterator[tuple[str | None, int]]:
-        labels = self._labels()
-        rows = ((self._text_of(record, where), record[self.label_field]) for record, _, where in self._records())
-        for text, value in self._hash_split(rows, self.val_fraction, test):
-            yield text, labels[value]
 
     def fingerprint(self) -> dict[str, Any]:
         return {**super().fingerprint(), "files": file_fingerprint(self.files), "split_by": self.split_by,

@@ -7,11 +7,10 @@ from typing import Any
 
 from rotary.config import closest_key_hint
 from rotary.data.sources.base import HashSplitCorpus
-from rotary.data.sources.labelled import LabelledCorpus
 from rotary.errors import RotaryError
 
 
-class HFDatasetCorpus(LabelledCorpus, HashSplitCorpus):
+class HFDatasetCorpus(HashSplitCorpus):
     """``datasets.load_dataset(name, config, data_files=...)``, or ``load_from_disk`` for a saved dataset.
 
     Asked for as ``hf:NAME`` (``hf:wikitext``, ``hf:json`` with ``data_files=...``) or by the
@@ -21,15 +20,14 @@ class HFDatasetCorpus(LabelledCorpus, HashSplitCorpus):
     """
 
     def __init__(self, name: str, *, config: str | None = None, split: str = "train",
-                 val_split: str | None = None, text_field: str = "text", label_field: str | None = None,
+                 val_split: str | None = None, text_field: str = "text",
                  data_files: str | list[str] | None = None, from_disk: bool = False,
                  val_fraction: float | None = None, max_documents: int | None = None) -> None:
         super().__init__(val_fraction=val_fraction, max_documents=max_documents)
         self.name = name if from_disk else f"hf:{name}"
         self.hf_name, self.config, self.split_name = name, config, split
-        self.text_field, self.label_field, self.data_files = text_field, label_field, data_files
+        self.text_field, self.data_files = text_field, data_files
         self.from_disk = from_disk
-        self.labelled = label_field is not None
         self.description = f"HF dataset {name}" + (f" ({config})" if config else "")
         self._dataset = self._load()
         splits = list(self._dataset.keys())
@@ -43,11 +41,6 @@ class HFDatasetCorpus(LabelledCorpus, HashSplitCorpus):
         columns = self._dataset[split].column_names
         if text_field not in columns:
             raise RotaryError(f"{self.name}: no column '{text_field}'{closest_key_hint(text_field, columns)}")
-        if self.labelled:
-            feature = self._dataset[split].features.get(label_field)
-            if feature is None:
-                raise RotaryError(f"{self.name}: no column '{label_field}'{closest_key_hint(label_field, columns)}")
-            self.label_names = tuple(getattr(feature, "names", None) or ())
 
     def _load(self) -> Any:
         try:
@@ -68,7 +61,7 @@ class HFDatasetCorpus(LabelledCorpus, HashSplitCorpus):
 
     def _rows(self, split_name: str) -> Iterator[dict[str, Any]]:
         ds = self._dataset[split_name]
-        cols = [self.text_field] + ([self.label_field] if self.label_field else [])
+        cols = [self.text_field]
         # Batched column access: far faster than row-by-row __getitem__ on Arrow data.
         for start in range(0, len(ds), 4096):
             batch = ds[start:start + 4096]
@@ -92,18 +85,6 @@ class HFDatasetCorpus(LabelledCorpus, HashSplitCorpus):
             yield from super()._documents(split)
         else:
             yield from self._texts(self.split_name if split == "train" else self.val_split)
-
-    def _labelled_rows(self, test: bool) -> Iterator[tuple[str | None, int]]:
-        text_field, label_field = self.text_field, self.label_field
-        if self.val_split is not None:  # the dataset's own test split
-            rows = self._rows(self.val_split if test else self.split_name)
-            pairs: Iterator[tuple[str | None, Any]] = ((r[text_field], r[label_field]) for r in rows)
-        else:
-            rows = self._rows(self.split_name)
-            pairs = self._hash_split(((r[text_field], r[label_field]) for r in rows), self.val_fraction, test)
-        for text, label in pairs:
-            if text:
-                yield text, int(label)
 
     def fingerprint(self) -> dict[str, Any]:
         fps = {}

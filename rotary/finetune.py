@@ -1,0 +1,135 @@
+"""Fine-tuning: a sequence classifier on a labelled corpus, through the same loop as pretraining.
+
+``finetune(cfg)`` takes the backbone and tokenizer of ``cfg.init_from`` (a masked-LM run, or a
+RoFormer checkpoint converted with ``rotary convert --from-hf``), puts a fresh classification
+head on it, and hands model and batches to ``rotary.train.loop.fit``: resume, DDP/FSDP, bf16,
+early stopping on a chosen metric, keep-N + best, TensorBoard and the progress bar all hold.
+``init_from: none`` trains the same classifier from scratch (the pretraining ablation). Model
+selection uses the validation split only; the test split is scored once, at the end.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+from typing import Any
+
+from rotary.errors import RotaryError
+
+
+def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify: bool = True) -> Any:
+    """Fine-tune as the recipe says; returns the loop's TrainResult with ``test`` metrics added."""
+    import torch
+
+    from rotary.data.labelled_batches import ClassificationData
+    from rotary.data.sources import load_labelled
+    from rotary.tasks import get_task
+    from rotary.tokenizer import load_tokenizer
+    from rotary.train.distributed import init_distributed, shutdown
+    from rotary.train.loop import fit, prepare_run
+
+    if cfg.task != "classification":
+        raise RotaryError(f"rotary finetune trains task: classification (the recipe says {cfg.task})")
+    if cfg.data.corpus is None:
+        raise RotaryError("the recipe names no labelled data: set data.corpus (chinese-sentiment, thucnews, or "
+                          "a .jsonl/.csv/.parquet file with text and label)")
+    task = get_task("classification")
+    source = _source(cfg)  # before any file is written: a bad --from costs nothing
+    labelled = load_labelled(cfg.data.corpus, **cfg.data.corpus_opts())
+    if labelled.pair and source["model_config"].type_vocab_size < 2:
+        raise RotaryError(f"{labelled.name} holds text pairs but the model has no segment embeddings "
+                          "(type_vocab_size < 2): use a backbone with token types (RoFormer has 2)")
+    info = init_distributed(cfg.device, cfg.dist_timeout_s)
+    try:
+        latest, notes = prepare_run(cfg, info, resume=resume, overwrite=overwrite, verify=verify)
+        model_cfg = source["model_config"]
+        seq_len = cfg.seq_len or model_cfg.max_seq_len
+        if seq_len > model_cfg.max_seq_len:
+            raise RotaryError(f"seq_len {seq_len} is longer than the model's max_seq_len {model_cfg.max_seq_len}")
+        tokenizer = load_tokenizer(source["tokenizer_dir"])
+        data = ClassificationData(labelled.split("train"), labelled.split("val"), tokenizer, source["tokenizer_dir"],
+                                  labelled.label_names, max_len=seq_len, pair=labelled.pair)
+        data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, model_vocab=model_cfg.vocab_size)
+        torch.manual_seed(cfg.seed)
+        model = task.build_model(model_cfg, {**data.head_settings, "pooling": cfg.pooling})
+        if source["weights"] is not None and latest is None:
+            load_backbone(model, source["weights"])
+        notes = [*notes, source["note"],
+                 f"labels: {', '.join(labelled.label_names)} | train {len(data.train_set)}, val {len(data.val_set)} "
+                 f"examples | reached max_len {seq_len} (truncated): train {data.truncated['train']}, "
+                 f"val {data.truncated['val']}"]
+        result = fit(cfg, info, task, model.to(info.device), data, seq_len=seq_len, latest=latest, notes=notes)
+    finally:
+        if info.enabled:
+            gc.collect()  # as in rotary.train.loop.train: free collectives while the group lives
+        shutdown(info)
+    if info.is_main and result.stopped != "interrupted":
+        result.test = score_test(cfg.run_dir, labelled, cfg)
+    return result
+
+
+def _source(cfg: Any) -> dict[str, Any]:
+    """The model config, tokenizer and weights a fine-tune starts from."""
+    from rotary import checkpoint as ckpt
+    from rotary.model.config import ModelConfig
+
+    if cfg.init_from in (None, "none"):
+        if cfg.data.tokenizer.path is None:
+            raise RotaryError("init_from none trains from scratch but needs a tokenizer: set data.tokenizer.path "
+                              "(e.g. the pretrained run's tokenizer, for a like-for-like ablation)")
+        spec = dict(cfg.model)
+        tok_dir = Path(cfg.data.tokenizer.path)
+        from rotary.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tok_dir)
+        spec.setdefault("vocab_size", tok.vocab_size)
+        if tok.pad_id is not None:
+            spec.setdefault("pad_token_id", tok.pad_id)
+        spec["causal"] = False
+        if cfg.dropout is not None:
+            spec["dropout"] = cfg.dropout
+        return {"model_config": ModelConfig.from_dict(spec), "tokenizer_dir": tok_dir, "weights": None,
+                "note": "from scratch: no pretrained weights (init_from none)"}
+    path = Path(cfg.init_from)
+    if path.is_dir() and (path / "config.json").is_file():
+        model_type = ckpt.read_json(path / "config.json").get("model_type")
+        if model_type not in (None, "rotary"):
+            raise RotaryError(f"{path} is a transformers checkpoint ({model_type}): convert it first with "
+                              f"`rotary convert {path} --from-hf OUT`, then fine-tune --from OUT")
+    ckpt_dir = ckpt.resolve_checkpoint(path, "best")
+    config = ckpt.read_json(ckpt_dir / "config.json")
+    if config.get("task") not in ("masked_lm", "classification"):
+        raise RotaryError(f"--from {path} is a {config.get('task')} run: the classifier's backbone is an encoder "
+                          "(a masked_lm run, or a converted RoFormer)")
+    spec = dict(config["model"])
+    if cfg.dropout is not None:
+        spec["dropout"] = cfg.dropout
+    if not (ckpt_dir / "tokenizer").is_dir():
+        raise RotaryError(f"{ckpt_dir} has no tokenizer/: fine-tuning needs the tokenizer the model was trained with")
+    return {"model_config": ModelConfig.from_dict(spec), "tokenizer_dir": ckpt_dir / "tokenizer",
+            "weights": ckpt_dir / "model.safetensors", "note": f"backbone from {ckpt_dir}; a fresh classification head"}
+
+
+def load_backbone(model: Any, weights: Path) -> None:
+    """The encoder weights of a pretrained checkpoint into ``model.backbone`` (its head stays fresh)."""
+    from safetensors.torch import load_file
+
+    from rotary.checkpoint import strip_wrappers
+
+    state = strip_wrappers(load_file(str(weights)))
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    missing, unexpected = model.backbone.load_state_dict(backbone, strict=False)
+    if missing or unexpected:
+        raise RotaryError(f"{weights} does not fit this backbone: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def score_test(run_dir: Path, labelled: Any, cfg: Any) -> dict[str, Any]:
+    """The best checkpoint on the test split, once: written to ``test_results.json``."""
+    from rotary.evaluation import evaluate_classifier
+    from rotary.io import atomic_write_text
+
+    metrics = evaluate_classifier(run_dir, labelled.split("test"), labelled.label_names, pair=labelled.pair,
+                                  batch_size=cfg.batch_size, device="cpu" if cfg.device == "cpu" else "auto")
+    atomic_write_text(Path(run_dir) / "test_results.json", json.dumps(metrics, indent=2, ensure_ascii=False))
+    return metrics

@@ -1,0 +1,232 @@
+"""Fine-tuning, classification and evaluation: `rotary finetune`, `classify`, `eval`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rotary.cli import main
+from rotary.errors import RotaryError
+
+
+@pytest.fixture(scope="module")
+def sentiment_dir(tmp_path_factory) -> Path:
+    """A small slice of the built-in chinese-sentiment reviews as train/val/test .jsonl files."""
+    from rotary.data.sources import load_labelled
+
+    data = load_labelled("chinese-sentiment")
+    out = tmp_path_factory.mktemp("sentiment")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 800), ("val", 120), ("test", 200)):
+        rows = data.split(split)
+        pick = rng.permutation(len(rows))[:n]
+        with open(out / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for i in pick:
+                f.write(json.dumps({"text": rows[i].text, "label": data.label_names[rows[i].label]},
+                                   ensure_ascii=False) + "\n")
+    return out
+
+
+def finetune_args(run: Path, corpus: Path, tokenizer: Path, *extra: str) -> list[str]:
+    return ["finetune", "--from", "none", "--output-dir", str(run), "--task", "classification",
+            "--data.corpus", str(corpus), "--data.tokenizer.path", str(tokenizer), "--model.preset", "tiny",
+            "--model.max_seq_len", "64", "--model.type_vocab_size", "2", "--pooling", "mean", "--max-steps", "200",
+            "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "10", "--weight-decay", "0.01",
+            "--eval-interval", "100", "--eval-batches", "none", "--checkpoint-interval", "100",
+            "--best-metric", "accuracy",
+            "--progress", "false", "--tensorboard", "false", "--threads", "1", *extra]
+
+
+@pytest.fixture(scope="module")
+def classifier_run(sentiment_dir, data_char_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("clf") / "run"
+    assert main(finetune_args(run, sentiment_dir, data_char_dir)) == 0
+    return run
+
+
+def test_a_classifier_from_scratch_learns_sentiment_above_chance(classifier_run):
+    test = json.loads((classifier_run / "test_results.json").read_text())
+    assert test["examples"] == 200 and test["accuracy"] > 0.62, test  # majority class is ~0.5
+    lo, hi = test["accuracy_95ci"]
+    assert lo < test["accuracy"] < hi
+    config = json.loads((classifier_run / "best" / "config.json").read_text())
+    assert config["task"] == "classification" and config["label_names"] == test["label_names"]
+    assert config["pooling"] == "mean" and config["num_labels"] == 2
+    evals = [json.loads(line) for line in (classifier_run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [100, 200] and all("macro_f1" in e and "examples" in e for e in evals)
+
+
+def test_eval_of_the_classifier_matches_its_test_score_and_a_hand_count(classifier_run, sentiment_dir, capsys):
+    assert main(["eval", str(classifier_run), "--corpus", str(sentiment_dir), "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    record = json.loads((classifier_run / "eval.json").read_text())
+    test = json.loads((classifier_run / "test_results.json").read_text())
+    assert record["accuracy"] == pytest.approx(test["accuracy"]) and "macro_f1" in out
+    confusion = np.asarray(record["confusion"])
+    assert confusion.sum() == 200 and np.trace(confusion) / 200 == pytest.approx(record["accuracy"])
+    assert (classifier_run / "confusion.png").stat().st_size > 1000
+    # against scikit-learn's definitions, from the same predictions
+    sklearn = pytest.importorskip("sklearn.metrics")
+    from rotary.data.sources import load_labelled
+    from rotary.evaluation import classifier_predictions
+    from rotary.pretrained import load
+
+    examples = load_labelled(str(sentiment_dir)).split("test")
+    preds = classifier_predictions(load(classifier_run, device="cpu"), examples, pair=False)
+    labels = [e.label for e in examples]
+    assert record["macro_f1"] == pytest.approx(sklearn.f1_score(labels, preds, average="macro"))
+    assert record["accuracy"] == pytest.approx(sklearn.accuracy_score(labels, preds))
+
+
+def test_classify_prints_labels_and_probabilities_and_writes_jsonl(classifier_run, tmp_path, capsys):
+    texts = ["--text", "这家酒店很干净，服务也好", "--text", "太差了，再也不来"]
+    assert main(["classify", str(classifier_run), *texts]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "很好"}\n{"text": "很差"}\n', encoding="utf-8")
+    assert main(["classify", str(classifier_run), "--input", str(src), "--output", str(tmp_path / "out.jsonl")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
+    from rotary.pretrained import load
+
+    direct = load(classifier_run, device="cpu").classify(["很好", "很差"])
+    assert [r["label"] for r in direct] == [r["label"] for r in rows]
+
+
+def test_classification_errors_are_one_line(classifier_run, tmp_path, capsys):
+    code = main(["classify", str(classifier_run), "--text", "a"])
+    assert code == 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"txt": "x"}\n', encoding="utf-8")
+    for argv, needle in (
+        (["classify", str(classifier_run), "--input", str(bad), "--output", str(tmp_path / "o.jsonl")], "text"),
+        (["classify", str(classifier_run), "--text", "a", "--text-pair", "b", "--text-pair", "c"], "one pair"),
+        (["classify", str(classifier_run)], "--text"),
+    ):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("rotary: error:") and needle in err[0], err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_finetune_from_a_masked_lm_starts_from_its_backbone(data_char_dir, sentiment_dir, tmp_path):
+    from rotary.checkpoint import load_model
+    from rotary.finetune import load_backbone
+    from rotary.tasks import get_task
+    from rotary.train.loop import train
+    from tests.train_support import make_recipe
+
+    mlm = make_recipe(tmp_path / "mlm", corpus=Path("peoples-daily"), tokenizer=data_char_dir, task="masked_lm",
+                      model={"preset": "tiny", "max_seq_len": 32}, max_steps=2, eval_interval=2,
+                      checkpoint_interval=2, data={"corpus": "peoples-daily", "max_documents": 30,
+                                                   "tokenizer": {"path": str(data_char_dir)}})
+    train(mlm)
+    pretrained, ckpt_dir = load_model(mlm.run_dir)
+    clf = get_task("classification").build_model(pretrained.config, {"num_labels": 2})
+    load_backbone(clf, ckpt_dir / "model.safetensors")
+    for (name, a), (_, b) in zip(pretrained.backbone.state_dict().items(), clf.backbone.state_dict().items()):
+        assert torch.equal(a, b), name
+    # and through the verb: 2 steps from the MLM run
+    run = tmp_path / "ft"
+    args = finetune_args(run, sentiment_dir, data_char_dir)
+    args[args.index("--from") + 1] = str(mlm.run_dir)
+    args = [a for a in args if a not in ("--model.preset", "tiny", "--model.max_seq_len", "64",
+                                         "--model.type_vocab_size", "2")]
+    args[args.index("--max-steps") + 1] = "2"
+    args[args.index("--eval-interval") + 1] = "2"
+    assert main(args) == 0
+    assert "backbone from" in (run / "train.log").read_text()
+
+
+def test_finetune_refuses_what_cannot_be_a_backbone(tmp_path, capsys, sentiment_dir, data_char_dir):
+    from tests.train_support import make_recipe, write_corpus
+
+    causal = make_recipe(tmp_path / "lm", write_corpus(tmp_path / "corpus", 20), max_steps=2, eval_interval=2,
+                         checkpoint_interval=2)
+    from rotary.train.loop import train
+
+    train(causal)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "bert"}')
+    for source, needle in ((causal.run_dir, "causal_lm run"), (tmp_path / "nope", "no such run"),
+                           (hf, "convert it first")):
+        args = finetune_args(tmp_path / "ft", sentiment_dir, data_char_dir)
+        args[args.index("--from") + 1] = str(source)
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+        assert not (tmp_path / "ft").exists()
+
+
+# -- rotary eval for language models: the counting is checked by hand -----------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from rotary.model import CausalLM, ModelConfig
+
+    torch.manual_seed(0)
+    return CausalLM(ModelConfig(vocab_size=50, d_model=32, n_layer=2, n_head=2, max_seq_len=64)).eval()
+
+
+@torch.no_grad()
+def per_token_losses(model, tokens: np.ndarray) -> torch.Tensor:
+    """Loss of each target j = 1..n-1 with the whole prefix as context (one forward pass)."""
+    x = torch.from_numpy(tokens.astype(np.int64))[None]
+    logits = model(x)[0, :-1].float()
+    return torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="none")
+
+
+@pytest.mark.parametrize("n,seq_len,stride", [(50, 16, 16), (50, 16, 4), (50, 16, 1), (17, 16, 5), (40, 64, 8)])
+def test_sliding_window_scores_every_token_once(tiny_lm, n, seq_len, stride):
+    from rotary.evaluation import causal_lm_metrics
+
+    tokens = np.random.default_rng(n + stride).integers(0, 50, n)
+    m = causal_lm_metrics(tiny_lm, tokens, seq_len=seq_len, stride=stride, bytes_total=1000, batch_size=3)
+    assert m["tokens_scored"] == n - 1
+    # by hand: target j is scored in the first window that reaches it, with that window's context
+    total, b, done = 0.0, 0, 0
+    while done < n - 1:
+        hi = min(b + seq_len, n - 1)
+        losses = per_token_losses(tiny_lm, tokens[b:hi + 1])  # targets b+1..hi
+        total += float(losses[done - b:].sum())
+        done, b = hi, b + stride
+    assert m["loss"] == pytest.approx(total / (n - 1), rel=1e-5)
+    assert m["bits_per_byte"] == pytest.approx(total / math.log(2) / 1000, rel=1e-5)
+    if seq_len >= n - 1:  # one window: the full-context loss
+        assert m["loss"] == pytest.approx(float(per_token_losses(tiny_lm, tokens).mean()), rel=1e-5)
+
+
+def test_sliding_window_with_a_small_stride_has_more_context_and_a_bad_stride_is_refused(tiny_lm):
+    from rotary.evaluation import causal_lm_metrics
+
+    tokens = np.random.default_rng(0).integers(0, 50, 60)
+    with pytest.raises(RotaryError, match="--stride must be in 1..16"):
+        causal_lm_metrics(tiny_lm, tokens, seq_len=16, stride=17, bytes_total=60)
+
+
+def test_masked_lm_eval_is_fixed_by_its_seed_and_counts_top1_by_hand(data_char_dir):
+    from rotary.evaluation import masked_lm_metrics
+    from rotary.model import MaskedLM, ModelConfig
+    from rotary.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(data_char_dir)
+    torch.manual_seed(0)
+    model = MaskedLM(ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layer=1, n_head=2, max_seq_len=32,
+                                 causal=False)).eval()
+    tokens = np.asarray(tok.encode("中国人民在一九九八年迎来了新的一年。" * 12), dtype=np.int64)
+    a = masked_lm_metrics(model, tok, tokens, seq_len=32, seed=3)
+    b = masked_lm_metrics(model, tok, tokens, seq_len=32, seed=3)
+    c = masked_lm_metrics(model, tok, tokens, seq_len=32, seed=4)
+    assert a == b and a["masked_tokens"] > 0 and a["top1_accuracy"] <= a["top5_accuracy"]
+    assert c != a
