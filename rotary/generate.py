@@ -30,9 +30,11 @@ def check_generation(model: torch.nn.Module, max_new_tokens: int, *, temperature
     """Everything :func:`generate` would refuse that is known before the first forward pass, so
     callers can check before they print anything."""
     if not isinstance(model, CausalLM):
-        kind = "a masked LM (an encoder)" if isinstance(model, MaskedLM) else f"a {type(model).__name__}"
-        raise RotaryError(f"generation needs a causal LM, and this model is {kind}: it predicts masked "
-                          "or labelled tokens, not continuations; train with task causal_lm to generate")
+        if isinstance(model, MaskedLM):
+            raise RotaryError("generation needs a causal LM, and this model is a masked LM (an encoder): it "
+                              "predicts masked tokens, not continuations; use `rotary fill-mask` on it")
+        raise RotaryError(f"generation needs a causal LM, and this model is a {type(model).__name__}: "
+                          "train with task causal_lm to generate (a classifier: `rotary classify`)")
     if max_new_tokens < 0:
         raise RotaryError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
