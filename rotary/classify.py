@@ -29,7 +29,8 @@ def classify(pre: Any, texts: str | Sequence[str], text_pairs: str | Sequence[st
             raise RotaryError("this model has no segment embeddings for a second text: classify single texts")
     names = pre.config.get("label_names") or [str(i) for i in range(pre.model.num_labels)]
     rows = [(t, p, 0) for t, p in zip(texts, pairs)] if pairs is not None else [(t, 0) for t in texts]
-    dataset = ClassificationDataset(rows, pre.tokenizer, pre.model.config.max_seq_len, pair=pairs is not None)
+    max_len = int(pre.config.get("max_len") or pre.model.config.max_seq_len)  # as the fine-tune cut its texts
+    dataset = ClassificationDataset(rows, pre.tokenizer, max_len, pair=pairs is not None)
     out = []
     device = pre.model.device
     for batch in classification_batches(dataset, batch_size, shuffle=False):

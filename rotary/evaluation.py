@@ -39,7 +39,9 @@ def classifier_predictions(pre: Any, examples: Sequence[Any], *, pair: bool, bat
     from rotary.data.classification import ClassificationDataset, classification_batches
 
     rows = [(e.text, e.text_pair, e.label) if pair else (e.text, e.label) for e in examples]
-    dataset = ClassificationDataset(rows, pre.tokenizer, pre.model.config.max_seq_len, pair=pair)
+    # the fine-tune's own max_len: test texts are cut as the validation texts were
+    max_len = int(pre.config.get("max_len") or pre.model.config.max_seq_len)
+    dataset = ClassificationDataset(rows, pre.tokenizer, max_len, pair=pair)
     preds = []
     device = pre.model.device
     for batch in classification_batches(dataset, batch_size, shuffle=False):
@@ -73,6 +75,8 @@ def evaluate_classifier(run: str | Path, examples: Sequence[Any], label_names: S
     pre = load(run, device=device)
     if pre.task != "classification":
         raise RotaryError(f"{run} is a {pre.task} run, not a classifier: evaluate it without labels")
+    if pre.model.num_labels != len(label_names):
+        raise RotaryError(f"{run} predicts {pre.model.num_labels} labels, the data has {len(label_names)}")
     names = pre.config.get("label_names") or list(label_names)
     if list(names) != list(label_names):
         raise RotaryError(f"the run was trained on labels {names}, the data has {list(label_names)}")
@@ -182,6 +186,8 @@ def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | 
         tokens, _ = encode_documents(pre.tokenizer, docs, "int64", False)
         seq_len = pre.model.config.max_seq_len
         if pre.task == "causal_lm":
+            # a separator first, so the split's first token is scored too: every byte counted is predicted
+            tokens = np.concatenate([np.asarray([pre.tokenizer.eos_id], dtype=tokens.dtype), tokens])
             n_bytes = sum(len(d.encode("utf-8")) for d in docs) + len(docs)  # the separators count as bytes
             metrics = causal_lm_metrics(pre.model, tokens, seq_len=seq_len, stride=stride, bytes_total=n_bytes,
                                         batch_size=batch_size)

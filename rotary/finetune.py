@@ -35,22 +35,25 @@ def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify:
         raise RotaryError("the recipe names no labelled data: set data.corpus (chinese-sentiment, thucnews, or "
                           "a .jsonl/.csv/.parquet file with text and label)")
     task = get_task("classification")
-    source = _source(cfg)  # before any file is written: a bad --from costs nothing
-    labelled = load_labelled(cfg.data.corpus, **cfg.data.corpus_opts())
+    # Everything that can fail is checked before prepare_run, which with --overwrite removes the old run.
+    source = _source(cfg)
+    split_opts = {"val_fraction": cfg.data.val_fraction} if cfg.data.val_fraction is not None else {}
+    labelled = load_labelled(cfg.data.corpus, **split_opts, **cfg.data.corpus_opts())
     if labelled.pair and source["model_config"].type_vocab_size < 2:
         raise RotaryError(f"{labelled.name} holds text pairs but the model has no segment embeddings "
                           "(type_vocab_size < 2): use a backbone with token types (RoFormer has 2)")
+    model_cfg = source["model_config"]
+    seq_len = cfg.seq_len or model_cfg.max_seq_len
+    if seq_len > model_cfg.max_seq_len:
+        raise RotaryError(f"seq_len {seq_len} is longer than the model's max_seq_len {model_cfg.max_seq_len}")
+    tokenizer = load_tokenizer(source["tokenizer_dir"])
+    data = ClassificationData(labelled.split("train"), labelled.split("val"), tokenizer, source["tokenizer_dir"],
+                              labelled.label_names, max_len=seq_len, pair=labelled.pair)
+    data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, model_vocab=model_cfg.vocab_size)
     info = init_distributed(cfg.device, cfg.dist_timeout_s)
     try:
-        latest, notes = prepare_run(cfg, info, resume=resume, overwrite=overwrite, verify=verify)
-        model_cfg = source["model_config"]
-        seq_len = cfg.seq_len or model_cfg.max_seq_len
-        if seq_len > model_cfg.max_seq_len:
-            raise RotaryError(f"seq_len {seq_len} is longer than the model's max_seq_len {model_cfg.max_seq_len}")
-        tokenizer = load_tokenizer(source["tokenizer_dir"])
-        data = ClassificationData(labelled.split("train"), labelled.split("val"), tokenizer, source["tokenizer_dir"],
-                                  labelled.label_names, max_len=seq_len, pair=labelled.pair)
-        data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, model_vocab=model_cfg.vocab_size)
+        # the backbone's config, not the recipe's model section, bounds seq_len here
+        latest, notes = prepare_run(cfg, info, resume=resume, overwrite=overwrite, verify=verify, check_model=False)
         torch.manual_seed(cfg.seed)
         model = task.build_model(model_cfg, {**data.head_settings, "pooling": cfg.pooling})
         if source["weights"] is not None and latest is None:

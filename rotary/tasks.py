@@ -148,7 +148,8 @@ def per_class(confusion: list[list[int]]) -> list[dict[str, float]]:
 
 
 def macro_f1(confusion: list[list[int]]) -> float:
-    """The mean F1 over the classes present in the data (scikit-learn's macro average)."""
+    """The mean F1 over the classes present in the true labels (scikit-learn's macro average when
+    every predicted class also occurs in the truth, as in a split that covers all labels)."""
     scores = [c["f1"] for c in per_class(confusion) if c["support"] > 0]
     return sum(scores) / len(scores) if scores else 0.0
 

@@ -230,3 +230,22 @@ def test_masked_lm_eval_is_fixed_by_its_seed_and_counts_top1_by_hand(data_char_d
     c = masked_lm_metrics(model, tok, tokens, seq_len=32, seed=4)
     assert a == b and a["masked_tokens"] > 0 and a["top1_accuracy"] <= a["top5_accuracy"]
     assert c != a
+
+
+def test_a_single_class_and_a_label_count_mismatch_are_one_line_errors(classifier_run, data_char_dir):
+    from rotary.data.labelled_batches import ClassificationData
+    from rotary.data.sources.labelled import Example
+    from rotary.evaluation import evaluate_classifier
+    from rotary.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(data_char_dir)
+    rows = [Example("好", None, 0), Example("坏", None, 0)]
+    with pytest.raises(RotaryError, match="at least 2"):
+        ClassificationData(rows, rows, tok, data_char_dir, ["only"], max_len=16)
+    with pytest.raises(RotaryError, match="predicts 2 labels, the data has 3"):
+        evaluate_classifier(classifier_run, rows, ["a", "b", "c"], device="cpu")
+
+
+def test_the_fine_tune_records_its_max_len_and_classify_cuts_texts_there(classifier_run):
+    config = json.loads((classifier_run / "best" / "config.json").read_text())
+    assert config["max_len"] == 64

@@ -47,6 +47,9 @@ class ClassificationData:
 
         if not train or not val:
             raise RotaryError("fine-tuning needs a train and a validation split with examples in each")
+        if len(label_names) < 2:
+            raise RotaryError(f"the training split has {len(label_names)} label: a classifier needs at least 2")
+        self.max_len = max_len
         self.tokenizer = tokenizer
         self.tokenizer_dir = Path(tokenizer_dir)
         self.label_names = list(label_names)
@@ -66,7 +69,7 @@ class ClassificationData:
 
     @property
     def head_settings(self) -> dict[str, Any]:
-        return {"num_labels": len(self.label_names), "label_names": self.label_names}
+        return {"num_labels": len(self.label_names), "label_names": self.label_names, "max_len": self.max_len}
 
     def configure(self, *, seq_len: int, batch_size: int, seed: int, model_vocab: int) -> None:
         if model_vocab < self.vocab_size:

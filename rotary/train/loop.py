@@ -93,7 +93,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
 
 def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool,
-                 verify: bool) -> tuple[Path | None, list[str]]:
+                verify: bool, check_model: bool = True) -> tuple[Path | None, list[str]]:
     """Every check that needs no data, before the first file is written, so a mistake never
     leaves a run directory that blocks the corrected rerun. Returns the checkpoint to resume."""
     if cfg.precision == "fp16" and info.device.type != "cuda":
@@ -102,7 +102,8 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bo
         torch.set_num_threads(cfg.threads)
     gemm.cpu_gemm()  # a bad ROTARY_CPU_GEMM is an error before any file is written
     # the model section's keys and values (the vocabulary comes from the data later)
-    resolve_model_config(cfg, vocab_size=int(cfg.model.get("vocab_size", 2**16)), pad_id=None)
+    if check_model:
+        resolve_model_config(cfg, vocab_size=int(cfg.model.get("vocab_size", 2**16)), pad_id=None)
     had_run = check_run_dir(cfg, resume=resume, overwrite=overwrite, remove=info.is_main)
     latest = resume_checkpoint(cfg.run_dir, verify=verify) if resume else None
     barrier(info)
@@ -167,6 +168,9 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
     result = TrainResult(run_dir=run_dir, step=start_step, stopped="max_steps")
     # the best value of best_metric so far (older checkpoints recorded only the loss)
     best_value = trainer_state.get("best_value", trainer_state.get("best_val_loss"))
+    if trainer_state.get("best_metric", "loss") != cfg.best_metric:  # another metric's best: start afresh
+        best_value = None
+        trainer_state["evals_without_improvement"] = 0
     bad_evals = int(trainer_state.get("evals_without_improvement", 0))
     result.best_eval = trainer_state.get("best_eval", {})
     result.last_eval = trainer_state.get("last_eval", {})
@@ -296,8 +300,9 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
                 logger.metrics("eval", step, metrics)
                 logger.line("eval   " + " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                    for k, v in metrics.items()))
-                if cfg.better(metrics[cfg.best_metric], best_value):
-                    best_value, bad_evals, pending_best = metrics[cfg.best_metric], 0, True
+                value = metrics[cfg.best_metric]
+                if math.isfinite(value) and cfg.better(value, best_value):
+                    best_value, bad_evals, pending_best = value, 0, True
                     result.best_eval = {**metrics, "step": step}
                 else:
                     bad_evals += 1
