@@ -271,3 +271,21 @@ class HashSplitCorpus(Corpus):
             inner = newline + 1 if newline > 0 else inner
             yield (text[inner:], 0) if want_val else (text[:inner], replaced)
 
+
+def jsonl_records(path: Path, expected: str = "a JSON object") -> Iterator[tuple[dict[str, Any], int, str]]:
+    """(record, replaced bytes, "path:line") of each non-blank line of a .jsonl file; a line that is
+    not a JSON object is a one-line error naming it (``expected`` says what a line should be)."""
+    import json
+
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line, replaced = decode_utf8(raw)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RotaryError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise RotaryError(f"{path}:{lineno}: expected {expected}")
+            yield record, replaced, f"{path}:{lineno}"

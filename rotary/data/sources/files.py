@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,8 @@ from rotary.data.sources.base import (
     TEXT_SUFFIXES,
     HashSplitCorpus,
     decode_text_file,
-    decode_utf8,
     file_fingerprint,
+    jsonl_records,
 )
 from rotary.errors import RotaryError
 
@@ -76,18 +75,7 @@ class FilesCorpus(HashSplitCorpus):
                 yield from self._parquet_records(path)
 
     def _jsonl_records(self, path: Path) -> Iterator[tuple[dict[str, Any], int, str]]:
-        with path.open("rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                line, replaced = decode_utf8(raw)
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise RotaryError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-                if not isinstance(record, dict):
-                    raise RotaryError(f"{path}:{lineno}: expected a JSON object with a '{self.text_field}' field")
-                yield record, replaced, f"{path}:{lineno}"
+        return jsonl_records(path, f"a JSON object with a '{self.text_field}' field")
 
     def _parquet_records(self, path: Path) -> Iterator[tuple[dict[str, Any], int, str]]:
         try:

@@ -10,14 +10,13 @@ lacks is carved out of train by the same hash. An HF dataset's own splits are us
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rotary.config import closest_key_hint
-from rotary.data.sources.base import decode_utf8, file_fingerprint
+from rotary.data.sources.base import file_fingerprint, jsonl_records
 from rotary.data.sources.labelled import LabelledData, RawRow, build_labelled, check_max_examples
 from rotary.data.sources.splits import LABELLED_SPLITS, check_fractions, example_key, split_of
 from rotary.errors import RotaryError
@@ -59,18 +58,8 @@ class _Fields:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            line, _ = decode_utf8(raw)
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RotaryError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise RotaryError(f"{path}:{lineno}: expected a JSON object")
-            yield record, f"{path}:{lineno}"
+    for record, _, where in jsonl_records(path):
+        yield record, where
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
