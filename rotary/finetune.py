@@ -89,7 +89,7 @@ def _source(cfg: Any) -> dict[str, Any]:
         spec.setdefault("vocab_size", tok.vocab_size)
         if tok.pad_id is not None:
             spec.setdefault("pad_token_id", tok.pad_id)
-        spec["causal"] = False
+        spec.setdefault("causal", False)  # an encoder unless the recipe asks for a decoder (model.causal)
         if cfg.dropout is not None:
             spec["dropout"] = cfg.dropout
         return {"model_config": ModelConfig.from_dict(spec), "tokenizer_dir": tok_dir, "weights": None,
@@ -102,16 +102,19 @@ def _source(cfg: Any) -> dict[str, Any]:
                               f"`rotary convert {path} --from-hf OUT`, then fine-tune --from OUT")
     ckpt_dir = ckpt.resolve_checkpoint(path, "best")
     config = ckpt.read_json(ckpt_dir / "config.json")
-    if config.get("task") not in ("masked_lm", "classification"):
-        raise RotaryError(f"--from {path} is a {config.get('task')} run: the classifier's backbone is an encoder "
-                          "(a masked_lm run, or a converted RoFormer)")
+    if config.get("task") not in ("masked_lm", "causal_lm", "classification"):
+        raise RotaryError(f"--from {path} is a {config.get('task')} run: a classifier's backbone comes from a "
+                          "masked_lm or causal_lm run (or a converted RoFormer / Llama)")
     spec = dict(config["model"])
     if cfg.dropout is not None:
         spec["dropout"] = cfg.dropout
     if not (ckpt_dir / "tokenizer").is_dir():
         raise RotaryError(f"{ckpt_dir} has no tokenizer/: fine-tuning needs the tokenizer the model was trained with")
-    return {"model_config": ModelConfig.from_dict(spec), "tokenizer_dir": ckpt_dir / "tokenizer",
-            "weights": ckpt_dir / "model.safetensors", "note": f"backbone from {ckpt_dir}; a fresh classification head"}
+    model_config = ModelConfig.from_dict(spec)
+    kind = "decoder" if model_config.causal else "encoder"
+    return {"model_config": model_config, "tokenizer_dir": ckpt_dir / "tokenizer",
+            "weights": ckpt_dir / "model.safetensors",
+            "note": f"{kind} backbone from {ckpt_dir}; a fresh classification head"}
 
 
 def load_backbone(model: Any, weights: Path) -> None:

@@ -94,7 +94,7 @@ def _classifier(cfg: Any, head: Mapping[str, Any]) -> Any:
 
     if "num_labels" not in head:
         raise RotaryError("a classification checkpoint needs num_labels in its config.json")
-    model = SequenceClassifier(cfg, int(head["num_labels"]), str(head.get("pooling", "cls")))
+    model = SequenceClassifier(cfg, int(head["num_labels"]), head.get("pooling"))
     model.label_names = list(head.get("label_names") or [str(i) for i in range(model.num_labels)])
     return model
 

@@ -146,19 +146,46 @@ def test_finetune_from_a_masked_lm_starts_from_its_backbone(data_char_dir, senti
     assert "backbone from" in (run / "train.log").read_text()
 
 
-def test_finetune_refuses_what_cannot_be_a_backbone(tmp_path, capsys, sentiment_dir, data_char_dir):
-    from tests.train_support import make_recipe, write_corpus
-
-    causal = make_recipe(tmp_path / "lm", write_corpus(tmp_path / "corpus", 20), max_steps=2, eval_interval=2,
-                         checkpoint_interval=2)
+def test_a_decoder_classifies_with_its_last_token(data_char_dir, sentiment_dir, tmp_path):
+    """Fine-tuning from a causal LM run: LlamaForSequenceClassification's layout (last real token,
+    a bias-free score), learning above chance; the saved classifier pools as its training did."""
+    from rotary.pretrained import load
     from rotary.train.loop import train
+    from tests.train_support import make_recipe
 
-    train(causal)
+    lm = make_recipe(tmp_path / "lm", tokenizer=data_char_dir, model={"preset": "tiny", "max_seq_len": 64},
+                     max_steps=2, checkpoint_interval=2,
+                     data={"corpus": "peoples-daily", "max_documents": 30, "tokenizer": {"path": str(data_char_dir)}})
+    train(lm)
+    run = tmp_path / "ft"
+    args = finetune_args(run, sentiment_dir, data_char_dir)
+    args[args.index("--from") + 1] = str(lm.run_dir)
+    args = [a for a in args if a not in ("--model.preset", "tiny", "--model.max_seq_len", "64",
+                                         "--model.type_vocab_size", "2", "--pooling", "mean")]
+    assert main(args) == 0
+    assert "decoder backbone from" in (run / "train.log").read_text()
+    config = json.loads((run / "best" / "config.json").read_text())
+    assert config["pooling"] == "last" and config["model"]["causal"] is True
+    test = json.loads((run / "test_results.json").read_text())
+    assert test["accuracy"] > 0.6, test  # majority class is ~0.5
+    pre = load(run)
+    model = pre.model
+    assert not hasattr(model, "out_proj") and model.score.bias is None
+    # the logits of a padded batch: each row's own last token, as the row alone gives
+    texts = ["很好，非常满意", "太差了，质量不好，再也不买了"]
+    together = pre.classify(texts)
+    alone = [pre.classify([t])[0] for t in texts]
+    for a, b in zip(together, alone):
+        assert a["label"] == b["label"]
+        for name in a["probabilities"]:
+            assert a["probabilities"][name] == pytest.approx(b["probabilities"][name], abs=1e-5)
+
+
+def test_finetune_refuses_what_cannot_be_a_backbone(tmp_path, capsys, sentiment_dir, data_char_dir):
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text('{"model_type": "bert"}')
-    for source, needle in ((causal.run_dir, "causal_lm run"), (tmp_path / "nope", "no such run"),
-                           (hf, "convert it first")):
+    for source, needle in ((tmp_path / "nope", "no such run"), (hf, "convert it first")):
         args = finetune_args(tmp_path / "ft", sentiment_dir, data_char_dir)
         args[args.index("--from") + 1] = str(source)
         capsys.readouterr()

@@ -25,6 +25,7 @@ from transformers import (  # noqa: E402
     LlamaConfig,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
+    LlamaForTokenClassification,
     RoFormerConfig,
     RoFormerForMaskedLM,
     RoFormerForSequenceClassification,
@@ -123,10 +124,10 @@ def tiny_roformer_config(**kw) -> RoFormerConfig:
     return RoFormerConfig(**base)
 
 
-def rotary_model(cls: type, seed: int, **cfg_kw) -> torch.nn.Module:
+def rotary_model(cls: type, seed: int, pooling: str = "cls", **cfg_kw) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=VOCAB, **cfg_kw)
-    model = cls(cfg) if cls is not SequenceClassifier else cls(cfg, num_labels=3, pooling="cls")
+    model = cls(cfg) if cls is not SequenceClassifier else cls(cfg, num_labels=3, pooling=pooling)
     return randomize(model, seed)
 
 
@@ -481,9 +482,48 @@ def test_roformer_classifier_rotary_to_hf(tmp_path):
         mlp="gelu", norm="layernorm", pre_norm=False, bias=True, causal=False, type_vocab_size=2,
         pad_token_id=PAD,
     )
+    model.label_names = ["a", "b", "c"]
     inputs = [(p or "nopad", batch(T=15, seed=24, types=2, pad=p)) for p in (None, "right")]
     check_rotary_to_hf(model, AutoModelForSequenceClassification, tmp_path, "RoFormer classifier", inputs)
     assert to_hf(model).config.num_labels == 3
+    assert to_hf(model).config.id2label == {0: "a", 1: "b", 2: "c"}  # HF pipelines print the names
+
+
+def test_llama_classifier_hf_to_rotary():
+    """A decoder classifier pools its last real token, as LlamaForSequenceClassification does."""
+    torch.manual_seed(25)
+    config = tiny_llama(seed=25).config
+    config.num_labels = 3
+    config.id2label = {0: "sports", 1: "finance", 2: "LABEL_2"}
+    hf = randomize(LlamaForSequenceClassification(config), 25)
+    rot = from_hf(hf)
+    assert isinstance(rot, SequenceClassifier) and rot.pooling == "last" and rot.config.causal
+    assert rot.label_names == ["sports", "finance", "2"]  # HF's placeholder becomes rotary's default
+    for pad in (None, "right", "left"):
+        inputs = batch(T=19, seed=26, pad=pad)
+        max_diff(hf_logits(hf, inputs), rot_logits(rot, inputs), f"Llama classifier HF->rotary [{pad}]")
+
+
+def test_llama_classifier_rotary_to_hf(tmp_path):
+    model = rotary_model(SequenceClassifier, seed=27, pooling="last", d_model=32, n_head=4, n_kv_head=2, d_ff=40,
+                         n_layer=2, max_seq_len=64, pad_token_id=PAD)
+    model.label_names = ["neg", "neu", "pos"]
+    inputs = [(p or "nopad", batch(T=15, seed=28, pad=p)) for p in (None, "right", "left")]
+    check_rotary_to_hf(model, AutoModelForSequenceClassification, tmp_path, "Llama classifier", inputs)
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")
+    assert type(hf).__name__ == "LlamaForSequenceClassification"
+    assert hf.config.id2label == {0: "neg", 1: "neu", 2: "pos"} and hf.config.label2id["pos"] == 2
+    assert from_hf(tmp_path / "hf").label_names == ["neg", "neu", "pos"]
+
+
+def test_classifier_pooling_follows_the_backbone():
+    with pytest.raises(RotaryError, match="pooling last"):
+        SequenceClassifier(ModelConfig(vocab_size=VOCAB, max_seq_len=32, **_LLAMA), 2, pooling="cls")
+    # last-token pooling reads the rightmost real token of each row, wherever the padding is
+    model = SequenceClassifier(ModelConfig(vocab_size=VOCAB, max_seq_len=32, **_LLAMA), 2, pooling="last")
+    h = torch.arange(2 * 5, dtype=torch.float32).reshape(2, 5, 1)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
+    assert model.pool(h, mask).flatten().tolist() == [2.0, 9.0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,8 +649,8 @@ def test_to_hf_refuses_mean_pooling():
 
 
 def test_refuses_other_models_and_paths(tmp_path):
-    with pytest.raises(RotaryError, match="LlamaForSequenceClassification"):
-        from_hf(LlamaForSequenceClassification(LlamaConfig(
+    with pytest.raises(RotaryError, match="LlamaForTokenClassification"):
+        from_hf(LlamaForTokenClassification(LlamaConfig(
             vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=1, num_attention_heads=4)))
     with pytest.raises(RotaryError, match="no config.json"):
         from_hf(tmp_path / "missing")

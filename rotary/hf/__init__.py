@@ -1,9 +1,11 @@
-"""Conversion to and from HF transformers: Llama (causal LM), RoFormer (masked LM, classifier).
+"""Conversion to and from HF transformers: Llama (causal LM, classifier), RoFormer (masked LM, classifier).
 
     from_hf(hf_model_or_dir)       LlamaForCausalLM    -> CausalLM
                                    RoFormerForMaskedLM -> MaskedLM
                                    RoFormerForSequenceClassification
                                                        -> SequenceClassifier(pooling="cls")
+                                   LlamaForSequenceClassification
+                                                       -> SequenceClassifier(pooling="last")
     to_hf(model)                   the way back (a transformers model instance)
     save_hf(model, out_dir)        config.json + model.safetensors via save_pretrained, loadable
                                    by AutoModelForCausalLM / AutoModelForMaskedLM / ...

@@ -52,6 +52,9 @@ class Architecture:
     names: Callable[[ModelConfig], NameMap]
     # HF tensors that repeat a mapped one, which to_hf fills too: HF name -> rotary name
     hf_copies: Callable[[ModelConfig], dict[str, str]] = _no_copies
+    # whether this architecture expresses a rotary model of rotary_class (one class, two layouts:
+    # a classifier pooling the last token is Llama's, one pooling [CLS] is RoFormer's)
+    accepts: Callable[[RotaryModel], bool] = lambda model: True
 
 
 def _nothing_to_check(hf_model: Any, hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
@@ -74,6 +77,25 @@ class Family:
     hf_generated: tuple[str, ...] = ()  # prefixes of HF parameters that HF builds itself
     # checks the HF model and completes its state dict before renaming (RotaryError if refused)
     prepare_from_hf: Callable[[Any, dict[str, torch.Tensor], ModelConfig], None] = _nothing_to_check
+
+
+def with_labels(hf_config: Any, model: Any) -> Any:
+    """A classifier's label names as transformers keeps them (id2label / label2id), so that HF
+    pipelines print names, not LABEL_0."""
+    names = getattr(model, "label_names", None)
+    if names:
+        hf_config.id2label = {i: str(n) for i, n in enumerate(names)}
+        hf_config.label2id = {str(n): i for i, n in enumerate(names)}
+    return hf_config
+
+
+def labelled(model: Any, hf_config: Any) -> Any:
+    """The way back: a converted classifier keeps the HF config's label names (transformers'
+    LABEL_i placeholders become rotary's default "i")."""
+    id2label = getattr(hf_config, "id2label", None) or {}
+    names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(model.num_labels)]
+    model.label_names = [str(i) if n == f"LABEL_{i}" else n for i, n in enumerate(names)]
+    return model
 
 
 def transformers_module() -> Any:

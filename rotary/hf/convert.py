@@ -37,10 +37,10 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (llama.FAMILY, roformer.
 ARCHITECTURES: dict[str, tuple[Family, Architecture]] = {
     a.hf_class: (f, a) for f in FAMILIES.values() for a in f.architectures
 }
-# rotary model class -> (family, architecture): the way back
-TO_HF: dict[type, tuple[Family, Architecture]] = {
-    a.rotary_class: (f, a) for f, a in ARCHITECTURES.values()
-}
+# rotary model class -> the (family, architecture) pairs that may express it: the way back
+TO_HF: dict[type, list[tuple[Family, Architecture]]] = {}
+for _pair in ARCHITECTURES.values():
+    TO_HF.setdefault(_pair[1].rotary_class, []).append(_pair)
 
 
 def config_from_hf(hf_config: PretrainedConfig) -> ModelConfig:
@@ -88,7 +88,8 @@ def from_hf(hf_model: PreTrainedModel | str | os.PathLike[str]) -> RotaryModel:
     checkpoint directory).
 
     ``LlamaForCausalLM`` -> CausalLM, ``RoFormerForMaskedLM`` -> MaskedLM,
-    ``RoFormerForSequenceClassification`` -> SequenceClassifier(pooling="cls"). The result is in
+    ``RoFormerForSequenceClassification`` -> SequenceClassifier(pooling="cls"),
+    ``LlamaForSequenceClassification`` -> SequenceClassifier(pooling="last"). The result is in
     eval mode, on the HF model's device and dtype.
     """
     if isinstance(hf_model, (str, os.PathLike)):
@@ -110,8 +111,9 @@ def from_hf(hf_model: PreTrainedModel | str | os.PathLike[str]) -> RotaryModel:
 
 def _architecture_of(model: RotaryModel) -> tuple[Family, Architecture]:
     for cls in type(model).__mro__:  # a subclass converts as its base
-        if cls in TO_HF:
-            return TO_HF[cls]
+        for family, arch in TO_HF.get(cls, []):
+            if arch.accepts(model):
+                return family, arch
     names = [c.__name__ for c in TO_HF]
     raise RotaryError(
         f"cannot convert {type(model).__name__} to HF ({', '.join(names[:-1])} or {names[-1]})"
@@ -123,7 +125,8 @@ def to_hf(model: RotaryModel) -> PreTrainedModel:
     device and dtype).
 
     CausalLM -> ``LlamaForCausalLM``; MaskedLM -> ``RoFormerForMaskedLM``;
-    SequenceClassifier(pooling="cls") -> ``RoFormerForSequenceClassification``.
+    SequenceClassifier(pooling="cls") -> ``RoFormerForSequenceClassification``;
+    SequenceClassifier(pooling="last", a decoder) -> ``LlamaForSequenceClassification``.
     """
     family, arch = _architecture_of(model)
     cfg = model.config

@@ -16,6 +16,10 @@ Decisions where the two sides differ:
   position), and HF keeps the longest base it has seen until a call shorter than the
   original context resets it (rotary recomputes it every call). Unpadded batches, and each
   row run alone in a fresh HF model, give the same logits.
+* A decoder classifier pools its last real token: rotary finds it from ``attention_mask``,
+  transformers from ``input_ids != pad_token_id``. The two agree when the padding id never
+  occurs in real text (rotary's tokenizers pad with an id of their own, or 0 with a mask); a
+  model without ``pad_token_id`` converts, and transformers then classifies one row at a time.
 * rotary's residual/embedding ``dropout`` has no Llama field: ``to_hf`` drops it with a warning
   (inference is unaffected; training in transformers would run without it).
 """
@@ -29,9 +33,9 @@ from typing import Any
 import torch
 
 from rotary.errors import RotaryError
-from rotary.hf.adapter import Architecture, Family, NameMap, require, transformers_module
+from rotary.hf.adapter import Architecture, Family, NameMap, labelled, require, transformers_module, with_labels
 from rotary.model.config import ModelConfig
-from rotary.model.heads import CausalLM, RotaryModel
+from rotary.model.heads import CausalLM, RotaryModel, SequenceClassifier
 from rotary.model.rope import yarn_attention_scale
 
 _ACTS = ("silu", "swish")  # HF activation names that are exactly SwiGLU's SiLU gate
@@ -68,6 +72,8 @@ NAMES: NameMap = {
 
 def _prepare_from_hf(hf_model: Any, hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
     """A state dict that stores a tied head once gets it back; a tied head must be the embedding."""
+    if "score.weight" in hf_state:  # a sequence classifier: no LM head
+        return
     embedding = hf_state["model.embed_tokens.weight"]
     lm_head = hf_state.setdefault("lm_head.weight", embedding)
     if cfg.tie_embeddings and not torch.equal(lm_head, embedding):
@@ -240,9 +246,8 @@ def _rope_to_hf(cfg: ModelConfig) -> tuple[dict[str, Any], int]:
 
 
 def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
-    """A transformers ``LlamaConfig`` for ``cfg`` (RotaryError naming what Llama cannot express)."""
-    if num_labels is not None:
-        raise RotaryError("Llama conversion covers the causal LM only (no num_labels)")
+    """A transformers ``LlamaConfig`` for ``cfg``: a causal LM's, or a sequence classifier's
+    when ``num_labels`` is given (RotaryError naming what Llama cannot express)."""
     tf = transformers_module()
     fam = "Llama"
     require(cfg.causal, fam, "the model is bidirectional (causal=False)")
@@ -293,13 +298,27 @@ def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
         attention_bias=cfg.bias,
         mlp_bias=cfg.bias,
         attention_dropout=cfg.attention_dropout,
-        architectures=["LlamaForCausalLM"],
+        architectures=["LlamaForCausalLM" if num_labels is None else "LlamaForSequenceClassification"],
+        **({} if num_labels is None else {"num_labels": num_labels}),
         **kwargs,
     )
 
 
 def _causal_lm_hf_config(model: RotaryModel) -> Any:
     return config_to_hf(model.config)
+
+
+# LlamaForSequenceClassification: the backbone and a bias-free ``score`` on the last real token.
+CLASSIFIER_NAMES: NameMap = {k: v for k, v in NAMES.items() if k != "lm_head.weight"} | {"score.weight": "score.weight"}
+
+
+def _classifier_hf_config(model: RotaryModel) -> Any:
+    assert isinstance(model, SequenceClassifier)
+    return with_labels(config_to_hf(model.config, num_labels=model.num_labels), model)
+
+
+def _build_classifier(cfg: ModelConfig, hfc: Any) -> SequenceClassifier:
+    return labelled(SequenceClassifier(cfg, num_labels=hfc.num_labels, pooling="last"), hfc)
 
 
 FAMILY = Family(
@@ -311,6 +330,14 @@ FAMILY = Family(
             build=lambda cfg, hfc: CausalLM(cfg),
             hf_config=_causal_lm_hf_config,
             names=lambda cfg: NAMES,
+        ),
+        Architecture(
+            hf_class="LlamaForSequenceClassification",
+            rotary_class=SequenceClassifier,
+            build=_build_classifier,
+            hf_config=_classifier_hf_config,
+            names=lambda cfg: CLASSIFIER_NAMES,
+            accepts=lambda model: getattr(model, "pooling", None) == "last",
         ),
     ),
     config_from_hf=config_from_hf,

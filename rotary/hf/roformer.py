@@ -28,9 +28,11 @@ from rotary.hf.adapter import (
     Family,
     NameMap,
     Transform,
+    labelled,
     permute_heads,
     require,
     transformers_module,
+    with_labels,
 )
 from rotary.model.config import ModelConfig
 from rotary.model.heads import MaskedLM, RotaryModel, SequenceClassifier
@@ -262,7 +264,7 @@ def _classifier_hf_config(model: RotaryModel) -> Any:
             "cannot express this model as HF RoFormer: RoFormerForSequenceClassification pools "
             f"the first token, this classifier uses pooling={model.pooling}"
         )
-    return config_to_hf(model.config, num_labels=model.num_labels)
+    return with_labels(config_to_hf(model.config, num_labels=model.num_labels), model)
 
 
 MASKED_LM = Architecture(
@@ -276,9 +278,10 @@ MASKED_LM = Architecture(
 SEQUENCE_CLASSIFIER = Architecture(
     hf_class="RoFormerForSequenceClassification",
     rotary_class=SequenceClassifier,
-    build=lambda cfg, hfc: SequenceClassifier(cfg, num_labels=hfc.num_labels, pooling="cls"),
+    build=lambda cfg, hfc: labelled(SequenceClassifier(cfg, num_labels=hfc.num_labels, pooling="cls"), hfc),
     hf_config=_classifier_hf_config,
     names=lambda cfg: _backbone(cfg) | CLASSIFIER_HEAD,
+    accepts=lambda model: getattr(model, "pooling", None) != "last",
 )
 FAMILY = Family(
     model_type="roformer",

@@ -110,7 +110,9 @@ class TrainConfig:
     # -- fine-tuning (rotary finetune) -----------------------------------------------------------
     init_from: str | None = doc(None, "run or checkpoint whose backbone and tokenizer a fine-tune starts "
                                       "from; none = the recipe's model from scratch (--from)")
-    pooling: Literal["cls", "mean"] = doc("cls", "classifier: first-token ([CLS]) or mean pooling")
+    pooling: Literal["cls", "mean", "last"] | None = doc(
+        None, "classifier pooling: first token ([CLS]), mean, or last token (decoders); None = cls for an "
+        "encoder backbone, last for a decoder")
 
     # -- precision, device, speed --------------------------------------------------------------
     precision: Literal["fp32", "bf16", "fp16"] = doc(
