@@ -89,7 +89,10 @@ def run_demo(recipe: str | Path | None = None, overrides: dict[str, Any] | None 
         "xz": {"bits_per_byte": comp["xz"]},
         "gzip": {"bits_per_byte": comp["gzip"]},
     }
-    sample = pre.generate(prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_k=200, top_p=0.95, seed=cfg.seed)
+    # a sample that fits the model's context (a tiny test model has only a few dozen positions)
+    room = min(max_new_tokens, pre.context - len(pre.tokenizer.encode(prompt)))
+    sample = pre.generate(prompt, max_new_tokens=max(room, 1), temperature=0.8, top_k=200, top_p=0.95,
+                          seed=cfg.seed, truncate="left")
     plot = plot_losses(run_dir)
     out = DemoResult(run_dir=run_dir, table=table, sample=sample, prompt=prompt, plot=plot,
                      wall_seconds=time.perf_counter() - t0)

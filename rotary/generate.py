@@ -1,8 +1,11 @@
-"""Text generation with a preallocated KV cache: greedy, temperature, top-k and top-p sampling.
+"""Text generation: greedy, temperature, top-k, top-p, min-p and repetition penalty.
 
-The prompt is processed in one forward pass (prefill); each further token costs one forward pass
-of a single position against the cache. Prompts of different lengths are left-padded and the
-model counts positions from the attention mask, so padding never shifts them.
+Every prompt goes through the decode engine (``rotary.engine``): one prefill pass for all
+prompts, then one forward pass of a single token per step against a slot KV cache, each row at
+its own length (no padding inside the cache, so a row's tokens do not depend on its neighbours
+beyond float rounding). Each row samples from its own generator: with a seed, a prompt gives
+the same text alone or in any batch. Dynamic NTK models, whose cached keys change rotation with
+the length, use the left-padded ``KVCache`` path below instead.
 """
 
 from __future__ import annotations
@@ -13,20 +16,14 @@ import torch
 
 from rotary.errors import RotaryError
 from rotary.model import CausalLM, MaskedLM
+from rotary.sampling import SamplingParams, check_sampling, sample_next
 
-
-def check_sampling(*, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
-    """RotaryError for sampling settings that cannot work."""
-    if temperature < 0:
-        raise RotaryError(f"temperature must be >= 0, got {temperature}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise RotaryError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k is not None and top_k < 1:
-        raise RotaryError(f"top_k must be >= 1, got {top_k}")
+__all__ = ["check_generation", "check_sampling", "generate", "iter_tokens", "left_pad", "sample_next"]
 
 
 def check_generation(model: torch.nn.Module, max_new_tokens: int, *, temperature: float = 1.0,
-                     top_k: int | None = None, top_p: float | None = None) -> None:
+                     top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+                     repetition_penalty: float | None = None) -> None:
     """Everything :func:`generate` would refuse that is known before the first forward pass, so
     callers can check before they print anything."""
     if not isinstance(model, CausalLM):
@@ -37,29 +34,8 @@ def check_generation(model: torch.nn.Module, max_new_tokens: int, *, temperature
                           "train with task causal_lm to generate (a classifier: `rotary classify`)")
     if max_new_tokens < 0:
         raise RotaryError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
-
-
-def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Next token ids (B,) from last-position logits (B, vocab). temperature 0 = greedy."""
-    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
-    logits = logits.float()
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = sorted_logits.softmax(dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p (the first one stays).
-        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                   repetition_penalty=repetition_penalty)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +51,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, mask
 
 
-def iter_tokens(
+def _iter_tokens_kvcache(
     model: CausalLM,
     prompts: Sequence[Sequence[int]] | torch.Tensor,
     max_new_tokens: int,
@@ -87,12 +63,7 @@ def iter_tokens(
     pad_id: int | None = None,
     seed: int | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Continue each prompt, yielding each step's (B,) new ids as they are sampled.
-
-    A row that reached ``eos_id`` keeps yielding ``eos_id``; the iteration ends after
-    ``max_new_tokens`` steps or when every row has ended. The KV cache makes each step one
-    token's forward pass.
-    """
+    """:func:`iter_tokens` over a left-padded ``KVCache``, for dynamic NTK (one shared generator)."""
     check_generation(model, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     if max_new_tokens == 0:
         return
@@ -133,6 +104,73 @@ def iter_tokens(
         model.train(was_training)
 
 
+def _rows(prompts: Sequence[Sequence[int]] | torch.Tensor) -> list[list[int]]:
+    rows = prompts.tolist() if isinstance(prompts, torch.Tensor) else [list(p) for p in prompts]
+    if not rows or any(len(p) == 0 for p in rows):
+        raise RotaryError("every prompt needs at least one token")
+    return rows
+
+
+def iter_tokens(
+    model: CausalLM,
+    prompts: Sequence[Sequence[int]] | torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    eos_id: int | None = None,
+    pad_id: int | None = None,
+    seed: int | None = None,
+    seeds: Sequence[int | None] | None = None,
+    compile: bool = False,
+) -> Iterator[torch.Tensor]:
+    """Continue each prompt, yielding each step's (B,) new ids as they are sampled.
+
+    A row that reached ``eos_id`` keeps yielding ``eos_id``; the iteration ends after
+    ``max_new_tokens`` steps or when every row has ended. ``seed`` seeds every row's own
+    generator (so a prompt samples the same alone or in a batch); ``seeds`` gives one per row.
+    ``pad_id`` is accepted for the left-padded path; the engine does not pad.
+    """
+    from rotary.engine import Engine, Request
+
+    check_generation(model, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                     repetition_penalty=repetition_penalty)
+    if max_new_tokens == 0:
+        return
+    rows = _rows(prompts)
+    cfg = model.config
+    if cfg.position == "rope" and cfg.rope_scaling == "dynamic_ntk":
+        if min_p is not None or repetition_penalty not in (None, 1.0) or seeds is not None:
+            raise RotaryError("min_p, repetition_penalty and per-row seeds need the decode engine, which dynamic "
+                              "NTK models do not use")
+        yield from _iter_tokens_kvcache(model, rows, max_new_tokens, temperature=temperature, top_k=top_k,
+                                        top_p=top_p, eos_id=eos_id, pad_id=pad_id, seed=seed)
+        return
+    seeds = list(seeds) if seeds is not None else [seed] * len(rows)
+    if len(seeds) != len(rows):
+        raise RotaryError(f"{len(seeds)} seeds for {len(rows)} prompts")
+    was_training = model.training
+    engine = Engine(model, slots=len(rows), max_len=max(len(r) for r in rows) + max_new_tokens, compile=compile)
+    try:
+        requests = [Request(r, max_new_tokens, SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
+                                                              min_p=min_p, repetition_penalty=repetition_penalty,
+                                                              seed=s), eos_id=eos_id, tag=i)
+                    for i, (r, s) in enumerate(zip(rows, seeds))]
+        fill = eos_id if eos_id is not None else 0
+        events = engine.start(requests)
+        while events:
+            step = torch.full((len(rows),), fill, dtype=torch.long)
+            for e in events:
+                step[e.tag] = e.token
+            yield step
+            events = engine.step()
+    finally:
+        model.train(was_training)
+
+
 def generate(
     model: CausalLM,
     prompts: Sequence[Sequence[int]] | torch.Tensor,
@@ -141,9 +179,13 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
     eos_id: int | None = None,
     pad_id: int | None = None,
     seed: int | None = None,
+    seeds: Sequence[int | None] | None = None,
+    compile: bool = False,
     on_tokens: Callable[[torch.Tensor], None] | None = None,
 ) -> list[list[int]]:
     """Continue each prompt by up to ``max_new_tokens`` tokens; returns only the new tokens.
@@ -153,7 +195,8 @@ def generate(
     """
     steps = []
     for nxt in iter_tokens(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                           eos_id=eos_id, pad_id=pad_id, seed=seed):
+                           min_p=min_p, repetition_penalty=repetition_penalty, eos_id=eos_id, pad_id=pad_id,
+                           seed=seed, seeds=seeds, compile=compile):
         steps.append(nxt)
         if on_tokens is not None:
             on_tokens(nxt)

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rotary.errors import RotaryError
 from rotary.model import RotaryModel
+
+
+@dataclass
+class Completion:
+    """One continuation: its text, the new token ids (EOS excluded), their log-probabilities
+    under the model (when asked), and why it ended: "stop" (EOS or a stop string) or "length"."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] | None
+    finish_reason: str
+    prompt_tokens: int
+    truncated_tokens: int = 0  # prompt tokens dropped from the left (truncate="left")
 
 
 class Pretrained:
@@ -23,6 +37,12 @@ class Pretrained:
     def task(self) -> str:
         return self.config.get("task", "")
 
+    @property
+    def context(self) -> int:
+        """Positions a prompt and its continuation may use: the model's max_seq_len (after any
+        RoPE scaling at inference)."""
+        return int(self.model.config.max_seq_len)
+
     def check_generate(
         self,
         prompt: str | Sequence[str],
@@ -31,24 +51,135 @@ class Pretrained:
         temperature: float = 0.8,
         top_k: int | None = None,
         top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        stop: Sequence[str] = (),
         seed: int | None = None,
+        num_samples: int = 1,
+        truncate: str | None = None,
     ) -> list[list[int]]:
         """RotaryError for anything :meth:`generate` would refuse, before any output; returns the
-        encoded prompts."""
+        encoded prompts (cut from the left when ``truncate="left"`` and they would not fit)."""
         from rotary.generate import check_generation
+        from rotary.sampling import check_sampling
 
-        check_generation(self.model, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+        check_generation(self.model, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                         min_p=min_p, repetition_penalty=repetition_penalty)
+        check_sampling(stop=tuple(stop))
+        if num_samples < 1:
+            raise RotaryError(f"num_samples must be >= 1, got {num_samples}")
+        if truncate not in (None, "left"):
+            raise RotaryError(f"truncate must be left (keep the prompt's end) or unset, got '{truncate}'")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         encoded = [self.tokenizer.encode(p) for p in prompts]
-        for p, ids in zip(prompts, encoded):
+        context = self.context
+        for i, (p, ids) in enumerate(zip(prompts, encoded)):
             if not ids:
                 raise RotaryError(f"prompt {p!r} encodes to no tokens: give at least one character of text")
-        cfg = self.model.config
-        longest = max(len(ids) for ids in encoded) + max_new_tokens
-        if cfg.position == "learned" and longest > cfg.max_seq_len:
-            raise RotaryError(f"prompt + max_new_tokens = {longest} tokens, more than the model's "
-                              f"{cfg.max_seq_len} learned positions: lower --max-new-tokens")
+            if len(ids) + max_new_tokens <= context:
+                continue
+            if truncate == "left" and max_new_tokens < context:
+                encoded[i] = ids[len(ids) + max_new_tokens - context:]
+                continue
+            if max_new_tokens >= context:
+                raise RotaryError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+                                  f"context of {context} tokens: lower --max-new-tokens")
+            raise RotaryError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) = "
+                              f"{len(ids) + max_new_tokens}, beyond the model's context of {context} tokens: lower "
+                              "--max-new-tokens, keep the prompt's end with --truncate left, or extend the context "
+                              "with --rope-scaling yarn --factor 4")
         return encoded
+
+    def complete(
+        self,
+        prompt: str | Sequence[str],
+        max_new_tokens: int = 100,
+        *,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        num_samples: int = 1,
+        logprobs: bool = False,
+        truncate: str | None = None,
+        stop_at_eos: bool = True,
+        compile: bool = False,
+    ) -> list[Completion]:
+        """Continue each prompt ``num_samples`` times (prompt-major order): text, token ids,
+        log-probabilities of the chosen tokens (with ``logprobs``) and why each ended. Sample j
+        of a prompt uses seed ``seed + j``, whatever else shares the batch."""
+        from rotary.engine import Engine, Request
+        from rotary.sampling import SamplingParams
+
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        encoded = self.check_generate(prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                      min_p=min_p, repetition_penalty=repetition_penalty, stop=stop,
+                                      num_samples=num_samples, truncate=truncate)
+        eos = self.tokenizer.eos_id if stop_at_eos else None
+        full = [len(self.tokenizer.encode(p)) for p in prompts]
+        requests = []
+        for ids in encoded:
+            for j in range(num_samples):
+                params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                        repetition_penalty=repetition_penalty,
+                                        seed=None if seed is None else seed + j, stop=tuple(stop), logprobs=logprobs)
+                requests.append(Request(ids, max_new_tokens, params, eos_id=eos, tag=len(requests)))
+        out = [Completion("", [], [] if logprobs else None, "length", len(r.prompt), full[i // num_samples] -
+                          len(r.prompt)) for i, r in enumerate(requests)]
+        if self._dynamic_ntk:
+            return self._complete_kvcache(requests, out, logprobs)
+        was_training = self.model.training
+        engine = Engine(self.model, slots=len(requests), max_len=max(len(r.prompt) for r in requests) + max_new_tokens,
+                        tokenizer=self.tokenizer, compile=compile)
+        try:
+            events = engine.start(requests)
+            while events:
+                for e in events:
+                    c = out[e.tag]
+                    c.text += e.text
+                    if e.token != eos:
+                        c.token_ids.append(e.token)
+                        if c.logprobs is not None:
+                            c.logprobs.append(e.logprob)
+                    if e.finish_reason is not None:
+                        c.finish_reason = e.finish_reason
+                events = engine.step()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    @property
+    def _dynamic_ntk(self) -> bool:
+        cfg = self.model.config
+        return cfg.position == "rope" and cfg.rope_scaling == "dynamic_ntk"
+
+    def _complete_kvcache(self, requests: list[Any], out: list[Completion], logprobs: bool) -> list[Completion]:
+        """Dynamic NTK models (their cached keys change rotation with the length, which the slot
+        cache of the engine cannot hold): one prompt at a time on the left-padded KVCache path."""
+        from rotary.generate import generate
+        from rotary.text_stream import TextStream
+
+        if logprobs:
+            raise RotaryError("logprobs need the decode engine, which dynamic NTK models do not use")
+        for r, c in zip(requests, out):
+            p = r.params
+            (ids,) = generate(self.model, [r.prompt], r.max_new_tokens, temperature=p.temperature, top_k=p.top_k,
+                              top_p=p.top_p, eos_id=r.eos_id, seed=p.seed)
+            stream = TextStream(self.tokenizer, p.stop)
+            for token in ids:
+                if token == r.eos_id:
+                    c.finish_reason = "stop"
+                    break
+                c.token_ids.append(token)
+                c.text += stream.push(token)
+                if stream.stopped:
+                    c.finish_reason = "stop"
+                    break
+            c.text += stream.finish()
+        return out
 
     def generate(
         self,
@@ -58,18 +189,20 @@ class Pretrained:
         temperature: float = 0.8,
         top_k: int | None = None,
         top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        stop: Sequence[str] = (),
         seed: int | None = None,
+        truncate: str | None = None,
         stop_at_eos: bool = True,
+        compile: bool = False,
     ) -> str | list[str]:
-        """Continue ``prompt`` (or each of a list of prompts); returns the continuation text."""
-        from rotary.generate import generate
-
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        encoded = self.check_generate(prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
-        eos = self.tokenizer.eos_id if stop_at_eos else None
-        rows = generate(self.model, encoded, max_new_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, eos_id=eos, pad_id=self.tokenizer.pad_id, seed=seed)
-        texts = [self.tokenizer.decode([t for t in r if t != eos]) for r in rows]
+        """Continue ``prompt`` (or each of a list of prompts); returns the continuation text (a
+        stop string, when one is met, and what follows it are not returned)."""
+        done = self.complete(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                             repetition_penalty=repetition_penalty, stop=stop, seed=seed, truncate=truncate,
+                             stop_at_eos=stop_at_eos, compile=compile)
+        texts = [c.text for c in done]
         return texts[0] if isinstance(prompt, str) else texts
 
     def stream(
@@ -80,33 +213,44 @@ class Pretrained:
         temperature: float = 0.8,
         top_k: int | None = None,
         top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        stop: Sequence[str] = (),
         seed: int | None = None,
+        truncate: str | None = None,
         stop_at_eos: bool = True,
+        compile: bool = False,
     ) -> Iterator[str]:
         """Continue ``prompt``, yielding the text as it is generated (``for piece in
         pre.stream("ROMEO:"): print(piece, end="")``). The pieces join to :meth:`generate`'s text
-        with the same arguments; a multi-byte character is held back until it is complete."""
-        from rotary.generate import iter_tokens
+        with the same arguments; a multi-byte character is held back until it is complete, and
+        text that may begin a stop string until it is ruled out."""
+        from rotary.engine import Engine, Request
+        from rotary.sampling import SamplingParams
 
+        if self._dynamic_ntk:  # no engine (see _complete_kvcache): the text arrives in one piece
+            yield self.generate(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                stop=stop, seed=seed, truncate=truncate, stop_at_eos=stop_at_eos)
+            return
         # checked before the first piece: a stream never stops half-way on a bad setting
-        (encoded,) = self.check_generate([prompt], max_new_tokens, temperature=temperature, top_k=top_k,
-                                         top_p=top_p)
+        (encoded,) = self.check_generate([prompt], max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                         min_p=min_p, repetition_penalty=repetition_penalty, stop=stop,
+                                         truncate=truncate)
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop))
         eos = self.tokenizer.eos_id if stop_at_eos else None
-        emitted: list[int] = []
-        shown = ""
-        for nxt in iter_tokens(self.model, [encoded], max_new_tokens, temperature=temperature, top_k=top_k,
-                               top_p=top_p, eos_id=eos, pad_id=self.tokenizer.pad_id, seed=seed):
-            token = int(nxt[0])
-            if token == eos:
-                break
-            emitted.append(token)
-            text = self.tokenizer.decode(emitted)
-            if not text.endswith("\ufffd"):  # wait for a multi-byte character to complete
-                yield text[len(shown):]
-                shown = text
-        text = self.tokenizer.decode(emitted)
-        if text != shown:
-            yield text[len(shown):]
+        was_training = self.model.training
+        engine = Engine(self.model, slots=1, max_len=len(encoded) + max_new_tokens, tokenizer=self.tokenizer,
+                        compile=compile)
+        try:
+            events = engine.start([Request(encoded, max_new_tokens, params, eos_id=eos)])
+            while events:
+                for e in events:
+                    if e.text:
+                        yield e.text
+                events = engine.step()
+        finally:
+            self.model.train(was_training)
 
     def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
                  batch_size: int = 32) -> list[dict[str, Any]]:
@@ -123,17 +267,25 @@ class Pretrained:
         return fill_mask(self.model, self.tokenizer, text, top_k)
 
 
-def load(path: str | Path, device: str = "auto", which: str = "best", *, verify: bool = True) -> Pretrained:
+def load(path: str | Path, device: str = "auto", which: str = "best", *, verify: bool = True,
+         rope_scaling: str | None = None, rope_factor: float | None = None) -> Pretrained:
     """Load a run directory (its best checkpoint, else the latest) or a checkpoint directory.
 
     The checkpoint is checked against its manifest first; ``verify=False`` skips the sha256
-    sums (for very large models), sizes are still checked.
+    sums (for very large models), sizes are still checked. ``rope_scaling`` (linear,
+    dynamic_ntk or yarn) with ``rope_factor`` extends a RoPE model's context at inference.
     """
     from rotary import checkpoint as ckpt
     from rotary.device import pick_device
     from rotary.tokenizer import load_tokenizer
 
+    if (rope_scaling is None) != (rope_factor is None):
+        raise RotaryError("rope scaling at inference needs both a method (--rope-scaling) and a factor (--factor)")
     model, ckpt_dir = ckpt.load_model(path, pick_device(device), which, verify=verify)
+    if rope_scaling is not None:
+        from rotary.model.rope import extend_context
+
+        extend_context(model, rope_scaling, float(rope_factor))
     config = ckpt.read_json(ckpt_dir / "config.json")
     tok_dir = ckpt_dir / "tokenizer"
     if not tok_dir.is_dir():

@@ -1,15 +1,16 @@
-"""``rotary generate RUN --prompt TEXT``: sample continuations with the KV cache."""
+"""``rotary generate RUN --prompt TEXT``: sample continuations with the decode engine."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate", help="generate text from a trained causal LM",
-        description="Continue each prompt with a trained causal LM (KV cache; left-padded batches). "
-                    "One prompt streams token by token.",
+        description="Continue each prompt with a trained causal LM (decode engine: slot KV cache, every row at "
+                    "its own length). One prompt streams token by token.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", help="run directory (uses best/, else the latest checkpoint) or a checkpoint directory")
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
@@ -18,7 +19,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
     p.add_argument("--top-p", type=float, default=None,
                    help="nucleus sampling: the smallest set of tokens whose probability reaches p")
-    p.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable sample")
+    p.add_argument("--min-p", type=float, default=None,
+                   help="drop tokens less likely than min-p times the most likely one")
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help="divide the logits of tokens already in the prompt or output by this (CTRL; 1 = none)")
+    p.add_argument("--stop", action="append", default=[],
+                   help="stop when this text appears (repeat for several; it may span tokens and is not printed)")
+    p.add_argument("--num-samples", type=int, default=1, help="continuations per prompt")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed (sample j of a prompt uses seed + j, whatever else is in the batch)")
+    p.add_argument("--logprobs", action="store_true", help="also print the log-probability of each chosen token")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per continuation (text, tokens, finish_reason, usage, logprobs)")
+    p.add_argument("--truncate", choices=("left",), default=None,
+                   help="a prompt too long for the context: keep its end (default: refuse it)")
+    p.add_argument("--rope-scaling", choices=("linear", "dynamic_ntk", "yarn"), default=None,
+                   help="extend a RoPE model's context at inference by --factor, without training")
+    p.add_argument("--factor", type=float, default=None, help="context extension factor for --rope-scaling")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays off on long outputs)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                    help="which checkpoint of a run directory: best/ (lowest validation loss) or the latest step")
@@ -31,18 +49,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rotary.pretrained import load
 
-    pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify)
-    kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                  top_p=args.top_p, seed=args.seed)
+    pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify,
+               rope_scaling=args.rope_scaling, rope_factor=args.factor)
+    kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                  repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed, truncate=args.truncate)
     # every check before the first byte of output: an error never follows a printed prompt
-    pre.check_generate(args.prompt, **kwargs)
-    if len(args.prompt) == 1 and not args.no_stream:
+    pre.check_generate(args.prompt, args.max_new_tokens, num_samples=args.num_samples, **kwargs)
+    streams = len(args.prompt) == 1 and args.num_samples == 1 and not (args.no_stream or args.json or args.logprobs)
+    if streams:
         print(args.prompt[0], end="", flush=True)
-        for piece in pre.stream(args.prompt[0], **kwargs):
+        for piece in pre.stream(args.prompt[0], args.max_new_tokens, compile=args.compile, **kwargs):
             print(piece, end="", flush=True)
         print()
         return 0
-    for prompt, text in zip(args.prompt, pre.generate(args.prompt, **kwargs)):
-        print(prompt + text)
+    done = pre.complete(args.prompt, args.max_new_tokens, num_samples=args.num_samples, logprobs=args.logprobs,
+                        compile=args.compile, **kwargs)
+    for i, c in enumerate(done):
+        prompt = args.prompt[i // args.num_samples]
+        if args.json:
+            record = {"prompt": prompt, "sample": i % args.num_samples, "text": c.text,
+                      "finish_reason": c.finish_reason, "token_ids": c.token_ids,
+                      "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids)}}
+            if c.truncated_tokens:
+                record["truncated_prompt_tokens"] = c.truncated_tokens
+            if c.logprobs is not None:
+                record["logprobs"] = c.logprobs
+            print(json.dumps(record, ensure_ascii=False))
+            continue
+        print(prompt + c.text)
+        if c.logprobs is not None:
+            total = sum(c.logprobs)
+            print(f"logprobs: sum {total:.3f}, mean {total / max(len(c.logprobs), 1):.3f} over "
+                  f"{len(c.logprobs)} tokens")
+            for token, lp in zip(c.token_ids, c.logprobs):
+                print(f"  {lp:9.4f}  {pre.tokenizer.decode([token])!r}")
         print("-" * 40)
     return 0

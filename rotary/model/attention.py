@@ -75,6 +75,80 @@ class KVCache:
         self.v = self.v[:, index]
 
 
+class SlotCache:
+    """A KV cache of independent rows ("slots") for continuous batching: each row has its own
+    length, so a sequence can start in a free row while the others keep decoding.
+
+    Shapes never change (``slots`` x ``max_len`` positions, every pass attends over all of
+    them with a mask), so one compiled decode step serves the whole generation without
+    recompiling as the cache fills. ``lengths`` (slots,) counts each row's filled positions; the
+    caller (``rotary.engine``) sets it and keeps a host copy, so no pass needs a host sync.
+    A row's new tokens are written at positions ``lengths[row]`` onwards; positions past a row's
+    length hold stale values that the mask hides and later tokens overwrite.
+    """
+
+    per_row = True
+    stores_unrotated_keys = False
+
+    def __init__(self, cfg: ModelConfig, slots: int, max_len: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        if cfg.position == "rope" and cfg.rope_scaling == "dynamic_ntk":
+            raise RotaryError("dynamic NTK changes every cached key's rotation with the length, which a slot "
+                              "cache cannot hold: use rope scaling linear or yarn, or the KVCache path")
+        shape = (cfg.n_layer, slots, cfg.kv_heads, max_len, cfg.head_dim)  # (L, B, KV, S, hd)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
+        self.key_positions = torch.arange(max_len, device=device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def rows(self, n: int) -> SlotCache:
+        """The first ``n`` rows as a cache of their own that shares this one's storage (views: a
+        pass over it writes here), so a step computes only the rows in use."""
+        if n == self.batch_size:
+            return self
+        view = object.__new__(SlotCache)
+        view.k, view.v = self.k[:, :n], self.v[:, :n]
+        view.max_len, view.lengths, view.key_positions = self.max_len, self.lengths[:n], self.key_positions
+        return view
+
+    def check_room(self, new_tokens: int) -> None:  # the engine checks lengths on the host
+        return None
+
+    def advance(self, new_tokens: int) -> None:  # the engine sets lengths itself
+        return None
+
+    def positions(self, new_tokens: int) -> torch.Tensor:
+        """(B, T): each row's new tokens continue from its own length."""
+        return self.lengths[:, None] + torch.arange(new_tokens, device=self.lengths.device)
+
+    def mask(self, new_tokens: int, new_mask: torch.Tensor | None) -> torch.Tensor:
+        """bool (B, 1, T, S): a new token sees its row's cached keys and the new ones up to itself,
+        minus new positions that ``new_mask`` (B, T) marks as padding; always itself."""
+        j = self.key_positions[None, None, :]  # (1, 1, S)
+        q = self.positions(new_tokens)[:, :, None]  # (B, T, 1)
+        allowed = j <= q
+        if new_mask is not None:
+            offset = j - self.lengths[:, None, None]  # (B, 1, S): key j is new token number `offset`
+            is_new = (offset >= 0) & (offset < new_tokens)
+            real = new_mask.bool().gather(1, offset[:, 0].clamp(0, new_tokens - 1))[:, None, :]  # (B, 1, S)
+            allowed = (allowed & (real | ~is_new)) | (j == q)
+        return allowed[:, None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, KV, T, hd) keys/values at each row's positions; return the whole row buffers."""
+        B, KV, T, hd = k.shape
+        idx = self.positions(T).clamp(max=self.max_len - 1)  # a finished row may sit at the end
+        idx = idx[:, None, :, None].expand(B, KV, T, hd)
+        self.k[layer].scatter_(2, idx, k)
+        self.v[layer].scatter_(2, idx, v)
+        return self.k[layer], self.v[layer]
+
+
 class AttentionContext:
     """What every layer's attention needs for one forward pass, computed once by the backbone.
 

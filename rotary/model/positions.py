@@ -38,6 +38,10 @@ class LearnedPositions(nn.Module):
             )
         return self.weight[positions]
 
+    def at(self, positions: torch.Tensor) -> torch.Tensor:
+        """The rows for ``positions`` with no range check (the caller checked on the host)."""
+        return self.weight[positions]
+
 
 class SinusoidalPositions(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -50,6 +54,10 @@ class SinusoidalPositions(nn.Module):
         if seq_len > self.table.shape[0]:  # no ceiling: grow on demand
             size = max(seq_len, 2 * self.table.shape[0])
             self.table = sinusoidal_table(size, self.dim).to(self.table.device)
+        return self.table[positions]
+
+    def at(self, positions: torch.Tensor) -> torch.Tensor:
+        """The rows for ``positions`` with no growth (the caller sized the table)."""
         return self.table[positions]
 
 

@@ -157,6 +157,16 @@ class RotaryEmbedding(nn.Module):
         self.cos_table = cos.to(device)
         self.sin_table = sin.to(device)
 
+    def ensure(self, length: int) -> None:
+        """Grow the table to cover positions 0..length-1 now (before a compiled pass reads it)."""
+        if length > self.table_len:
+            self._grow(length)
+
+    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin (B, T, r) for positions the table already covers (no growth, no host sync);
+        not for dynamic NTK, whose base follows the length."""
+        return self.cos_table[positions], self.sin_table[positions]
+
     def uses_length(self, seq_len: int) -> bool:
         """True when cos/sin depend on the total length (dynamic NTK past the original context)."""
         return self.dynamic and dynamic_ntk_base(self.cfg, seq_len) != self.cfg.rope_theta
@@ -259,3 +269,28 @@ def pairs_to_halves(head_dim: int) -> torch.Tensor:
 def halves_to_pairs(head_dim: int) -> torch.Tensor:
     """The inverse of ``pairs_to_halves``: ``W_pairs = W_halves[perm]``."""
     return torch.argsort(pairs_to_halves(head_dim))
+
+
+def extend_context(model: nn.Module, scaling: str, factor: float) -> None:
+    """RoPE scaling at inference: let a trained model read ``factor`` times its context with
+    ``scaling`` (linear, dynamic_ntk or yarn), without training. The model's config records it
+    (its ``max_seq_len`` becomes the extended length, the trained one ``rope_original_max_seq_len``)."""
+    from dataclasses import replace
+
+    cfg = model.config
+    if cfg.position != "rope":
+        raise RotaryError(f"rope scaling needs a RoPE model; this one uses position={cfg.position}")
+    if cfg.rope_scaling != "none":
+        raise RotaryError(f"the model already uses rope_scaling={cfg.rope_scaling} (factor "
+                          f"{cfg.rope_scaling_factor:g}): it cannot be scaled twice")
+    if scaling not in ("linear", "dynamic_ntk", "yarn"):
+        raise RotaryError(f"rope scaling must be linear, dynamic_ntk or yarn, got '{scaling}'")
+    if not factor > 1.0:
+        raise RotaryError(f"the rope scaling factor must be > 1, got {factor}")
+    new = replace(cfg, rope_scaling=scaling, rope_scaling_factor=float(factor),
+                  rope_original_max_seq_len=cfg.max_seq_len, max_seq_len=int(round(cfg.max_seq_len * factor)))
+    new.validate()
+    device = model.backbone.embed_tokens.weight.device
+    model.config = new
+    model.backbone.cfg = new
+    model.backbone.rope = RotaryEmbedding(new).to(device)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from rotary.errors import RotaryError
-from rotary.model.attention import Attention, AttentionContext, KVCache, build_attention_mask
+from rotary.model.attention import Attention, AttentionContext, KVCache, SlotCache, build_attention_mask
 from rotary.model.config import ModelConfig
 from rotary.model.positions import make_absolute_positions
 from rotary.model.rope import RotaryEmbedding
@@ -136,11 +136,7 @@ class Backbone(nn.Module):
             )
         if self.embed_positions is not None:
             x = x + self.embed_positions(pos_for_embed, total)
-        if self.embed_norm is not None:
-            x = self.embed_norm(x)
-        x = self.drop(x)
-        if self.embed_project is not None:
-            x = self.embed_project(x)  # (B, T, e) -> (B, T, d)
+        x = self._finish_embedding(x)
 
         ctx = AttentionContext()
         ctx.kv_cache = kv_cache
@@ -151,10 +147,45 @@ class Backbone(nn.Module):
             )
         ctx.mask, ctx.is_causal = build_attention_mask(attention_mask, cfg.causal, past, T)
 
-        for layer in self.layers:
-            x = layer(x, ctx)
+        x = self._blocks(x, ctx)
         if kv_cache is not None:
             kv_cache.advance(T)
+        return x
+
+    def _finish_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        x = self.drop(x)
+        if self.embed_project is not None:
+            x = self.embed_project(x)  # (B, T, e) -> (B, T, d)
+        return x
+
+    def _blocks(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, ctx)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x
+
+    def forward_slots(self, input_ids: torch.Tensor, cache: SlotCache,
+                      new_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, T, d) of new tokens appended to each row of a :class:`SlotCache`,
+        row b from position ``cache.lengths[b]`` on; ``new_mask`` (B, T) marks right padding.
+
+        No host syncs and no shape that depends on the lengths, so the decode step compiles to
+        one graph (``rotary.engine``); the caller checks the positions fit on the host and then
+        sets ``cache.lengths``. Token types are not taken: generation is for causal LMs.
+        """
+        positions = cache.positions(input_ids.shape[1])  # (B, T)
+        x = self.embed_tokens(input_ids)  # (B, T, d)
+        if self.embed_types is not None:
+            x = x + self.embed_types(torch.zeros_like(input_ids))
+        if self.embed_positions is not None:
+            x = x + self.embed_positions.at(positions)
+        x = self._finish_embedding(x)
+        ctx = AttentionContext()
+        ctx.kv_cache = cache
+        if self.rope is not None:
+            ctx.cos, ctx.sin = self.rope.at(positions)
+        ctx.mask = cache.mask(input_ids.shape[1], new_mask)
+        return self._blocks(x, ctx)

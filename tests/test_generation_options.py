@@ -1,0 +1,278 @@
+"""Generation options (#13): the decode engine's continuous batching, min-p and repetition penalty
+against transformers' logits processors, per-row seeds, log-probabilities, stop strings and
+whole characters in streamed text, prompts longer than the context, RoPE scaling at inference,
+and the CLI's --json / --num-samples / --stop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rotary.engine import Engine, Request
+from rotary.errors import RotaryError
+from rotary.generate import generate
+from rotary.model import CausalLM
+from rotary.model.config import ModelConfig
+from rotary.sampling import SamplingParams, apply_repetition_penalty, filter_logits
+from rotary.text_stream import TextStream
+
+
+@pytest.fixture(scope="module")
+def lm() -> CausalLM:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, max_seq_len=64, n_layer=2, n_head=4, d_model=32, d_ff=64,
+                      n_kv_head=2, initializer_range=0.3, tie_embeddings=False)
+    return CausalLM(cfg).eval()
+
+
+def full_forward_logits(model: CausalLM, seq: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([seq]))[0, -1]
+
+
+# -- the engine: rows joining a running batch ----------------------------------------------------
+
+
+def test_a_row_joining_a_running_batch_decodes_as_if_alone(lm):
+    """Continuous batching: sequences start while others are mid-generation, in the slots others
+    freed; each one's greedy tokens equal argmax over repeated full forwards (steps with a top-2
+    margin under 1e-3 are where float rounding may legitimately differ, and are not compared)."""
+    prompts = {"a": [5, 17, 3, 42, 8], "b": [7], "c": [13, 2, 44], "d": [9, 9, 1]}
+    budget = {"a": 12, "b": 3, "c": 9, "d": 6}
+    engine = Engine(lm, slots=2, max_len=32)
+    out = {k: [] for k in prompts}
+
+    def start(keys):
+        for e in engine.start([Request(prompts[k], budget[k], SamplingParams(temperature=0), tag=k) for k in keys]):
+            out[e.tag].append(e.token)
+
+    start(["a", "b"])
+    waiting = ["c", "d"]
+    while engine.active or waiting:
+        if waiting and engine.free_slots:
+            start([waiting.pop(0)])
+        for e in engine.step():
+            out[e.tag].append(e.token)
+    assert max(engine.batch_sizes) == 2 and engine.steps >= 12
+    for k, prompt in prompts.items():
+        seq = list(prompt)
+        assert len(out[k]) == budget[k]
+        for token in out[k]:
+            logits = full_forward_logits(lm, seq)
+            top2 = logits.topk(2).values
+            if top2[0] - top2[1] > 1e-3:
+                assert token == int(logits.argmax()), (k, seq)
+            seq.append(token)
+
+
+def test_the_engine_refuses_what_does_not_fit(lm):
+    engine = Engine(lm, slots=1, max_len=10)
+    with pytest.raises(RotaryError, match="more than the engine's 10"):
+        engine.start([Request([1] * 8, 5)])
+    engine.start([Request([1], 5)])
+    with pytest.raises(RotaryError, match="free slots"):
+        engine.start([Request([2], 5)])
+
+
+# -- logits processing, against transformers ---------------------------------------------------
+
+
+def test_repetition_penalty_and_min_p_match_transformers():
+    processors = pytest.importorskip("transformers.generation.logits_process")
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 40, generator=g) * 3
+    seen_ids = torch.randint(0, 40, (3, 12), generator=g)
+    seen = torch.zeros(3, 40, dtype=torch.bool).scatter(1, seen_ids, True)
+    ours = apply_repetition_penalty(logits, seen, torch.full((3, 1), 1.3))
+    theirs = processors.RepetitionPenaltyLogitsProcessor(1.3)(seen_ids, logits.clone())
+    torch.testing.assert_close(ours, theirs)
+    for min_p in (0.05, 0.3):
+        kept = filter_logits(logits, [SamplingParams(min_p=min_p)] * 3).isfinite()
+        hf = processors.MinPLogitsWarper(min_p)(seen_ids, logits.clone()).isfinite()
+        assert torch.equal(kept, hf)
+    # top-k and top-p too, one setting per row within one batch
+    params = [SamplingParams(top_k=5), SamplingParams(top_p=0.7), SamplingParams(temperature=0.5, top_k=3)]
+    kept = filter_logits(logits, params).isfinite()
+    assert torch.equal(kept[0], processors.TopKLogitsWarper(5)(seen_ids, logits.clone())[0].isfinite())
+    assert torch.equal(kept[1], processors.TopPLogitsWarper(0.7)(seen_ids, logits.clone())[1].isfinite())
+    assert int(kept[2].sum()) == 3
+
+
+def test_min_p_never_samples_outside_its_set(lm):
+    prompt = [5, 17, 3]
+    for seed in range(3):
+        out = generate(lm, [prompt], 8, temperature=1.0, min_p=0.2, seed=seed)[0]
+        seq = list(prompt)
+        for token in out:
+            probs = full_forward_logits(lm, seq).double().softmax(-1)
+            assert probs[token] >= 0.2 * probs.max() - 1e-6, (seed, seq, token)
+            seq.append(token)
+
+
+def test_repetition_penalty_changes_a_greedy_decode_and_one_is_none(lm):
+    prompt = [5, 17, 3]
+    plain = generate(lm, [prompt], 12, temperature=0)
+    assert generate(lm, [prompt], 12, temperature=0, repetition_penalty=1.0) == plain
+    penalised = generate(lm, [prompt], 12, temperature=0, repetition_penalty=50.0)[0]
+    assert len(set(penalised)) > len(set(plain[0])) or penalised != plain[0]
+
+
+def test_a_seeded_row_samples_the_same_whatever_shares_its_batch(lm):
+    alone = generate(lm, [[13, 2, 44]], 10, temperature=1.0, seed=7)[0]
+    batch = generate(lm, [[5, 17, 3, 42], [13, 2, 44], [7]], 10, temperature=1.0, seed=7)
+    assert batch[1] == alone
+    assert generate(lm, [[13, 2, 44]], 10, temperature=1.0, seed=8)[0] != alone
+    # explicit per-row seeds
+    rows = generate(lm, [[13, 2, 44]] * 2, 10, temperature=1.0, seeds=[7, 8])
+    assert rows[0] == alone and rows[1] != alone
+
+
+def test_logprobs_are_the_models_log_softmax_of_each_chosen_token(lm):
+    engine = Engine(lm, slots=1, max_len=20)
+    prompt = [5, 17, 3]
+    events = engine.start([Request(prompt, 6, SamplingParams(temperature=1.0, seed=0, logprobs=True))])
+    got = []
+    while events:
+        got += [(e.token, e.logprob) for e in events]
+        events = engine.step()
+    seq = list(prompt)
+    for token, lp in got:
+        want = full_forward_logits(lm, seq).double().log_softmax(-1)[token]
+        assert lp == pytest.approx(float(want), abs=1e-4)
+        seq.append(token)
+
+
+# -- text: stop strings and whole characters -----------------------------------------------------
+
+
+class ByteTokenizer:
+    """One token per UTF-8 byte: a Chinese character takes three tokens."""
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def stream_pieces(text: str, stop=()) -> tuple[list[str], TextStream]:
+    tok = ByteTokenizer()
+    stream = TextStream(tok, stop)
+    pieces = []
+    for t in tok.encode(text):
+        pieces.append(stream.push(t))
+        if stream.stopped:
+            break
+    pieces.append(stream.finish())
+    return [p for p in pieces if p], stream
+
+
+def test_streamed_text_never_holds_half_a_character():
+    pieces, _ = stream_pieces("今天天气很好 ok")
+    assert "".join(pieces) == "今天天气很好 ok"
+    assert all("\ufffd" not in p for p in pieces) and pieces[0] == "今"
+
+
+@pytest.mark.parametrize("text,stop,want", [
+    ("hello world. Bye", ["."], "hello world"),
+    ("one\nuser: two", ["\nuser:"], "one"),            # a stop string spanning several tokens
+    ("abcabd", ["abd", "ca"], "ab"),                  # the earliest of several stops wins
+    ("天气很好。明天", ["。"], "天气很好"),             # a multi-byte stop string
+    ("no stop here", ["zz"], "no stop here"),
+    ("ends with a partial sto", ["stop"], "ends with a partial sto"),  # held back, then released at the end
+])
+def test_stop_strings_cut_exactly_and_are_not_returned(text, stop, want):
+    pieces, stream = stream_pieces(text, stop)
+    assert "".join(pieces) == want
+    assert stream.stopped == (want != text)
+
+
+def test_text_that_may_begin_a_stop_string_is_held_back():
+    tok = ByteTokenizer()
+    stream = TextStream(tok, ["END"])
+    shown = "".join(stream.push(t) for t in tok.encode("abE"))
+    assert shown == "ab"  # "E" could begin END
+    shown += "".join(stream.push(t) for t in tok.encode("x"))
+    assert shown == "abEx"
+
+
+# -- through the run directory: context, truncation, rope scaling, the CLI ------------------------
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    from rotary.train.loop import train
+    from tests.train_support import make_recipe, write_corpus
+
+    tmp = tmp_path_factory.mktemp("gen")
+    cfg = make_recipe(tmp / "run", write_corpus(tmp / "corpus", 20), model={"preset": "tiny", "max_seq_len": 32},
+                      max_steps=30, eval_interval=30, checkpoint_interval=30)
+    train(cfg)
+    return cfg.run_dir
+
+
+def test_a_prompt_longer_than_the_context_is_refused_or_cut_from_the_left(lm_run):
+    from rotary.pretrained import load
+
+    pre = load(lm_run, device="cpu")
+    long = "Shall I compare thee to a summer's day? " * 6
+    n = len(pre.tokenizer.encode(long))
+    assert n > 32
+    with pytest.raises(RotaryError, match="--truncate left"):
+        pre.generate(long, 8)
+    (c,) = pre.complete(long, 8, temperature=0, truncate="left")
+    assert c.prompt_tokens == 32 - 8 and c.truncated_tokens == n - 24
+    # the same as giving the prompt's end yourself
+    end = pre.tokenizer.decode(pre.tokenizer.encode(long)[-24:])
+    assert pre.tokenizer.encode(end) == pre.tokenizer.encode(long)[-24:]
+    assert c.text == pre.generate(end, 8, temperature=0)
+    with pytest.raises(RotaryError, match="no room"):
+        pre.generate("a", 32)
+
+
+def test_rope_scaling_at_inference_extends_the_context_exactly_as_the_config_says(lm_run):
+    from rotary.pretrained import load
+
+    pre = load(lm_run, device="cpu", rope_scaling="yarn", rope_factor=4)
+    cfg = pre.model.config
+    assert pre.context == 128 and cfg.rope_original_max_seq_len == 32 and cfg.rope_scaling == "yarn"
+    # the same function as a model built with that config and the same weights
+    built = CausalLM(cfg).eval()
+    built.load_state_dict(pre.model.state_dict())
+    ids = torch.randint(0, cfg.vocab_size, (2, 100))
+    with torch.no_grad():
+        torch.testing.assert_close(pre.model(ids), built(ids))
+    text = pre.generate("To be", 90, temperature=0)  # past the trained 32 positions
+    assert len(pre.tokenizer.encode(text)) > 32
+    with pytest.raises(RotaryError, match="both a method"):
+        load(lm_run, device="cpu", rope_factor=4)
+    with pytest.raises(RotaryError, match="must be > 1"):
+        load(lm_run, device="cpu", rope_scaling="linear", rope_factor=0.5)
+
+
+def test_generate_cli_json_num_samples_stop_and_logprobs(lm_run, capsys):
+    from rotary.cli import main
+
+    assert main(["generate", str(lm_run), "--prompt", "To be", "--prompt", "The", "--max-new-tokens", "6",
+                 "--num-samples", "2", "--seed", "3", "--json", "--logprobs"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["prompt"], r["sample"]) for r in records] == [("To be", 0), ("To be", 1), ("The", 0), ("The", 1)]
+    for r in records:
+        assert r["finish_reason"] in ("stop", "length") and len(r["logprobs"]) == len(r["token_ids"])
+        assert all(lp <= 0 for lp in r["logprobs"]) and r["usage"]["completion_tokens"] == len(r["token_ids"])
+    # greedy with a stop string: the text ends where the stop string began, without it
+    assert main(["generate", str(lm_run), "--prompt", "To be", "--max-new-tokens", "20", "--temperature", "0",
+                 "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)["text"]
+    stop = full.strip()[3:5]
+    assert stop and stop in full
+    assert main(["generate", str(lm_run), "--prompt", "To be", "--max-new-tokens", "20", "--temperature", "0",
+                 "--json", "--stop", stop]) == 0
+    cut = json.loads(capsys.readouterr().out)
+    assert cut["text"] == full[:full.index(stop)] and cut["finish_reason"] == "stop"
+    for bad in (["--factor", "2"], ["--min-p", "2"], ["--num-samples", "0"], ["--repetition-penalty", "0"]):
+        assert main(["generate", str(lm_run), "--prompt", "x", *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("rotary"), err

@@ -1,0 +1,435 @@
+"""``rotary serve``: the OpenAI API over the decode engine, checked with the official client.
+
+A tiny causal LM is trained once (200 steps on the sonnet corpus, a few seconds). It memorises
+the lines, so its greedy choices win by wide margins: a row's logits computed in a batch of 16
+(or with another prefill shape) differ from the offline ones by float rounding only (~1e-6),
+far below the gap between its first and second choices, so the greedy tokens, and the texts,
+must match exactly. Servers run on loopback, in a thread, on a free port.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+
+from rotary import cli  # noqa: E402
+from rotary.engine import Engine, Request  # noqa: E402
+from rotary.sampling import SamplingParams  # noqa: E402
+from rotary.serve import create_app  # noqa: E402
+from rotary.serve.protocol import ROLE_STOPS, Message, chat_prompt  # noqa: E402
+from tests.train_support import LINES, make_recipe, write_corpus  # noqa: E402
+
+MODEL = "tiny-sonnets"
+CONTEXT = 64
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rotary.train.loop import train
+
+    root = tmp_path_factory.mktemp("serve")
+    cfg = make_recipe(root / "run", write_corpus(root / "corpus", 30), max_steps=200, eval_interval=200,
+                      checkpoint_interval=200, tensorboard=False, seq_len=CONTEXT, batch_size=8,
+                      model={"preset": "tiny", "max_seq_len": CONTEXT})
+    train(cfg)
+    return cfg.run_dir
+
+
+@pytest.fixture(scope="module")
+def pre(run_dir: Path):
+    from rotary.pretrained import load
+
+    return load(run_dir, device="cpu")
+
+
+@contextmanager
+def live(app) -> Iterator[SimpleNamespace]:
+    """``app`` served by uvicorn on 127.0.0.1 in a background thread."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", port=port, engine=app.state.engine,
+                              scheduler=app.state.scheduler)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(pre) -> Iterator[SimpleNamespace]:
+    with live(create_app(pre, slots=16, max_queue=64, model_name=MODEL)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def offline(pre):
+    """Greedy text of a prompt, decoded alone by an engine of one slot (not the server's)."""
+    engine = Engine(pre.model, slots=1, max_len=CONTEXT, tokenizer=pre.tokenizer)
+    cache: dict = {}
+
+    def greedy(prompt: str, max_new: int, stop: tuple[str, ...] = ()) -> tuple[str, str]:
+        key = (prompt, max_new, stop)
+        if key not in cache:
+            req = Request(pre.tokenizer.encode(prompt), max_new, SamplingParams(temperature=0, stop=stop),
+                          pre.tokenizer.eos_id)
+            events = engine.start([req])
+            while engine.active:
+                events += engine.step()
+            cache[key] = ("".join(e.text for e in events), events[-1].finish_reason)
+        return cache[key]
+
+    return greedy
+
+
+@contextmanager
+def slow_steps(engine: Engine, seconds: float) -> Iterator[None]:
+    """Each decode step takes ``seconds`` longer: time for a test to act while a request decodes."""
+    real = engine.step
+
+    def step():
+        time.sleep(seconds)
+        return real()
+
+    engine.step = step
+    try:
+        yield
+    finally:
+        del engine.step
+
+
+def wait_for(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def post(port: int, path: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    conn.request("POST", path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    resp = conn.getresponse()
+    out = resp.status, json.loads(resp.read() or b"null")
+    conn.close()
+    return out
+
+
+def batch_steps(server, size: int) -> int:
+    return server.scheduler.metrics()["batch_size_histogram"].get(str(size), 0)
+
+
+# -- answers equal offline generation -------------------------------------------------------------
+def test_completion_equals_offline_greedy_whole_and_streamed(client, pre, offline):
+    want, finish = offline("Shall I", 40)
+    assert want == pre.generate("Shall I", 40, temperature=0)  # the engine agrees with generate() too
+    out = client.completions.create(model=MODEL, prompt="Shall I", max_tokens=40, temperature=0)
+    assert out.object == "text_completion" and out.model == MODEL
+    assert out.choices[0].text == want and out.choices[0].finish_reason == finish == "length"
+    n_prompt = len(pre.tokenizer.encode("Shall I"))
+    usage = out.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (n_prompt, 40, n_prompt + 40)
+
+    chunks = list(client.completions.create(model=MODEL, prompt="Shall I", max_tokens=40, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert all(c.object == "text_completion" for c in chunks)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == want
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 40
+
+
+def test_stream_is_openais_server_sent_events(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/v1/completions", body=json.dumps(
+        {"model": MODEL, "prompt": "But thy", "max_tokens": 8, "temperature": 0, "stream": True}),
+        headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("content-type").startswith("text/event-stream")
+    raw = resp.read().decode()
+    conn.close()
+    events = raw.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert all(e.startswith("data: {") for e in events[:-2])
+    assert {c["object"] for c in chunks} == {"text_completion"} and len({c["id"] for c in chunks}) == 1
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["length"]
+
+
+def test_chat_is_the_role_template_continued_until_the_next_turn(client, offline):
+    messages = [{"role": "system", "content": "Verse."}, {"role": "user", "content": "Shall I"}]
+    prompt = chat_prompt([Message(**m) for m in messages])
+    assert prompt == "system: Verse.\nuser: Shall I\nassistant:"
+    want, finish = offline(prompt, 20, ROLE_STOPS)
+    out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0)
+    assert out.object == "chat.completion" and out.choices[0].message.role == "assistant"
+    assert out.choices[0].message.content == want and out.choices[0].finish_reason == finish
+    assert out.usage.completion_tokens > 0
+
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0,
+                                                 stream=True))
+    assert {c.object for c in chunks} == {"chat.completion.chunk"}
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == want
+    assert chunks[-1].choices[0].finish_reason == finish and chunks[-1].choices[0].delta.content is None
+
+
+def test_stop_strings_cut_the_text(client, offline):
+    full, _ = offline("Shall I", 40)
+    out = client.completions.create(model=MODEL, prompt="Shall I", max_tokens=40, temperature=0, stop="summer")
+    assert out.choices[0].text == full[:full.index("summer")] and out.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(model=MODEL, prompt="Shall I", max_tokens=40, temperature=0,
+                                         stop=["day", "summer"], stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == full[:full.index("summer")]
+
+
+def test_n_samples_are_seeded_seed_plus_j(client, pre):
+    prompts = ["Sonnet", "Rough"]
+    sample = dict(model=MODEL, max_tokens=12, temperature=1.5, extra_body={"top_k": 50})
+    many = client.completions.create(prompt=prompts, n=3, seed=7, **sample)
+    assert [c.index for c in many.choices] == list(range(6))  # choice p * n + j: sample j of prompt p
+    singles = [client.completions.create(prompt=prompt, seed=7 + j, **sample) for prompt in prompts for j in range(3)]
+    assert [c.text for c in many.choices] == [one.choices[0].text for one in singles]
+    assert many.usage.prompt_tokens == sum(len(pre.tokenizer.encode(p)) for p in prompts)  # each prompt once
+    assert many.usage.completion_tokens == sum(one.usage.completion_tokens for one in singles)
+
+
+def test_logprobs_of_the_chosen_tokens(client):
+    out = client.completions.create(model=MODEL, prompt="So long as", max_tokens=10, temperature=0, logprobs=0)
+    lp = out.choices[0].logprobs
+    assert "".join(lp.tokens) == out.choices[0].text and len(lp.token_logprobs) == 10
+    assert all(x <= 0 for x in lp.token_logprobs) and lp.text_offset[0] == 0
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "So long as"}],
+                                          max_tokens=5, temperature=0, logprobs=True)
+    content = chat.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == chat.choices[0].message.content
+    assert all(t.logprob <= 0 for t in content)
+
+
+def test_models_health_and_metrics(client, server):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    for path in ("/health", "/metrics"):
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        assert resp.status == 200, path
+        body = json.loads(resp.read())
+    conn.close()
+    assert body["slots"] == 16 and body["active"] == 0 and "batch_size_histogram" in body
+
+
+# -- batching ---------------------------------------------------------------------------------------
+PROMPTS = [" ".join(line.split()[:k]) for line in LINES for k in (1, 2, 3)][:16]
+
+
+def test_16_concurrent_clients_each_get_their_offline_text(client, server, offline):
+    want = [offline(p, 24 + i) for i, p in enumerate(PROMPTS)]  # different lengths: rows end at different steps
+    before = server.scheduler.steps
+
+    def ask(i: int) -> str:
+        if i % 2:  # half of them stream
+            chunks = client.completions.create(model=MODEL, prompt=PROMPTS[i], max_tokens=24 + i, temperature=0,
+                                               stream=True)
+            return "".join(c.choices[0].text for c in chunks)
+        out = client.completions.create(model=MODEL, prompt=PROMPTS[i], max_tokens=24 + i, temperature=0)
+        return out.choices[0].text
+
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(ask, range(16)))
+    assert got == [text for text, _ in want]
+    assert server.scheduler.steps > before
+    assert max(list(server.scheduler.recent_batch_sizes)[-(server.scheduler.steps - before):]) > 1
+
+
+def test_a_second_request_joins_a_running_one_and_gets_tokens_before_it_ends(client, server):
+    twos = batch_steps(server, 2)
+    times: dict[str, float] = {}
+    first_chunk = threading.Event()
+
+    def long() -> str | None:
+        stream = client.completions.create(model=MODEL, prompt="Shall I", max_tokens=CONTEXT - 8, temperature=0,
+                                           stream=True)
+        finish = None
+        for c in stream:
+            first_chunk.set()
+            finish = c.choices[0].finish_reason or finish
+        times["long_end"] = time.monotonic()
+        return finish
+
+    with slow_steps(server.engine, 0.02), ThreadPoolExecutor(1) as pool:
+        running = pool.submit(long)
+        assert first_chunk.wait(10)
+        for _ in client.completions.create(model=MODEL, prompt="Rough winds", max_tokens=4, temperature=0,
+                                           stream=True):
+            times.setdefault("short_first", time.monotonic())
+        assert running.result() == "length"  # the long one ran its whole length...
+    assert times["short_first"] < times["long_end"]  # ...and the short one got its tokens meanwhile
+    assert batch_steps(server, 2) > twos  # decoded together
+
+
+# -- errors ---------------------------------------------------------------------------------------
+OK = {"model": MODEL, "prompt": "Shall I", "max_tokens": 4}
+
+
+@pytest.mark.parametrize("path, body, status, param", [
+    ("/v1/completions", {"model": MODEL}, 400, "prompt"),
+    ("/v1/completions", {"prompt": "Shall I"}, 400, "model"),
+    ("/v1/completions", {**OK, "max_tokens": "4"}, 400, "max_tokens"),
+    ("/v1/completions", {**OK, "temperature": "hot"}, 400, "temperature"),
+    ("/v1/completions", {**OK, "stream": 1}, 400, "stream"),
+    ("/v1/completions", {**OK, "max_tokens": CONTEXT}, 400, "max_tokens"),
+    ("/v1/completions", {**OK, "prompt": "summer " * 100}, 400, "prompt"),
+    ("/v1/completions", {**OK, "model": "gpt-4"}, 404, "model"),
+    ("/v1/completions", {**OK, "top_p": 0}, 400, "top_p"),
+    ("/v1/completions", {**OK, "n": 0}, 400, "n"),
+    ("/v1/completions", {**OK, "n": 65}, 400, "n"),
+    ("/v1/completions", {**OK, "stop": [""]}, 400, "stop"),
+    ("/v1/completions", {**OK, "prompt": [10**9]}, 400, "prompt"),
+    ("/v1/completions", {**OK, "logprobs": 9}, 400, "logprobs"),
+    ("/v1/completions", {**OK, "frequency_penalty": 0.5}, 400, "frequency_penalty"),
+    ("/v1/completions", [OK], 400, None),
+    ("/v1/completions", b"{not json", 400, None),
+    ("/v1/completions", b'{"model": "' + b"x" * (1 << 20) + b'"}', 413, None),
+    ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"content": "hi"}]}, 400, "messages.0.role"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi " * 80}]}, 400,
+     "messages"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [{}]},
+     400, "tools"),
+    ("/v1/nothing", OK, 404, None),
+])
+def test_bad_requests_get_openai_error_json_and_the_server_lives_on(server, path, body, status, param):
+    got, out = post(server.port, path, body)
+    assert got == status, out
+    assert set(out) == {"error"} and set(out["error"]) == {"message", "type", "param", "code"}
+    assert out["error"]["message"] and out["error"]["param"] == param
+    assert post(server.port, "/v1/completions", OK)[0] == 200
+
+
+def test_the_client_raises_openais_exceptions(client):
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt="x")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=1000)
+    assert err.value.code == "context_length_exceeded"
+
+
+def test_api_key(pre):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(pre, slots=1, max_queue=1, api_key="sekret", model_name=MODEL)) as c:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sekret"}):
+            r = c.post("/v1/completions", json=OK, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert c.get("/v1/models").status_code == 401
+        assert c.post("/v1/completions", json=OK, headers={"Authorization": "Bearer sekret"}).status_code == 200
+        assert c.get("/v1/models", headers={"Authorization": "Bearer sekret"}).status_code == 200
+
+
+def test_a_full_queue_answers_503(pre):
+    with live(create_app(pre, slots=1, max_queue=1, model_name=MODEL)) as s, slow_steps(s.engine, 0.02), \
+            ThreadPoolExecutor(2) as pool:
+        body = {**OK, "max_tokens": 20}
+        first = pool.submit(post, s.port, "/v1/completions", body)
+        wait_for(lambda: s.engine.active == 1)
+        second = pool.submit(post, s.port, "/v1/completions", body)
+        wait_for(lambda: s.scheduler.pending == 1)
+        status, out = post(s.port, "/v1/completions", body)
+        assert status == 503 and out["error"]["code"] == "queue_full"
+        assert first.result()[0] == second.result()[0] == 200
+
+
+# -- disconnects ------------------------------------------------------------------------------------
+def test_a_client_leaving_mid_stream_frees_its_slot(client, server):
+    cancelled = server.scheduler.rows_cancelled
+    with slow_steps(server.engine, 0.02):
+        stream = client.completions.create(model=MODEL, prompt="Shall I", max_tokens=CONTEXT - 8, temperature=0,
+                                           stream=True)
+        next(iter(stream))
+        assert server.engine.active == 1
+        stream.close()
+        t = time.monotonic()
+        wait_for(lambda: server.engine.active == 0, timeout=3)
+        assert time.monotonic() - t < 0.02 * 40  # well before its 56 tokens would have ended
+    assert server.scheduler.rows_cancelled == cancelled + 1
+
+
+def test_a_client_leaving_before_its_whole_answer_frees_its_slot(server):
+    cancelled = server.scheduler.rows_cancelled
+    with slow_steps(server.engine, 0.02):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        body = json.dumps({**OK, "max_tokens": CONTEXT - 8}).encode()
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_for(lambda: server.engine.active == 1)
+        sock.close()
+        wait_for(lambda: server.engine.active == 0, timeout=10)  # generous: the CPU may be shared
+    assert server.scheduler.rows_cancelled == cancelled + 1
+
+
+# -- the verb -----------------------------------------------------------------------------------------
+def test_the_verb_passes_its_options_and_reads_the_key_from_the_environment(run_dir, monkeypatch, capsys):
+    import rotary.serve.app
+
+    seen = {}
+    monkeypatch.setattr(rotary.serve.app, "create_app", lambda pre, **kw: seen.update(kw) or "app")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setenv("ROTARY_API_KEY", "from-env")
+    assert cli.main(["serve", str(run_dir), "--port", "8123", "--slots", "4", "--compile"]) == 0
+    assert seen["api_key"] == "from-env" and seen["compile"] is True and seen["slots"] == 4
+    assert (seen["host"], seen["port"], seen["model_name"]) == ("127.0.0.1", 8123, run_dir.name)
+    assert "at http://127.0.0.1:8123/v1 with 4 slots" in capsys.readouterr().out
+
+
+def test_without_the_extra_the_verb_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi now raises ImportError
+    assert cli.main(["serve", "runs/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'rotary[serve]'" in err
+
+
+def test_other_verbs_do_not_import_fastapi():
+    code = ("import sys, rotary, rotary.cli; rotary.cli.build_parser(); "
+            "assert not {'fastapi', 'uvicorn', 'starlette'} & set(sys.modules), sys.modules.keys(); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_the_readmes_client_snippet_runs_against_the_server(server, capsys):
+    """README.md's `openai` example, as written, with this server's address and model id."""
+    from tests.test_readme import code_blocks
+
+    (snippet,) = [b for b in code_blocks("python") if "from openai import OpenAI" in b]
+    assert "http://127.0.0.1:8000/v1" in snippet and 'model="demo"' in snippet
+    snippet = snippet.replace("http://127.0.0.1:8000", server.url).replace('model="demo"', f'model="{MODEL}"')
+    snippet = snippet.replace("max_tokens=60", "max_tokens=20")  # this model's context is 64 tokens
+    capsys.readouterr()
+    exec(compile(snippet, "README.md:serve", "exec"), {})
+    assert capsys.readouterr().out.strip()
