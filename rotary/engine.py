@@ -53,6 +53,25 @@ class Event:
     index: int  # how many tokens this sequence has generated, this one included
 
 
+def decode_step(model: CausalLM, tokens: torch.Tensor, cache: SlotCache) -> torch.Tensor:
+    """One token per row through the model against a slot cache: (n, 1) ids -> (n, vocab) logits."""
+    h = model.backbone.forward_slots(tokens, cache)
+    return model.lm_head(h[:, -1])
+
+
+def compiled_decode_step(model: CausalLM) -> Any:
+    """``decode_step`` compiled once per model and kept on it, over plain tensors (the cache's
+    buffers), so every engine of the same shapes reuses the graph instead of recompiling."""
+    fn = getattr(model, "_rotary_compiled_decode", None)
+    if fn is None:
+        def step(tokens: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            return decode_step(model, tokens, SlotCache.of(k, v, lengths))
+
+        fn = torch.compile(step, dynamic=False)
+        object.__setattr__(model, "_rotary_compiled_decode", fn)  # not a submodule: no state_dict entry
+    return fn
+
+
 class _Row:
     __slots__ = ("seq", "generated", "stream", "generator", "last", "text")
 
@@ -98,17 +117,18 @@ class Engine:
         self.lengths = [0] * slots  # host copy of cache.lengths
         self.seen = torch.zeros(slots, cfg.vocab_size, dtype=torch.bool, device=self.device)
         self.tokens = torch.zeros(slots, 1, dtype=torch.long, device=self.device)
-        self._decode = torch.compile(self._decode_step, dynamic=False) if compile else self._decode_step
+        self._compiled = compiled_decode_step(model) if compile else None
         self.compiled = compile
         # active rows per recent decode step (for logs and /metrics), and how many steps ran
         self.batch_sizes: deque[int] = deque(maxlen=4096)
         self.steps = 0
 
     # -- the two passes -----------------------------------------------------------------------
-    def _decode_step(self, tokens: torch.Tensor, cache: SlotCache) -> torch.Tensor:
+    def _decode(self, tokens: torch.Tensor, cache: SlotCache) -> torch.Tensor:
         """(n, 1) ids -> (n, vocab) logits; writes each row's key/value at its length."""
-        h = self.model.backbone.forward_slots(tokens, cache)
-        return self.model.lm_head(h[:, -1])
+        if self._compiled is not None:
+            return self._compiled(tokens, cache.k, cache.v, cache.lengths)
+        return decode_step(self.model, tokens, cache)
 
     def _rows_to_compute(self, active: list[int]) -> int:
         """Slots 0..n-1 cover every active row (new rows take the lowest free slots). Compiled,

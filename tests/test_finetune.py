@@ -276,3 +276,40 @@ def test_a_single_class_and_a_label_count_mismatch_are_one_line_errors(classifie
 def test_the_fine_tune_records_its_max_len_and_classify_cuts_texts_there(classifier_run):
     config = json.loads((classifier_run / "best" / "config.json").read_text())
     assert config["max_len"] == 64
+
+
+def test_the_seeds_study_runs_in_quick_mode_and_summarises_every_run(data_char_dir, sentiment_dir, tmp_path):
+    """experiments/finetune_seeds.py --quick: the same code as the recorded study, tiny budget."""
+    import subprocess
+    import sys
+
+    from rotary.train.loop import train
+    from tests.train_support import make_recipe
+
+    mlm = make_recipe(tmp_path / "mlm", tokenizer=data_char_dir, task="masked_lm",
+                      model={"preset": "tiny", "max_seq_len": 32}, max_steps=2, checkpoint_interval=2,
+                      data={"corpus": "peoples-daily", "max_documents": 30, "tokenizer": {"path": str(data_char_dir)}})
+    train(mlm)
+    script = Path(__file__).resolve().parent.parent / "experiments" / "finetune_seeds.py"
+    out = tmp_path / "results"
+    cmd = [sys.executable, str(script), "--quick", "--pretrained", str(mlm.run_dir), "--tasks", "chinese-sentiment",
+           "--runs-dir", str(tmp_path / "runs"), "--out", str(out), "--extra", "--data.corpus", str(sentiment_dir),
+           "--seq-len", "32", "--threads", "1"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    results = json.loads((out / "finetune_seeds.json").read_text())
+    assert set(results["runs"]) == {"chinese-sentiment/pretrained", "chinese-sentiment/scratch"}
+    for r in results["runs"].values():
+        assert r["seeds"] == [1337, 1338] and len(r["accuracy"]) == 2 and r["examples"] == 200
+        assert r["accuracy_mean"] == pytest.approx(sum(r["accuracy"]) / 2)
+    gain = results["gain"]["chinese-sentiment"]
+    runs = results["runs"]
+    assert gain == pytest.approx(runs["chinese-sentiment/pretrained"]["accuracy_mean"]
+                                 - runs["chinese-sentiment/scratch"]["accuracy_mean"])
+    assert "| chinese-sentiment (200) | scratch |" in (out / "finetune_seeds.md").read_text()
+    # the scratch runs trained the pretrained run's architecture, from no weights
+    scratch = json.loads((tmp_path / "runs" / "chinese-sentiment-scratch-s1337" / "best" / "config.json").read_text())
+    pretrained = json.loads((mlm.run_dir / "best" / "config.json").read_text())
+    assert scratch["model"] == {**pretrained["model"], "dropout": scratch["model"]["dropout"]}
+    # finished runs are skipped on a second invocation
+    again = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    assert "$ " not in again.stdout

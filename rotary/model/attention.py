@@ -106,15 +106,21 @@ class SlotCache:
     def batch_size(self) -> int:
         return self.k.shape[1]
 
+    @classmethod
+    def of(cls, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor) -> SlotCache:
+        """A cache over existing buffers (L, B, KV, S, hd) and lengths (B,): a pass writes into them."""
+        cache = object.__new__(cls)
+        cache.k, cache.v, cache.lengths = k, v, lengths
+        cache.max_len = k.shape[3]
+        cache.key_positions = torch.arange(cache.max_len, device=k.device)
+        return cache
+
     def rows(self, n: int) -> SlotCache:
         """The first ``n`` rows as a cache of their own that shares this one's storage (views: a
         pass over it writes here), so a step computes only the rows in use."""
         if n == self.batch_size:
             return self
-        view = object.__new__(SlotCache)
-        view.k, view.v = self.k[:, :n], self.v[:, :n]
-        view.max_len, view.lengths, view.key_positions = self.max_len, self.lengths[:n], self.key_positions
-        return view
+        return SlotCache.of(self.k[:, :n], self.v[:, :n], self.lengths[:n])
 
     def check_room(self, new_tokens: int) -> None:  # the engine checks lengths on the host
         return None
