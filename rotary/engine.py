@@ -8,9 +8,12 @@ single token for every slot (a fixed shape: free slots compute too and are ignor
 active row with its own settings, and returns one :class:`Event` per active row. A sequence that
 finishes frees its slot at once, so a waiting one can join the running batch at the next step.
 
-Levers (measured in ``bench/generate.py``): the decode step can be ``torch.compile``d — its
-shapes never change as the cache fills, so it compiles once; the step allocates nothing per
-token besides its outputs, and it syncs with the host once (the sampled ids).
+Levers (measured in ``bench/generate.py``): a step computes only the rows and positions in use
+(views of the cache: nothing is copied), without a mask when every row has the same length; the
+decode step can be ``torch.compile``d, once per power-of-two row count, with the cache length as
+a dynamic dimension so it does not recompile as the cache fills; the cache holds one buffer per
+layer, which the compiled step updates in place; and a step syncs with the host once (the
+sampled ids).
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ def compiled_decode_step(model: CausalLM) -> Any:
     buffers), so every engine of the same shapes reuses the graph instead of recompiling."""
     fn = getattr(model, "_rotary_compiled_decode", None)
     if fn is None:
-        def step(tokens: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        def step(tokens: torch.Tensor, k: list[torch.Tensor], v: list[torch.Tensor],
+                 lengths: torch.Tensor) -> torch.Tensor:
             return decode_step(model, tokens, SlotCache.of(k, v, lengths))
 
         fn = torch.compile(step, dynamic=False)
@@ -127,16 +131,25 @@ class Engine:
     def _decode(self, tokens: torch.Tensor, cache: SlotCache) -> torch.Tensor:
         """(n, 1) ids -> (n, vocab) logits; writes each row's key/value at its length."""
         if self._compiled is not None:
+            for t in (*cache.k, *cache.v):  # one graph for every window length, not one per length
+                torch._dynamo.mark_dynamic(t, 2)
             return self._compiled(tokens, cache.k, cache.v, cache.lengths)
         return decode_step(self.model, tokens, cache)
 
-    def _rows_to_compute(self, active: list[int]) -> int:
-        """Slots 0..n-1 cover every active row (new rows take the lowest free slots). Compiled,
-        n is rounded up to a power of two, so at most log2(slots) + 1 graphs are ever built."""
+    def _window(self, active: list[int]) -> tuple[int, SlotCache]:
+        """The rows and positions a decode step computes: rows up to the last active one (a
+        power-of-two count when compiled, to bound the graphs), positions up to the longest row
+        (the rest is neither read nor masked), and no mask in eager mode when every row in the
+        window has the same length."""
         n = active[-1] + 1
+        longest = max(self.lengths[i] for i in active) + 1
         if self.compiled:
             n = min(self.slots, 1 << (n - 1).bit_length())
-        return n
+            return n, self.cache.window(n, max(longest, 2))  # the length is a dynamic dimension
+        full = len(active) == n and all(self.lengths[i] + 1 == longest for i in active)
+        return n, self.cache.window(n, longest, full_rows=full)
+
+
 
     def _prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """The prompts, right-padded together, through a temporary slot cache; returns the last
@@ -148,8 +161,8 @@ class Engine:
             ids[i, :len(p)] = torch.as_tensor(p, dtype=torch.long)
             mask[i, :len(p)] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        tmp = SlotCache(self.model.config, n, T, device=self.device, dtype=self.cache.k.dtype)
-        h = self.model.backbone.forward_slots(ids, tmp, new_mask=mask if not bool(mask.all()) else None)
+        tmp = SlotCache(self.model.config, n, T, device=self.device, dtype=self.cache.k[0].dtype)
+        h = self.model.backbone.forward_slots(ids, tmp, new_mask=mask if not bool(mask.all()) else None, empty=True)
         last = (mask.sum(-1) - 1)  # (n,) each row's last real position
         h_last = h[torch.arange(n, device=self.device), last]  # (n, d)
         return self.model.lm_head(h_last), tmp
@@ -191,8 +204,9 @@ class Engine:
             logits, tmp = self._prefill([s.prompt for s in seqs])
             index = torch.tensor(slots, device=self.device)
             T = tmp.max_len
-            self.cache.k[:, index, :, :T] = tmp.k
-            self.cache.v[:, index, :, :T] = tmp.v
+            for layer in range(len(tmp.k)):
+                self.cache.k[layer][index, :, :T] = tmp.k[layer]
+                self.cache.v[layer][index, :, :T] = tmp.v[layer]
             self.seen[index] = False
             for slot, seq in zip(slots, seqs):
                 self.lengths[slot] = len(seq.prompt)
@@ -210,9 +224,9 @@ class Engine:
             return []
         self.batch_sizes.append(len(active))
         self.steps += 1
-        n = self._rows_to_compute(active)
+        n, window = self._window(active)
         with torch.no_grad():
-            logits = self._decode(self.tokens[:n], self.cache.rows(n))
+            logits = self._decode(self.tokens[:n], window)
             for i in active:
                 self.lengths[i] += 1
             self.cache.lengths += torch.tensor([r is not None for r in self.rows], device=self.device)
@@ -227,7 +241,8 @@ class Engine:
         sizes = {min(self.slots, 1 << k) for k in range(self.slots.bit_length() + 1)} if self.compiled else {1}
         with torch.no_grad():
             for n in sorted(sizes):
-                self._decode(self.tokens[:n], self.cache.rows(n))
+                self._decode(self.tokens[:n], self.cache.window(n, self.max_len))
+                self._decode(self.tokens[:n], self.cache.window(n, max(2, self.max_len // 2)))
 
     def cancel(self, slot: int) -> None:
         """Free a slot (a client went away)."""

@@ -268,12 +268,14 @@ class Pretrained:
 
 
 def load(path: str | Path, device: str = "auto", which: str = "best", *, verify: bool = True,
-         rope_scaling: str | None = None, rope_factor: float | None = None) -> Pretrained:
+         rope_scaling: str | None = None, rope_factor: float | None = None, precision: str = "fp32") -> Pretrained:
     """Load a run directory (its best checkpoint, else the latest) or a checkpoint directory.
 
     The checkpoint is checked against its manifest first; ``verify=False`` skips the sha256
     sums (for very large models), sizes are still checked. ``rope_scaling`` (linear,
     dynamic_ntk or yarn) with ``rope_factor`` extends a RoPE model's context at inference.
+    ``precision="bf16"`` casts the weights (half the bytes per token, and AMX / AVX512-BF16 GEMMs
+    on CPUs that have them; outputs differ from fp32 by bf16 rounding).
     """
     from rotary import checkpoint as ckpt
     from rotary.device import pick_device
@@ -281,7 +283,13 @@ def load(path: str | Path, device: str = "auto", which: str = "best", *, verify:
 
     if (rope_scaling is None) != (rope_factor is None):
         raise RotaryError("rope scaling at inference needs both a method (--rope-scaling) and a factor (--factor)")
+    if precision not in ("fp32", "bf16"):
+        raise RotaryError(f"precision must be fp32 or bf16, got '{precision}'")
     model, ckpt_dir = ckpt.load_model(path, pick_device(device), which, verify=verify)
+    if precision == "bf16":
+        import torch
+
+        model = model.to(torch.bfloat16)
     if rope_scaling is not None:
         from rotary.model.rope import extend_context
 

@@ -272,6 +272,10 @@ def test_generate_cli_json_num_samples_stop_and_logprobs(lm_run, capsys):
                  "--json", "--stop", stop]) == 0
     cut = json.loads(capsys.readouterr().out)
     assert cut["text"] == full[:full.index(stop)] and cut["finish_reason"] == "stop"
+    # bf16 weights decode through the same engine (outputs differ from fp32 only by rounding)
+    assert main(["generate", str(lm_run), "--prompt", "To be", "--max-new-tokens", "5", "--temperature", "0",
+                 "--json", "--precision", "bf16"]) == 0
+    assert json.loads(capsys.readouterr().out)["usage"]["completion_tokens"] >= 1
     for bad in (["--factor", "2"], ["--min-p", "2"], ["--num-samples", "0"], ["--repetition-penalty", "0"]):
         assert main(["generate", str(lm_run), "--prompt", "x", *bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()

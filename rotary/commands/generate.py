@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="extend a RoPE model's context at inference by --factor, without training")
     p.add_argument("--factor", type=float, default=None, help="context extension factor for --rope-scaling")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays off on long outputs)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="weights in bf16: half the bytes per token (AMX / AVX512-BF16 CPUs, GPUs)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                    help="which checkpoint of a run directory: best/ (lowest validation loss) or the latest step")
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from rotary.pretrained import load
 
     pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify,
-               rope_scaling=args.rope_scaling, rope_factor=args.factor)
+               rope_scaling=args.rope_scaling, rope_factor=args.factor, precision=args.precision)
     kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                   repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed, truncate=args.truncate)
     # every check before the first byte of output: an error never follows a printed prompt

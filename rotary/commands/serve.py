@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot; more get 503")
     p.add_argument("--max-len", type=int, default=None,
                    help="positions per sequence, prompt + completion (default: the model's max_seq_len)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="weights in bf16: half the bytes per token (AMX / AVX512-BF16 CPUs, GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (compiled at startup)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         warnings.warn(f"serving on {args.host} without --api-key: anyone who can reach it can use it", RotaryWarning,
                       stacklevel=1)
-    pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify)
+    pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify, precision=args.precision)
     if not isinstance(pre.model, CausalLM):
         raise RotaryError(f"rotary serve needs a causal LM, and {args.run} holds a {type(pre.model).__name__}")
     name = args.model_name or default_model_name(pre.path)

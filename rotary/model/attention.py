@@ -79,12 +79,12 @@ class SlotCache:
     """A KV cache of independent rows ("slots") for continuous batching: each row has its own
     length, so a sequence can start in a free row while the others keep decoding.
 
-    Shapes never change (``slots`` x ``max_len`` positions, every pass attends over all of
-    them with a mask), so one compiled decode step serves the whole generation without
-    recompiling as the cache fills. ``lengths`` (slots,) counts each row's filled positions; the
-    caller (``rotary.engine``) sets it and keeps a host copy, so no pass needs a host sync.
-    A row's new tokens are written at positions ``lengths[row]`` onwards; positions past a row's
-    length hold stale values that the mask hides and later tokens overwrite.
+    One buffer per layer (B, KV, S, hd), so that a compiled step updates each in place (a slice
+    of one big buffer would make the compiler copy all of it every step). ``lengths`` (B,)
+    counts each row's filled positions; the caller (``rotary.engine``) sets it and keeps a host
+    copy, so no pass needs a host sync. A row's new tokens are written at positions
+    ``lengths[row]`` onwards; positions past a row's length hold stale values that the mask hides
+    and later tokens overwrite. :meth:`window` gives a pass only the rows and positions in use.
     """
 
     per_row = True
@@ -95,32 +95,40 @@ class SlotCache:
         if cfg.position == "rope" and cfg.rope_scaling == "dynamic_ntk":
             raise RotaryError("dynamic NTK changes every cached key's rotation with the length, which a slot "
                               "cache cannot hold: use rope scaling linear or yarn, or the KVCache path")
-        shape = (cfg.n_layer, slots, cfg.kv_heads, max_len, cfg.head_dim)  # (L, B, KV, S, hd)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = max_len
+        shape = (slots, cfg.kv_heads, max_len, cfg.head_dim)  # (B, KV, S, hd) per layer
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
+        self.max_len = max_len
         self.key_positions = torch.arange(max_len, device=device)
+        self.full_rows = False  # True: every row's keys fill the window (then no mask is needed)
+        self._index = None  # where this pass writes, computed by its first layer
+
+    @classmethod
+    def of(cls, k: list[torch.Tensor], v: list[torch.Tensor], lengths: torch.Tensor,
+           full_rows: bool = False) -> SlotCache:
+        """A cache over existing per-layer buffers (B, KV, S, hd) and lengths (B,): a pass writes
+        into them."""
+        cache = object.__new__(cls)
+        cache.k, cache.v, cache.lengths = list(k), list(v), lengths
+        cache.max_len = k[0].shape[2]
+        cache.key_positions = torch.arange(cache.max_len, device=k[0].device)
+        cache.full_rows = full_rows
+        cache._index = None
+        return cache
 
     @property
     def batch_size(self) -> int:
-        return self.k.shape[1]
+        return self.k[0].shape[0]
 
-    @classmethod
-    def of(cls, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor) -> SlotCache:
-        """A cache over existing buffers (L, B, KV, S, hd) and lengths (B,): a pass writes into them."""
-        cache = object.__new__(cls)
-        cache.k, cache.v, cache.lengths = k, v, lengths
-        cache.max_len = k.shape[3]
-        cache.key_positions = torch.arange(cache.max_len, device=k.device)
-        return cache
-
-    def rows(self, n: int) -> SlotCache:
-        """The first ``n`` rows as a cache of their own that shares this one's storage (views: a
-        pass over it writes here), so a step computes only the rows in use."""
-        if n == self.batch_size:
+    def window(self, rows: int, positions: int, full_rows: bool = False) -> SlotCache:
+        """The first ``rows`` rows and ``positions`` positions as a cache sharing this one's
+        storage (views: a pass over it writes here). ``full_rows`` says every row holds exactly
+        ``positions - 1`` tokens, so a one-token pass attends to everything and needs no mask."""
+        if rows == self.batch_size and positions == self.max_len and not full_rows:
             return self
-        return SlotCache.of(self.k[:, :n], self.v[:, :n], self.lengths[:n])
+        return SlotCache.of([k[:rows, :, :positions] for k in self.k], [v[:rows, :, :positions] for v in self.v],
+                            self.lengths[:rows], full_rows)
 
     def check_room(self, new_tokens: int) -> None:  # the engine checks lengths on the host
         return None
@@ -132,9 +140,12 @@ class SlotCache:
         """(B, T): each row's new tokens continue from its own length."""
         return self.lengths[:, None] + torch.arange(new_tokens, device=self.lengths.device)
 
-    def mask(self, new_tokens: int, new_mask: torch.Tensor | None) -> torch.Tensor:
+    def mask(self, new_tokens: int, new_mask: torch.Tensor | None) -> torch.Tensor | None:
         """bool (B, 1, T, S): a new token sees its row's cached keys and the new ones up to itself,
-        minus new positions that ``new_mask`` (B, T) marks as padding; always itself."""
+        minus new positions that ``new_mask`` (B, T) marks as padding; always itself. None when
+        nothing needs hiding (one new token per row, every row filling the window)."""
+        if self.full_rows and new_tokens == 1 and new_mask is None:
+            return None
         j = self.key_positions[None, None, :]  # (1, 1, S)
         q = self.positions(new_tokens)[:, :, None]  # (B, T, 1)
         allowed = j <= q
@@ -146,10 +157,12 @@ class SlotCache:
         return allowed[:, None]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write (B, KV, T, hd) keys/values at each row's positions; return the whole row buffers."""
-        B, KV, T, hd = k.shape
-        idx = self.positions(T).clamp(max=self.max_len - 1)  # a finished row may sit at the end
-        idx = idx[:, None, :, None].expand(B, KV, T, hd)
+        """Write (B, KV, T, hd) keys/values at each row's positions; return the row buffers."""
+        if layer == 0 or getattr(self, "_index", None) is None:  # the same positions for every layer
+            B, KV, T, hd = k.shape
+            idx = self.positions(T).clamp(max=self.max_len - 1)  # a finished row may sit at the end
+            self._index = idx[:, None, :, None].expand(B, KV, T, hd)
+        idx = self._index
         self.k[layer].scatter_(2, idx, k)
         self.v[layer].scatter_(2, idx, v)
         return self.k[layer], self.v[layer]

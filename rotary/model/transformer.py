@@ -168,13 +168,15 @@ class Backbone(nn.Module):
         return x
 
     def forward_slots(self, input_ids: torch.Tensor, cache: SlotCache,
-                      new_mask: torch.Tensor | None = None) -> torch.Tensor:
+                      new_mask: torch.Tensor | None = None, empty: bool = False) -> torch.Tensor:
         """Hidden states (B, T, d) of new tokens appended to each row of a :class:`SlotCache`,
         row b from position ``cache.lengths[b]`` on; ``new_mask`` (B, T) marks right padding.
 
         No host syncs and no shape that depends on the lengths, so the decode step compiles to
         one graph (``rotary.engine``); the caller checks the positions fit on the host and then
         sets ``cache.lengths``. Token types are not taken: generation is for causal LMs.
+        ``empty`` says every row is empty and exactly as long as the cache (a prefill into a
+        fresh cache without padding): then SDPA's own causal kernel replaces the mask.
         """
         positions = cache.positions(input_ids.shape[1])  # (B, T)
         x = self.embed_tokens(input_ids)  # (B, T, d)
@@ -187,5 +189,8 @@ class Backbone(nn.Module):
         ctx.kv_cache = cache
         if self.rope is not None:
             ctx.cos, ctx.sin = self.rope.at(positions)
-        ctx.mask = cache.mask(input_ids.shape[1], new_mask)
+        if empty and new_mask is None and input_ids.shape[1] == cache.max_len:
+            ctx.is_causal = True
+        else:
+            ctx.mask = cache.mask(input_ids.shape[1], new_mask)
         return self._blocks(x, ctx)
