@@ -29,6 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rotary.device import cpu_model  # noqa: E402
+
 C_GRID = (0.25, 1.0, 4.0, 16.0)
 
 
@@ -110,16 +112,6 @@ def run_corpus(name: str, max_examples: int | None = None) -> list[dict[str, Any
                  [d for d, label in zip(text["train"], y["train"]) if label == 1])
         record("snownlp-nb", lambda s: [int(nb.classify(d) >= 0.5) for d in text[s]], time.perf_counter() - t)
     return rows
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

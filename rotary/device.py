@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -43,3 +45,13 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         raise RotaryError("device mps requested but MPS is not available: use --device cpu or auto")
     return device
 
+
+def cpu_model() -> str:
+    """The CPU's model name, recorded beside every measured figure."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

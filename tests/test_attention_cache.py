@@ -12,7 +12,7 @@ import torch
 from rotary.errors import RotaryError
 from rotary.model import CausalLM, MaskedLM, ModelConfig
 from rotary.model.attention import Attention, AttentionContext, build_attention_mask
-from rotary.model.rope import RotaryEmbedding
+from rotary.model.rope import RotaryEmbedding, rope_factors
 
 TOL = dict(rtol=0, atol=1e-10)
 VOCAB = 50
@@ -360,7 +360,7 @@ def test_attention_module_against_written_out_formula(kv, causal, padded):
     positions = (key_padding.long().cumsum(-1) - 1).clamp(min=0)
 
     ctx = AttentionContext()
-    ctx.cos, ctx.sin = RotaryEmbedding(cfg)(T, positions)
+    ctx.cos, ctx.sin = rope_factors(*RotaryEmbedding(cfg)(T, positions))
     ctx.mask, ctx.is_causal = build_attention_mask(key_padding if padded else None, causal, 0, T)
     got = attn(x, ctx)
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from rotary.errors import RotaryError
 from rotary.model import CausalLM, MaskedLM, ModelConfig, SequenceClassifier, get_preset
+from rotary.model.rope import rope_factors
 
 
 def tiny(**kw) -> ModelConfig:
@@ -333,7 +334,7 @@ def _context(backbone, ids):
     from rotary.model.attention import AttentionContext, build_attention_mask
 
     ctx = AttentionContext()
-    ctx.cos, ctx.sin = backbone.rope(ids.shape[1])
+    ctx.cos, ctx.sin = rope_factors(*backbone.rope(ids.shape[1]))
     ctx.mask, ctx.is_causal = build_attention_mask(None, True, 0, ids.shape[1])
     return ctx
 
@@ -472,7 +473,8 @@ def _blocks(b, x):
     from rotary.model.attention import AttentionContext
 
     ctx = AttentionContext()
-    ctx.cos, ctx.sin, ctx.key_cos, ctx.key_sin = b.rope.for_pass(x.shape[1], None, 0, None, None, False)
+    cos, sin, _, _ = b.rope.for_pass(x.shape[1], None, 0, None, None, False)
+    ctx.cos, ctx.sin = rope_factors(cos, sin)
     for layer in b.layers:
         x = layer(x, ctx)
     return x

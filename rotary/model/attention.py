@@ -13,7 +13,7 @@ from torch import nn
 
 from rotary.errors import RotaryError
 from rotary.model.config import ModelConfig
-from rotary.model.rope import apply_rope
+from rotary.model.rope import rotate
 from rotary.ops.gemm import Linear
 
 
@@ -178,7 +178,8 @@ class AttentionContext:
     __slots__ = ("cos", "sin", "key_cos", "key_sin", "mask", "is_causal", "kv_cache")
 
     def __init__(self) -> None:
-        self.cos = self.sin = None  # RoPE for the new tokens
+        # RoPE for the new tokens, as rope_factors gives them (cos, signed sin), once per pass
+        self.cos = self.sin = None
         # RoPE for all keys so far, set when the cache holds unrotated keys (dynamic NTK)
         self.key_cos = self.key_sin = None
         self.mask: torch.Tensor | None = None  # bool (B, 1, T, S): True = may attend
@@ -210,16 +211,16 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, KV, T, hd)
         cache = ctx.kv_cache
         if self.rope:
-            q = apply_rope(q, ctx.cos, ctx.sin)
+            q = rotate(q, ctx.cos, ctx.sin)
             if self.rotary_value:  # RoFormer's option: the values carry their position too
-                v = apply_rope(v, ctx.cos, ctx.sin)
+                v = rotate(v, ctx.cos, ctx.sin)
         if ctx.key_cos is not None:
             # the cache holds unrotated keys: store, then rotate every key with this pass's base
             k, v = cache.update(self.layer_idx, k, v)  # (B, KV, S, hd)
-            k = apply_rope(k, ctx.key_cos, ctx.key_sin)
+            k = rotate(k, ctx.key_cos, ctx.key_sin)
         else:
             if self.rope:
-                k = apply_rope(k, ctx.cos, ctx.sin)
+                k = rotate(k, ctx.cos, ctx.sin)
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)  # (B, KV, S, hd)
         y = F.scaled_dot_product_attention(  # (B, H, T, hd)

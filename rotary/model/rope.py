@@ -103,24 +103,38 @@ def cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float = 1.0)
     return (angles.cos() * scale).float(), (angles.sin() * scale).float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``cos.shape[-1]`` dims of ``x`` (B, H, T, hd); the rest pass through.
+def rope_factors(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and the signed sin that :func:`rotate` multiplies by, shaped to broadcast over heads:
+    computed once per forward pass, not once per layer and tensor.
 
-    ``cos``/``sin`` are (T, r) or (B, T, r); they broadcast over heads.
+    rotate_half(x) * sin == roll(x, r/2) * [-sin_lo, sin_hi]: one roll instead of chunk + neg + cat.
     """
-    if cos.dim() == 3:
+    if cos.dim() == 3:  # (B, T, r) -> (B, 1, T, r)
         cos, sin = cos[:, None], sin[:, None]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    half = sin.shape[-1] // 2
+    return cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` dims of ``x`` (B, H, T, hd) by :func:`rope_factors`'
+    output; the rest pass through. addcmul fuses the multiply-add (fewer passes over q and k)."""
+    if cos.dtype != x.dtype:
+        cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
     rot = cos.shape[-1]
     half = rot // 2
-    # rotate_half(x) * sin == roll(x, r/2) * [-sin_lo, sin_hi]: one roll instead of chunk + neg
-    # + cat, and addcmul fuses the multiply-add (fewer passes over q and k, each way)
-    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # (T, r): small
     if rot == x.shape[-1]:
         return torch.addcmul(x * cos, x.roll(half, dims=-1), signed_sin)
     x_rot, x_pass = x[..., :rot], x[..., rot:]
     rotated = torch.addcmul(x_rot * cos, x_rot.roll(half, dims=-1), signed_sin)
     return torch.cat((rotated, x_pass), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` dims of ``x`` (B, H, T, hd); the rest pass through.
+
+    ``cos``/``sin`` are (T, r) or (B, T, r); they broadcast over heads.
+    """
+    return rotate(x, *rope_factors(cos, sin))
 
 
 class RotaryEmbedding(nn.Module):

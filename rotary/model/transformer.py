@@ -13,7 +13,7 @@ from rotary.errors import RotaryError
 from rotary.model.attention import Attention, AttentionContext, KVCache, SlotCache, build_attention_mask
 from rotary.model.config import ModelConfig
 from rotary.model.positions import make_absolute_positions
-from rotary.model.rope import RotaryEmbedding
+from rotary.model.rope import RotaryEmbedding, rope_factors
 from rotary.ops.gemm import Linear
 from rotary.ops.rms_norm import RMSNorm
 
@@ -142,9 +142,12 @@ class Backbone(nn.Module):
         ctx.kv_cache = kv_cache
         if self.rope is not None:
             rotate_cached_keys = kv_cache is not None and kv_cache.stores_unrotated_keys
-            ctx.cos, ctx.sin, ctx.key_cos, ctx.key_sin = self.rope.for_pass(
+            cos, sin, key_cos, key_sin = self.rope.for_pass(
                 total, position_ids, past, attention_mask, all_positions, rotate_cached_keys
             )
+            ctx.cos, ctx.sin = rope_factors(cos, sin)
+            if key_cos is not None:
+                ctx.key_cos, ctx.key_sin = rope_factors(key_cos, key_sin)
         ctx.mask, ctx.is_causal = build_attention_mask(attention_mask, cfg.causal, past, T)
 
         x = self._blocks(x, ctx)
@@ -188,7 +191,7 @@ class Backbone(nn.Module):
         ctx = AttentionContext()
         ctx.kv_cache = cache
         if self.rope is not None:
-            ctx.cos, ctx.sin = self.rope.at(positions)
+            ctx.cos, ctx.sin = rope_factors(*self.rope.at(positions))
         if empty and new_mask is None and input_ids.shape[1] == cache.max_len:
             ctx.is_causal = True
         else:
