@@ -36,7 +36,8 @@ def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify:
                           "a .jsonl/.csv/.parquet file with text and label)")
     task = get_task("classification")
     # Everything that can fail is checked before prepare_run, which with --overwrite removes the old run.
-    source = _source(cfg)
+    source = _resumed_source(cfg) if resume else None
+    source = source or _source(cfg)
     split_opts = {"val_fraction": cfg.data.val_fraction} if cfg.data.val_fraction is not None else {}
     labelled = load_labelled(cfg.data.corpus, **split_opts, **cfg.data.corpus_opts())
     if labelled.pair and source["model_config"].type_vocab_size < 2:
@@ -70,6 +71,20 @@ def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify:
     if info.is_main and result.stopped != "interrupted":
         result.test = score_test(cfg.run_dir, labelled, cfg)
     return result
+
+
+def _resumed_source(cfg: Any) -> dict[str, Any] | None:
+    """A resumed fine-tune rebuilds its model and tokenizer from its own latest checkpoint, so it
+    does not need the --from run (or the tokenizer path) any more; None before the first save."""
+    from rotary import checkpoint as ckpt
+    from rotary.model.config import ModelConfig
+
+    newest = ckpt.newest_step_dir(Path(cfg.run_dir)) if Path(cfg.run_dir).is_dir() else None
+    if newest is None or not (newest / "tokenizer").is_dir():
+        return None
+    model = ModelConfig.from_dict(dict(ckpt.read_json(newest / "config.json")["model"]))
+    return {"model_config": model, "tokenizer_dir": newest / "tokenizer", "weights": None,
+            "note": f"resumed: model and tokenizer from {newest}"}
 
 
 def _source(cfg: Any) -> dict[str, Any]:

@@ -313,3 +313,24 @@ def test_the_seeds_study_runs_in_quick_mode_and_summarises_every_run(data_char_d
     # finished runs are skipped on a second invocation
     again = subprocess.run(cmd, check=True, capture_output=True, text=True)
     assert "$ " not in again.stdout
+
+
+def test_a_resumed_fine_tune_needs_neither_its_source_run_nor_its_tokenizer_path(data_char_dir, sentiment_dir,
+                                                                                  tmp_path):
+    import shutil
+
+    tok = tmp_path / "tok"
+    shutil.copytree(data_char_dir, tok)
+    run = tmp_path / "ft"
+    args = finetune_args(run, sentiment_dir, tok)
+    for flag, value in (("--max-steps", "2"), ("--eval-interval", "2"), ("--checkpoint-interval", "2")):
+        args[args.index(flag) + 1] = value
+    assert main(args) == 0
+    shutil.rmtree(tok)  # gone: the resume must read the run's own checkpoint
+    args[args.index("--max-steps") + 1] = "4"
+    assert main([*args, "--resume"]) == 0
+    log = (run / "train.log").read_text()
+    assert "resumed: model and tokenizer from" in log
+    assert json.loads((run / "best" / "config.json").read_text())["num_labels"] == 2
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 4
