@@ -107,23 +107,39 @@ def causal_lm_metrics(model: Any, tokens: np.ndarray, *, seq_len: int, stride: i
         done, b = hi, b + stride
     loss_sum, count = 0.0, 0
     device = model.device
-    for i in range(0, len(windows), batch_size):
-        chunk = windows[i:i + batch_size]
-        width = max(hi - b for b, hi, _ in chunk)
-        x = torch.zeros((len(chunk), width), dtype=torch.long)  # (rows, width); short rows padded at the end
-        y = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
-        for r, (b, hi, first) in enumerate(chunk):
-            x[r, :hi - b] = torch.from_numpy(tokens[b:hi].astype(np.int64))
-            target = torch.from_numpy(tokens[b + 1:hi + 1].astype(np.int64))  # target of position p: b+1+p
-            target[:first - (b + 1)] = IGNORE_INDEX  # scored by an earlier window
-            y[r, :hi - b] = target
-        stats = model(x.to(device), targets=y.to(device), return_stats=True).cpu()
+    spans = np.asarray(windows, dtype=np.int64)  # (windows, 3): start, last target, first target
+    tokens = np.asarray(tokens, dtype=np.int64)
+    for i in range(0, len(spans), batch_size):
+        b, hi, first = spans[i:i + batch_size].T  # (rows,) each
+        width = int((hi - b).max())
+        pos = b[:, None] + np.arange(width)  # (rows, width): the token each position reads
+        real = pos < hi[:, None]  # short rows are padded at the end
+        safe = np.minimum(pos, len(tokens) - 2)
+        x = np.where(real, tokens[safe], 0)
+        # the target of a position is the next token; scored once: only after the previous window's last
+        y = np.where(real & (pos + 1 >= first[:, None]), tokens[safe + 1], IGNORE_INDEX)
+        stats = model(torch.from_numpy(x).to(device), targets=torch.from_numpy(y).to(device),
+                      return_stats=True).cpu()
         loss_sum += float(stats[0])
         count += int(stats[1])
     loss = loss_sum / count
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens_scored": count,
             "bits_per_byte": loss_sum / math.log(2) / bytes_total, "stride": stride, "seq_len": seq_len,
             "windows": len(windows)}
+
+
+def causal_documents_metrics(pre: Any, docs: Sequence[str], *, stride: int | None = None,
+                             batch_size: int = 8) -> dict[str, float]:
+    """:func:`causal_lm_metrics` of a loaded causal LM (``rotary.load``) over documents, each
+    followed by the separator; the bytes counted are the documents' UTF-8 bytes and separators."""
+    from rotary.data.encode import encode_documents
+
+    tokens, _ = encode_documents(pre.tokenizer, list(docs), "int64", False)
+    # a separator first, so the split's first token is scored too: every byte counted is predicted
+    tokens = np.concatenate([np.asarray([pre.tokenizer.eos_id], dtype=tokens.dtype), tokens])
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs) + len(docs)  # the separators count as bytes
+    return causal_lm_metrics(pre.model, tokens, seq_len=pre.model.config.max_seq_len, stride=stride,
+                             bytes_total=n_bytes, batch_size=batch_size)
 
 
 @torch.no_grad()
@@ -183,15 +199,11 @@ def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | 
         docs = list(source.documents(split))
         if not docs:
             raise RotaryError(f"the {split} split of {corpus} is empty")
-        tokens, _ = encode_documents(pre.tokenizer, docs, "int64", False)
         seq_len = pre.model.config.max_seq_len
         if pre.task == "causal_lm":
-            # a separator first, so the split's first token is scored too: every byte counted is predicted
-            tokens = np.concatenate([np.asarray([pre.tokenizer.eos_id], dtype=tokens.dtype), tokens])
-            n_bytes = sum(len(d.encode("utf-8")) for d in docs) + len(docs)  # the separators count as bytes
-            metrics = causal_lm_metrics(pre.model, tokens, seq_len=seq_len, stride=stride, bytes_total=n_bytes,
-                                        batch_size=batch_size)
+            metrics = causal_documents_metrics(pre, docs, stride=stride, batch_size=batch_size)
         else:
+            tokens, _ = encode_documents(pre.tokenizer, docs, "int64", False)
             metrics = masked_lm_metrics(pre.model, pre.tokenizer, tokens, seq_len=seq_len, seed=seed,
                                         batch_size=batch_size)
     record = {"run": str(run), "checkpoint": str(pre.path), "task": pre.task, "corpus": corpus, "split": split,

@@ -130,5 +130,11 @@ def test_demo_command_on_a_tiny_budget(tmp_path):
     assert val["tokens"] - 32 <= res["validation_tokens"] <= val["tokens"] - 1
     # xz -9e and gzip -9 on English text: ~2-3.5 bits per byte, gzip the worse of the two
     assert 1.0 < res["xz"]["bits_per_byte"] < res["gzip"]["bits_per_byte"] < 4.0
+    # the fair bar: Kneser-Ney on the same works (it does not depend on the model), and the model again
+    # with a sliding window of half its context, which can only help a model this barely trained so much
+    assert abs(res["kneser_ney"]["bits_per_byte"] - 2.029) < 0.01 and res["kneser_ney"]["order"] == 8
+    assert res["rotary_sliding"]["stride"] == 16
+    assert abs(res["rotary_sliding"]["bits_per_byte"] - res["rotary"]["bits_per_byte"]) < 0.5
+    assert "Kneser-Ney char 8-gram" in first.stdout and "sliding window (stride 16)" in first.stdout
     second = rotary(*args, cwd=tmp_path, timeout=400)
     assert "reusing" in second.stdout and "already finished" in second.stdout
