@@ -8,6 +8,7 @@ with evaluation and checkpoints -> a results table with xz/gzip and a Kneser-Ney
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import lzma
@@ -58,7 +59,7 @@ def split_documents(shards_dir: Path, split: str) -> list[str]:
 
     meta = json.loads((shards_dir / "meta.json").read_text(encoding="utf-8"))
     source = meta.get("source") or meta.get("corpus")
-    corpus = load_corpus(source if isinstance(source, str) else source["name"])
+    corpus = load_corpus(source if isinstance(source, str) else source["name"], **meta.get("source_options", {}))
     return list(corpus.documents(split))
 
 
@@ -117,11 +118,23 @@ def run_demo(recipe: str | Path | None = None, overrides: dict[str, Any] | None 
 
     # Evaluate the best checkpoint on the whole validation split.
     pre = load(run_dir)
+    saved = run_dir / "demo_results.json"
+    if result.stopped == "resumed_finished" and saved.is_file():
+        # nothing trained since the last demo: its figures and sample still hold
+        old = json.loads(saved.read_text(encoding="utf-8"))
+        if old.get("checkpoint") == str(pre.path) and old.get("prompt") == prompt and "rotary_sliding" in old:
+            print(f"[demo] {saved} is for this checkpoint: reusing its figures and sample")
+            table = {k: old[k] for k in ("rotary", "rotary_sliding", "kneser_ney", "xz", "gzip")}
+            return DemoResult(run_dir=run_dir, table=table, sample=old["sample"], prompt=prompt,
+                              plot=plot_losses(run_dir), wall_seconds=time.perf_counter() - t0,
+                              ngram_bits_per_byte=table["kneser_ney"]["bits_per_byte"])
     data = TrainData(cfg.task, run_dir / "data", run_dir / "tokenizer")
     seq_len = cfg.seq_len or pre.model.config.max_seq_len
     data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, model_vocab=pre.model.config.vocab_size)
     with torch.no_grad():
-        metrics = evaluate(pre.model, data, cfg, DistInfo(device=pre.model.device), max_batches=None)
+        # scored in fp32 whatever the training precision, like the sliding window below
+        metrics = evaluate(pre.model, data, dataclasses.replace(cfg, precision="fp32"),
+                           DistInfo(device=pre.model.device), max_batches=None)
     val_text = validation_text(run_dir / "data")
     comp = compressor_bits_per_byte(val_text)
     ngram = ngram_bits_per_byte(run_dir / "data", val_text)
@@ -143,9 +156,11 @@ def run_demo(recipe: str | Path | None = None, overrides: dict[str, Any] | None 
     plot = plot_losses(run_dir)
     out = DemoResult(run_dir=run_dir, table=table, sample=sample, prompt=prompt, plot=plot,
                      wall_seconds=time.perf_counter() - t0, ngram_bits_per_byte=ngram)
-    (run_dir / "demo_results.json").write_text(json.dumps({
+    from rotary.io import atomic_write_text
+
+    atomic_write_text(saved, json.dumps({
         "checkpoint": str(pre.path), "validation_tokens": metrics["tokens"], **table,
-        "prompt": prompt, "sample": sample}, indent=2, ensure_ascii=False), encoding="utf-8")
+        "prompt": prompt, "sample": sample}, indent=2, ensure_ascii=False))
     return out
 
 

@@ -47,6 +47,25 @@ def test_shakespeare_keeps_one_edition_of_each_work_and_holds_out_whole_works() 
     assert 4_000_000 < sum(map(len, train)) < 5_500_000
 
 
+def test_shakespeare_tuning_split_holds_out_other_works_and_hides_the_validation_works() -> None:
+    """val_works: tune a recipe on training works; the real validation works are in neither split."""
+    tune = ["macbeth", "much_ado_about_nothing", "henry_v"]
+    c = load_corpus("shakespeare", val_works=tune)
+    assert {w for w in c.works if c.split_of(w) == "val"} == set(tune)
+    hidden = {w for w in c.works if c.split_of(w) == "none"}
+    assert hidden == set(ShakespeareCorpus.VAL_WORKS)
+    train, val = list(c.train_documents()), list(c.val_documents())
+    assert (len(train), len(val)) == (36, 3)
+    standard = "\n".join(load_corpus("shakespeare").val_documents())
+    assert not any(doc[5000:5400] in standard for doc in train + val if len(doc) > 5400)
+    assert c.fingerprint()["val_works"] == tune
+    assert load_corpus("shakespeare", val_works="macbeth, henry_v").val_works == ("macbeth", "henry_v")
+    with pytest.raises(RotaryError, match="unknown work 'hamlett'"):
+        load_corpus("shakespeare", val_works=["hamlett"])
+    with pytest.raises(RotaryError, match="non-empty"):
+        load_corpus("shakespeare", val_works=[])
+
+
 def test_shakespeare_refuses_val_fraction() -> None:
     with pytest.raises(RotaryError, match="whole works"):
         load_corpus("shakespeare", val_fraction=0.1)

@@ -104,3 +104,89 @@ def test_param_groups_without_decay_candidates_or_frozen_parameters():
     assert all(p is not model.lm_head.weight for p in params)
     assert [grp["weight_decay"] for grp in groups] == [0.3, 0.0]
     assert len(params) == len({id(p) for p in params}) == sum(p.requires_grad for p in model.parameters())
+
+
+# -- Muon ------------------------------------------------------------------------------------------
+HIDDEN = ("qkv_proj.weight", "o_proj.weight", "up_proj.weight", "down_proj.weight")
+
+
+def muon_for(model, lr=0.1, weight_decay=0.5):
+    return make_optimizer(model, lr=lr, weight_decay=weight_decay, betas=(0.8, 0.9), eps=1e-6,
+                          device=torch.device("cpu"), kind="muon", muon_momentum=0.9)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_muon_takes_the_blocks_matrices_by_role_and_adamw_the_rest(name):
+    """Embeddings and the output head are 2-D too, but only the blocks' projections go to Muon."""
+    model = build(name)
+    opt = muon_for(model, weight_decay=0.25)
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    muon = {by_id[id(p)] for g in opt.muon.param_groups for p in g["params"]}
+    adamw = {by_id[id(p)]: g["weight_decay"] for g in opt.adamw.param_groups for p in g["params"]}
+    assert muon == {n for n in by_id.values() if n.endswith(HIDDEN)} and muon
+    assert not muon & set(adamw) and muon | set(adamw) == set(by_id.values())
+    # AdamW keeps its own rule for what remains: the heads' matrices decay, the rest does not
+    assert adamw == {n: 0.25 if should_decay(n) else 0.0 for n in adamw}
+    assert any(n.endswith(("embed_tokens.weight",)) for n in adamw)
+    assert all(g["lr"] == 0.1 for g in opt.param_groups) and len(opt.param_groups) == 1 + len(opt.adamw.param_groups)
+
+
+def newton_schulz_gain(s: float, steps: int = 5, coeffs=(3.4445, -4.775, 2.0315)) -> float:
+    """What Muon's quintic Newton-Schulz iteration does to one singular value."""
+    a, b, c = coeffs
+    for _ in range(steps):
+        s = a * s + b * s**3 + c * s**5
+    return s
+
+
+def test_muon_step_on_a_known_case():
+    """A gradient with all singular values equal, g = k Q (Q orthogonal): normalised by its
+    Frobenius norm every singular value is 1/sqrt(n), Newton-Schulz maps it to a known gain, so
+    the first step is  W <- W (1 - lr wd) - lr 0.2 sqrt(max(rows, cols)) gain Q  (Nesterov:
+    (1 + mu) g, the same direction), with Moonshot's AdamW-RMS-matching lr rule."""
+    lr, wd = 0.02, 0.1
+    model = build("causal-tied-rms")
+    opt = muon_for(model, lr=lr, weight_decay=wd)
+    w = model.backbone.layers[0].attn.o_proj.weight  # square (16, 16)
+    n = w.shape[0]
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    q = q.float()
+    before = w.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    w.grad = 7.0 * q
+    opt.step()
+    gain = newton_schulz_gain(1 / n**0.5)
+    want = before * (1 - lr * wd) - lr * 0.2 * n**0.5 * gain * q
+    torch.testing.assert_close(w.detach(), want, rtol=0, atol=2e-3)
+    # the orthogonalised update is nothing like Adam's sign-like one: its rows are orthogonal
+    update = (before * (1 - lr * wd) - w.detach()) / (lr * 0.2 * n**0.5)
+    gram = update @ update.T
+    torch.testing.assert_close(gram / gram.diag().mean(), torch.eye(n), atol=0.05, rtol=0)
+
+
+def test_muon_state_round_trips_and_refuses_an_adamw_state():
+    model = build("causal-untied")
+    opt = muon_for(model)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    sd = opt.state_dict()
+    other = muon_for(build("causal-untied"))
+    other.load_state_dict(sd)
+    a, b = opt.muon.state_dict()["state"], other.muon.state_dict()["state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k]["momentum_buffer"], b[k]["momentum_buffer"]) for k in a)
+    with pytest.raises(KeyError):
+        other.load_state_dict(opt_for(build("causal-untied")).state_dict())
+
+
+def test_muon_under_fsdp_is_refused_in_one_line(tmp_path):
+    from rotary.errors import RotaryError
+    from rotary.train.config import TrainConfig
+    from rotary.train.distributed import DistInfo
+    from rotary.train.loop import prepare_run
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), optimizer="muon", distributed="fsdp")
+    with pytest.raises(RotaryError, match="muon needs whole matrices and FSDP shards them"):
+        prepare_run(cfg, DistInfo(world_size=2), resume=False, overwrite=False, verify=True)
+    assert not (tmp_path / "run").exists()

@@ -128,8 +128,13 @@ def test_masked_lm_run_reports_accuracy(train_recipe):
     assert json.loads((cfg.run_dir / "best" / "config.json").read_text())["model"]["causal"] is False
 
 
-@pytest.mark.parametrize("task,cpu_gemm", [("causal_lm", "blas"), ("masked_lm", "blas"), ("causal_lm", "onednn")])
-def test_interrupted_then_resumed_run_is_bitwise_identical(train_recipe, task, cpu_gemm, tmp_path, monkeypatch):
+@pytest.mark.parametrize("task,cpu_gemm,extra", [
+    ("causal_lm", "blas", {}), ("masked_lm", "blas", {}), ("causal_lm", "onednn", {}),
+    ("causal_lm", "blas", {"optimizer": "muon"}),  # Muon's momentum buffers and AdamW's moments both resume
+    ("causal_lm", "blas", {"optimizer": "muon", "precision": "auto"}),  # bf16 here where the CPU has it
+])
+def test_interrupted_then_resumed_run_is_bitwise_identical(train_recipe, task, cpu_gemm, extra, tmp_path,
+                                                           monkeypatch):
     if cpu_gemm == "onednn" and not gemm.onednn_available():
         pytest.skip("needs oneDNN (mkldnn)")
     monkeypatch.setenv("ROTARY_CPU_GEMM", cpu_gemm)
@@ -137,7 +142,7 @@ def test_interrupted_then_resumed_run_is_bitwise_identical(train_recipe, task, c
     monkeypatch.setattr(gemm, "_resolved", None)
     kind = "char" if task == "masked_lm" else "bpe"
     common = dict(task=task, max_steps=8, checkpoint_interval=100, eval_interval=3, dropout=0.1,
-                  tokenizer_kind=kind)
+                  tokenizer_kind=kind, **extra)
     full = train_recipe(output_dir=str(tmp_path / "full"), **common)
     train(full)
 
@@ -147,7 +152,14 @@ def test_interrupted_then_resumed_run_is_bitwise_identical(train_recipe, task, c
     res = train(part, resume=True)
     assert (res.stopped, res.step) == ("max_steps", 8)
 
-    assert f"(CPU GEMM: {cpu_gemm})" in (part.run_dir / "train.log").read_text()
+    log = (part.run_dir / "train.log").read_text()
+    if extra.get("precision") == "auto":  # the choice and its reason are logged
+        from rotary.precision import resolve
+
+        chosen, why = resolve("auto", torch.device("cpu"))
+        assert f"| {chosen}" in log and why in log
+    else:
+        assert f"(CPU GEMM: {cpu_gemm})" in log
     a, b = losses(full.run_dir), losses(part.run_dir)
     assert sorted(a) == sorted(b) == list(range(1, 9))
     for step in range(1, 9):
@@ -159,6 +171,8 @@ def test_interrupted_then_resumed_run_is_bitwise_identical(train_recipe, task, c
     wa = ckpt.load_file(str(ckpt.latest_checkpoint(full.run_dir) / "model.safetensors"))
     wb = ckpt.load_file(str(ckpt.latest_checkpoint(part.run_dir) / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    state = torch.load(ckpt.latest_checkpoint(part.run_dir) / "training_state.pt", weights_only=True)
+    assert ("muon" in state["optimizer"]) == (extra.get("optimizer") == "muon")
 
 
 def test_gradient_accumulation_matches_a_bigger_batch(train_recipe, tmp_path):

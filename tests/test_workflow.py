@@ -138,3 +138,25 @@ def test_demo_command_on_a_tiny_budget(tmp_path):
     assert "Kneser-Ney char 8-gram" in first.stdout and "sliding window (stride 16)" in first.stdout
     second = rotary(*args, cwd=tmp_path, timeout=400)
     assert "reusing" in second.stdout and "already finished" in second.stdout
+    assert "reusing its figures" in second.stdout and "bits/byte" in second.stdout
+
+
+@pytest.mark.slow
+def test_demo_sweep_quick_scores_on_tuning_works(tmp_path):
+    """experiments/demo_sweep.py --quick: the recorded sweep's code on a tiny budget. Its rows are
+    scored on the tuning works (the demo's own validation works are never seen)."""
+    script = Path(__file__).resolve().parent.parent / "experiments" / "demo_sweep.py"
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--rows", "bf16-muon", "--runs-dir",
+                           str(tmp_path / "runs"), "--out", str(out)], capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = json.loads((out / "demo_sweep.json").read_text())
+    row = table["rows"][0]
+    assert row["row"] == "bf16-muon" and row["steps"] == 4 and row["tokens"] == 4 * 2 * 32
+    assert 0 < row["sliding_bits_per_byte"] < 10 and 0 < row["kneser_ney"] < 4
+    meta = json.loads((tmp_path / "runs" / "bf16-muon" / "data" / "meta.json").read_text())
+    assert meta["source_options"]["val_works"] == table["tune_works"]
+    state = torch.load(tmp_path / "runs" / "bf16-muon" / "checkpoints" / "step-0000004" / "training_state.pt",
+                       weights_only=True)
+    assert set(state["optimizer"]) == {"muon", "adamw"}
+    assert "| bf16-muon |" in (out / "demo_sweep.md").read_text()

@@ -307,6 +307,8 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
     meta = {
         "version": PREPARE_FORMAT_VERSION,
         "source": corpus.name,
+        "source_options": {**({"val_fraction": val_fraction} if val_fraction is not None else {}),
+                           **(corpus_opts or {})},  # to read the same documents back (rotary demo)
         "source_description": corpus.description,
         "tokenizer_hash": tok.hash,
         "tokenizer_dir": str(Path(tokenizer_dir).resolve()),

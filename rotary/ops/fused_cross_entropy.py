@@ -17,8 +17,12 @@ import torch
 from rotary.labels import IGNORE_INDEX
 from rotary.ops import gemm
 
-# Rows per chunk are chosen so one chunk's fp32 logits take about this many bytes.
+# Rows per chunk are chosen so one chunk's fp32 logits take about this many bytes. bf16/fp16
+# chunks are 4x larger: their GEMMs (AMX) need more rows to run fast, and each chunk's weight
+# gradient is widened to fp32 and added, a pass over (vocab, d) that fewer chunks amortise
+# (demo model, vocab 8,192, 2 Xeon cores: 854 -> 765 ms per bf16 step; fp32 unchanged).
 CHUNK_BYTES = 4 << 20
+CHUNK_BYTES_LOW_PRECISION = 16 << 20
 
 
 def _chunk_rows(
@@ -29,7 +33,8 @@ def _chunk_rows(
             "hidden must be (N, d) and labels (N,), "
             f"got {tuple(hidden.shape)} and {tuple(labels.shape)}"
         )
-    return chunk_rows or max(64, CHUNK_BYTES // (4 * weight.shape[0]))
+    budget = CHUNK_BYTES if _compute_dtype(hidden) == torch.float32 else CHUNK_BYTES_LOW_PRECISION
+    return chunk_rows or max(64, budget // (4 * weight.shape[0]))
 
 
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:

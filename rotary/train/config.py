@@ -98,7 +98,11 @@ class TrainConfig:
     min_lr: float | None = doc(None, "final learning rate of the cosine; default lr / 10")
     warmup_steps: int | None = doc(None, "linear warmup steps")
     warmup_fraction: float | None = doc(None, "linear warmup as a share of max_steps (e.g. 0.07)")
-    weight_decay: float = doc(0.1, "AdamW decay, applied to matrices only (not norms, biases, embeddings)")
+    optimizer: Literal["adamw", "muon"] = doc(
+        "adamw", "adamw, or muon: Muon (torch.optim.Muon) for the blocks' matrices, AdamW for embeddings, "
+        "head, norms and biases; one lr for both (Muon's scaled to AdamW's RMS)")
+    muon_momentum: float = doc(0.95, "Muon's Nesterov momentum")
+    weight_decay: float = doc(0.1, "decoupled decay, applied to matrices only (not norms, biases, embeddings)")
     beta1: float = doc(0.9, "AdamW beta1")
     beta2: float = doc(0.95, "AdamW beta2")
     eps: float = doc(1e-8, "AdamW epsilon")
@@ -115,8 +119,9 @@ class TrainConfig:
         "encoder backbone, last for a decoder")
 
     # -- precision, device, speed --------------------------------------------------------------
-    precision: Literal["fp32", "bf16", "fp16"] = doc(
-        "fp32", "fp32, bf16 autocast, or fp16 autocast with GradScaler (CUDA)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = doc(
+        "fp32", "fp32, bf16 autocast, fp16 autocast with GradScaler (CUDA), or auto: bf16 on CPUs with "
+        "AMX/AVX512-BF16 and GPUs with bf16, else fp32 (rotary.precision)")
     compile: bool = doc(False, "torch.compile the model")
     device: str = doc("auto", "auto (cuda > mps > cpu), or cpu / cuda / cuda:N / mps")
     threads: int | None = doc(None, "CPU threads for torch (default: torch's choice)")

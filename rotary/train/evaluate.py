@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from rotary.errors import RotaryError
+from rotary.precision import resolved
 from rotary.tasks import Task, get_task
 from rotary.train.distributed import DistInfo, all_reduce_sum
 from rotary.train.step import autocast_context, model_inputs
@@ -41,7 +42,8 @@ def evaluate(model: nn.Module, data: Any, cfg: Any, info: DistInfo, max_batches:
     """Validation metrics of ``cfg.task`` over ``data.eval_batches``: loss and count, plus the
     task's own (perplexity and bits per byte, accuracy, ...)."""
     task = get_task(cfg.task)
-    totals = evaluation_totals(model, task, data.eval_batches(max_batches, info), cfg.precision, info)
+    precision = resolved(cfg.precision, info.device)
+    totals = evaluation_totals(model, task, data.eval_batches(max_batches, info), precision, info)
     if totals[1] == 0:
         raise RotaryError("the validation split is too small for one evaluation batch: lower seq_len or add data")
     loss = float(totals[0] / totals[1])

@@ -28,6 +28,7 @@ from rotary import checkpoint as ckpt
 from rotary.config import save_yaml, to_dict
 from rotary.errors import RotaryError
 from rotary.ops import gemm
+from rotary.precision import resolve as resolve_precision
 from rotary.tasks import Task, get_task
 from rotary.train.config import TrainConfig
 from rotary.train.distributed import (
@@ -96,6 +97,9 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bo
                 verify: bool, check_model: bool = True) -> tuple[Path | None, list[str]]:
     """Every check that needs no data, before the first file is written, so a mistake never
     leaves a run directory that blocks the corrected rerun. Returns the checkpoint to resume."""
+    if cfg.optimizer == "muon" and info.enabled and cfg.distributed == "fsdp":
+        raise RotaryError("optimizer: muon needs whole matrices and FSDP shards them: use distributed: ddp "
+                          "or optimizer: adamw")
     if cfg.precision == "fp16" and info.device.type != "cuda":
         raise RotaryError("fp16 training needs CUDA (GradScaler): use --precision bf16 or fp32")
     if cfg.threads:
@@ -151,8 +155,10 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
     forward = torch.compile(model) if cfg.compile else model
     optimizer = make_optimizer(raw_model if cfg.distributed != "fsdp" else model, lr=cfg.lr,
                                weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
-                               eps=cfg.eps, device=info.device)
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+                               eps=cfg.eps, device=info.device, kind=cfg.optimizer,
+                               muon_momentum=cfg.muon_momentum)
+    precision, why = resolve_precision(cfg.precision, info.device)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     if latest is not None:
         state = ckpt.load_training_state(latest / "training_state.pt")
         load_optimizer_state(model, optimizer, state["optimizer"], cfg.distributed, info)
@@ -177,9 +183,9 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
 
     tokens_per_step = cfg.batch_size * seq_len * accum * info.world_size
     flops_per_token = raw_model.flops_per_token(seq_len)
-    # MFU's denominator; a CPU's bf16 MFU is still taken against its fp32 peak
-    low_precision_gpu = cfg.precision != "fp32" and info.device.type != "cpu"
-    peak = measure_matmul_peak(info.device, torch.bfloat16 if low_precision_gpu else torch.float32)
+    # MFU's denominator: the peak of the dtype the GEMMs run in (bf16 on AMX is ~6x fp32)
+    peak_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    peak = measure_matmul_peak(info.device, peak_dtype)
     n_params = raw_model.num_parameters()
     if info.is_main and (asked := launcher_asked_for()) is not None:
         logger.line(f"warning: accelerate launch was asked for {asked or 'several'} processes; this run has 1")
@@ -190,8 +196,9 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
     logger.line(
         f"rotary {__version__} | {task.name} | {n_params / 1e6:.2f}M parameters | device {info.device} "
         f"x{info.world_size} | {tokens_per_step} tokens/step (batch {cfg.batch_size} x seq {seq_len} x "
-        f"accum {accum} x {info.world_size} proc) | {cfg.precision}"
-        + (f" (CPU GEMM: {gemm.cpu_gemm()})" if info.device.type == "cpu" and cfg.precision == "fp32" else "")
+        f"accum {accum} x {info.world_size} proc) | {precision}"
+        + (f" (CPU GEMM: {gemm.cpu_gemm()})" if info.device.type == "cpu" and precision == "fp32" else "")
+        + (f" ({why})" if cfg.precision == "auto" else "")
     )
     if start_step >= cfg.max_steps:
         result.stopped = "resumed_finished"
@@ -252,7 +259,7 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum, grad_norm = train_step(model, forward, task, batches, optimizer=optimizer, scaler=scaler,
-                                             accum=accum, precision=cfg.precision, grad_clip=cfg.grad_clip,
+                                             accum=accum, precision=precision, grad_clip=cfg.grad_clip,
                                              device=info.device)
             step += 1
 

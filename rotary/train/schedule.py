@@ -1,11 +1,19 @@
-"""Optimiser and learning-rate schedule as the RoPE papers' seeds use them."""
+"""Optimisers (AdamW; Muon for the hidden matrices) and the learning-rate schedule."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
+
+from rotary.errors import RotaryError
+
+# Muon's step size per matrix: Moonshot's rule ("Muon is Scalable for LLM Training"),
+# lr * 0.2 * sqrt(max(rows, cols)), which gives the update AdamW's RMS, so Muon reuses the
+# recipe's AdamW lr and weight decay (and its schedule) instead of a second set of knobs.
+MUON_LR_RULE = "match_rms_adamw"
 
 
 def lr_at(step: int, *, peak: float, final: float, warmup: int, total: int) -> float:
@@ -21,14 +29,33 @@ def lr_at(step: int, *, peak: float, final: float, warmup: int, total: int) -> f
     return final + 0.5 * (peak - final) * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on norms, biases or embeddings."""
+def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
+    """The matrices Muon orthogonalises, chosen by role: every 2-D weight inside a Transformer
+    block (attention and MLP projections). Embeddings and the output head are 2-D too but are
+    lookups / the classifier of the vocabulary, so they stay on AdamW (as in modded-nanoGPT).
+
+    Fused projections are orthogonalised as one matrix: q, k and v together (``qkv_proj``), gate
+    and up together (``up_proj``), since torch.optim.Muon takes whole 2-D parameters."""
+    from rotary.model.transformer import Block
+
+    seen: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, Block):
+            for p in module.parameters():
+                if p.requires_grad and p.dim() == 2:
+                    seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def param_groups(model: nn.Module, weight_decay: float, exclude: set[int] | None = None) -> list[dict]:
+    """Weight decay on matrices only: not on norms, biases or embeddings (``exclude``: ids of
+    parameters another optimiser owns)."""
     from rotary.model.positions import LearnedPositions
 
     decay, no_decay = [], []
     # embedding tables are lookups, not maps: no decay (a learned position table is one too)
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, LearnedPositions))}
-    seen = set()
+    seen = set(exclude or ())
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue
@@ -43,12 +70,65 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def make_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float],
-                   eps: float, device: torch.device) -> torch.optim.AdamW:
+class MuonAdamW:
+    """Muon for the hidden matrices and AdamW for everything else, stepped as one optimiser.
+
+    It has what the trainer uses of an optimiser: ``param_groups`` (Muon's first; the schedule
+    sets every group's lr), ``step``, ``zero_grad`` and a state dict holding both states."""
+
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer) -> None:
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    @property
+    def state(self) -> dict[Any, Any]:
+        return {**self.muon.state, **self.adamw.state}
+
+    def step(self, closure: Any = None) -> None:
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != {"muon", "adamw"}:
+            raise KeyError("not a Muon + AdamW optimiser state")
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+
+
+def make_adamw(groups: list[dict], *, lr: float, betas: tuple[float, float], eps: float,
+               device: torch.device) -> torch.optim.AdamW:
     """AdamW, fused where torch has a fused kernel for the device (CUDA, CPU), else foreach."""
-    groups = param_groups(model, weight_decay)
     fused = device.type in ("cuda", "cpu")
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
+
+
+def make_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float],
+                   eps: float, device: torch.device, kind: str = "adamw",
+                   muon_momentum: float = 0.95) -> torch.optim.AdamW | MuonAdamW:
+    """The recipe's optimiser: ``adamw``, or ``muon`` (Muon on :func:`hidden_matrices`, with
+    Nesterov momentum and decoupled weight decay, AdamW on the rest)."""
+    if kind == "adamw":
+        return make_adamw(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, device=device)
+    if kind != "muon":
+        raise RotaryError(f"unknown optimizer {kind!r}: use adamw or muon")
+    matrices = hidden_matrices(model)
+    if not matrices:
+        raise RotaryError("optimizer: muon found no Transformer block matrices in this model: use adamw")
+    muon = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, momentum=muon_momentum, nesterov=True,
+                            adjust_lr_fn=MUON_LR_RULE)
+    rest = param_groups(model, weight_decay, exclude={id(p) for p in matrices})
+    rest = [g for g in rest if g["params"]]
+    return MuonAdamW(muon, make_adamw(rest, lr=lr, betas=betas, eps=eps, device=device))

