@@ -62,6 +62,7 @@ BASE: dict[str, Any] = {"name": "demo",
 
 # name -> recipe keys changed from BASE (dotted keys are nested)
 ROWS: dict[str, dict[str, Any]] = {
+    "fp32-adamw": {"precision": "fp32", "optimizer": "adamw", "max_steps": 400},  # bf16's quality check
     "bf16-adamw": {"precision": "bf16", "optimizer": "adamw", "max_steps": 400},
     "bf16-muon": {"precision": "bf16", "optimizer": "muon", "max_steps": 400},
     # smaller models, more steps in about the same wall time
@@ -71,6 +72,19 @@ ROWS: dict[str, dict[str, Any]] = {
                                "data.tokenizer.vocab_size": 4096, "model.n_layer": 4, "model.d_model": 256,
                                "model.n_head": 4},
     "bf16-adamw-lr2e-3": {"precision": "bf16", "optimizer": "adamw", "max_steps": 400, "lr": 2.0e-3},
+    # around the winner (4 layers, d=256, BPE 4,096)
+    "4L256-v4096-lr2e-3": {"precision": "bf16", "optimizer": "adamw", "max_steps": 880, "lr": 2.0e-3,
+                           "data.tokenizer.vocab_size": 4096, "model.n_layer": 4, "model.d_model": 256,
+                           "model.n_head": 4},
+    "4L256-v4096-b4": {"precision": "bf16", "optimizer": "adamw", "max_steps": 1600, "batch_size": 4,
+                       "data.tokenizer.vocab_size": 4096, "model.n_layer": 4, "model.d_model": 256,
+                       "model.n_head": 4},
+    "4L256-v4096-muon": {"precision": "bf16", "optimizer": "muon", "max_steps": 800,
+                         "data.tokenizer.vocab_size": 4096, "model.n_layer": 4, "model.d_model": 256,
+                         "model.n_head": 4},
+    "4L256-v2048": {"precision": "bf16", "optimizer": "adamw", "max_steps": 960,
+                    "data.tokenizer.vocab_size": 2048, "model.n_layer": 4, "model.d_model": 256,
+                    "model.n_head": 4},
 }
 QUICK = {"max_steps": 4, "eval_interval": 2, "checkpoint_interval": 4, "eval_batches": 1, "batch_size": 2,
          "seq_len": 32, "data.max_documents": 6, "data.tokenizer.vocab_size": 300,
