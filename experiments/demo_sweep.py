@@ -108,12 +108,16 @@ def row_recipe(name: str, changes: dict[str, Any], quick: bool, tune_works: list
     recipe["data"]["corpus_options"] = {"val_works": tune_works}
     for key, value in changes.items():
         set_key(recipe, key, value)
-    if quick:
-        for key, value in QUICK.items():
-            if key == "model":
-                recipe["model"] = {**{k: v for k, v in recipe["model"].items() if k == "preset"}, **value}
-            else:
-                set_key(recipe, key, value)
+    return shrink(recipe) if quick else recipe
+
+
+def shrink(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The --quick budget: QUICK's keys over the recipe's, the model reduced to its preset + QUICK's."""
+    for key, value in QUICK.items():
+        if key == "model":
+            recipe["model"] = {**{k: v for k, v in recipe["model"].items() if k == "preset"}, **value}
+        else:
+            set_key(recipe, key, value)
     return recipe
 
 
@@ -183,13 +187,7 @@ def run_seeds(seeds: list[int], runs_dir: Path, out: Path, quick: bool) -> None:
     for seed in seeds:
         recipe = yaml.safe_load((ROOT / "rotary" / "recipes" / "demo.yaml").read_text(encoding="utf-8"))
         recipe["seed"] = seed
-        if quick:
-            for key, value in QUICK.items():
-                if key == "model":
-                    recipe["model"] = {**{k: v for k, v in recipe["model"].items() if k == "preset"}, **value}
-                else:
-                    set_key(recipe, key, value)
-        row = run_row(f"seed-{seed}", recipe, runs_dir)
+        row = run_row(f"seed-{seed}", shrink(recipe) if quick else recipe, runs_dir)
         rows.append({**row, "seed": seed, "changes": {}})
     out.mkdir(parents=True, exist_ok=True)
     summary = {}

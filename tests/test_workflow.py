@@ -160,3 +160,12 @@ def test_demo_sweep_quick_scores_on_tuning_works(tmp_path):
                        weights_only=True)
     assert set(state["optimizer"]) == {"muon", "adamw"}
     assert "| bf16-muon |" in (out / "demo_sweep.md").read_text()
+    # --seeds: the demo recipe itself (its own validation works), the same tiny budget
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--seeds", "5", "--runs-dir",
+                           str(tmp_path / "runs"), "--out", str(out)], capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seeds = json.loads((out / "demo_seeds.json").read_text())
+    assert [r["seed"] for r in seeds["rows"]] == [5] and seeds["summary"]["sliding_bits_per_byte"]["std"] == 0.0
+    assert abs(seeds["rows"][0]["kneser_ney"] - row["kneser_ney"]) > 0.01  # other works than the sweep's
+    meta = json.loads((tmp_path / "runs" / "seed-5" / "data" / "meta.json").read_text())
+    assert "val_works" not in meta["source_options"]
