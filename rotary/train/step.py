@@ -20,6 +20,8 @@ def autocast_context(precision: str, device: torch.device):
     """bf16/fp16 autocast on the right device type (CPU and MPS are not CUDA: nanoGPT #28)."""
     if precision == "fp32":
         return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):  # "auto" is resolved first (rotary.precision.resolve)
+        raise ValueError(f"autocast_context needs fp32, bf16 or fp16, got {precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
