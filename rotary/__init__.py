@@ -44,7 +44,7 @@ _LAZY = {
 _ALIASES = {"train_model": "train"}
 # submodules reachable as attributes (``rotary.hf.to_hf``) without importing them first
 _SUBMODULES = ("hf", "model", "ops", "data", "train", "tokenizer", "generate", "pretrained", "config",
-               "checkpoint", "tasks", "errors", "demo", "io", "cli", "commands")
+               "evaluation", "device", "checkpoint", "tasks", "errors", "demo", "io", "cli", "commands")
 
 __all__ = ["__version__", *_LAZY]
 

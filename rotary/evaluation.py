@@ -129,16 +129,18 @@ def causal_lm_metrics(model: Any, tokens: np.ndarray, *, seq_len: int, stride: i
 
 
 def causal_documents_metrics(pre: Any, docs: Sequence[str], *, stride: int | None = None,
-                             batch_size: int = 8) -> dict[str, float]:
+                             batch_size: int = 8, seq_len: int | None = None) -> dict[str, float]:
     """:func:`causal_lm_metrics` of a loaded causal LM (``rotary.load``) over documents, each
-    followed by the separator; the bytes counted are the documents' UTF-8 bytes and separators."""
+    followed by the separator; the bytes counted are the documents' UTF-8 bytes and separators.
+    Windows are ``seq_len`` tokens (default: the model's max_seq_len; longer ones test length
+    extrapolation)."""
     from rotary.data.encode import encode_documents
 
     tokens, _ = encode_documents(pre.tokenizer, list(docs), "int64", False)
     # a separator first, so the split's first token is scored too: every byte counted is predicted
     tokens = np.concatenate([np.asarray([pre.tokenizer.eos_id], dtype=tokens.dtype), tokens])
     n_bytes = sum(len(d.encode("utf-8")) for d in docs) + len(docs)  # the separators count as bytes
-    return causal_lm_metrics(pre.model, tokens, seq_len=pre.model.config.max_seq_len, stride=stride,
+    return causal_lm_metrics(pre.model, tokens, seq_len=seq_len or pre.model.config.max_seq_len, stride=stride,
                              bytes_total=n_bytes, batch_size=batch_size)
 
 

@@ -63,7 +63,8 @@ def _iter_tokens_kvcache(
     pad_id: int | None = None,
     seed: int | None = None,
 ) -> Iterator[torch.Tensor]:
-    """:func:`iter_tokens` over a left-padded ``KVCache``, for dynamic NTK (one shared generator)."""
+    """:func:`iter_tokens` over a left-padded ``KVCache``, for dynamic NTK and linear
+    attention (one shared generator)."""
     check_generation(model, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     if max_new_tokens == 0:
         return
@@ -142,10 +143,10 @@ def iter_tokens(
         return
     rows = _rows(prompts)
     cfg = model.config
-    if cfg.position == "rope" and cfg.rope_scaling == "dynamic_ntk":
+    if cfg.decodes_with_kvcache:
         if min_p is not None or repetition_penalty not in (None, 1.0) or seeds is not None:
             raise RotaryError("min_p, repetition_penalty and per-row seeds need the decode engine, which dynamic "
-                              "NTK models do not use")
+                              "NTK and linear-attention models do not use")
         yield from _iter_tokens_kvcache(model, rows, max_new_tokens, temperature=temperature, top_k=top_k,
                                         top_p=top_p, eos_id=eos_id, pad_id=pad_id, seed=seed)
         return

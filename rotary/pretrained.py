@@ -129,7 +129,7 @@ class Pretrained:
                 requests.append(Request(ids, max_new_tokens, params, eos_id=eos, tag=len(requests)))
         out = [Completion("", [], [] if logprobs else None, "length", len(r.prompt), full[i // num_samples] -
                           len(r.prompt)) for i, r in enumerate(requests)]
-        if self._dynamic_ntk:
+        if self._uses_kvcache:
             return self._complete_kvcache(requests, out, logprobs)
         was_training = self.model.training
         engine = Engine(self.model, slots=len(requests), max_len=max(len(r.prompt) for r in requests) + max_new_tokens,
@@ -152,18 +152,18 @@ class Pretrained:
         return out
 
     @property
-    def _dynamic_ntk(self) -> bool:
-        cfg = self.model.config
-        return cfg.position == "rope" and cfg.rope_scaling == "dynamic_ntk"
+    def _uses_kvcache(self) -> bool:
+        return self.model.config.decodes_with_kvcache
 
     def _complete_kvcache(self, requests: list[Any], out: list[Completion], logprobs: bool) -> list[Completion]:
-        """Dynamic NTK models (their cached keys change rotation with the length, which the slot
-        cache of the engine cannot hold): one prompt at a time on the left-padded KVCache path."""
+        """Dynamic NTK and linear-attention models (what their cache holds is not the engine's slot
+        cache of keys and values): one prompt at a time on the left-padded KVCache path."""
         from rotary.generate import generate
         from rotary.text_stream import TextStream
 
         if logprobs:
-            raise RotaryError("logprobs need the decode engine, which dynamic NTK models do not use")
+            raise RotaryError("logprobs need the decode engine, which dynamic NTK and linear-attention models "
+                              "do not use")
         for r, c in zip(requests, out):
             p = r.params
             (ids,) = generate(self.model, [r.prompt], r.max_new_tokens, temperature=p.temperature, top_k=p.top_k,
@@ -228,7 +228,7 @@ class Pretrained:
         from rotary.engine import Engine, Request
         from rotary.sampling import SamplingParams
 
-        if self._dynamic_ntk:  # no engine (see _complete_kvcache): the text arrives in one piece
+        if self._uses_kvcache:  # no engine (see _complete_kvcache): the text arrives in one piece
             yield self.generate(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                 stop=stop, seed=seed, truncate=truncate, stop_at_eos=stop_at_eos)
             return

@@ -253,6 +253,7 @@ def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
     require(cfg.causal, fam, "the model is bidirectional (causal=False)")
     require(cfg.position == "rope", fam,
             f"Llama has only RoPE positions, this model uses position={cfg.position}")
+    require(cfg.attention == "softmax", fam, f"Llama has softmax attention, this model uses attention={cfg.attention}")
     require(cfg.pre_norm, fam, "Llama is pre-norm, this model is post-norm (pre_norm=False)")
     require(cfg.norm == "rmsnorm", fam, f"Llama uses RMSNorm, this model uses norm={cfg.norm}")
     require(cfg.mlp == "swiglu", fam, f"Llama uses a SwiGLU MLP, this model uses mlp={cfg.mlp}")

@@ -200,6 +200,8 @@ def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
     require(not cfg.causal, fam, "RoFormer is an encoder, this model is causal")
     require(cfg.position == "rope", fam,
             f"RoFormer has only RoPE positions, this model uses position={cfg.position}")
+    require(cfg.attention == "softmax", fam,
+            f"RoFormer has softmax attention, this model uses attention={cfg.attention}")
     require(not cfg.pre_norm, fam, "RoFormer is post-norm, this model is pre-norm (pre_norm=True)")
     require(cfg.norm == "layernorm", fam,
             f"RoFormer uses LayerNorm, this model uses norm={cfg.norm}")

@@ -36,9 +36,18 @@ class KVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        shape = (cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim)  # (L, B, KV, S, hd)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.linear = cfg.attention == "linear"
+        if self.linear:
+            # linear attention keeps running sums instead of keys and values, in fp32, whatever the length
+            L, KV, hd = cfg.n_layer, cfg.kv_heads, cfg.head_dim
+            work = torch.float64 if dtype == torch.float64 else torch.float32
+            self.state = torch.zeros(L, batch_size, KV, hd, hd, device=device, dtype=work)  # sum of R phi(k) v^T
+            self.key_sum = torch.zeros(L, batch_size, KV, hd, device=device, dtype=work)  # sum of phi(k)
+            self.k = self.v = self.key_sum[:, :, :, None]  # (L, B, KV, 1, hd): batch size and device only
+        else:
+            shape = (cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim)  # (L, B, KV, S, hd)
+            self.k = torch.zeros(shape, device=device, dtype=dtype)
+            self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0  # positions filled so far
         self.stores_unrotated_keys = cfg.position == "rope" and cfg.rope_scaling == "dynamic_ntk"
@@ -63,6 +72,16 @@ class KVCache:
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def linear_state(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Linear attention's running sums for ``layer`` (None before the first token)."""
+        if self.length == 0:
+            return None, None
+        return self.state[layer], self.key_sum[layer]
+
+    def set_linear_state(self, layer: int, state: torch.Tensor, key_sum: torch.Tensor) -> None:
+        self.state[layer] = state
+        self.key_sum[layer] = key_sum
+
     def advance(self, new_tokens: int) -> None:
         self.length += new_tokens
 
@@ -71,6 +90,10 @@ class KVCache:
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows ``index``, in that order (beam search and batch pruning)."""
+        if self.linear:
+            self.state, self.key_sum = self.state[:, index], self.key_sum[:, index]
+            self.k = self.v = self.key_sum[:, :, :, None]
+            return
         self.k = self.k[:, index]
         self.v = self.v[:, index]
 
@@ -92,6 +115,9 @@ class SlotCache:
 
     def __init__(self, cfg: ModelConfig, slots: int, max_len: int, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32) -> None:
+        if cfg.attention == "linear":
+            raise RotaryError("linear attention keeps running sums, not keys and values: it decodes through "
+                              "KVCache, not a slot cache")
         if cfg.position == "rope" and cfg.rope_scaling == "dynamic_ntk":
             raise RotaryError("dynamic NTK changes every cached key's rotation with the length, which a slot "
                               "cache cannot hold: use rope scaling linear or yarn, or the KVCache path")
@@ -175,16 +201,18 @@ class AttentionContext:
     keys/values for cross-attention), so layers keep one signature.
     """
 
-    __slots__ = ("cos", "sin", "key_cos", "key_sin", "mask", "is_causal", "kv_cache")
+    __slots__ = ("cos", "sin", "key_cos", "key_sin", "mask", "is_causal", "kv_cache", "key_padding")
 
     def __init__(self) -> None:
         # RoPE for the new tokens, as rope_factors gives them (cos, signed sin), once per pass
         self.cos = self.sin = None
         # RoPE for all keys so far, set when the cache holds unrotated keys (dynamic NTK)
         self.key_cos = self.key_sin = None
-        self.mask: torch.Tensor | None = None  # bool (B, 1, T, S): True = may attend
+        # bool (B, 1, T, S): True = may attend; or float (B|1, H, T, S) added to the scores (ALiBi)
+        self.mask: torch.Tensor | None = None
         self.is_causal = False
         self.kv_cache: KVCache | None = None
+        self.key_padding: torch.Tensor | None = None  # (B, S) 1 = real token; linear attention's mask
 
 
 class Attention(nn.Module):
@@ -223,11 +251,14 @@ class Attention(nn.Module):
                 k = rotate(k, ctx.cos, ctx.sin)
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)  # (B, KV, S, hd)
+        mask = ctx.mask
+        if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)  # SDPA wants an additive mask in the scores' dtype (bf16 autocast)
         y = F.scaled_dot_product_attention(  # (B, H, T, hd)
             q,
             k,
             v,
-            attn_mask=ctx.mask,
+            attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=ctx.is_causal,
             enable_gqa=self.n_kv_head != self.n_head,

@@ -16,7 +16,8 @@ from rotary.errors import RotaryError
 
 MLPKind = Literal["swiglu", "gelu", "relu"]
 NormKind = Literal["rmsnorm", "layernorm"]
-PositionKind = Literal["rope", "learned", "sinusoidal", "none"]
+PositionKind = Literal["rope", "learned", "sinusoidal", "alibi", "none"]
+AttentionKind = Literal["softmax", "linear"]
 RopeScaling = Literal["none", "linear", "dynamic_ntk", "yarn"]
 
 
@@ -54,7 +55,10 @@ class ModelConfig:
     attention_dropout: float = doc(0.0, "dropout on attention probabilities")
     causal: bool = doc(True, "causal (decoder) attention; False = bidirectional (encoder)")
     position: PositionKind = doc(
-        "rope", "position scheme: rope, or the learned/sinusoidal/none baselines"
+        "rope", "position scheme: rope, or the learned/sinusoidal/alibi/none baselines"
+    )
+    attention: AttentionKind = doc(
+        "softmax", "softmax attention, or linear: RoFormer section 3.3's kernelised attention (elu+1 features)"
     )
     rope_theta: float = doc(10000.0, "RoPE base")
     rope_scaling: RopeScaling = doc("none", "context extension: none, linear, dynamic_ntk or yarn")
@@ -111,6 +115,12 @@ class ModelConfig:
     @property
     def original_max_seq_len(self) -> int:
         return self.rope_original_max_seq_len or self.max_seq_len
+
+    @property
+    def decodes_with_kvcache(self) -> bool:
+        """True when generation cannot use the slot cache of the decode engine: dynamic NTK (cached
+        keys change rotation with the length) and linear attention (running sums, not keys)."""
+        return (self.position == "rope" and self.rope_scaling == "dynamic_ntk") or self.attention == "linear"
 
     @property
     def head_act(self) -> str:
@@ -170,6 +180,19 @@ class ModelConfig:
                 f"rope_scaling={self.rope_scaling} needs position=rope "
                 f"(got position={self.position})"
             )
+        if self.attention == "linear":
+            if self.position == "alibi":
+                bad("position=alibi is a bias on softmax scores, which linear attention does not form: "
+                    "use attention=softmax or another position")
+            if self.attention_dropout:
+                bad("attention_dropout drops attention probabilities, which linear attention does not form: "
+                    "set it to 0")
+            if self.position == "rope" and self.rope_scaling == "dynamic_ntk":
+                # the running key-value state holds keys rotated with the base of their own step
+                bad("rope_scaling=dynamic_ntk re-rotates every cached key, which linear attention's running "
+                    "state cannot: use linear or yarn scaling")
+            if self.rotary_value:
+                bad("rotary_value is not defined for linear attention (the paper rotates queries and keys)")
         if self.position == "sinusoidal" and self.d_model % 2:
             bad(f"sinusoidal positions need an even d_model, got {self.d_model}")
         if self.type_vocab_size < 0:

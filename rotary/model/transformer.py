@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from rotary.errors import RotaryError
+from rotary.model.alibi import alibi_mask, alibi_slopes
 from rotary.model.attention import Attention, AttentionContext, KVCache, SlotCache, build_attention_mask
 from rotary.model.config import ModelConfig
+from rotary.model.linear_attention import LinearAttention
 from rotary.model.positions import make_absolute_positions
 from rotary.model.rope import RotaryEmbedding, rope_factors
 from rotary.ops.gemm import Linear
@@ -58,7 +60,7 @@ class Block(nn.Module):
         super().__init__()
         self.pre_norm = cfg.pre_norm
         self.attn_norm = make_norm(cfg)
-        self.attn = Attention(cfg, layer_idx)
+        self.attn = (LinearAttention if cfg.attention == "linear" else Attention)(cfg, layer_idx)
         self.mlp_norm = make_norm(cfg)
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
@@ -83,6 +85,10 @@ class Backbone(nn.Module):
         self.embed_types = nn.Embedding(cfg.type_vocab_size, e) if cfg.type_vocab_size else None
         self.embed_positions = make_absolute_positions(cfg)
         self.rope = RotaryEmbedding(cfg) if cfg.position == "rope" else None
+        if cfg.position == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
+        else:
+            self.alibi_slopes = None
         # Post-LN models normalise the embeddings; pre-LN models normalise the output instead.
         self.embed_norm = None if cfg.pre_norm else make_norm(cfg, e)
         self.drop = nn.Dropout(cfg.dropout)
@@ -149,6 +155,16 @@ class Backbone(nn.Module):
             if key_cos is not None:
                 ctx.key_cos, ctx.key_sin = rope_factors(key_cos, key_sin)
         ctx.mask, ctx.is_causal = build_attention_mask(attention_mask, cfg.causal, past, T)
+        if self.alibi_slopes is not None:
+            # distances between positions (real tokens only under left padding), not indices
+            key_positions = all_positions
+            if key_positions is None:
+                key_positions = position_ids if position_ids is not None and past == 0 else torch.arange(
+                    total, device=input_ids.device)
+            ctx.mask = alibi_mask(self.alibi_slopes, pos_for_embed, key_positions, ctx.mask, cfg.causal)
+            ctx.is_causal = False
+        if cfg.attention == "linear":
+            ctx.key_padding = attention_mask
 
         x = self._blocks(x, ctx)
         if kv_cache is not None:
@@ -196,4 +212,7 @@ class Backbone(nn.Module):
             ctx.is_causal = True
         else:
             ctx.mask = cache.mask(input_ids.shape[1], new_mask)
+        if self.alibi_slopes is not None:
+            ctx.mask = alibi_mask(self.alibi_slopes, positions, cache.key_positions, ctx.mask, causal=True)
+            ctx.is_causal = False
         return self._blocks(x, ctx)

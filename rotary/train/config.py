@@ -113,7 +113,9 @@ class TrainConfig:
 
     # -- fine-tuning (rotary finetune) -----------------------------------------------------------
     init_from: str | None = doc(None, "run or checkpoint whose backbone and tokenizer a fine-tune starts "
-                                      "from; none = the recipe's model from scratch (--from)")
+                                      "from (--from); none = the recipe's model from scratch. In rotary train: "
+                                      "continue a run of the same task from its weights, the recipe's model keys "
+                                      "over its config (e.g. rope_scaling for a context-extension fine-tune)")
     pooling: Literal["cls", "mean", "last"] | None = doc(
         None, "classifier pooling: first token ([CLS]), mean, or last token (decoders); None = cls for an "
         "encoder backbone, last for a decoder")

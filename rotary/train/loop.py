@@ -45,7 +45,7 @@ from rotary.train.evaluate import evaluate
 from rotary.train.logging import RunLogger, format_eta, plot_losses, truncate_metrics
 from rotary.train.metrics import LogWindow, measure_matmul_peak
 from rotary.train.schedule import lr_at, make_optimizer
-from rotary.train.setup import check_run_dir, resolve_model_config, resume_checkpoint
+from rotary.train.setup import apply_init_from, check_run_dir, resolve_model_config, resume_checkpoint
 from rotary.train.signals import StopRequest
 from rotary.train.state import full_state_dicts, gather_rng, load_optimizer_state, set_rng_state
 from rotary.train.step import train_step
@@ -74,6 +74,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     if task.make_data is None:
         raise RotaryError(f"task {task.name} is not trained from a corpus by `rotary train`: fine-tune it with "
                           f"`rotary finetune RECIPE --from RUN`")
+    start_weights = apply_init_from(cfg)
     info = init_distributed(cfg.device, cfg.dist_timeout_s)
     try:
         latest, notes = prepare_run(cfg, info, resume=resume, overwrite=overwrite, verify=verify)
@@ -83,6 +84,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, model_vocab=model_cfg.vocab_size)
         torch.manual_seed(cfg.seed)
         model = task.build_model(model_cfg, {}).to(info.device)
+        if start_weights is not None and latest is None:
+            ckpt.load_weights(model, start_weights)
+            notes.append(f"weights from {start_weights.parent} (init_from)")
         return fit(cfg, info, task, model, data, seq_len=seq_len, latest=latest, notes=notes)
     finally:
         if info.enabled:

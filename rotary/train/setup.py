@@ -104,3 +104,47 @@ def resume_checkpoint(run_dir: Path, *, verify: bool = True) -> Path | None:
         older = [p for _, p in checkpoint.list_checkpoints(run_dir) if p != newest]
         hint = (f"; to resume from {older[-1].name} instead, move {newest} away" if older else "")
         raise RotaryError(f"cannot resume: {err}{hint}") from None
+
+
+def apply_init_from(cfg: TrainConfig) -> Path | None:
+    """``init_from`` for ``rotary train``: continued training (e.g. a context-extension fine-tune)
+    from a run of the same task. The recipe's model keys are laid over the run's model config
+    (so ``model.rope_scaling`` or ``model.max_seq_len`` may change; shapes may not), and its
+    tokenizer encodes the data. Returns the weights to start from, None without ``init_from``.
+    Reads only, so a bad path leaves nothing behind."""
+    if cfg.init_from in (None, "none"):
+        return None
+    ckpt_dir = checkpoint.resolve_checkpoint(Path(cfg.init_from), "best")
+    config = checkpoint.read_json(ckpt_dir / "config.json")
+    if config.get("task") != cfg.task:
+        raise RotaryError(f"init_from {cfg.init_from} is a {config.get('task')} run and this recipe trains "
+                          f"{cfg.task}: continue a run of the same task (a classifier: rotary finetune --from)")
+    if not (ckpt_dir / "tokenizer").is_dir():
+        raise RotaryError(f"{ckpt_dir} has no tokenizer/: continued training needs the run's tokenizer")
+    if cfg.data.tokenizer.path not in (None, str(ckpt_dir / "tokenizer")):
+        raise RotaryError(f"init_from brings its own tokenizer ({ckpt_dir / 'tokenizer'}): remove data.tokenizer.path")
+    spec = dict(config["model"])
+    spec.update({k: v for k, v in cfg.model.items() if k != "preset"})
+    cfg.model = spec
+    cfg.data.tokenizer.path = str(ckpt_dir / "tokenizer")
+    weights = ckpt_dir / "model.safetensors"
+    _check_shapes(cfg, weights)
+    return weights
+
+
+def _check_shapes(cfg: TrainConfig, weights: Path) -> None:
+    """The recipe's model (built on the meta device: no memory, no time) against the weights'
+    shapes in the safetensors header, before any file is written."""
+    import torch
+    from safetensors import safe_open
+
+    model_cfg = resolve_model_config(cfg, vocab_size=int(cfg.model["vocab_size"]), pad_id=None)
+    with torch.device("meta"):
+        model = get_task(cfg.task).build_model(model_cfg, {})
+    with safe_open(str(weights), framework="pt") as f:
+        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    for name, tensor in model.state_dict().items():
+        if name in stored and stored[name] != tuple(tensor.shape):
+            raise RotaryError(f"init_from {weights.parent} holds {name} of shape {stored[name]} but the recipe's "
+                              f"model needs {tuple(tensor.shape)}: change only keys that keep the shapes "
+                              "(rope_scaling, max_seq_len, dropout)")

@@ -1,0 +1,214 @@
+"""Study 4: passkey retrieval. A five-digit number is hidden at some depth of filler text and
+asked for at the end, as in the context-extension papers (Mohtashami & Jaggi 2023; Chen et al.
+2023): "... The pass key is 72618. Remember it. 72618 is the pass key. ... What is the pass key?
+The pass key is" and the model must continue with 72618 (greedy decoding).
+
+Models this small do not learn retrieval from Shakespeare alone, so every model of this study is
+trained on a **mixture**: half the documents are passages of the Shakespeare training works,
+half are synthetic retrieval examples no longer than the training context L = 128 tokens (the
+key at a random depth). The models are then asked at L, 2L, 4L, 8L and 16L, at depths 0, 0.25,
+0.5, 0.75 and 1 of the filler, ``TRIALS`` keys per cell: accuracy vs length and depth, one heat
+map per scheme. Schemes: rope, rope with YaRN scaling at inference (factor = length / L), alibi,
+sinusoidal, none, learned (which cannot read past L).
+
+    python experiments/passkey.py                  # full: 5 trained schemes x 3 seeds
+    python experiments/passkey.py --quick --runs-dir DIR --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import studylib as lib
+
+import rotary
+from rotary.errors import RotaryError
+from rotary.generate import generate
+from rotary.io import atomic_write_text
+
+SEEDS = [1, 2, 3]
+SCHEMES = {"rope": "rope", "alibi": "alibi", "sinusoidal": "sinusoidal", "none": "none", "learned": "learned"}
+MULTIPLES = [1, 2, 4, 8, 16]
+DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+QUESTION = "What is the pass key? The pass key is"
+FULL = {"max_steps": 400, "batch_size": 16, "context": 128, "eval_interval": 100, "eval_batches": 20,
+        "checkpoint_interval": 200, "vocab_size": 4096, "trials": 10, "synthetic": 6000, "passage_chars": 600}
+QUICK = {"max_steps": 6, "batch_size": 2, "context": 64, "eval_interval": 3, "eval_batches": 1,
+         "checkpoint_interval": 6, "vocab_size": 400, "trials": 2, "synthetic": 60, "passage_chars": 300,
+         "max_passages": 60, "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "n_kv_head": 1}}
+
+
+def budget(quick: bool) -> dict[str, Any]:
+    return QUICK if quick else FULL
+
+
+def filler_sentences() -> list[str]:
+    return [s.strip() + "." for s in FILLER.split(".") if s.strip()]
+
+
+def retrieval_text(key: int, n_filler: int, depth: float, rng: random.Random | None = None) -> str:
+    """Filler with the key at ``depth`` (0 = first, 1 = last), then the question (without the answer)."""
+    sentences = filler_sentences()
+    body = [sentences[i % len(sentences)] for i in range(n_filler)]
+    at = round(depth * n_filler)
+    body.insert(at, f"The pass key is {key}. Remember it. {key} is the pass key.")
+    return " ".join(body) + " " + QUESTION
+
+
+def write_mixture(path: Path, b: dict[str, Any]) -> Path:
+    """The training mixture as a .jsonl corpus (split by hash like any file corpus): Shakespeare
+    passages and synthetic retrieval examples that fit the training context."""
+    if path.is_file():
+        return path
+    rng = random.Random(0)
+    works = list(rotary.load_corpus("shakespeare").documents("train"))
+    chars = b["passage_chars"]
+    passages = [w[i:i + chars] for w in works for i in range(0, len(w) - chars, chars)]
+    rng.shuffle(passages)
+    passages = passages[: b.get("max_passages", b["synthetic"])]
+    # ~17 tokens of key sentence and question; filler sentences are ~5 tokens each at BPE 4,096
+    max_filler = max(1, (b["context"] - 30) // 6)
+    docs = [{"text": p} for p in passages]
+    for _ in range(b["synthetic"]):
+        key = rng.randrange(10000, 100000)
+        n = rng.randint(0, max_filler)
+        docs.append({"text": retrieval_text(key, n, rng.random(), rng) + f" {key}."})
+    rng.shuffle(docs)
+    atomic_write_text(path, "".join(json.dumps(d) + "\n" for d in docs))
+    return path
+
+
+def recipe(scheme: str, seed: int, runs_dir: Path, quick: bool) -> dict[str, Any]:
+    b = budget(quick)
+    corpus = write_mixture(runs_dir / "mixture.jsonl", b)
+    tok_dir, shards = lib.shared_data(runs_dir, str(corpus), "bpe", b["vocab_size"], tag="mixture")
+    model = {"preset": "llama-mini", "n_layer": 4, "d_model": 256, "n_head": 4, "n_kv_head": 2,
+             "max_seq_len": b["context"], **b.get("model", {}), "position": SCHEMES[scheme]}
+    return {"name": f"passkey-{scheme}-s{seed}", "task": "causal_lm", "model": model,
+            "data": {"shards": str(shards), "tokenizer": {"path": str(tok_dir)}},
+            "seq_len": b["context"], "batch_size": b["batch_size"], "max_steps": b["max_steps"],
+            "lr": 2.0e-3, "min_lr": 1.0e-4, "warmup_fraction": 0.05, "weight_decay": 0.1, "grad_clip": 1.0,
+            "precision": "auto", "seed": seed, "eval_interval": b["eval_interval"], "eval_batches": b["eval_batches"],
+            "checkpoint_interval": b["checkpoint_interval"], "keep_checkpoints": 2, "log_interval": 10,
+            "progress": False, "tensorboard": False}
+
+
+def prompts_for(tokenizer: Any, length: int, depth: float, trials: int, seed: int) -> list[tuple[list[int], int]]:
+    """``trials`` (prompt ids, key) pairs whose prompts are as long as fits ``length`` tokens with
+    the answer (8 tokens are left for it)."""
+    rng = random.Random(f"{length}-{depth}-{seed}")
+    out = []
+    for _ in range(trials):
+        key = rng.randrange(10000, 100000)
+        lo, hi = 0, 4 * length  # the most filler sentences that fit, by bisection on the token count
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if len(tokenizer.encode(retrieval_text(key, mid, depth))) <= length - 8:
+                lo = mid
+            else:
+                hi = mid - 1
+        out.append((tokenizer.encode(retrieval_text(key, lo, depth)), key))
+    return out
+
+
+def accuracy(run: Path, length: int, depth: float, trials: int, *, context: int, yarn: bool) -> float | None:
+    tag = f"passkey_{'yarn' if yarn else 'plain'}_{length}_{depth}.json"
+
+    def compute() -> dict[str, Any]:
+        factor = length / context
+        try:
+            pre = rotary.load(run, which="latest", device="cpu",
+                              **({"rope_scaling": "yarn", "rope_factor": factor} if yarn and factor > 1 else {}))
+            if pre.model.config.position == "learned" and length > context:
+                raise RotaryError(f"learned positions stop at {context}")
+        except RotaryError as err:
+            return {"accuracy": None, "error": str(err)}
+        cases = prompts_for(pre.tokenizer, length, depth, trials, seed=0)
+        new = generate(pre.model, [ids for ids, _ in cases], 8, temperature=0.0)
+        hits = 0
+        for (_, key), out in zip(cases, new):
+            found = re.search(r"\d{5}", pre.tokenizer.decode(out))
+            hits += bool(found and int(found.group()) == key)
+        return {"accuracy": hits / len(cases), "trials": len(cases)}
+
+    return lib.cached(run / tag, compute)["accuracy"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    parser.add_argument("--runs-dir", type=Path, default=lib.ROOT / "runs" / "studies" / "passkey")
+    parser.add_argument("--out", type=Path, default=lib.RESULTS)
+    parser.add_argument("--quick", action="store_true", help="the same code on a tiny budget (the test)")
+    args = parser.parse_args(argv)
+    from rotary.device import cpu_model
+
+    b = budget(args.quick)
+    context = b["context"]
+    lengths = [m * context for m in MULTIPLES]
+    rows = [(s, False) for s in args.schemes]
+    if "rope" in args.schemes:
+        rows.insert(1, ("rope", True))
+    grid: dict[str, list[list[float | None]]] = {}  # name -> [depth][length] mean accuracy
+    seconds: dict[str, Any] = {}
+    for scheme in args.schemes:
+        seconds[scheme] = lib.spread(
+            lib.train_run(args.runs_dir / f"{scheme}-s{s}", recipe(scheme, s, args.runs_dir, args.quick),
+                          quiet=args.quick).get("train_seconds") for s in args.seeds)
+    for scheme, yarn in rows:
+        name = f"{scheme}+yarn" if yarn else scheme
+        grid[name] = []
+        for depth in DEPTHS:
+            cells = []
+            for n in lengths:
+                accs = [accuracy(args.runs_dir / f"{scheme}-s{s}", n, depth, b["trials"], context=context, yarn=yarn)
+                        for s in args.seeds]
+                accs = [a for a in accs if a is not None]
+                cells.append(sum(accs) / len(accs) if accs else None)
+            grid[name].append(cells)
+
+    plt = lib.pyplot()
+    fig, axes = plt.subplots(1, len(grid), figsize=(3.2 * len(grid), 3.4), squeeze=False)
+    for ax, (name, cells) in zip(axes[0], grid.items()):
+        values = [[float("nan") if c is None else c for c in row] for row in cells]
+        ax.imshow(values, vmin=0, vmax=1, cmap="viridis", origin="upper", aspect="auto")
+        ax.set_xticks(range(len(lengths)), [f"{m}L" for m in MULTIPLES])
+        ax.set_yticks(range(len(DEPTHS)), [f"{d:g}" for d in DEPTHS])
+        for (i, row) in enumerate(values):
+            for j, v in enumerate(row):
+                ax.text(j, i, "—" if v != v else f"{v:.1f}", ha="center", va="center",
+                        color="white" if v != v or v < 0.5 else "black", fontsize=7)
+        ax.set(title=name, xlabel="prompt length", ylabel="key depth")
+    lib.save_figure(fig, args.out / "passkey.png")
+
+    lines = ["# Study 4: passkey retrieval", "",
+             f"`python experiments/passkey.py` on {cpu_model()}, 2 threads, `precision: auto`. Models trained on "
+             f"the retrieval mixture (half Shakespeare passages, half synthetic examples of at most L = {context} "
+             f"tokens), {b['max_steps']} steps x {b['batch_size']} x {context} tokens, seeds "
+             f"{', '.join(map(str, args.seeds))}; {b['trials']} keys per cell per seed, greedy decoding. "
+             "Accuracy averaged over depths (0, 0.25, 0.5, 0.75, 1) and seeds; the heat maps split it by depth.",
+             *(["", "**--quick budget (a test of the code, not a result).**"] if args.quick else []),
+             "", "| scheme | " + " | ".join(f"{m}L = {m * context}" for m in MULTIPLES) + " | train s |",
+             "|---|" + "---|" * (len(lengths) + 1)]
+    for name, cells in grid.items():
+        means = []
+        for j in range(len(lengths)):
+            col = [row[j] for row in cells if row[j] is not None]
+            means.append(f"{sum(col) / len(col):.2f}" if col else "—")
+        base = name.split("+")[0]
+        lines.append(f"| {name} | " + " | ".join(means) + f" | {lib.pm(seconds[base], 0)} |")
+    lines += ["", "![passkey.png](passkey.png)"]
+    lib.write_results(args.out, "passkey", {"budget": b, "seeds": args.seeds, "lengths": lengths, "depths": DEPTHS,
+                                            "grid": grid}, lines)
+    print(f"wrote {args.out / 'passkey.md'}")
+
+
+if __name__ == "__main__":
+    main()
