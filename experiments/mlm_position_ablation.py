@@ -29,8 +29,8 @@ from rotary.evaluation import masked_lm_metrics
 
 SEEDS = [1, 2, 3]
 SCHEMES = {"rope": "rope", "learned": "learned", "none": "none"}
-FULL = {"max_steps": 300, "batch_size": 32, "context": 128, "eval_interval": 50, "eval_batches": 20,
-        "checkpoint_interval": 150, "vocab_size": 12000}
+FULL = {"max_steps": 250, "batch_size": 32, "context": 128, "eval_interval": 50, "eval_batches": 20,
+        "checkpoint_interval": 125, "vocab_size": 12000}
 QUICK = {"max_steps": 6, "batch_size": 2, "context": 32, "eval_interval": 3, "eval_batches": 1,
          "checkpoint_interval": 6, "vocab_size": 400, "max_documents": 30,
          "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "d_ff": 64}}

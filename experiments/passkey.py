@@ -37,8 +37,8 @@ MULTIPLES = [1, 2, 4, 8, 16]
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 QUESTION = "What is the pass key? The pass key is"
-FULL = {"max_steps": 400, "batch_size": 16, "context": 128, "eval_interval": 100, "eval_batches": 20,
-        "checkpoint_interval": 200, "vocab_size": 4096, "trials": 10, "synthetic": 6000, "passage_chars": 600}
+FULL = {"max_steps": 300, "batch_size": 16, "context": 128, "eval_interval": 100, "eval_batches": 20,
+        "checkpoint_interval": 150, "vocab_size": 4096, "trials": 10, "synthetic": 6000, "passage_chars": 600}
 QUICK = {"max_steps": 6, "batch_size": 2, "context": 64, "eval_interval": 3, "eval_batches": 1,
          "checkpoint_interval": 6, "vocab_size": 400, "trials": 2, "synthetic": 60, "passage_chars": 300,
          "max_passages": 60, "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "n_kv_head": 1}}

@@ -21,6 +21,7 @@ _LAZY = {
     "CausalLM": "rotary.model",
     "MaskedLM": "rotary.model",
     "SequenceClassifier": "rotary.model",
+    "Seq2SeqLM": "rotary.model",
     "KVCache": "rotary.model",
     # data
     "load_corpus": "rotary.data.sources",

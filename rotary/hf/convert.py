@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from rotary.errors import RotaryError
-from rotary.hf import llama, roformer
+from rotary.hf import llama, marian, roformer
 from rotary.hf.adapter import (
     Architecture,
     Family,
@@ -29,10 +29,10 @@ from rotary.model.heads import RotaryModel
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
-HFKind = Literal["llama", "roformer"]
+HFKind = Literal["llama", "roformer", "marian"]
 
 # HF model_type -> family
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (llama.FAMILY, roformer.FAMILY)}
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (llama.FAMILY, roformer.FAMILY, marian.FAMILY)}
 # HF class name ("RoFormerForMaskedLM") -> (family, architecture)
 ARCHITECTURES: dict[str, tuple[Family, Architecture]] = {
     a.hf_class: (f, a) for f in FAMILIES.values() for a in f.architectures
@@ -134,8 +134,12 @@ def to_hf(model: RotaryModel) -> PreTrainedModel:
     hf = getattr(transformers_module(), arch.hf_class)(hf_config)
     sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     params = dict(hf.named_parameters(remove_duplicate=False))
-    state = state_to_hf(sd, arch.names(cfg), family, cfg, params)
+    buffers = {n: b for n, b in hf.named_buffers() if n not in params}  # Marian's final_logits_bias
+    state = state_to_hf(sd, arch.names(cfg), family, cfg, params | buffers)
     state |= {hf_name: sd[rotary_name] for hf_name, rotary_name in arch.hf_copies(cfg).items()}
+    with torch.no_grad():
+        for name in [n for n in state if n in buffers]:
+            buffers[name].copy_(state.pop(name))
     assign(hf, state, family.hf_generated)
     ref = next(model.parameters())
     return hf.to(device=ref.device, dtype=ref.dtype).eval()

@@ -19,6 +19,7 @@ _LAZY = {
     "CausalLM": "heads",
     "MaskedLM": "heads",
     "SequenceClassifier": "heads",
+    "Seq2SeqLM": "seq2seq",
 }
 
 __all__ = sorted(_LAZY)

@@ -201,7 +201,8 @@ class AttentionContext:
     keys/values for cross-attention), so layers keep one signature.
     """
 
-    __slots__ = ("cos", "sin", "key_cos", "key_sin", "mask", "is_causal", "kv_cache", "key_padding")
+    __slots__ = ("cos", "sin", "key_cos", "key_sin", "mask", "is_causal", "kv_cache", "key_padding", "memory",
+                 "memory_mask", "cross_kv")
 
     def __init__(self) -> None:
         # RoPE for the new tokens, as rope_factors gives them (cos, signed sin), once per pass
@@ -213,6 +214,11 @@ class AttentionContext:
         self.is_causal = False
         self.kv_cache: KVCache | None = None
         self.key_padding: torch.Tensor | None = None  # (B, S) 1 = real token; linear attention's mask
+        # an encoder-decoder's decoder: the encoder's output (B, S, d), its mask (B, 1, 1, S) bool, and
+        # the cross-attention keys/values per layer, computed once per source (None: not kept)
+        self.memory: torch.Tensor | None = None
+        self.memory_mask: torch.Tensor | None = None
+        self.cross_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class Attention(nn.Module):
@@ -293,3 +299,42 @@ def build_attention_mask(
         allowed = allowed & key_padding.bool()[:, None, None, :]
     allowed = allowed | (k_pos == q_pos)[None, None]
     return allowed, False
+
+
+class CrossAttention(nn.Module):
+    """Decoder-to-encoder attention (Vaswani et al.): queries from the decoder, keys and values
+    from the encoder's output.
+
+    No rotary positions here, whatever the config's ``position``: queries and keys live in
+    different sequences, so a relative position between them means nothing (RoFormer rotates
+    self-attention only). Keys and values depend on the source alone, so during decoding they are
+    computed once per source and kept in ``ctx.cross_kv``.
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.dropout = cfg.attention_dropout
+        self.q_proj = Linear(cfg.d_model, self.n_head * self.head_dim, bias=cfg.bias)
+        self.kv_proj = Linear(cfg.d_model, 2 * self.n_kv_head * self.head_dim, bias=cfg.bias)  # [k | v]
+        self.o_proj = Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.bias)
+
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, S, _ = memory.shape
+        k, v = self.kv_proj(memory).view(B, S, 2, self.n_kv_head, self.head_dim).unbind(2)
+        return k.transpose(1, 2), v.transpose(1, 2)  # (B, KV, S, hd) each
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        kept = ctx.cross_kv.get(self.layer_idx) if ctx.cross_kv is not None else None
+        if kept is None:
+            kept = self.keys_values(ctx.memory)
+            if ctx.cross_kv is not None:
+                ctx.cross_kv[self.layer_idx] = kept
+        k, v = kept
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.memory_mask,  # (B, H, T, hd)
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=self.n_kv_head != self.n_head)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))  # (B, T, d)

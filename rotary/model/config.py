@@ -14,7 +14,7 @@ from typing import Any, Literal
 from rotary.config import closest_key_hint, doc, from_dict, load_yaml, save_yaml, to_dict
 from rotary.errors import RotaryError
 
-MLPKind = Literal["swiglu", "gelu", "relu"]
+MLPKind = Literal["swiglu", "gelu", "relu", "silu"]
 NormKind = Literal["rmsnorm", "layernorm"]
 PositionKind = Literal["rope", "learned", "sinusoidal", "alibi", "none"]
 AttentionKind = Literal["softmax", "linear"]
@@ -32,7 +32,8 @@ class ModelConfig:
     max_seq_len: int = doc(
         1024, "longest sequence trained on; learned positions are capped here, RoPE is not"
     )
-    n_layer: int = doc(6, "number of Transformer blocks")
+    n_layer: int = doc(6, "number of Transformer blocks (an encoder-decoder's encoder blocks)")
+    n_decoder_layer: int | None = doc(None, "encoder-decoder (seq2seq): decoder blocks; None = n_layer")
     n_head: int = doc(8, "attention heads for queries")
     n_kv_head: int | None = doc(
         None, "heads for keys/values: None = n_head (MHA), 1 = MQA, else GQA"
@@ -44,7 +45,8 @@ class ModelConfig:
     d_ff: int | None = doc(
         None, "MLP inner width; None = 4*d_model (gelu/relu) or 8/3*d_model rounded to 64 (swiglu)"
     )
-    mlp: MLPKind = doc("swiglu", "MLP kind: swiglu (Llama), gelu (BERT/RoFormer) or relu")
+    mlp: MLPKind = doc("swiglu", "MLP kind: swiglu (Llama), gelu (BERT/RoFormer), relu (Vaswani et al.) or "
+                                 "silu (Marian's swish)")
     norm: NormKind = doc("rmsnorm", "normalisation: rmsnorm (Llama) or layernorm (BERT/RoFormer)")
     norm_eps: float = doc(1e-5, "epsilon inside the norm")
     pre_norm: bool = doc(
@@ -60,6 +62,16 @@ class ModelConfig:
     attention: AttentionKind = doc(
         "softmax", "softmax attention, or linear: RoFormer section 3.3's kernelised attention (elu+1 features)"
     )
+    sinusoidal_layout: Literal["interleaved", "halves"] = doc(
+        "interleaved", "sinusoidal positions: sin/cos interleaved (Vaswani et al.), or halves: all sines "
+        "then all cosines (Marian, fairseq)")
+    embed_norm: bool | None = doc(
+        None, "a norm on the embeddings; None = post-LN models have one (BERT/RoFormer), pre-LN ones do not")
+    scale_embeddings: bool = doc(False, "multiply token embeddings by sqrt(d_model) (the original Transformer)")
+    logits_bias: bool = doc(False, "a bias on the output logits (Marian's final_logits_bias)")
+    share_embeddings: bool = doc(True, "encoder-decoder: one token embedding for source and target")
+    decoder_start_token_id: int | None = doc(
+        None, "encoder-decoder: the first decoder input; None = pad_token_id (the transformers convention)")
     rope_theta: float = doc(10000.0, "RoPE base")
     rope_scaling: RopeScaling = doc("none", "context extension: none, linear, dynamic_ntk or yarn")
     rope_scaling_factor: float = doc(1.0, "context extension factor for rope_scaling")
@@ -86,6 +98,14 @@ class ModelConfig:
         self.validate()
 
     # -- derived values -----------------------------------------------------------------------
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_layer if self.n_decoder_layer is None else self.n_decoder_layer
+
+    @property
+    def has_embed_norm(self) -> bool:
+        return (not self.pre_norm) if self.embed_norm is None else self.embed_norm
+
     @property
     def kv_heads(self) -> int:
         return self.n_head if self.n_kv_head is None else self.n_kv_head
@@ -135,6 +155,10 @@ class ModelConfig:
         for name in ("vocab_size", "max_seq_len", "n_layer", "n_head", "d_model"):
             if getattr(self, name) <= 0:
                 bad(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_decoder_layer is not None and self.n_decoder_layer <= 0:
+            bad(f"n_decoder_layer must be positive, got {self.n_decoder_layer}")
+        if self.decoder_start_token_id is not None and not 0 <= self.decoder_start_token_id < self.vocab_size:
+            bad(f"decoder_start_token_id {self.decoder_start_token_id} is outside the vocabulary")
         if self.d_model % self.n_head:
             bad(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         if self.kv_heads <= 0 or self.n_head % self.kv_heads:
@@ -247,7 +271,8 @@ class ModelConfig:
             emb += self.max_seq_len * d
         out = 0 if self.tie_embeddings else self.vocab_size * d  # a causal LM's output projection
         # the final norm (pre-LN) or the embedding norm (post-LN, at the embeddings' width)
-        last_norm = (d if self.pre_norm else e) * (2 if self.norm == "layernorm" else 1)
+        norm_params = 2 if self.norm == "layernorm" else 1
+        last_norm = (d * norm_params if self.pre_norm else 0) + (e * norm_params if self.has_embed_norm else 0)
         return self.n_layer * per_layer + emb + out + last_norm
 
 

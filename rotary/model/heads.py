@@ -17,6 +17,7 @@ from rotary.errors import RotaryError
 from rotary.labels import IGNORE_INDEX
 from rotary.model.attention import KVCache
 from rotary.model.config import ModelConfig
+from rotary.model.positions import LearnedPositions
 from rotary.model.transformer import ACTIVATIONS, Backbone, make_norm
 from rotary.ops.fused_cross_entropy import cross_entropy_stats, linear_cross_entropy
 from rotary.ops.gemm import Linear, linear
@@ -48,12 +49,14 @@ class RotaryModel(nn.Module):
                     nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
-        positions = self.backbone.embed_positions
-        if positions is not None and hasattr(positions, "weight"):
-            nn.init.normal_(positions.weight, mean=0.0, std=std)
+        for module in self.modules():  # learned positions (an encoder-decoder has two tables)
+            if isinstance(module, LearnedPositions):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
         if self.config.pad_token_id is not None:
             with torch.no_grad():
-                self.backbone.embed_tokens.weight[self.config.pad_token_id].zero_()
+                for backbone in (self.backbone, getattr(self, "decoder", None)):  # a seq2seq model's too
+                    if backbone is not None:
+                        backbone.embed_tokens.weight[self.config.pad_token_id].zero_()
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Unique parameters (tied weights counted once)."""

@@ -14,13 +14,21 @@ from rotary.errors import RotaryError
 from rotary.model.config import ModelConfig
 
 
-def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
-    """Vaswani et al. (2017): PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...)."""
+def sinusoidal_table(length: int, dim: int, layout: str = "interleaved") -> torch.Tensor:
+    """Vaswani et al. (2017): PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...).
+
+    ``layout="halves"`` puts the same values as [all sines | all cosines] (Marian, fairseq):
+    PE[p, i] = sin(p w_i), PE[p, d/2 + i] = cos(p w_i).
+    """
     pos = torch.arange(length, dtype=torch.float64)[:, None]
     div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
     table = torch.zeros(length, dim, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(pos * div)
-    table[:, 1::2] = torch.cos(pos * div)
+    if layout == "halves":
+        table[:, : dim // 2] = torch.sin(pos * div)
+        table[:, dim // 2:] = torch.cos(pos * div)
+    else:
+        table[:, 0::2] = torch.sin(pos * div)
+        table[:, 1::2] = torch.cos(pos * div)
     return table.float()
 
 
@@ -47,13 +55,14 @@ class SinusoidalPositions(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.dim = cfg.d_model
-        table = sinusoidal_table(cfg.max_seq_len, cfg.d_model)  # (max_seq_len, d)
+        self.layout = cfg.sinusoidal_layout
+        table = sinusoidal_table(cfg.max_seq_len, cfg.d_model, self.layout)  # (max_seq_len, d)
         self.register_buffer("table", table, persistent=False)
 
     def forward(self, positions: torch.Tensor, seq_len: int) -> torch.Tensor:
         if seq_len > self.table.shape[0]:  # no ceiling: grow on demand
             size = max(seq_len, 2 * self.table.shape[0])
-            self.table = sinusoidal_table(size, self.dim).to(self.table.device)
+            self.table = sinusoidal_table(size, self.dim, self.layout).to(self.table.device)
         return self.table[positions]
 
     def at(self, positions: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,14 @@ from torch import nn
 
 from rotary.errors import RotaryError
 from rotary.model.alibi import alibi_mask, alibi_slopes
-from rotary.model.attention import Attention, AttentionContext, KVCache, SlotCache, build_attention_mask
+from rotary.model.attention import (
+    Attention,
+    AttentionContext,
+    CrossAttention,
+    KVCache,
+    SlotCache,
+    build_attention_mask,
+)
 from rotary.model.config import ModelConfig
 from rotary.model.linear_attention import LinearAttention
 from rotary.model.positions import make_absolute_positions
@@ -56,11 +63,16 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+    """Self-attention and MLP, each with its norm; ``cross=True`` adds attention to an encoder's
+    output between them (an encoder-decoder's decoder block)."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int, cross: bool = False) -> None:
         super().__init__()
         self.pre_norm = cfg.pre_norm
         self.attn_norm = make_norm(cfg)
         self.attn = (LinearAttention if cfg.attention == "linear" else Attention)(cfg, layer_idx)
+        self.cross_norm = make_norm(cfg) if cross else None
+        self.cross_attn = CrossAttention(cfg, layer_idx) if cross else None
         self.mlp_norm = make_norm(cfg)
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
@@ -68,16 +80,21 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         if self.pre_norm:  # GPT-2 / Llama
             x = x + self.drop(self.attn(self.attn_norm(x), ctx))
+            if self.cross_attn is not None:
+                x = x + self.drop(self.cross_attn(self.cross_norm(x), ctx))
             return x + self.drop(self.mlp(self.mlp_norm(x)))
         # post-LN: the original Transformer, BERT and RoFormer
         x = self.attn_norm(x + self.drop(self.attn(x, ctx)))
+        if self.cross_attn is not None:
+            x = self.cross_norm(x + self.drop(self.cross_attn(x, ctx)))
         return self.mlp_norm(x + self.drop(self.mlp(x)))
 
 
 class Backbone(nn.Module):
-    """Embeddings and blocks; returns hidden states (B, T, d_model)."""
+    """Embeddings and blocks; returns hidden states (B, T, d_model). ``cross=True`` builds an
+    encoder-decoder's decoder: every block also attends to the encoder output passed as ``memory``."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, cross: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         e = cfg.embed_dim
@@ -89,13 +106,14 @@ class Backbone(nn.Module):
             self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
         else:
             self.alibi_slopes = None
-        # Post-LN models normalise the embeddings; pre-LN models normalise the output instead.
-        self.embed_norm = None if cfg.pre_norm else make_norm(cfg, e)
+        # Post-LN models normalise the embeddings (BERT, RoFormer; not Marian); pre-LN models the output.
+        self.embed_norm = make_norm(cfg, e) if cfg.has_embed_norm else None
+        self.embed_scale = float(cfg.d_model) ** 0.5 if cfg.scale_embeddings else None
         self.drop = nn.Dropout(cfg.dropout)
         # Narrower embeddings than the blocks (RoFormer's embedding_size, as in ALBERT): projected
         # after the embedding norm and dropout, where HF RoFormer's embeddings_project sits.
         self.embed_project = Linear(e, cfg.d_model, bias=True) if e != cfg.d_model else None
-        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.layers = nn.ModuleList(Block(cfg, i, cross) for i in range(cfg.n_layer))
         self.final_norm = make_norm(cfg) if cfg.pre_norm else None
 
     def forward(
@@ -105,7 +123,12 @@ class Backbone(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        cross_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
+        """``memory`` (B, S, d) is the encoder output a decoder attends to, ``memory_mask`` (B, S)
+        marks its real tokens; ``cross_kv`` keeps the cross-attention keys/values between calls."""
         cfg = self.cfg
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
@@ -131,7 +154,7 @@ class Backbone(nn.Module):
         else:
             pos_for_embed = position_ids
 
-        x = self.embed_tokens(input_ids)  # (B, T, d)
+        x = self.token_embeddings(input_ids)  # (B, T, d)
         if self.embed_types is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
@@ -165,11 +188,18 @@ class Backbone(nn.Module):
             ctx.is_causal = False
         if cfg.attention == "linear":
             ctx.key_padding = attention_mask
+        ctx.memory, ctx.cross_kv = memory, cross_kv
+        if memory_mask is not None:
+            ctx.memory_mask = memory_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
 
         x = self._blocks(x, ctx)
         if kv_cache is not None:
             kv_cache.advance(T)
         return x
+
+    def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)  # (B, T, e)
+        return x * self.embed_scale if self.embed_scale is not None else x
 
     def _finish_embedding(self, x: torch.Tensor) -> torch.Tensor:
         if self.embed_norm is not None:
@@ -198,7 +228,7 @@ class Backbone(nn.Module):
         fresh cache without padding): then SDPA's own causal kernel replaces the mask.
         """
         positions = cache.positions(input_ids.shape[1])  # (B, T)
-        x = self.embed_tokens(input_ids)  # (B, T, d)
+        x = self.token_embeddings(input_ids)  # (B, T, d)
         if self.embed_types is not None:
             x = x + self.embed_types(torch.zeros_like(input_ids))
         if self.embed_positions is not None:

@@ -1,0 +1,260 @@
+"""The encoder-decoder: transformers' MarianMTModel as the oracle (logits, loss, beam search on
+converted weights, both ways), the cache and beam-search properties, and the RoPE twin's
+cross-attention carrying no positions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+import transformers as tf  # noqa: E402
+
+from rotary.decoding import beam_core, greedy_core, translate_ids  # noqa: E402
+from rotary.errors import RotaryError  # noqa: E402
+from rotary.hf import config_from_hf, config_to_hf, from_hf, to_hf  # noqa: E402
+from rotary.model import ModelConfig, Seq2SeqLM  # noqa: E402
+
+V, PAD, EOS = 24, 1, 0
+
+
+def marian_config(**kw) -> tf.MarianConfig:
+    base = dict(vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=3, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                encoder_attention_heads=4, decoder_attention_heads=4, max_position_embeddings=64, pad_token_id=PAD,
+                decoder_start_token_id=PAD, eos_token_id=EOS, forced_eos_token_id=EOS, activation_function="relu",
+                scale_embedding=True, dropout=0.0)
+    base.update(kw)
+    return tf.MarianConfig(**base)
+
+
+def padded_sources(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded sources (Marian's convention) of lengths 1..8."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [8, 5, 1, 3, 7, 2][:n]
+    src = torch.full((n, 8), PAD)
+    for i, n_tok in enumerate(lengths):
+        src[i, :n_tok] = torch.randint(2, V, (n_tok,), generator=g)
+    return src, (src != PAD).long()
+
+
+def reversal_batch(g: torch.Generator, n: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    src = torch.full((n, 8), PAD)
+    labels = torch.full((n, 9), -100)
+    for i in range(n):
+        n_tok = int(torch.randint(1, 8, (1,), generator=g))
+        s = torch.randint(2, V, (n_tok,), generator=g)
+        src[i, :n_tok] = s
+        labels[i, :n_tok], labels[i, n_tok] = s.flip(0), EOS
+    return src, (src != PAD).long(), labels
+
+
+@pytest.fixture(scope="module")
+def trained_marian():
+    """A Marian briefly trained to reverse its source, so that hypotheses end at different
+    lengths and beam search has real choices to make (a random one repeats one token)."""
+    torch.manual_seed(0)
+    hf = tf.MarianMTModel(marian_config(decoder_layers=2))
+    opt = torch.optim.Adam(hf.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(120):
+        src, mask, labels = reversal_batch(g)
+        loss = hf(input_ids=src, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return hf.eval()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(activation_function="gelu", scale_embedding=False, decoder_layers=1),
+                                dict(activation_function="swish")])
+def test_marian_logits_and_loss_equal_transformers(kw):
+    torch.manual_seed(1)
+    hf = tf.MarianMTModel(marian_config(**kw)).eval()
+    with torch.no_grad():
+        hf.final_logits_bias.normal_()
+    model = from_hf(hf)
+    assert isinstance(model, Seq2SeqLM) and model.config.sinusoidal_layout == "halves"
+    src, mask = padded_sources()
+    labels = torch.randint(2, V, (4, 6))
+    labels[1, 4:] = -100
+    with torch.no_grad():
+        ref = hf(input_ids=src, attention_mask=mask, labels=labels)
+        logits = model(src, mask, decoder_input_ids=model.shift_right(labels))
+        loss = model(src, mask, labels=labels)
+    torch.testing.assert_close(logits, ref.logits, rtol=0, atol=1e-4)
+    assert abs(float(loss) - float(ref.loss)) < 1e-5
+
+
+def test_untied_marian_is_refused():
+    with pytest.raises(RotaryError, match="tie_word_embeddings must be true"):
+        from_hf(tf.MarianMTModel(marian_config(tie_word_embeddings=False)))
+
+
+def test_rotary_to_marian_and_back():
+    cfg = ModelConfig(vocab_size=V, max_seq_len=64, n_layer=2, n_decoder_layer=1, n_head=4, d_model=32, d_ff=64,
+                      mlp="relu", norm="layernorm", pre_norm=False, bias=True, position="sinusoidal",
+                      sinusoidal_layout="halves", embed_norm=False, scale_embeddings=True, logits_bias=True,
+                      pad_token_id=PAD, initializer_range=0.1)
+    torch.manual_seed(2)
+    model = Seq2SeqLM(cfg).eval()
+    with torch.no_grad():
+        model.final_logits_bias.normal_()
+    hf = to_hf(model)
+    assert type(hf).__name__ == "MarianMTModel"
+    src, mask = padded_sources()
+    dec = torch.randint(2, V, (4, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=src, attention_mask=mask, decoder_input_ids=dec).logits,
+                                   model(src, mask, decoder_input_ids=dec), rtol=0, atol=1e-4)
+    back = config_from_hf(config_to_hf(cfg, "marian"))
+    assert back.n_decoder_layer == 1 and back.scale_embeddings and back.decoder_start_token_id == PAD
+    torch.testing.assert_close(from_hf(hf)(src, mask, decoder_input_ids=dec), model(src, mask, decoder_input_ids=dec),
+                               rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("change,match", [(dict(position="rope"), "position=rope"),
+                                          (dict(n_kv_head=2), "grouped K/V"),
+                                          (dict(pre_norm=True), "post-norm"),
+                                          (dict(embed_norm=True), "embedding norm"),
+                                          (dict(tie_embeddings=False), "output embeddings")])
+def test_what_marian_cannot_express_is_refused(change, match):
+    base = dict(vocab_size=V, max_seq_len=32, n_layer=1, n_head=4, d_model=32, mlp="relu", norm="layernorm",
+                pre_norm=False, bias=True, position="sinusoidal", sinusoidal_layout="halves", embed_norm=False,
+                pad_token_id=PAD)
+    with pytest.raises(RotaryError, match=match):
+        to_hf(Seq2SeqLM(ModelConfig(**{**base, **change})))
+
+
+@pytest.mark.parametrize("num_beams,length_penalty", [(1, 1.0), (4, 1.0), (4, 0.6), (3, 2.0), (5, 0.0)])
+def test_beam_search_equals_marian_generate(trained_marian, num_beams, length_penalty):
+    model = from_hf(trained_marian)
+    src, mask = padded_sources(6, seed=3)
+    with torch.no_grad():
+        out = trained_marian.generate(input_ids=src, attention_mask=mask, num_beams=num_beams,
+                                      length_penalty=length_penalty, max_new_tokens=10, do_sample=False)
+    ref = [row[1:] for row in out.tolist()]
+    ref = [r[: r.index(EOS) + 1] if EOS in r else r for r in ref]
+    got = translate_ids(model, src, mask, num_beams=num_beams, length_penalty=length_penalty, max_new_tokens=10,
+                        eos_id=EOS)
+    assert got.tokens == ref
+    assert len({len(t) for t in got.tokens}) > 2  # hypotheses of several lengths: a real test
+
+
+def test_beam_of_one_equals_greedy(trained_marian):
+    model = from_hf(trained_marian)
+    src, mask = padded_sources(6, seed=4)
+    greedy = translate_ids(model, src, mask, num_beams=1, max_new_tokens=10, eos_id=EOS)
+    # the beam algorithm itself with one beam and no length normalisation is greedy too
+    memory = model.encode(src, mask)
+    cache = model.new_cache(mask, 6, 11)
+
+    def step(tokens, keep):
+        if keep is not None:
+            cache.reorder(keep)
+        return model.decode(tokens, memory, cache=cache, last_only=True)[:, -1]
+
+    with torch.no_grad():
+        beam = beam_core(step, 6, 1, PAD, EOS, 10, length_penalty=0.0, pad_id=PAD)
+    assert beam.tokens == greedy.tokens
+    for a, b in zip(beam.scores, greedy.scores):
+        assert abs(a - b) < 1e-4
+
+
+def markov_step(table: torch.Tensor):
+    """A 'model' whose next-token log-probabilities depend on the previous token only."""
+    def step(tokens, keep):
+        return table[tokens[:, -1]]
+    return step
+
+
+def test_beam_search_beats_greedy_on_a_trap():
+    """From the start, token 2 is likeliest (0.5 vs 0.4), but every continuation after it is poor
+    (0.25 each), while token 3 is followed by EOS with certainty: greedy scores 0.5 * 0.25, beam
+    search finds 0.4 * 1.0."""
+    n = 6
+    p = torch.full((n, n), 1e-9)
+    p[1, 2], p[1, 3], p[1, 4] = 0.5, 0.4, 0.1  # 1 = start
+    p[2, 0], p[2, 4], p[2, 5], p[2, 3] = 0.25, 0.25, 0.25, 0.25
+    p[3, 0] = 1.0
+    p[4, 0], p[5, 0] = 1.0, 1.0
+    table = p.log()
+    greedy = greedy_core(markov_step(table), 1, 1, 0, 5)
+    beam = beam_core(markov_step(table), 1, 2, 1, 0, 5, length_penalty=0.0)
+    assert greedy.tokens == [[2, 0]] and beam.tokens == [[3, 0]]
+    assert math.isclose(beam.scores[0], math.log(0.4), rel_tol=1e-5)
+    assert beam.scores[0] > greedy.scores[0] + 0.5
+
+
+@pytest.mark.parametrize("position", ["rope", "sinusoidal", "learned", "none"])
+def test_cached_decoding_equals_full_forwards(position):
+    torch.manual_seed(5)
+    cfg = ModelConfig(vocab_size=V, max_seq_len=32, n_layer=2, n_decoder_layer=2, n_head=4, n_kv_head=2, d_model=32,
+                      position=position, pad_token_id=PAD, initializer_range=0.1)
+    model = Seq2SeqLM(cfg).double().eval()
+    src, mask = padded_sources()
+    dec = torch.randint(2, V, (4, 9))
+    calls = []
+    hooks = [layer.cross_attn.kv_proj.register_forward_hook(lambda *a: calls.append(1))
+             for layer in model.decoder.layers]
+    with torch.no_grad():
+        full = model(src, mask, decoder_input_ids=dec)
+        calls.clear()
+        memory = model.encode(src, mask)
+        cache = model.new_cache(mask, 4, 9)
+        parts = [model.decode(dec[:, :3], memory, cache=cache)]
+        parts += [model.decode(dec[:, t:t + 1], memory, cache=cache) for t in range(3, 9)]
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=0, atol=1e-10)
+    assert len(calls) == cfg.decoder_layers  # cross-attention keys/values once per source
+
+
+def test_greedy_with_the_cache_equals_repeated_full_forwards():
+    torch.manual_seed(6)
+    cfg = ModelConfig(vocab_size=V, max_seq_len=32, n_layer=1, n_head=4, d_model=32, pad_token_id=PAD,
+                      initializer_range=0.3)
+    model = Seq2SeqLM(cfg).eval()
+    src, mask = padded_sources()
+    got = translate_ids(model, src, mask, max_new_tokens=8, eos_id=EOS, force_eos=False)
+    for b in range(4):
+        seq = [PAD]
+        with torch.no_grad():
+            for _ in range(8):
+                alone = src[b:b + 1, : int(mask[b].sum())]  # the source without its padding
+                nxt = int(model(alone, decoder_input_ids=torch.tensor([seq]))[0, -1].argmax())
+                seq.append(nxt)
+                if nxt == EOS:
+                    break
+        assert got.tokens[b] == seq[1:]
+
+
+def test_rope_twin_cross_attention_has_no_positions():
+    """Self-attention RoPE is relative and cross-attention unrotated, so shifting every decoder
+    position by a constant changes nothing; rotating cross-attention would."""
+    torch.manual_seed(7)
+    cfg = ModelConfig(vocab_size=V, max_seq_len=32, n_layer=2, n_head=4, d_model=32, position="rope",
+                      pad_token_id=PAD, initializer_range=0.1)
+    model = Seq2SeqLM(cfg).double().eval()
+    src, mask = padded_sources()
+    dec = torch.randint(2, V, (4, 6))
+    with torch.no_grad():
+        memory = model.encode(src, mask)
+        a = model.decoder(dec, memory=memory, memory_mask=mask)
+        b = model.decoder(dec, position_ids=torch.arange(6)[None] + 50, memory=memory, memory_mask=mask)
+        c = model.decoder(dec, position_ids=torch.arange(6)[None] * 2, memory=memory, memory_mask=mask)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # the cos/sin tables are fp32
+    assert (a - c).abs().max() > 1e-3  # positions do matter inside the decoder
+
+
+def test_labels_follow_the_transformers_convention():
+    model = Seq2SeqLM(ModelConfig(vocab_size=V, max_seq_len=16, n_layer=1, n_head=2, d_model=16, pad_token_id=PAD))
+    labels = torch.tensor([[5, 6, 7, -100], [8, 9, -100, -100]])
+    assert model.shift_right(labels).tolist() == [[PAD, 5, 6, 7], [PAD, 8, 9, PAD]]
+    with pytest.raises(RotaryError, match="labels= .* or decoder_input_ids="):
+        model(torch.tensor([[3, 4]]))
+    with pytest.raises(RotaryError, match="linear"):
+        Seq2SeqLM(ModelConfig(vocab_size=V, max_seq_len=16, n_layer=1, n_head=2, d_model=16, attention="linear"))
+    with pytest.raises(RotaryError, match="encoder-decoder"):
+        translate_ids(torch.nn.Linear(2, 2), torch.tensor([[1]]))
