@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "rotary.commands.generate",
     "rotary.commands.serve",
     "rotary.commands.fill_mask",
+    "rotary.commands.translate",
     "rotary.commands.finetune",
     "rotary.commands.classify",
     "rotary.commands.eval",

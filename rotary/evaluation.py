@@ -175,9 +175,49 @@ def masked_lm_metrics(model: Any, tokenizer: Any, tokens: np.ndarray, *, seq_len
             "top1_accuracy": top1 / max(count, 1), "top5_accuracy": top5 / max(count, 1), "seed": seed}
 
 
+@torch.no_grad()
+def seq2seq_metrics(pre: Any, data: Any, split: str, *, num_beams: int = 5, length_penalty: float = 1.0,
+                    batch_size: int = 32, samples: int = 5) -> dict[str, Any]:
+    """BLEU and chrF (sacrebleu; every reference of a source counts) of beam-search translations of
+    ``split``'s distinct sources, the per-token loss of its pairs, and a few sample translations."""
+    from rotary.translate import bleu_chrf, encode_sources, translate_texts
+
+    sources, refs = data.references(split)
+    if not sources:
+        raise RotaryError(f"the {split} split of {data.name} is empty")
+    result = translate_texts(pre, sources, num_beams=num_beams, length_penalty=length_penalty,
+                             batch_size=batch_size)
+    scores = bleu_chrf(result.texts, refs, data.target_lang)
+    # teacher-forced loss per target token (EOS included), every pair of the split
+    from rotary.data.seq2seq import special_ids
+
+    pad, eos = special_ids(pre.tokenizer)
+    pairs = data.pairs(split)
+    limit = int(pre.model.config.max_seq_len)
+    src_rows, _ = encode_sources(pre.tokenizer, [p.source for p in pairs], limit)
+    tgt_rows, _ = encode_sources(pre.tokenizer, [p.target for p in pairs], limit)
+    loss_sum, count, correct = 0.0, 0, 0
+    device = pre.model.device
+    for lo in range(0, len(pairs), batch_size):
+        s, t = src_rows[lo:lo + batch_size], tgt_rows[lo:lo + batch_size]
+        src = torch.full((len(s), max(map(len, s))), pad, dtype=torch.long)
+        mask = torch.zeros_like(src)
+        labels = torch.full((len(t), max(map(len, t))), IGNORE_INDEX, dtype=torch.long)
+        for j, (a, b) in enumerate(zip(s, t)):
+            src[j, : len(a)], mask[j, : len(a)], labels[j, : len(b)] = torch.tensor(a), 1, torch.tensor(b)
+        stats = pre.model(src.to(device), mask.to(device), labels=labels.to(device), return_stats=True).cpu()
+        loss_sum, count, correct = loss_sum + float(stats[0]), count + int(stats[1]), correct + int(stats[2])
+    loss = loss_sum / max(count, 1)
+    return {**scores, "loss": loss, "perplexity": math.exp(min(loss, 700.0)), "token_accuracy": correct / max(count, 1),
+            "target_tokens": count, "pairs": len(pairs), "num_beams": num_beams, "length_penalty": length_penalty,
+            "truncated_sources": result.truncated_sources,
+            "samples": [{"source": s, "translation": h, "references": r}
+                        for s, h, r in list(zip(sources, result.texts, refs))[:samples]]}
+
+
 def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | None = None, seed: int = 0,
              batch_size: int = 8, device: str = "auto", out: str | Path | None = None,
-             corpus_options: dict[str, Any] | None = None) -> dict[str, Any]:
+             corpus_options: dict[str, Any] | None = None, num_beams: int = 5) -> dict[str, Any]:
     """Score ``run`` on ``corpus``'s ``split``; writes ``eval.json`` (and for a classifier
     ``confusion.png``) into ``out`` (default: the run directory). Returns the metrics."""
     import json
@@ -187,7 +227,14 @@ def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | 
 
     pre = load(run, device=device)
     opts = dict(corpus_options or {})
-    if pre.task == "classification":
+    if pre.task == "seq2seq":
+        from rotary.data.parallel import load_parallel
+
+        if "max_documents" in opts:
+            opts["max_pairs"] = opts.pop("max_documents")
+        metrics = seq2seq_metrics(pre, load_parallel(corpus, **opts), split, num_beams=num_beams,
+                                  batch_size=max(batch_size, 1))
+    elif pre.task == "classification":
         from rotary.data.sources import load_labelled
 
         labelled = load_labelled(corpus, **opts)

@@ -37,6 +37,16 @@ class Pretrained:
     def task(self) -> str:
         return self.config.get("task", "")
 
+    def translate(self, texts: str | Sequence[str], *, num_beams: int = 5, length_penalty: float = 1.0,
+                  max_new_tokens: int | None = None, max_length_ratio: float | None = None,
+                  batch_size: int = 32) -> list[str]:
+        """Translations of ``texts`` by a seq2seq run (beam search; ``num_beams=1`` is greedy)."""
+        from rotary.translate import translate_texts
+
+        return translate_texts(self, [texts] if isinstance(texts, str) else list(texts), num_beams=num_beams,
+                               length_penalty=length_penalty, max_new_tokens=max_new_tokens,
+                               max_length_ratio=max_length_ratio, batch_size=batch_size).texts
+
     @property
     def context(self) -> int:
         """Positions a prompt and its continuation may use: the model's max_seq_len (after any

@@ -105,6 +105,23 @@ def _lm_data(cfg: Any, info: Any) -> Any:
     return prepare_training_data(cfg, info)
 
 
+def _seq2seq(cfg: Any, head: Mapping[str, Any]) -> Any:
+    from rotary.model import Seq2SeqLM
+
+    return Seq2SeqLM(cfg)
+
+
+def _seq2seq_data(cfg: Any, info: Any) -> Any:
+    from rotary.data.seq2seq import prepare_seq2seq_data
+
+    return prepare_seq2seq_data(cfg, info)
+
+
+def _seq2seq_inputs(batch: Any) -> dict[str, Any]:
+    _, attention_mask, labels = batch
+    return {"attention_mask": attention_mask, "labels": labels}
+
+
 def _perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))
 
@@ -160,12 +177,16 @@ def _classification_inputs(batch: Any) -> dict[str, Any]:
 
 
 # Class names per row, so that exporting a model finds its row without importing torch here.
-_MODEL_CLASS = {"causal_lm": "CausalLM", "masked_lm": "MaskedLM", "classification": "SequenceClassifier"}
+_MODEL_CLASS = {"causal_lm": "CausalLM", "masked_lm": "MaskedLM", "classification": "SequenceClassifier",
+                "seq2seq": "Seq2SeqLM"}
 
 register_task(Task("causal_lm", _causal_lm, causal=True, metrics=_causal_metrics, make_data=_lm_data,
                    metric_names=("loss", "perplexity", "bits_per_byte"), help="next-token prediction (decoder)"))
 register_task(Task("masked_lm", _masked_lm, causal=False, metrics=_accuracy_metrics, make_data=_lm_data,
                    metric_names=("loss", "perplexity", "accuracy"), help="masked-token prediction (encoder, RoFormer)"))
+register_task(Task("seq2seq", _seq2seq, causal=False, metrics=_accuracy_metrics, make_data=_seq2seq_data,
+                   inputs=_seq2seq_inputs, metric_names=("loss", "perplexity", "accuracy"),
+                   help="translation: an encoder-decoder trained on sentence pairs"))
 # Trained by fine-tuning (rotary.finetune builds its data and model), not from a corpus by `train`.
 register_task(Task("classification", _classifier, causal=False, metrics=_classification_metrics,
                    inputs=_classification_inputs, head_keys=("num_labels", "pooling", "label_names"),

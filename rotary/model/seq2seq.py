@@ -71,6 +71,7 @@ class Seq2SeqLM(RotaryModel):
             self.register_buffer("final_logits_bias", torch.zeros(config.vocab_size))
         else:
             self.final_logits_bias = None
+        self.label_smoothing = 0.0  # training loss only (the trainer sets it from the recipe)
         self.init_weights()
 
     @property
@@ -143,6 +144,9 @@ class Seq2SeqLM(RotaryModel):
         h, targets = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
         if return_stats:
             return cross_entropy_stats(h, self.lm_head.weight, self.final_logits_bias, targets)
+        if self.training and self.label_smoothing:
+            keep = targets != IGNORE_INDEX  # smoothing needs every logit: only the scored rows
+            return F.cross_entropy(self.logits(h[keep]).float(), targets[keep], label_smoothing=self.label_smoothing)
         return linear_cross_entropy(h, self.lm_head.weight, self.final_logits_bias, targets)
 
     @staticmethod

@@ -81,7 +81,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     name: str = doc("run", "run name; the default output directory is runs/<name>")
-    task: str = doc("causal_lm", "objective, a row of rotary.tasks: causal_lm or masked_lm (the model head follows it)")
+    task: str = doc("causal_lm", "objective, a row of rotary.tasks: causal_lm, masked_lm or seq2seq "
+                                 "(the model follows it)")
     model: dict[str, Any] = doc(None, "ModelConfig keys, optionally with `preset:`")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data source"})
     output_dir: str | None = doc(None, "where checkpoints and logs go; default runs/<name>")
@@ -108,8 +109,11 @@ class TrainConfig:
     eps: float = doc(1e-8, "AdamW epsilon")
     grad_clip: float | None = doc(1.0, "clip the global gradient norm to this; None = no clipping")
     dropout: float | None = doc(None, "override the model's dropout for training")
-    lr_schedule: Literal["cosine", "constant"] = doc(
-        "cosine", "after warmup: cosine decay to min_lr, or constant (the RoFormer CAIL2019-SCM setup)")
+    lr_schedule: Literal["cosine", "constant", "inverse_sqrt"] = doc(
+        "cosine", "after warmup: cosine decay to min_lr, constant (the RoFormer CAIL2019-SCM setup), or "
+        "inverse_sqrt (Vaswani et al.: lr x sqrt(warmup / step))")
+    label_smoothing: float = doc(0.0, "seq2seq: label smoothing of the training loss (Vaswani et al.: 0.1); "
+                                      "evaluation reports the plain loss")
 
     # -- fine-tuning (rotary finetune) -----------------------------------------------------------
     init_from: str | None = doc(None, "run or checkpoint whose backbone and tokenizer a fine-tune starts "

