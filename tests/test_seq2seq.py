@@ -258,3 +258,16 @@ def test_labels_follow_the_transformers_convention():
         Seq2SeqLM(ModelConfig(vocab_size=V, max_seq_len=16, n_layer=1, n_head=2, d_model=16, attention="linear"))
     with pytest.raises(RotaryError, match="encoder-decoder"):
         translate_ids(torch.nn.Linear(2, 2), torch.tensor([[1]]))
+
+
+@pytest.mark.parametrize("name,change", [("transformer-small", {}), ("transformer-small-rope", {}),
+                                         ("transformer-small", dict(position="learned", n_kv_head=2, pre_norm=True,
+                                                                    logits_bias=True, share_embeddings=False))])
+def test_presets_and_the_parameter_estimate(name, change):
+    from rotary.model.config import get_preset
+
+    cfg = get_preset(name).replace(**change)
+    assert cfg.estimate_num_parameters() == Seq2SeqLM(cfg).num_parameters()
+    base = get_preset("transformer-base")
+    assert 60e6 < base.estimate_num_parameters() < 66e6  # the paper's 65M (its vocabulary: 37,000)
+    assert base.scale_embeddings and base.position == "sinusoidal" and not base.has_embed_norm

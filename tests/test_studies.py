@@ -135,3 +135,18 @@ def test_linear_attention_speed(tmp_path):
     assert {(r["kind"], r["T"]) for r in data["rows"]} == {(k, t) for k in ("softmax", "linear") for t in (64, 256)}
     for r in data["rows"]:
         finite([r["train_s"], r["prefill_s"], r["decode_ms"]])
+
+
+def test_translation_seeds(tmp_path):
+    study("translation_seeds.py", "--seeds", "1", "2", "--beam", "2", "--runs-dir", str(tmp_path / "runs"),
+          "--out", str(tmp_path))
+    data, text = results(tmp_path, "translation_seeds")
+    assert set(data["rows"]) == {"rope", "sinusoidal"}
+    for row in data["rows"].values():
+        assert row["bleu"]["n"] == 2 and 0.0 <= row["bleu"]["mean"] <= 100.0
+    assert "Sample translations" in text and "| rope |" in text
+    # one tokenizer and one set of prepared pairs for every run
+    import yaml
+
+    second = yaml.safe_load((tmp_path / "runs" / "sinusoidal-s2" / "recipe.yaml").read_text())
+    assert second["data"]["shards"].endswith("rope-s1/data")

@@ -273,7 +273,16 @@ class ModelConfig:
         # the final norm (pre-LN) or the embedding norm (post-LN, at the embeddings' width)
         norm_params = 2 if self.norm == "layernorm" else 1
         last_norm = (d * norm_params if self.pre_norm else 0) + (e * norm_params if self.has_embed_norm else 0)
-        return self.n_layer * per_layer + emb + out + last_norm
+        total = self.n_layer * per_layer + emb + out + last_norm
+        if self.n_decoder_layer is not None:  # an encoder-decoder (Seq2SeqLM): the decoder stack too
+            q, kv, o = d * self.n_head * hd, 2 * d * self.kv_heads * hd, self.n_head * hd * d
+            cross = q + kv + o + d * norm_params
+            if self.bias:
+                cross += self.n_head * hd + 2 * self.kv_heads * hd + d
+            total += self.decoder_layers * (per_layer + cross) + last_norm
+            total += 0 if self.share_embeddings else self.vocab_size * e
+            total += self.max_seq_len * d if self.position == "learned" else 0
+        return total
 
 
 # Named presets are plain ModelConfig values.
@@ -300,6 +309,30 @@ PRESETS: dict[str, ModelConfig] = {
     "llama-mini": ModelConfig(
         vocab_size=8192, max_seq_len=256, n_layer=6, n_head=6, n_kv_head=2, d_model=384,
         d_ff=1024, mlp="swiglu", norm="rmsnorm",
+    ),
+    # Vaswani et al. (2017) Transformer-base: 6+6 post-LN layers, d=512, 8 heads, ReLU, sinusoidal
+    # positions, embeddings scaled by sqrt(d) and shared by source, target and output (a joint vocabulary).
+    "transformer-base": ModelConfig(
+        vocab_size=37000, max_seq_len=256, n_layer=6, n_decoder_layer=6, n_head=8, d_model=512, d_ff=2048,
+        mlp="relu", norm="layernorm", pre_norm=False, bias=True, dropout=0.1, position="sinusoidal",
+        embed_norm=False, scale_embeddings=True, tie_embeddings=True, share_embeddings=True,
+    ),
+    # ... and its RoPE twin (the RoFormer paper's WMT14 comparison): rotary self-attention, no absolute table.
+    "transformer-base-rope": ModelConfig(
+        vocab_size=37000, max_seq_len=256, n_layer=6, n_decoder_layer=6, n_head=8, d_model=512, d_ff=2048,
+        mlp="relu", norm="layernorm", pre_norm=False, bias=True, dropout=0.1, position="rope",
+        embed_norm=False, scale_embeddings=True, tie_embeddings=True, share_embeddings=True,
+    ),
+    # The CPU-sized pair: 3+3 layers, d=256, 4 heads.
+    "transformer-small": ModelConfig(
+        vocab_size=8000, max_seq_len=64, n_layer=3, n_decoder_layer=3, n_head=4, d_model=256, d_ff=1024,
+        mlp="relu", norm="layernorm", pre_norm=False, bias=True, dropout=0.1, position="sinusoidal",
+        embed_norm=False, scale_embeddings=True, tie_embeddings=True, share_embeddings=True,
+    ),
+    "transformer-small-rope": ModelConfig(
+        vocab_size=8000, max_seq_len=64, n_layer=3, n_decoder_layer=3, n_head=4, d_model=256, d_ff=1024,
+        mlp="relu", norm="layernorm", pre_norm=False, bias=True, dropout=0.1, position="rope",
+        embed_norm=False, scale_embeddings=True, tie_embeddings=True, share_embeddings=True,
     ),
     "tiny": ModelConfig(
         vocab_size=256, max_seq_len=64, n_layer=2, n_head=4, n_kv_head=2, d_model=64, d_ff=128,
