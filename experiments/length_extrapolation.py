@@ -80,7 +80,8 @@ def collect(seeds: list[int], runs_dir: Path, quick: bool, schemes: list[str]) -
     docs = study1.validation_docs(quick)
     table: dict[str, dict[int, list]] = {}
     for scheme in schemes:
-        table[scheme] = {n: [score(study1.run_dir(runs_dir, scheme, s), docs, n, tag="plain") for s in seeds]
+        table[scheme] = {n: [score(study1.run_dir(runs_dir, scheme, s), docs, n, tag="plain")
+                             for s in study1.seeds_of(scheme, seeds)]
                          for n in lengths}
     for name, (scaling, fixed) in SCALED.items():
         table[name] = {}

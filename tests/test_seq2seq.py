@@ -271,3 +271,11 @@ def test_presets_and_the_parameter_estimate(name, change):
     base = get_preset("transformer-base")
     assert 60e6 < base.estimate_num_parameters() < 66e6  # the paper's 65M (its vocabulary: 37,000)
     assert base.scale_embeddings and base.position == "sinusoidal" and not base.has_embed_norm
+    # the sinusoidal presets convert to transformers' Marian as they are
+    small = get_preset("transformer-small").replace(vocab_size=V, d_model=32, d_ff=64, pad_token_id=PAD)
+    model = Seq2SeqLM(small).eval()
+    src, mask = padded_sources()
+    dec = torch.randint(2, V, (4, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(to_hf(model)(input_ids=src, attention_mask=mask, decoder_input_ids=dec).logits,
+                                   model(src, mask, decoder_input_ids=dec), rtol=0, atol=1e-4)

@@ -312,10 +312,13 @@ PRESETS: dict[str, ModelConfig] = {
     ),
     # Vaswani et al. (2017) Transformer-base: 6+6 post-LN layers, d=512, 8 heads, ReLU, sinusoidal
     # positions, embeddings scaled by sqrt(d) and shared by source, target and output (a joint vocabulary).
+    # The table in Marian's / fairseq's layout (sines, then cosines), so a trained model converts to
+    # transformers' MarianMTModel.
     "transformer-base": ModelConfig(
         vocab_size=37000, max_seq_len=256, n_layer=6, n_decoder_layer=6, n_head=8, d_model=512, d_ff=2048,
         mlp="relu", norm="layernorm", pre_norm=False, bias=True, dropout=0.1, position="sinusoidal",
-        embed_norm=False, scale_embeddings=True, tie_embeddings=True, share_embeddings=True,
+        sinusoidal_layout="halves", embed_norm=False, scale_embeddings=True, tie_embeddings=True,
+        share_embeddings=True,
     ),
     # ... and its RoPE twin (the RoFormer paper's WMT14 comparison): rotary self-attention, no absolute table.
     "transformer-base-rope": ModelConfig(
@@ -327,7 +330,8 @@ PRESETS: dict[str, ModelConfig] = {
     "transformer-small": ModelConfig(
         vocab_size=8000, max_seq_len=64, n_layer=3, n_decoder_layer=3, n_head=4, d_model=256, d_ff=1024,
         mlp="relu", norm="layernorm", pre_norm=False, bias=True, dropout=0.1, position="sinusoidal",
-        embed_norm=False, scale_embeddings=True, tie_embeddings=True, share_embeddings=True,
+        sinusoidal_layout="halves", embed_norm=False, scale_embeddings=True, tie_embeddings=True,
+        share_embeddings=True,
     ),
     "transformer-small-rope": ModelConfig(
         vocab_size=8000, max_seq_len=64, n_layer=3, n_decoder_layer=3, n_head=4, d_model=256, d_ff=1024,
