@@ -215,6 +215,24 @@ def seq2seq_metrics(pre: Any, data: Any, split: str, *, num_beams: int = 5, leng
                         for s, h, r in list(zip(sources, result.texts, refs))[:samples]]}
 
 
+def run_data_options(pre: Any, corpus: str) -> dict[str, Any]:
+    """The corpus options of the run that made ``pre`` (its recipe.yaml beside the checkpoint) when
+    it was trained on ``corpus``: scoring a run uses its own direction and split."""
+    import yaml
+
+    for d in (pre.path, pre.path.parent, pre.path.parent.parent):
+        recipe = Path(d) / "recipe.yaml"
+        if recipe.is_file():
+            data = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
+            if data.get("corpus") != corpus:
+                return {}
+            opts = dict(data.get("corpus_options") or {})
+            if data.get("val_fraction") is not None:
+                opts["val_fraction"] = data["val_fraction"]
+            return opts
+    return {}
+
+
 def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | None = None, seed: int = 0,
              batch_size: int = 8, device: str = "auto", out: str | Path | None = None,
              corpus_options: dict[str, Any] | None = None, num_beams: int = 5) -> dict[str, Any]:
@@ -230,8 +248,12 @@ def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | 
     if pre.task == "seq2seq":
         from rotary.data.parallel import load_parallel
 
+        opts = {**run_data_options(pre, corpus), **opts}  # the run's direction and split unless overridden
         if "max_documents" in opts:
             opts["max_pairs"] = opts.pop("max_documents")
+        for key in ("text_field", "split_by"):  # text-corpus options with no meaning for pairs
+            if opts.pop(key, None) is not None:
+                raise RotaryError(f"--{key.replace('_', '-')} does not apply to parallel data")
         metrics = seq2seq_metrics(pre, load_parallel(corpus, **opts), split, num_beams=num_beams,
                                   batch_size=max(batch_size, 1))
     elif pre.task == "classification":

@@ -30,6 +30,9 @@ def check_generation(model: torch.nn.Module, max_new_tokens: int, *, temperature
         if isinstance(model, MaskedLM):
             raise RotaryError("generation needs a causal LM, and this model is a masked LM (an encoder): it "
                               "predicts masked tokens, not continuations; use `rotary fill-mask` on it")
+        if type(model).__name__ == "Seq2SeqLM":
+            raise RotaryError("generation continues a prompt with a causal LM, and this model is an "
+                              "encoder-decoder: translate with `rotary translate` (pre.translate in Python)")
         raise RotaryError(f"generation needs a causal LM, and this model is a {type(model).__name__}: "
                           "train with task causal_lm to generate (a classifier: `rotary classify`)")
     if max_new_tokens < 0:

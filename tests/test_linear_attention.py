@@ -158,3 +158,19 @@ def test_bad_combinations_are_refused():
         tiny(rope_scaling="dynamic_ntk", rope_scaling_factor=2.0)
     with pytest.raises(RotaryError, match="attention"):
         ModelConfig.from_dict({"preset": "tiny", "attention": "performer"})
+
+
+def test_yarn_temperature_does_not_scale_linear_attention():
+    """YaRN folds a softmax temperature into cos/sin; linear attention has no softmax, so the
+    temperature must leave it unchanged (it would scale the numerator alone)."""
+    import copy
+
+    model = build(CausalLM, tiny(rope_scaling="yarn", rope_scaling_factor=4.0))
+    assert model.backbone.rope.attention_scale > 1.1
+    plain = copy.deepcopy(model)
+    plain.backbone.rope.attention_scale = 1.0
+    plain.backbone.rope.cos_table = torch.empty(0)
+    plain.backbone.rope._grow(64)  # the same frequencies, no temperature
+    ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), plain(ids), rtol=0, atol=1e-6)

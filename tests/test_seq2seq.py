@@ -279,3 +279,17 @@ def test_presets_and_the_parameter_estimate(name, change):
     with torch.no_grad():
         torch.testing.assert_close(to_hf(model)(input_ids=src, attention_mask=mask, decoder_input_ids=dec).logits,
                                    model(src, mask, decoder_input_ids=dec), rtol=0, atol=1e-4)
+
+
+def test_saved_marian_stops_at_the_tokenizers_eos(tmp_path, data_char_dir):
+    from rotary.hf import save_hf
+    from rotary.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(data_char_dir)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=32, n_layer=1, n_head=2, d_model=16, mlp="relu",
+                      norm="layernorm", pre_norm=False, bias=True, position="sinusoidal", sinusoidal_layout="halves",
+                      embed_norm=False, pad_token_id=tok.pad_id)
+    save_hf(Seq2SeqLM(cfg), tmp_path / "hf", data_char_dir)
+    saved = tf.AutoConfig.from_pretrained(tmp_path / "hf")
+    assert saved.eos_token_id == saved.forced_eos_token_id == tok.sep_id != 0
+    assert tf.GenerationConfig.from_pretrained(tmp_path / "hf").eos_token_id == tok.sep_id

@@ -61,6 +61,16 @@ def test_a_row_without_a_side_is_an_error(tmp_path, content, match):
         load_parallel(str(path))
 
 
+def test_unicode_line_separators_inside_a_sentence_are_text(tmp_path):
+    path = tmp_path / "p.tsv"
+    path.write_text("a\u2028b\tc\x85d\r\ne\tf\n", encoding="utf-8")
+    data = load_parallel(str(path), val_fraction=0.0, test_fraction=0.0)
+    pairs = [p for split in data.splits.values() for p in split]
+    assert len(pairs) == 2 and pairs[0].source == "a b" and pairs[0].target == "c d"  # whitespace normalised
+    with pytest.raises(RotaryError, match="fixed split"):
+        load_parallel("tatoeba-zh-en", val_fraction=0.1)
+
+
 def test_two_files_must_have_the_same_number_of_lines(tmp_path):
     (tmp_path / "a.txt").write_text("x\ny\nz\n", encoding="utf-8")
     (tmp_path / "b.txt").write_text("x\ny\n", encoding="utf-8")

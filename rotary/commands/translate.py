@@ -36,13 +36,13 @@ def read_inputs(args: argparse.Namespace) -> list[str]:
     if args.text is not None:
         return list(args.text)
     if args.input == "-":
-        lines = sys.stdin.read().splitlines()
+        lines = sys.stdin.read().split("\n")
     else:
         path = Path(args.input)
         if not path.is_file():
             raise RotaryError(f"--input {path} does not exist")
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 is text
         except UnicodeDecodeError:
             raise RotaryError(f"--input {path} is not UTF-8 text") from None
     lines = [ln.strip() for ln in lines if ln.strip()]

@@ -95,7 +95,11 @@ def _read_lines(path: Path) -> list[str]:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise RotaryError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-    return text.lstrip("\ufeff").splitlines()
+    # "\n" only: str.splitlines() also breaks at U+2028, \x85, \x0c ..., which crawled corpora contain
+    lines = text.lstrip("\ufeff").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln.rstrip("\r") for ln in lines]
 
 
 def _tsv_pairs(path: Path) -> list[Pair]:
@@ -168,10 +172,17 @@ def _hf_pairs(name: str, split: str, source_field: str, target_field: str, src_l
 
 
 def load_parallel(spec: str, *, direction: str | None = None, source_field: str = "source",
-                  target_field: str = "target", val_fraction: float = 0.05, test_fraction: float = 0.05,
-                  max_pairs: int | None = None, config: str | None = None) -> ParallelData:
-    """Parallel data by built-in name, path, ``src_path,tgt_path`` or ``hf:NAME`` (see the module doc)."""
+                  target_field: str = "target", val_fraction: float | None = None,
+                  test_fraction: float | None = None, max_pairs: int | None = None,
+                  config: str | None = None) -> ParallelData:
+    """Parallel data by built-in name, path, ``src_path,tgt_path`` or ``hf:NAME`` (see the module doc).
+    Files are split 5% val / 5% test unless ``val_fraction`` / ``test_fraction`` say otherwise."""
     src_lang, tgt_lang = _languages(direction)
+    if spec == "tatoeba-zh-en" and (val_fraction is not None or test_fraction is not None):
+        raise RotaryError("tatoeba-zh-en has a fixed split (by sentence-graph components): val_fraction and "
+                          "test_fraction do not apply")
+    val_fraction = 0.05 if val_fraction is None else val_fraction
+    test_fraction = 0.05 if test_fraction is None else test_fraction
     if spec == "tatoeba-zh-en":
         from rotary.data.sources.tatoeba import tatoeba_splits
 
@@ -183,9 +194,17 @@ def load_parallel(spec: str, *, direction: str | None = None, source_field: str 
                   for s, rows in tatoeba_splits().items()}
     elif spec.startswith("hf:"):
         name = spec[3:]
-        splits = {}
-        for split, hf_split in (("train", "train"), ("val", "validation"), ("test", "test")):
-            splits[split] = _hf_pairs(name, hf_split, source_field, target_field, src_lang, tgt_lang, config)
+        train = _hf_pairs(name, "train", source_field, target_field, src_lang, tgt_lang, config)
+        held = {}
+        for split, hf_split in (("val", "validation"), ("test", "test")):
+            try:
+                held[split] = _hf_pairs(name, hf_split, source_field, target_field, src_lang, tgt_lang, config)
+            except RotaryError:  # no such split: carved out of train below
+                held[split] = None
+        carved = split_by_source(train, val_fraction if held["val"] is None else 0.0,
+                                 test_fraction if held["test"] is None else 0.0)
+        splits = {"train": carved["train"], "val": held["val"] if held["val"] is not None else carved["val"],
+                  "test": held["test"] if held["test"] is not None else carved["test"]}
     else:
         if "," in spec:
             a, b = spec.split(",", 1)

@@ -188,6 +188,8 @@ class Seq2SeqData:
         ... and a rank short of one gets a padding batch (no scored tokens), so all run alike."""
         lengths = self.lengths("val")
         batches = self._cut(np.argsort(lengths, kind="stable"), lengths)
+        # a fixed order (the same for every run), so a capped evaluation is not the shortest pairs only
+        batches = [batches[i] for i in np.random.default_rng(0).permutation(len(batches))]
         if max_batches is not None:
             batches = batches[: max_batches * info.world_size]
         W = info.world_size
@@ -234,8 +236,12 @@ def prepare_seq2seq_data(cfg: Any, info: Any) -> Seq2SeqData:
         meta_path = shards / "meta.json"
         if not meta_path.is_file():
             raise RotaryError(f"no prepared pairs in {shards} (meta.json missing)")
-        recorded = json.loads(meta_path.read_text(encoding="utf-8"))["tokenizer_dir"]
-        tok_dir = Path(d.tokenizer.path) if d.tokenizer.path else Path(recorded)
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        tok_dir = Path(d.tokenizer.path) if d.tokenizer.path else Path(meta["tokenizer_dir"])
+        # the run's recipe.yaml records where its pairs came from (rotary eval reads the direction there)
+        d.corpus = d.corpus or meta.get("source")
+        if meta.get("source_lang") and meta.get("target_lang"):
+            d.corpus_options.setdefault("direction", f"{meta['source_lang']}-{meta['target_lang']}")
         return Seq2SeqData(shards, tok_dir)
     if d.corpus is None:
         raise RotaryError("the recipe names no data: set data.corpus (tatoeba-zh-en, a .tsv/.jsonl file, ...)")

@@ -178,6 +178,12 @@ def save_hf(
         special = tokenizer_special_ids(tokenizer_dir)
         if model.config.pad_token_id is not None:  # the model's own padding id stays
             special.pop("pad_token_id", None)
+        if type(model).__name__ == "Seq2SeqLM":  # rotary's own EOS convention ([SEP] or <|endoftext|>)
+            from rotary.data.seq2seq import special_ids
+            from rotary.tokenizer import load_tokenizer
+
+            _, eos = special_ids(load_tokenizer(tokenizer_dir))
+            special |= {"eos_token_id": eos, "forced_eos_token_id": eos}
         for key, value in special.items():
             setattr(hf.config, key, value)
             if getattr(hf, "generation_config", None) is not None:

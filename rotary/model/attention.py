@@ -202,7 +202,7 @@ class AttentionContext:
     """
 
     __slots__ = ("cos", "sin", "key_cos", "key_sin", "mask", "is_causal", "kv_cache", "key_padding", "memory",
-                 "memory_mask", "cross_kv")
+                 "memory_mask", "cross_kv", "rope_scale")
 
     def __init__(self) -> None:
         # RoPE for the new tokens, as rope_factors gives them (cos, signed sin), once per pass
@@ -219,6 +219,7 @@ class AttentionContext:
         self.memory: torch.Tensor | None = None
         self.memory_mask: torch.Tensor | None = None
         self.cross_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.rope_scale = 1.0  # YaRN's temperature, folded into cos/sin (linear attention takes it out)
 
 
 class Attention(nn.Module):

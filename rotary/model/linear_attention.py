@@ -88,7 +88,9 @@ class LinearAttention(Attention):
                 real = ctx.key_padding[:, -T:].to(fk.dtype)[:, None, :, None]  # (B, 1, T, 1)
                 fk = fk * real
             if self.rope:
-                cos, sin = ctx.cos.to(work), ctx.sin.to(work)  # (T, r) or (B, 1, T, r)
+                # (T, r) or (B, 1, T, r); YaRN's temperature is a softmax notion: without a softmax it
+                # would only scale the numerator (by its square), so it is taken out again
+                cos, sin = ctx.cos.to(work) / ctx.rope_scale, ctx.sin.to(work) / ctx.rope_scale
                 rq = rotate(fq, cos[:, None] if cos.dim() == 4 else cos, sin[:, None] if sin.dim() == 4 else sin)
                 rk = rotate(fk, cos, sin)
             else:

@@ -175,6 +175,7 @@ class Backbone(nn.Module):
                 total, position_ids, past, attention_mask, all_positions, rotate_cached_keys
             )
             ctx.cos, ctx.sin = rope_factors(cos, sin)
+            ctx.rope_scale = self.rope.attention_scale
             if key_cos is not None:
                 ctx.key_cos, ctx.key_sin = rope_factors(key_cos, key_sin)
         ctx.mask, ctx.is_causal = build_attention_mask(attention_mask, cfg.causal, past, T)
@@ -238,6 +239,7 @@ class Backbone(nn.Module):
         ctx.kv_cache = cache
         if self.rope is not None:
             ctx.cos, ctx.sin = rope_factors(*self.rope.at(positions))
+            ctx.rope_scale = self.rope.attention_scale
         if empty and new_mask is None and input_ids.shape[1] == cache.max_len:
             ctx.is_causal = True
         else:
