@@ -42,9 +42,10 @@ def test_info_lists_presets():
         row = [line for line in lines if line.split()[:1] == [name]]
         assert len(row) == 1, (name, proc.stdout)
         fields = row[0].split()
-        assert int(fields[1]) == cfg.n_layer and int(fields[2]) == cfg.d_model
+        layers = f"{cfg.n_layer}+{cfg.decoder_layers}" if cfg.n_decoder_layer is not None else str(cfg.n_layer)
+        assert fields[1] == layers and int(fields[2]) == cfg.d_model
         millions = cfg.estimate_num_parameters() / 1e6
-        assert fields[-1] == f"{millions:.1f}M"
+        assert fields[-2] == f"{millions:.1f}M" and fields[-1] == cfg.position
     assert "CPU fp32 GEMM: " in proc.stdout
 
 

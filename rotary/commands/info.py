@@ -14,10 +14,14 @@ def run(args: argparse.Namespace) -> int:
     from rotary.model.config import PRESETS
 
     machine = machine_summary()  # first: a bad ROTARY_CPU_GEMM is an error before any output
-    print(f"{'preset':<16} {'layers':>6} {'d_model':>7} {'heads':>5} {'kv':>3} {'params':>10}")
+    width = max(len(n) for n in PRESETS) + 2
+    print(f"{'preset':<{width}} {'layers':>6} {'d_model':>7} {'heads':>5} {'kv':>3} {'params':>10}  position")
     for name, cfg in PRESETS.items():
         n = cfg.estimate_num_parameters()
-        print(f"{name:<16} {cfg.n_layer:>6} {cfg.d_model:>7} {cfg.n_head:>5} {cfg.kv_heads:>3} {n / 1e6:>9.1f}M")
+        # an encoder-decoder shows encoder+decoder layers
+        layers = f"{cfg.n_layer}+{cfg.decoder_layers}" if cfg.n_decoder_layer is not None else str(cfg.n_layer)
+        print(f"{name:<{width}} {layers:>6} {cfg.d_model:>7} {cfg.n_head:>5} {cfg.kv_heads:>3} {n / 1e6:>9.1f}M  "
+              f"{cfg.position}")
     print()
     print(machine)
     return 0
