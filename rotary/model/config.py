@@ -285,6 +285,15 @@ class ModelConfig:
         return total
 
 
+_TRANSFORMER = ModelConfig(
+    vocab_size=37000, max_seq_len=256, n_layer=6, n_decoder_layer=6, n_head=8, d_model=512, d_ff=2048,
+    mlp="relu", norm="layernorm", pre_norm=False, bias=True, dropout=0.1, position="sinusoidal",
+    sinusoidal_layout="halves", embed_norm=False, scale_embeddings=True, tie_embeddings=True,
+    share_embeddings=True,
+)
+_TRANSFORMER_SMALL = dataclasses.replace(_TRANSFORMER, vocab_size=8000, max_seq_len=64, n_layer=3, n_decoder_layer=3,
+                                         n_head=4, d_model=256, d_ff=1024)
+
 # Named presets are plain ModelConfig values.
 PRESETS: dict[str, ModelConfig] = {
     # RoFormer paper / HF junnyu/roformer_chinese_base: BERT-base shape, post-LN, GELU, LayerNorm.
@@ -313,31 +322,12 @@ PRESETS: dict[str, ModelConfig] = {
     # Vaswani et al. (2017) Transformer-base: 6+6 post-LN layers, d=512, 8 heads, ReLU, sinusoidal
     # positions, embeddings scaled by sqrt(d) and shared by source, target and output (a joint vocabulary).
     # The table in Marian's / fairseq's layout (sines, then cosines), so a trained model converts to
-    # transformers' MarianMTModel.
-    "transformer-base": ModelConfig(
-        vocab_size=37000, max_seq_len=256, n_layer=6, n_decoder_layer=6, n_head=8, d_model=512, d_ff=2048,
-        mlp="relu", norm="layernorm", pre_norm=False, bias=True, dropout=0.1, position="sinusoidal",
-        sinusoidal_layout="halves", embed_norm=False, scale_embeddings=True, tie_embeddings=True,
-        share_embeddings=True,
-    ),
-    # ... and its RoPE twin (the RoFormer paper's WMT14 comparison): rotary self-attention, no absolute table.
-    "transformer-base-rope": ModelConfig(
-        vocab_size=37000, max_seq_len=256, n_layer=6, n_decoder_layer=6, n_head=8, d_model=512, d_ff=2048,
-        mlp="relu", norm="layernorm", pre_norm=False, bias=True, dropout=0.1, position="rope",
-        embed_norm=False, scale_embeddings=True, tie_embeddings=True, share_embeddings=True,
-    ),
-    # The CPU-sized pair: 3+3 layers, d=256, 4 heads.
-    "transformer-small": ModelConfig(
-        vocab_size=8000, max_seq_len=64, n_layer=3, n_decoder_layer=3, n_head=4, d_model=256, d_ff=1024,
-        mlp="relu", norm="layernorm", pre_norm=False, bias=True, dropout=0.1, position="sinusoidal",
-        sinusoidal_layout="halves", embed_norm=False, scale_embeddings=True, tie_embeddings=True,
-        share_embeddings=True,
-    ),
-    "transformer-small-rope": ModelConfig(
-        vocab_size=8000, max_seq_len=64, n_layer=3, n_decoder_layer=3, n_head=4, d_model=256, d_ff=1024,
-        mlp="relu", norm="layernorm", pre_norm=False, bias=True, dropout=0.1, position="rope",
-        embed_norm=False, scale_embeddings=True, tie_embeddings=True, share_embeddings=True,
-    ),
+    # transformers' MarianMTModel. "-rope" is the RoPE twin (the RoFormer paper's WMT14 comparison);
+    # "-small" the CPU-sized pair: 3+3 layers, d=256, 4 heads.
+    "transformer-base": _TRANSFORMER,
+    "transformer-base-rope": dataclasses.replace(_TRANSFORMER, position="rope"),
+    "transformer-small": _TRANSFORMER_SMALL,
+    "transformer-small-rope": dataclasses.replace(_TRANSFORMER_SMALL, position="rope"),
     "tiny": ModelConfig(
         vocab_size=256, max_seq_len=64, n_layer=2, n_head=4, n_kv_head=2, d_model=64, d_ff=128,
     ),
