@@ -47,7 +47,7 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "trainer_state.json")
 # Every file a checkpoint or run directory may hold: what `--overwrite` may replace.
 CHECKPOINT_ENTRIES = frozenset({*REQUIRED_FILES, "training_state.pt", "tokenizer", MANIFEST})
 RUN_ENTRIES = frozenset({"recipe.yaml", CHECKPOINTS, BEST, "metrics.jsonl", "train.log", "tensorboard",
-                         "data", "tokenizer", "loss.png", "demo_results.json", "eval.json"})
+                         "data", "tokenizer", ".tokenizer-partial", "loss.png", "demo_results.json", "eval.json"})
 
 
 def step_dir_name(step: int) -> str:

@@ -191,11 +191,11 @@ def seq2seq_metrics(pre: Any, data: Any, split: str, *, num_beams: int = 5, leng
     # teacher-forced loss per target token (EOS included), every pair of the split
     from rotary.data.seq2seq import special_ids
 
-    pad, eos = special_ids(pre.tokenizer)
+    pad, _ = special_ids(pre.tokenizer)
     pairs = data.pairs(split)
     limit = int(pre.model.config.max_seq_len)
     src_rows, _ = encode_sources(pre.tokenizer, [p.source for p in pairs], limit)
-    tgt_rows, _ = encode_sources(pre.tokenizer, [p.target for p in pairs], limit)
+    tgt_rows, _ = encode_sources(pre.target_tokenizer, [p.target for p in pairs], limit)
     loss_sum, count, correct = 0.0, 0, 0
     device = pre.model.device
     for lo in range(0, len(pairs), batch_size):

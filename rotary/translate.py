@@ -1,7 +1,8 @@
 """Text in, text out for an encoder-decoder run: ``rotary.load(run).translate(["..."])``, and
 BLEU / chrF with sacrebleu (its standard 13a tokenisation; ``zh`` for Chinese targets).
 
-Sources are encoded as in training (the run's tokenizer, EOS at the end) and cut to the encoder's
+Sources are encoded as in training (the run's source tokenizer, EOS at the end; translations
+are decoded with its target tokenizer, the same one for a joint vocabulary) and cut to the encoder's
 ``max_seq_len`` tokens, the count of cut sources reported by :func:`translate_texts`' caller.
 """
 
@@ -53,7 +54,8 @@ def translate_texts(pre: Any, texts: Sequence[str], *, num_beams: int = 5, lengt
         raise RotaryError("nothing to translate: every text must be non-empty")
     if batch_size < 1:
         raise RotaryError(f"batch_size must be at least 1, got {batch_size}")
-    pad, eos = special_ids(pre.tokenizer)
+    pad, _ = special_ids(pre.tokenizer)
+    _, eos = special_ids(pre.target_tokenizer)  # hypotheses end with the target side's EOS
     rows, cut = encode_sources(pre.tokenizer, texts, int(pre.model.config.max_seq_len))
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     out_text: list[str] = [""] * len(rows)
@@ -70,7 +72,7 @@ def translate_texts(pre: Any, texts: Sequence[str], *, num_beams: int = 5, lengt
                              max_new_tokens=max_new_tokens, max_length_ratio=max_length_ratio, eos_id=eos)
         for j, i in enumerate(idx):
             tokens = [t for t in hyps.tokens[j] if t != eos]
-            out_text[i], out_score[i] = pre.tokenizer.decode(tokens).strip(), hyps.scores[j]
+            out_text[i], out_score[i] = pre.target_tokenizer.decode(tokens).strip(), hyps.scores[j]
     return Translations(out_text, out_score, cut)
 
 

@@ -118,7 +118,9 @@ def test_rotary_to_marian_and_back():
                                           (dict(n_kv_head=2), "grouped K/V"),
                                           (dict(pre_norm=True), "post-norm"),
                                           (dict(embed_norm=True), "embedding norm"),
-                                          (dict(tie_embeddings=False), "output embeddings")])
+                                          (dict(tie_embeddings=False), "output embeddings"),
+                                          (dict(decoder_vocab_size=V + 3, share_embeddings=False),
+                                           "vocabulary per side")])
 def test_what_marian_cannot_express_is_refused(change, match):
     base = dict(vocab_size=V, max_seq_len=32, n_layer=1, n_head=4, d_model=32, mlp="relu", norm="layernorm",
                 pre_norm=False, bias=True, position="sinusoidal", sinusoidal_layout="halves", embed_norm=False,
@@ -187,14 +189,16 @@ def test_beam_search_beats_greedy_on_a_trap():
     assert beam.scores[0] > greedy.scores[0] + 0.5
 
 
-@pytest.mark.parametrize("position", ["rope", "sinusoidal", "learned", "none"])
-def test_cached_decoding_equals_full_forwards(position):
+@pytest.mark.parametrize("position,decoder_vocab", [("rope", None), ("sinusoidal", None), ("learned", None),
+                                                    ("none", None), ("rope", V + 13)])
+def test_cached_decoding_equals_full_forwards(position, decoder_vocab):
     torch.manual_seed(5)
     cfg = ModelConfig(vocab_size=V, max_seq_len=32, n_layer=2, n_decoder_layer=2, n_head=4, n_kv_head=2, d_model=32,
-                      position=position, pad_token_id=PAD, initializer_range=0.1)
+                      position=position, pad_token_id=PAD, initializer_range=0.1, decoder_vocab_size=decoder_vocab,
+                      share_embeddings=decoder_vocab is None)
     model = Seq2SeqLM(cfg).double().eval()
     src, mask = padded_sources()
-    dec = torch.randint(2, V, (4, 9))
+    dec = torch.randint(2, cfg.target_vocab_size, (4, 9))
     calls = []
     hooks = [layer.cross_attn.kv_proj.register_forward_hook(lambda *a: calls.append(1))
              for layer in model.decoder.layers]
@@ -208,6 +212,7 @@ def test_cached_decoding_equals_full_forwards(position):
     for h in hooks:
         h.remove()
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=0, atol=1e-10)
+    assert full.shape[-1] == cfg.target_vocab_size  # logits over the target side's vocabulary
     assert len(calls) == cfg.decoder_layers  # cross-attention keys/values once per source
 
 
@@ -262,7 +267,10 @@ def test_labels_follow_the_transformers_convention():
 
 @pytest.mark.parametrize("name,change", [("transformer-small", {}), ("transformer-small-rope", {}),
                                          ("transformer-small", dict(position="learned", n_kv_head=2, pre_norm=True,
-                                                                    logits_bias=True, share_embeddings=False))])
+                                                                    logits_bias=True, share_embeddings=False)),
+                                         ("transformer-small", dict(share_embeddings=False, decoder_vocab_size=6000)),
+                                         ("transformer-small", dict(share_embeddings=False, decoder_vocab_size=9000,
+                                                                    tie_embeddings=False, logits_bias=True))])
 def test_presets_and_the_parameter_estimate(name, change):
     from rotary.model.config import get_preset
 

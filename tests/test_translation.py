@@ -5,6 +5,7 @@ normalisation, component split), `rotary train` on a tiny reversal task learned 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import shutil
 import subprocess
@@ -59,6 +60,30 @@ def test_a_row_without_a_side_is_an_error(tmp_path, content, match):
     path.write_text(content, encoding="utf-8")
     with pytest.raises(RotaryError, match=match):
         load_parallel(str(path))
+
+
+def test_hf_datasets_with_translation_dicts_fields_and_own_splits(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"translation": {"de": f"hallo {i}", "en": f"hello {i}"}} for i in range(300)]
+    jl = tmp_path / "t.jsonl"
+    jl.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    # the real load_dataset path, with a packaged builder that needs no network
+    data = load_parallel("hf:json", data_files=str(jl), direction="de-en", val_fraction=0.1, test_fraction=0.1)
+    assert sum(len(v) for v in data.splits.values()) == 300 and all(data.splits.values())
+    assert data.splits["train"][0].target.startswith("hello ") and data.source_lang == "de"
+    flipped = load_parallel("hf:json", data_files=str(jl), direction="en-de", val_fraction=0.1, test_fraction=0.1)
+    assert flipped.splits["test"][0].target.startswith("hallo ")
+    # a saved DatasetDict with its own validation split; test is carved out of train
+    train = datasets.Dataset.from_dict({"src": [f"s{i}" for i in range(100)], "tgt": [f"t{i}" for i in range(100)]})
+    val = datasets.Dataset.from_dict({"src": ["v0", "v1"], "tgt": ["w0", "w1"]})
+    datasets.DatasetDict({"train": train, "validation": val}).save_to_disk(str(tmp_path / "saved"))
+    data = load_parallel(f"hf:{tmp_path / 'saved'}", source_field="src", target_field="tgt", test_fraction=0.2)
+    assert [p.source for p in data.splits["val"]] == ["v0", "v1"]
+    assert len(data.splits["train"]) + len(data.splits["test"]) == 100 and data.splits["test"]
+    with pytest.raises(RotaryError, match="no column 'source'"):
+        load_parallel(f"hf:{tmp_path / 'saved'}")
+    with pytest.raises(RotaryError, match="could not load HF dataset"):
+        load_parallel(f"hf:{tmp_path / 'missing'}")
 
 
 def test_unicode_line_separators_inside_a_sentence_are_text(tmp_path):
@@ -215,6 +240,73 @@ def test_translate_mistakes_exit_2_in_one_line(reversal_run, tmp_path):
         done = subprocess.run([sys.executable, "-m", "rotary", *args], capture_output=True, text=True)
         assert done.returncode == 2, (args, done.stderr)
         assert match in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def letters_to_digits_tsv(path: Path, n: int = 2000, seed: int = 1) -> Path:
+    """Letters in, their digits reversed out: two alphabets, so each side's vocabulary is its own."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        k = [rng.randrange(8) for _ in range(rng.randint(2, 6))]
+        lines.append(" ".join("abcdefgh"[i] for i in k) + "\t" + " ".join(str(i + 1) for i in reversed(k)))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_a_vocabulary_per_side_trains_translates_and_evaluates(tmp_path):
+    import json
+
+    import rotary
+    from rotary.train.config import load_recipe
+    from rotary.train.loop import train
+
+    corpus = letters_to_digits_tsv(tmp_path / "l2d.tsv")
+    recipe = {"name": "l2d", "task": "seq2seq", "output_dir": str(tmp_path / "run"),
+              "model": {"n_layer": 2, "n_decoder_layer": 2, "d_model": 64, "n_head": 4, "d_ff": 128, "mlp": "relu",
+                        "max_seq_len": 16, "position": "rope"},
+              "data": {"corpus": str(corpus), "tokenizer": {"kind": "char", "vocab_size": 40},
+                       "target_tokenizer": {"kind": "bpe", "vocab_size": 270},
+                       "corpus_options": {"test_fraction": 0.05}, "val_fraction": 0.05},
+              "seq_len": 16, "batch_size": 16, "max_steps": 500, "lr": 3e-3, "warmup_fraction": 0.05,
+              "lr_schedule": "inverse_sqrt", "eval_interval": 500, "eval_batches": 2, "checkpoint_interval": 500,
+              "log_interval": 100, "progress": False, "tensorboard": False, "threads": 1}
+    train(load_recipe(None, recipe))
+    run = tmp_path / "run"
+    assert (run / "tokenizer" / "target" / "tokenizer.json").is_file()
+    pre = rotary.load(run)
+    src_tok, tgt_tok = pre.tokenizer, pre.target_tokenizer
+    assert src_tok.kind == "char" and tgt_tok.kind == "bpe" and src_tok.vocab_size < 40 < tgt_tok.vocab_size
+    cfg = pre.model.config
+    assert (cfg.vocab_size, cfg.decoder_vocab_size, cfg.share_embeddings) == (src_tok.vocab_size,
+                                                                               tgt_tok.vocab_size, False)
+    assert pre.model.backbone.embed_tokens.weight.shape[0] == src_tok.vocab_size
+    assert pre.model.lm_head.weight.shape[0] == tgt_tok.vocab_size
+    assert pre.model.lm_head.weight is pre.model.decoder.embed_tokens.weight  # tied to the target side's
+    data = load_parallel(str(corpus), test_fraction=0.05)
+    sources, refs = data.references("test")
+    out = pre.translate(sources, num_beams=2)
+    assert sum(h == r[0] for h, r in zip(out, refs)) / len(sources) > 0.8
+    done = subprocess.run([sys.executable, "-m", "rotary", "eval", str(run), "--corpus", str(corpus), "--split",
+                           "test", "--corpus-opt", "test_fraction=0.05", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["chrf"] > 60  # decoded with the target tokenizer
+
+
+def test_a_target_tokenizer_is_for_seq2seq_only_and_needs_separate_embeddings(tmp_path):
+    from rotary.model import ModelConfig
+    from rotary.train.config import TokenizerSpec
+    from rotary.train.loop import train
+    from tests.train_support import make_recipe, write_corpus
+
+    cfg = make_recipe(tmp_path / "r", write_corpus(tmp_path / "c"))
+    cfg.data.target_tokenizer = TokenizerSpec(kind="char", vocab_size=40)
+    with pytest.raises(RotaryError, match="data.target_tokenizer is for task seq2seq"):
+        train(cfg)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(RotaryError, match="needs share_embeddings false"):
+        ModelConfig(vocab_size=40, decoder_vocab_size=50, n_decoder_layer=1)
 
 
 def test_label_smoothing_is_refused_outside_seq2seq(tmp_path):

@@ -6,8 +6,10 @@
 * a ``.tsv`` file of ``source<TAB>target`` lines, or a ``.jsonl`` file with ``source_field`` and
   ``target_field`` (default "source" / "target"),
 * two line-aligned files joined by a comma, ``train.de,train.en`` (line counts must agree),
-* ``hf:NAME`` (``datasets.load_dataset``): records with the two fields, or a ``translation``
-  dict keyed by language (``direction`` de-en picks translation["de"] -> translation["en"]).
+* ``hf:NAME`` (``datasets.load_dataset``, with ``config`` and ``data_files``; ``hf:DIR`` for a
+  ``save_to_disk`` directory): records with the two fields, or a ``translation`` dict keyed by
+  language (``direction`` de-en picks translation["de"] -> translation["en"]). The dataset's own
+  validation and test splits are used; those it lacks are carved out of train by source.
 
 Files are split by a hash of the source sentence (``val_fraction``, ``test_fraction``), so every
 pair with the same source, i.e. all its references, lands in one split. A row without one of its
@@ -151,30 +153,39 @@ def _languages(direction: str | None) -> tuple[str | None, str | None]:
     return parts[0], parts[1]
 
 
-def _hf_pairs(name: str, split: str, source_field: str, target_field: str, src_lang: str | None,
-              tgt_lang: str | None, config: str | None) -> list[Pair]:
-    try:
-        import datasets
-    except ImportError:
-        raise RotaryError("hf: datasets need the datasets package: pip install 'rotary[hf]'") from None
-    try:
-        ds = datasets.load_dataset(name, config, split=split)
-    except Exception as err:  # offline, unknown name, unknown split: one line
-        raise RotaryError(f"hf:{name}: could not load split {split} ({str(err).splitlines()[0][:200]})") from None
-    pairs = []
-    for i, rec in enumerate(ds):
-        if "translation" in rec and src_lang and tgt_lang:
-            src, tgt = rec["translation"].get(src_lang), rec["translation"].get(tgt_lang)
+def _hf_splits(name: str, config: str | None, data_files: Any, source_field: str, target_field: str,
+               src_lang: str | None, tgt_lang: str | None) -> dict[str, list[Pair] | None]:
+    """The train / val / test pairs of an HF dataset (None for a split it lacks)."""
+    from rotary.data.sources.hf_datasets import load_dataset_dict
+    from rotary.data.sources.labelled_files import SPLIT_NAMES
+
+    ds = load_dataset_dict(name, config=config, data_files=data_files)
+    out: dict[str, list[Pair] | None] = {}
+    for split, candidates in SPLIT_NAMES.items():
+        found = next((c for c in candidates if c in ds), None)
+        if found is None:
+            out[split] = None
+            continue
+        part = ds[found]
+        columns = part.column_names
+        if "translation" in columns and src_lang and tgt_lang:
+            rows = ((r.get(src_lang), r.get(tgt_lang)) for r in part["translation"])
         else:
-            src, tgt = rec.get(source_field), rec.get(target_field)
-        pairs.append(_pair(src, tgt, f"hf:{name} {split} record {i}"))
-    return pairs
+            for col in (source_field, target_field):
+                if col not in columns:
+                    raise RotaryError(f"hf:{name}: no column '{col}' (columns: {', '.join(columns)}; a "
+                                      "'translation' column needs direction=src-tgt)")
+            rows = zip(part[source_field], part[target_field])
+        out[split] = [_pair(src, tgt, f"hf:{name} {found} record {i}") for i, (src, tgt) in enumerate(rows)]
+    if out["train"] is None:
+        raise RotaryError(f"hf:{name}: no train split (splits: {', '.join(ds)})")
+    return out
 
 
 def load_parallel(spec: str, *, direction: str | None = None, source_field: str = "source",
                   target_field: str = "target", val_fraction: float | None = None,
                   test_fraction: float | None = None, max_pairs: int | None = None,
-                  config: str | None = None) -> ParallelData:
+                  config: str | None = None, data_files: Any = None) -> ParallelData:
     """Parallel data by built-in name, path, ``src_path,tgt_path`` or ``hf:NAME`` (see the module doc).
     Files are split 5% val / 5% test unless ``val_fraction`` / ``test_fraction`` say otherwise."""
     src_lang, tgt_lang = _languages(direction)
@@ -193,18 +204,12 @@ def load_parallel(spec: str, *, direction: str | None = None, source_field: str 
         splits = {s: [Pair(zh, en) if zh_first else Pair(en, zh) for zh, en in rows]
                   for s, rows in tatoeba_splits().items()}
     elif spec.startswith("hf:"):
-        name = spec[3:]
-        train = _hf_pairs(name, "train", source_field, target_field, src_lang, tgt_lang, config)
-        held = {}
-        for split, hf_split in (("val", "validation"), ("test", "test")):
-            try:
-                held[split] = _hf_pairs(name, hf_split, source_field, target_field, src_lang, tgt_lang, config)
-            except RotaryError:  # no such split: carved out of train below
-                held[split] = None
-        carved = split_by_source(train, val_fraction if held["val"] is None else 0.0,
+        held = _hf_splits(spec[3:], config, data_files, source_field, target_field, src_lang, tgt_lang)
+        # splits the dataset lacks are carved out of train by source
+        carved = split_by_source(held["train"], val_fraction if held["val"] is None else 0.0,
                                  test_fraction if held["test"] is None else 0.0)
-        splits = {"train": carved["train"], "val": held["val"] if held["val"] is not None else carved["val"],
-                  "test": held["test"] if held["test"] is not None else carved["test"]}
+        splits = {s: held[s] if held[s] is not None else carved[s] for s in PARALLEL_SPLITS}
+        splits["train"] = carved["train"]
     else:
         if "," in spec:
             a, b = spec.split(",", 1)

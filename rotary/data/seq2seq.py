@@ -4,6 +4,10 @@ Prepared shards (``prepare_pairs``): per split, the source and the target token 
 (``{split}.src.npy``, ``{split}.tgt.npy``) and where each sentence starts (``*.off.npy``, one
 more entry than sentences), with ``meta.json`` naming the tokenizer. Both sides end with EOS.
 
+Tokenizers: one joint vocabulary in ``tokenizer/``, or one per side: the source's in
+``tokenizer/`` and the target's in ``tokenizer/target/`` (one directory that travels with every
+checkpoint, as a Marian model's holds ``source.spm`` and ``target.spm``).
+
 Batches (``Seq2SeqData``): a micro-batch holds at most ``batch_size x seq_len`` padded tokens per
 side (sentences of similar length together: length bucketing), so short sentences travel in
 large batches. The plan of epoch e is a pure function of (seed, e): shuffle, sort each window of
@@ -31,6 +35,17 @@ from rotary.labels import IGNORE_INDEX
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # source ids, source mask, labels
 FORMAT = 1
+TARGET_TOKENIZER = "target"  # the target side's own vocabulary, inside the (source) tokenizer directory
+
+
+def load_pair_tokenizers(tokenizer_dir: str | Path) -> tuple[Any, Any]:
+    """(source, target) tokenizers of a seq2seq tokenizer directory: the same one for a joint
+    vocabulary, or the target's from its ``target/`` subdirectory."""
+    from rotary.tokenizer import load_tokenizer
+
+    source = load_tokenizer(tokenizer_dir)
+    target_dir = Path(tokenizer_dir) / TARGET_TOKENIZER
+    return source, (load_tokenizer(target_dir) if target_dir.is_dir() else source)
 
 
 def special_ids(tokenizer: Any) -> tuple[int, int]:
@@ -49,16 +64,14 @@ def _flatten(rows: list[list[int]], dtype: np.dtype) -> tuple[np.ndarray, np.nda
 def prepare_pairs(data: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, splits: tuple[str, ...] = (
         "train", "val")) -> Path:
     """Tokenize a :class:`~rotary.data.parallel.ParallelData`'s splits into ``out_dir`` (written
-    to a temp directory and renamed, so a cut run leaves no shards that look complete)."""
+    to a temp directory and renamed, so a cut run leaves no shards that look complete). Each side
+    is encoded with its own tokenizer (:func:`load_pair_tokenizers`)."""
     import shutil
     import tempfile
 
-    from rotary.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(tokenizer_dir)
-    _, eos = special_ids(tok)
+    src_tok, tgt_tok = load_pair_tokenizers(tokenizer_dir)
     out = Path(out_dir)
-    dtype = np.dtype(np.uint16 if tok.vocab_size < 2**16 else np.uint32)
+    dtype = np.dtype(np.uint16 if max(src_tok.vocab_size, tgt_tok.vocab_size) < 2**16 else np.uint32)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     counts = {}
@@ -68,8 +81,8 @@ def prepare_pairs(data: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, 
             if not pairs:
                 raise RotaryError(f"the {split} split of {data.name} is empty")
             # both sides end with EOS (Marian's convention: the encoder sees where the source ends)
-            src = [ids + [eos] for ids in tok.encode_batch([p.source for p in pairs])]
-            tgt = [ids + [eos] for ids in tok.encode_batch([p.target for p in pairs])]
+            src = [ids + [src_tok.eos_id] for ids in src_tok.encode_batch([p.source for p in pairs])]
+            tgt = [ids + [tgt_tok.eos_id] for ids in tgt_tok.encode_batch([p.target for p in pairs])]
             for side, rows in (("src", src), ("tgt", tgt)):
                 flat, offsets = _flatten(rows, dtype)
                 np.save(tmp / f"{split}.{side}.npy", flat)
@@ -77,7 +90,8 @@ def prepare_pairs(data: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, 
             counts[split] = len(pairs)
         meta = {"format": FORMAT, "source": data.name, "source_lang": data.source_lang,
                 "target_lang": data.target_lang, "pairs": counts, "dtype": dtype.name,
-                "tokenizer_hash": tok.hash, "tokenizer_dir": str(Path(tokenizer_dir).resolve())}
+                "tokenizer_hash": src_tok.hash, "target_tokenizer_hash": tgt_tok.hash,
+                "tokenizer_dir": str(Path(tokenizer_dir).resolve())}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -94,18 +108,19 @@ class Seq2SeqData:
     WINDOW = 100  # micro-batches' worth of pairs sorted together by length
 
     def __init__(self, shards_dir: Path, tokenizer_dir: Path) -> None:
-        from rotary.tokenizer import load_tokenizer
-
         self.shards_dir, self.tokenizer_dir = Path(shards_dir), Path(tokenizer_dir)
         meta_path = self.shards_dir / "meta.json"
         if not meta_path.is_file():
             raise RotaryError(f"no prepared pairs in {self.shards_dir} (meta.json missing)")
         self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        self.tokenizer = load_tokenizer(self.tokenizer_dir)
-        if self.meta.get("tokenizer_hash") != self.tokenizer.hash:
-            raise RotaryError(f"pairs in {self.shards_dir} were prepared with another tokenizer than "
+        self.tokenizer, self.target_tokenizer = load_pair_tokenizers(self.tokenizer_dir)
+        # shards from before per-side vocabularies recorded one hash, the joint tokenizer's
+        target_hash = self.meta.get("target_tokenizer_hash", self.meta.get("tokenizer_hash"))
+        if self.meta.get("tokenizer_hash") != self.tokenizer.hash or target_hash != self.target_tokenizer.hash:
+            raise RotaryError(f"pairs in {self.shards_dir} were prepared with other tokenizers than "
                               f"{self.tokenizer_dir}: prepare them again")
         self.pad, self.eos = special_ids(self.tokenizer)
+        self.target_pad, self.target_eos = special_ids(self.target_tokenizer)
         self.sides = {split: {side: (np.load(self.shards_dir / f"{split}.{side}.npy", mmap_mode="r"),
                                      np.load(self.shards_dir / f"{split}.{side}.off.npy"))
                               for side in ("src", "tgt")} for split in ("train", "val")}
@@ -120,16 +135,33 @@ class Seq2SeqData:
 
     @property
     def pad_id(self) -> int:
-        return self.pad
+        """The decoder's padding and start id: the target side's."""
+        return self.target_pad
+
+    @property
+    def per_side(self) -> bool:
+        return self.target_tokenizer is not self.tokenizer
+
+    @property
+    def model_settings(self) -> dict[str, Any]:
+        """Model config keys the data decides: a target vocabulary of its own needs its own embedding."""
+        if not self.per_side:
+            return {}
+        return {"decoder_vocab_size": self.target_tokenizer.vocab_size, "share_embeddings": False}
 
     def lengths(self, split: str) -> np.ndarray:
         """(pairs,) the padded width each pair needs: its longer side, cut at seq_len."""
         src, tgt = (np.diff(self.sides[split][s][1]) for s in ("src", "tgt"))
         return np.minimum(np.maximum(src, tgt), self.seq_len)
 
-    def configure(self, *, seq_len: int, batch_size: int, seed: int, model_vocab: int) -> None:
+    def configure(self, *, seq_len: int, batch_size: int, seed: int, model_vocab: int,
+                  model_target_vocab: int | None = None) -> None:
         if model_vocab < self.vocab_size:
             raise RotaryError(f"pairs use {self.vocab_size} token ids but the model has {model_vocab}")
+        target_vocab = model_target_vocab if model_target_vocab is not None else model_vocab
+        if target_vocab < self.target_tokenizer.vocab_size:
+            raise RotaryError(f"targets use {self.target_tokenizer.vocab_size} token ids but the model's decoder "
+                              f"has {target_vocab}")
         if seq_len < 2:
             raise RotaryError(f"seq_len must be at least 2 for translation, got {seq_len}")
         self.seq_len, self.budget, self.seed = seq_len, batch_size * seq_len, seed
@@ -204,13 +236,13 @@ class Seq2SeqData:
     def _batch(self, split: str, rows: np.ndarray) -> Batch:
         L = self.seq_len
         out = []
-        for side in ("src", "tgt"):
+        for side, eos in (("src", self.eos), ("tgt", self.target_eos)):
             flat, offsets = self.sides[split][side]
             seqs = []
             for i in rows:
                 ids = np.asarray(flat[offsets[i]:offsets[i + 1]], dtype=np.int64)
                 if len(ids) > L:  # both sides end with EOS, kept when cut
-                    ids = np.concatenate([ids[: L - 1], [self.eos]])
+                    ids = np.concatenate([ids[: L - 1], [eos]])
                 seqs.append(ids)
             width = max(len(s) for s in seqs)
             fill = self.pad if side == "src" else IGNORE_INDEX
@@ -226,12 +258,15 @@ class Seq2SeqData:
 
 
 def prepare_seq2seq_data(cfg: Any, info: Any) -> Seq2SeqData:
-    """A seq2seq run's tokenizer (the recipe's, or a joint one trained on both sides of the train
-    pairs) and prepared pairs (rank 0 prepares, the others wait)."""
+    """A seq2seq run's tokenizers (the recipe's, or trained on the train pairs: one joint vocabulary
+    on both sides, or with ``data.target_tokenizer`` one per side) and prepared pairs (rank 0
+    prepares, the others wait)."""
     from rotary.data.parallel import load_parallel
 
     d = cfg.data
     if d.shards is not None:
+        if d.target_tokenizer is not None:
+            raise RotaryError("data.shards were prepared with their tokenizers: remove data.target_tokenizer")
         shards = Path(d.shards)
         meta_path = shards / "meta.json"
         if not meta_path.is_file():
@@ -245,7 +280,9 @@ def prepare_seq2seq_data(cfg: Any, info: Any) -> Seq2SeqData:
         return Seq2SeqData(shards, tok_dir)
     if d.corpus is None:
         raise RotaryError("the recipe names no data: set data.corpus (tatoeba-zh-en, a .tsv/.jsonl file, ...)")
-    tok_dir = Path(d.tokenizer.path) if d.tokenizer.path else cfg.run_dir / "tokenizer"
+    # per side, the run assembles its own tokenizer/ (source) + tokenizer/target/ from the two specs
+    own = d.target_tokenizer is not None or d.tokenizer.path is None
+    tok_dir = cfg.run_dir / "tokenizer" if own else Path(d.tokenizer.path)
     shards = cfg.run_dir / "data"
     if info.is_main:
         opts = dict(d.corpus_options)
@@ -254,16 +291,43 @@ def prepare_seq2seq_data(cfg: Any, info: Any) -> Seq2SeqData:
         if d.val_fraction is not None:
             opts["val_fraction"] = d.val_fraction
         parallel = load_parallel(d.corpus, **opts)
-        if d.tokenizer.path is None and not (tok_dir / "tokenizer.json").is_file():
-            from rotary.tokenizer import train_tokenizer
+        if own and not tok_dir.is_dir():
+            import shutil
 
-            train_tokenizer(_TextCorpus(list(parallel.texts("train"))), d.tokenizer.kind, d.tokenizer.vocab_size,
-                            tok_dir, jieba=d.tokenizer.jieba, lowercase=d.tokenizer.lowercase)
+            # built aside and renamed: a cut run never leaves a tokenizer/ that looks complete
+            tmp = tok_dir.with_name(".tokenizer-partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            if d.target_tokenizer is None:
+                _tokenizer_from_spec(d.tokenizer, list(parallel.texts("train")), tmp)
+            else:
+                train = parallel.pairs("train")
+                _tokenizer_from_spec(d.tokenizer, [p.source for p in train], tmp)
+                _tokenizer_from_spec(d.target_tokenizer, [p.target for p in train], tmp / TARGET_TOKENIZER)
+            tmp.rename(tok_dir)
         if not (shards / "meta.json").is_file():
             prepare_pairs(parallel, tok_dir, shards)
     if info.world_size > 1:
         torch.distributed.barrier()
     return Seq2SeqData(shards, tok_dir)
+
+
+def _tokenizer_from_spec(spec: Any, texts: list[str], out_dir: Path) -> None:
+    """``spec``'s tokenizer in ``out_dir``: its files copied from ``spec.path``, or trained on ``texts``."""
+    import shutil
+
+    from rotary.tokenizer import train_tokenizer
+
+    if spec.path is None:
+        train_tokenizer(_TextCorpus(texts), spec.kind, spec.vocab_size, out_dir, jieba=spec.jieba,
+                        lowercase=spec.lowercase)
+        return
+    src = Path(spec.path)
+    if not (src / "tokenizer.json").is_file():
+        raise RotaryError(f"{src} is not a tokenizer directory (no tokenizer.json)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file():  # a target/ inside a source path is not taken along: the recipe names each side
+            shutil.copy2(f, out_dir / f.name)
 
 
 def _TextCorpus(texts: list[str]) -> Any:

@@ -86,7 +86,7 @@ def config_from_hf(hfc: Any) -> ModelConfig:
                           f"rotary's MLP takes {', '.join(sorted(_ACTS))}")
     if (hfc.decoder_vocab_size or hfc.vocab_size) != hfc.vocab_size:
         raise RotaryError(f"Marian decoder_vocab_size {hfc.decoder_vocab_size} != vocab_size {hfc.vocab_size}: "
-                          "rotary's encoder-decoder has one vocabulary")
+                          "a vocabulary per side does not convert yet (rotary's decoder_vocab_size)")
     if hfc.encoder_attention_heads != hfc.decoder_attention_heads or hfc.encoder_ffn_dim != hfc.decoder_ffn_dim:
         raise RotaryError("Marian encoder and decoder differ in heads or MLP width: rotary's share one shape")
     if not hfc.share_encoder_decoder_embeddings or not hfc.tie_word_embeddings:
@@ -122,6 +122,7 @@ def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
     require(cfg.mlp in ("relu", "gelu", "silu"), fam, f"Marian's MLP is not gated, this model uses mlp={cfg.mlp}")
     require(cfg.kv_heads == cfg.n_head, fam, f"Marian has no grouped K/V heads (n_kv_head={cfg.n_kv_head})")
     require(cfg.attention == "softmax", fam, f"Marian has softmax attention, this model uses {cfg.attention}")
+    require(cfg.decoder_vocab_size is None, fam, "a vocabulary per side (decoder_vocab_size) does not convert yet")
     require(cfg.share_embeddings and cfg.tie_embeddings, fam,
             "separate source, target or output embeddings do not convert yet (share_embeddings, tie_embeddings)")
     start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else cfg.pad_token_id

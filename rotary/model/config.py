@@ -70,6 +70,9 @@ class ModelConfig:
     scale_embeddings: bool = doc(False, "multiply token embeddings by sqrt(d_model) (the original Transformer)")
     logits_bias: bool = doc(False, "a bias on the output logits (Marian's final_logits_bias)")
     share_embeddings: bool = doc(True, "encoder-decoder: one token embedding for source and target")
+    decoder_vocab_size: int | None = doc(
+        None, "encoder-decoder with one vocabulary per side: the target's size (vocab_size is the source's); "
+        "None = one joint vocabulary")
     decoder_start_token_id: int | None = doc(
         None, "encoder-decoder: the first decoder input; None = pad_token_id (the transformers convention)")
     rope_theta: float = doc(10000.0, "RoPE base")
@@ -101,6 +104,11 @@ class ModelConfig:
     @property
     def decoder_layers(self) -> int:
         return self.n_layer if self.n_decoder_layer is None else self.n_decoder_layer
+
+    @property
+    def target_vocab_size(self) -> int:
+        """The decoder's vocabulary: its own (``decoder_vocab_size``) or the joint one."""
+        return self.vocab_size if self.decoder_vocab_size is None else self.decoder_vocab_size
 
     @property
     def has_embed_norm(self) -> bool:
@@ -157,8 +165,14 @@ class ModelConfig:
                 bad(f"{name} must be positive, got {getattr(self, name)}")
         if self.n_decoder_layer is not None and self.n_decoder_layer <= 0:
             bad(f"n_decoder_layer must be positive, got {self.n_decoder_layer}")
-        if self.decoder_start_token_id is not None and not 0 <= self.decoder_start_token_id < self.vocab_size:
-            bad(f"decoder_start_token_id {self.decoder_start_token_id} is outside the vocabulary")
+        if self.decoder_vocab_size is not None:
+            if self.decoder_vocab_size <= 0:
+                bad(f"decoder_vocab_size must be positive, got {self.decoder_vocab_size}")
+            if self.share_embeddings:
+                bad("decoder_vocab_size (a target vocabulary of its own) needs share_embeddings false: "
+                    "the two sides cannot share one embedding table")
+        if self.decoder_start_token_id is not None and not 0 <= self.decoder_start_token_id < self.target_vocab_size:
+            bad(f"decoder_start_token_id {self.decoder_start_token_id} is outside the target vocabulary")
         if self.d_model % self.n_head:
             bad(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         if self.kv_heads <= 0 or self.n_head % self.kv_heads:
@@ -221,10 +235,11 @@ class ModelConfig:
             bad(f"sinusoidal positions need an even d_model, got {self.d_model}")
         if self.type_vocab_size < 0:
             bad("type_vocab_size must be >= 0")
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.target_vocab_size:
+            # with a vocabulary per side it is the target's (the decoder's inputs are padded with it)
             bad(
                 f"pad_token_id {self.pad_token_id} is outside the vocabulary "
-                f"(size {self.vocab_size})"
+                f"(size {self.target_vocab_size})"
             )
 
     # -- (de)serialisation ---------------------------------------------------------------------
@@ -280,7 +295,9 @@ class ModelConfig:
             if self.bias:
                 cross += self.n_head * hd + 2 * self.kv_heads * hd + d
             total += self.decoder_layers * (per_layer + cross) + last_norm
-            total += 0 if self.share_embeddings else self.vocab_size * e
+            total += 0 if self.share_embeddings else self.target_vocab_size * e
+            if not self.tie_embeddings:
+                total += (self.target_vocab_size - self.vocab_size) * d  # the output projection is the target's
             total += self.max_seq_len * d if self.position == "learned" else 0
         return total
 

@@ -53,8 +53,12 @@ class RotaryModel(nn.Module):
             if isinstance(module, LearnedPositions):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
         if self.config.pad_token_id is not None:
+            # a seq2seq model's decoder too; with a vocabulary per side the id is the target's only
+            backbones = [getattr(self, "decoder", None)]
+            if self.config.decoder_vocab_size is None:
+                backbones.append(self.backbone)
             with torch.no_grad():
-                for backbone in (self.backbone, getattr(self, "decoder", None)):  # a seq2seq model's too
+                for backbone in backbones:
                     if backbone is not None:
                         backbone.embed_tokens.weight[self.config.pad_token_id].zero_()
 

@@ -26,7 +26,9 @@ from rotary.ops.gemm import Linear
 
 
 def decoder_config(cfg: ModelConfig) -> ModelConfig:
-    return replace(cfg, causal=True, n_layer=cfg.decoder_layers, n_decoder_layer=None)
+    """The decoder stack's config: causal, its own depth, and the target vocabulary."""
+    return replace(cfg, causal=True, n_layer=cfg.decoder_layers, n_decoder_layer=None,
+                   vocab_size=cfg.target_vocab_size, decoder_vocab_size=None)
 
 
 @dataclass
@@ -48,8 +50,9 @@ class Seq2SeqCache:
 
 class Seq2SeqLM(RotaryModel):
     """``model(src, attention_mask, labels=tgt)`` -> loss; ``model(src, decoder_input_ids=d)`` ->
-    logits (B, T, vocab). ``backbone`` is the encoder, ``decoder`` the decoder; the output
-    projection is tied to the decoder's token embedding when ``tie_embeddings``."""
+    logits (B, T, target vocab). ``backbone`` is the encoder, ``decoder`` the decoder; the output
+    projection is tied to the decoder's token embedding when ``tie_embeddings``. With
+    ``decoder_vocab_size`` the sides have their own vocabularies (and embeddings)."""
 
     def __init__(self, config: ModelConfig) -> None:
         if config.embed_dim != config.d_model:
@@ -63,12 +66,12 @@ class Seq2SeqLM(RotaryModel):
         self.decoder = Backbone(decoder_config(config), cross=True)
         if config.share_embeddings:
             self.decoder.embed_tokens = self.backbone.embed_tokens
-        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.target_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.decoder.embed_tokens.weight
         if config.logits_bias:
             # as Marian's final_logits_bias: a buffer, part of the checkpoint, not trained
-            self.register_buffer("final_logits_bias", torch.zeros(config.vocab_size))
+            self.register_buffer("final_logits_bias", torch.zeros(config.target_vocab_size))
         else:
             self.final_logits_bias = None
         self.label_smoothing = 0.0  # training loss only (the trainer sets it from the recipe)

@@ -42,6 +42,9 @@ class DataConfig:
     corpus: str | None = doc(None, "built-in corpus name (shakespeare, peoples-daily, ...) or a path")
     shards: str | None = doc(None, "directory of prepared shards; None = prepare into <output_dir>/data")
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec, metadata={"help": "tokenizer to use"})
+    target_tokenizer: TokenizerSpec | None = doc(
+        None, "seq2seq: a vocabulary of the target side's own (data.tokenizer is then the source's); "
+        "None = one joint vocabulary for both sides")
     val_fraction: float | None = doc(None, "validation share for sources without a fixed split")
     split_by: Literal["file", "paragraph", "line"] | None = doc(
         None, "local .txt files: one document per file (default), paragraph or line")

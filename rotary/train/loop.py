@@ -79,9 +79,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     try:
         latest, notes = prepare_run(cfg, info, resume=resume, overwrite=overwrite, verify=verify)
         data = task.make_data(cfg, info)
-        model_cfg = resolve_model_config(cfg, data.vocab_size, data.pad_id)
+        model_cfg = resolve_model_config(cfg, data.vocab_size, data.pad_id, getattr(data, "model_settings", None))
         seq_len = cfg.seq_len or model_cfg.max_seq_len
-        data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, model_vocab=model_cfg.vocab_size)
+        sizes = {"model_vocab": model_cfg.vocab_size}
+        if task.name == "seq2seq":
+            sizes["model_target_vocab"] = model_cfg.target_vocab_size
+        data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, **sizes)
         torch.manual_seed(cfg.seed)
         model = task.build_model(model_cfg, {}).to(info.device)
         notes.extend(getattr(data, "notes", []))
@@ -109,6 +112,8 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bo
                           "or optimizer: adamw")
     if cfg.label_smoothing and cfg.task != "seq2seq":
         raise RotaryError(f"label_smoothing applies to task seq2seq, this recipe trains {cfg.task}: remove it")
+    if cfg.data.target_tokenizer is not None and cfg.task != "seq2seq":
+        raise RotaryError(f"data.target_tokenizer is for task seq2seq, this recipe trains {cfg.task}: remove it")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise RotaryError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.precision == "fp16" and info.device.type != "cuda":

@@ -7,6 +7,7 @@ one exception, and it removes only the previous run's own files).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rotary import checkpoint
 from rotary.config import to_dict
@@ -16,8 +17,9 @@ from rotary.tasks import get_task
 from rotary.train.config import TrainConfig
 
 
-def resolve_model_config(cfg: TrainConfig, vocab_size: int, pad_id: int | None) -> ModelConfig:
-    """The recipe's model section, with what the task and tokenizer decide filled in."""
+def resolve_model_config(cfg: TrainConfig, vocab_size: int, pad_id: int | None,
+                         data_settings: dict[str, Any] | None = None) -> ModelConfig:
+    """The recipe's model section, with what the task, tokenizer and data decide filled in."""
     spec = dict(cfg.model)
     want_causal = get_task(cfg.task).causal
     if "causal" in spec and bool(spec["causal"]) != want_causal:
@@ -27,6 +29,8 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int, pad_id: int | None) 
         spec["vocab_size"] = vocab_size
     if "pad_token_id" not in spec and pad_id is not None:
         spec["pad_token_id"] = pad_id
+    for key, value in (data_settings or {}).items():  # e.g. a seq2seq target vocabulary of its own
+        spec.setdefault(key, value)
     if cfg.dropout is not None:
         spec["dropout"] = cfg.dropout
     model_cfg = ModelConfig.from_dict(spec)
@@ -121,6 +125,9 @@ def apply_init_from(cfg: TrainConfig) -> Path | None:
                           f"{cfg.task}: continue a run of the same task (a classifier: rotary finetune --from)")
     if not (ckpt_dir / "tokenizer").is_dir():
         raise RotaryError(f"{ckpt_dir} has no tokenizer/: continued training needs the run's tokenizer")
+    if cfg.data.target_tokenizer is not None:
+        raise RotaryError(f"init_from brings its own tokenizers ({ckpt_dir / 'tokenizer'}): "
+                          "remove data.target_tokenizer")
     if cfg.data.tokenizer.path not in (None, str(ckpt_dir / "tokenizer")):
         raise RotaryError(f"init_from brings its own tokenizer ({ckpt_dir / 'tokenizer'}): remove data.tokenizer.path")
     spec = dict(config["model"])

@@ -10,6 +10,26 @@ from rotary.data.sources.base import HashSplitCorpus
 from rotary.errors import RotaryError
 
 
+def load_dataset_dict(name: str, *, config: str | None = None, data_files: Any = None,
+                      from_disk: bool | None = None) -> Any:
+    """A ``datasets.DatasetDict``: ``load_dataset(name, config, data_files=...)``, or ``load_from_disk``
+    for a saved directory (``from_disk`` None: when ``name`` is a directory). One-line errors."""
+    try:
+        import datasets
+    except ImportError:
+        raise RotaryError("HF datasets need the 'datasets' package: pip install datasets") from None
+    if from_disk is None:
+        from pathlib import Path
+
+        from_disk = Path(name).is_dir()
+    try:
+        ds = datasets.load_from_disk(name) if from_disk else datasets.load_dataset(name, config, data_files=data_files)
+    except Exception as err:  # network, missing dataset, bad config: all user-fixable
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RotaryError(f"could not load HF dataset '{name}': {first}") from None
+    return datasets.DatasetDict({"train": ds}) if isinstance(ds, datasets.Dataset) else ds
+
+
 class HFDatasetCorpus(HashSplitCorpus):
     """``datasets.load_dataset(name, config, data_files=...)``, or ``load_from_disk`` for a saved dataset.
 
@@ -43,21 +63,8 @@ class HFDatasetCorpus(HashSplitCorpus):
             raise RotaryError(f"{self.name}: no column '{text_field}'{closest_key_hint(text_field, columns)}")
 
     def _load(self) -> Any:
-        try:
-            import datasets
-        except ImportError:
-            raise RotaryError("HF datasets need the 'datasets' package: pip install datasets") from None
-        try:
-            if self.from_disk:
-                ds = datasets.load_from_disk(self.hf_name)
-            else:
-                ds = datasets.load_dataset(self.hf_name, self.config, data_files=self.data_files)
-        except Exception as err:  # network, missing dataset, bad config: all user-fixable
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RotaryError(f"could not load HF dataset '{self.hf_name}': {first}") from None
-        if isinstance(ds, datasets.Dataset):
-            ds = datasets.DatasetDict({"train": ds})
-        return ds
+        return load_dataset_dict(self.hf_name, config=self.config, data_files=self.data_files,
+                                 from_disk=self.from_disk)
 
     def _rows(self, split_name: str) -> Iterator[dict[str, Any]]:
         ds = self._dataset[split_name]

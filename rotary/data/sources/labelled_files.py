@@ -150,20 +150,9 @@ def load_labelled_hf(name: str, *, config: str | None = None, data_files: Any = 
     """``datasets.load_dataset(name, config)`` (or ``load_from_disk`` for a saved directory):
     its train / validation / test splits, and a hash split of train for those it lacks."""
     val_fraction, test_fraction = check_fractions(val_fraction, test_fraction)
-    try:
-        import datasets
-    except ImportError:
-        raise RotaryError("HF datasets need the 'datasets' package: pip install datasets") from None
-    try:
-        if Path(name).is_dir():
-            ds = datasets.load_from_disk(name)
-        else:
-            ds = datasets.load_dataset(name, config, data_files=data_files)
-    except Exception as err:  # network, missing dataset, bad config: all user-fixable
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RotaryError(f"could not load HF dataset '{name}': {first}") from None
-    if isinstance(ds, datasets.Dataset):
-        ds = datasets.DatasetDict({"train": ds})
+    from rotary.data.sources.hf_datasets import load_dataset_dict
+
+    ds = load_dataset_dict(name, config=config, data_files=data_files)
     have: dict[str, str] = {}
     for split, candidates in SPLIT_NAMES.items():
         found = next((c for c in candidates if c in ds), None)
