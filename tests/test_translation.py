@@ -84,6 +84,8 @@ def test_hf_datasets_with_translation_dicts_fields_and_own_splits(tmp_path):
         load_parallel(f"hf:{tmp_path / 'saved'}")
     with pytest.raises(RotaryError, match="could not load HF dataset"):
         load_parallel(f"hf:{tmp_path / 'missing'}")
+    with pytest.raises(RotaryError, match="translations are in de, en, not fr-en"):
+        load_parallel("hf:json", data_files=str(jl), direction="fr-en")
 
 
 def test_unicode_line_separators_inside_a_sentence_are_text(tmp_path):
@@ -307,6 +309,37 @@ def test_a_target_tokenizer_is_for_seq2seq_only_and_needs_separate_embeddings(tm
     assert not (tmp_path / "r").exists()
     with pytest.raises(RotaryError, match="needs share_embeddings false"):
         ModelConfig(vocab_size=40, decoder_vocab_size=50, n_decoder_layer=1)
+    import rotary
+
+    with pytest.raises(RotaryError, match="decoder_vocab_size is for an encoder-decoder"):
+        rotary.CausalLM(ModelConfig(vocab_size=40, decoder_vocab_size=50, share_embeddings=False, n_layer=1,
+                                    n_head=2, d_model=16, max_seq_len=8))
+
+
+def test_per_side_mistakes_fail_before_any_file_in_one_line(tmp_path):
+    from rotary.train.config import load_recipe
+    from rotary.train.loop import train
+
+    corpus = letters_to_digits_tsv(tmp_path / "l2d.tsv", n=300)
+
+    def recipe(**data):
+        return {"name": "l2d", "task": "seq2seq", "output_dir": str(tmp_path / "run"),
+                "model": {"n_layer": 1, "d_model": 16, "n_head": 2, "d_ff": 32, "max_seq_len": 16},
+                "data": {"corpus": str(corpus), "tokenizer": {"kind": "char", "vocab_size": 40}, **data},
+                "seq_len": 16, "batch_size": 4, "max_steps": 2, "eval_interval": 2, "eval_batches": 1,
+                "checkpoint_interval": 2, "progress": False, "tensorboard": False, "threads": 1}
+
+    with pytest.raises(RotaryError, match="data.target_tokenizer.vocab_size must be positive"):
+        load_recipe(None, recipe(target_tokenizer={"kind": "char", "vocab_size": 0}))
+    bad = recipe(target_tokenizer={"kind": "char", "vocab_size": 40})
+    bad["model"]["share_embeddings"] = True
+    with pytest.raises(RotaryError, match="set model.share_embeddings false"):
+        train(load_recipe(None, bad))
+    assert not (tmp_path / "run").exists()
+    # a run directory whose tokenizer/ is joint, resumed with a recipe that asks for one per side
+    train(load_recipe(None, recipe()))
+    with pytest.raises(RotaryError, match="holds a joint vocabulary but the recipe asks for one per side"):
+        train(load_recipe(None, recipe(target_tokenizer={"kind": "char", "vocab_size": 40})), resume=True)
 
 
 def test_label_smoothing_is_refused_outside_seq2seq(tmp_path):

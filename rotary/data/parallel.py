@@ -169,6 +169,10 @@ def _hf_splits(name: str, config: str | None, data_files: Any, source_field: str
         part = ds[found]
         columns = part.column_names
         if "translation" in columns and src_lang and tgt_lang:
+            languages = sorted(part[0]["translation"]) if len(part) else []
+            if {src_lang, tgt_lang} - set(languages):
+                raise RotaryError(f"hf:{name}: its translations are in {', '.join(languages)}, not "
+                                  f"{src_lang}-{tgt_lang}: set direction")
             rows = ((r.get(src_lang), r.get(tgt_lang)) for r in part["translation"])
         else:
             for col in (source_field, target_field):

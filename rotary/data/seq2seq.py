@@ -116,6 +116,10 @@ class Seq2SeqData:
         self.tokenizer, self.target_tokenizer = load_pair_tokenizers(self.tokenizer_dir)
         # shards from before per-side vocabularies recorded one hash, the joint tokenizer's
         target_hash = self.meta.get("target_tokenizer_hash", self.meta.get("tokenizer_hash"))
+        if target_hash != self.meta.get("tokenizer_hash") and not self.per_side:
+            raise RotaryError(f"pairs in {self.shards_dir} have a target vocabulary of their own, but "
+                              f"{self.tokenizer_dir} has no {TARGET_TOKENIZER}/ directory: give the run's "
+                              "tokenizer/ with both")
         if self.meta.get("tokenizer_hash") != self.tokenizer.hash or target_hash != self.target_tokenizer.hash:
             raise RotaryError(f"pairs in {self.shards_dir} were prepared with other tokenizers than "
                               f"{self.tokenizer_dir}: prepare them again")
@@ -157,11 +161,12 @@ class Seq2SeqData:
     def configure(self, *, seq_len: int, batch_size: int, seed: int, model_vocab: int,
                   model_target_vocab: int | None = None) -> None:
         if model_vocab < self.vocab_size:
-            raise RotaryError(f"pairs use {self.vocab_size} token ids but the model has {model_vocab}")
+            raise RotaryError(f"sources use {self.vocab_size} token ids but the model's encoder has {model_vocab}: "
+                              "remove model.vocab_size")
         target_vocab = model_target_vocab if model_target_vocab is not None else model_vocab
         if target_vocab < self.target_tokenizer.vocab_size:
             raise RotaryError(f"targets use {self.target_tokenizer.vocab_size} token ids but the model's decoder "
-                              f"has {target_vocab}")
+                              f"has {target_vocab}: remove model.decoder_vocab_size")
         if seq_len < 2:
             raise RotaryError(f"seq_len must be at least 2 for translation, got {seq_len}")
         self.seq_len, self.budget, self.seed = seq_len, batch_size * seq_len, seed
@@ -291,6 +296,11 @@ def prepare_seq2seq_data(cfg: Any, info: Any) -> Seq2SeqData:
         if d.val_fraction is not None:
             opts["val_fraction"] = d.val_fraction
         parallel = load_parallel(d.corpus, **opts)
+        if own and tok_dir.is_dir() and (tok_dir / TARGET_TOKENIZER).is_dir() != (d.target_tokenizer is not None):
+            has, wants = (("one vocabulary per side", "a joint one") if d.target_tokenizer is None
+                          else ("a joint vocabulary", "one per side (data.target_tokenizer)"))
+            raise RotaryError(f"{tok_dir} holds {has} but the recipe asks for {wants}: "
+                              "use --overwrite or another --output-dir")
         if own and not tok_dir.is_dir():
             import shutil
 

@@ -26,9 +26,14 @@ from rotary.ops.gemm import Linear, linear
 class RotaryModel(nn.Module):
     """What every head shares: the backbone, initialisation and accounting."""
 
+    encoder_decoder = False  # Seq2SeqLM: a decoder with a vocabulary of its own is possible
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         config.validate()
+        if config.decoder_vocab_size is not None and not self.encoder_decoder:
+            raise RotaryError(f"decoder_vocab_size is for an encoder-decoder (task seq2seq), not a "
+                              f"{type(self).__name__}: remove it")
         self.config = config
         self.backbone = Backbone(config)
 
@@ -54,8 +59,9 @@ class RotaryModel(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
         if self.config.pad_token_id is not None:
             # a seq2seq model's decoder too; with a vocabulary per side the id is the target's only
-            backbones = [getattr(self, "decoder", None)]
-            if self.config.decoder_vocab_size is None:
+            decoder = getattr(self, "decoder", None)
+            backbones = [decoder]
+            if decoder is None or self.config.decoder_vocab_size is None:
                 backbones.append(self.backbone)
             with torch.no_grad():
                 for backbone in backbones:

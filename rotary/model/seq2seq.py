@@ -54,6 +54,8 @@ class Seq2SeqLM(RotaryModel):
     projection is tied to the decoder's token embedding when ``tie_embeddings``. With
     ``decoder_vocab_size`` the sides have their own vocabularies (and embeddings)."""
 
+    encoder_decoder = True
+
     def __init__(self, config: ModelConfig) -> None:
         if config.embed_dim != config.d_model:
             raise RotaryError("an encoder-decoder needs embedding_size = d_model (drop embedding_size)")

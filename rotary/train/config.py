@@ -28,13 +28,13 @@ class TokenizerSpec:
     jieba: bool = doc(False, "Chinese word pre-tokenization with jieba (rjieba, as RoFormer) before the vocabulary")
     lowercase: bool = doc(False, "lowercase text before training/encoding")
 
-    def __post_init__(self) -> None:
-        # Checked here so that a bad recipe fails before the run directory is written.
+    def check(self, key: str) -> None:
+        """Checked when the recipe is read, so that a bad one fails before the run directory is written."""
         if self.vocab_size < 1:
-            raise RotaryError(f"recipe: data.tokenizer.vocab_size must be positive, got {self.vocab_size}")
+            raise RotaryError(f"recipe: {key}.vocab_size must be positive, got {self.vocab_size}")
         if self.jieba and self.kind == "bpe" and self.path is None:
-            raise RotaryError("recipe: data.tokenizer.jieba is for the wordpiece and char kinds "
-                              "(byte-level BPE keeps spaces): set data.tokenizer.kind or jieba false")
+            raise RotaryError(f"recipe: {key}.jieba is for the wordpiece and char kinds "
+                              f"(byte-level BPE keeps spaces): set {key}.kind or jieba false")
 
 
 @dataclass
@@ -57,6 +57,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.corpus_options is None:
             self.corpus_options = {}
+        self.tokenizer.check("data.tokenizer")
+        if self.target_tokenizer is not None:
+            self.target_tokenizer.check("data.target_tokenizer")
         # Checked here so that a bad recipe fails before the run directory is written.
         checks = [
             (0 < self.mlm_probability < 1, f"data.mlm_probability must be in (0, 1), got {self.mlm_probability}"),

@@ -114,6 +114,9 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bo
         raise RotaryError(f"label_smoothing applies to task seq2seq, this recipe trains {cfg.task}: remove it")
     if cfg.data.target_tokenizer is not None and cfg.task != "seq2seq":
         raise RotaryError(f"data.target_tokenizer is for task seq2seq, this recipe trains {cfg.task}: remove it")
+    if cfg.data.target_tokenizer is not None and cfg.model.get("share_embeddings") is True:
+        raise RotaryError("data.target_tokenizer gives the target its own vocabulary and embedding: "
+                          "set model.share_embeddings false (or remove it)")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise RotaryError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.precision == "fp16" and info.device.type != "cuda":

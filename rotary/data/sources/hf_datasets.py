@@ -13,7 +13,8 @@ from rotary.errors import RotaryError
 def load_dataset_dict(name: str, *, config: str | None = None, data_files: Any = None,
                       from_disk: bool | None = None) -> Any:
     """A ``datasets.DatasetDict``: ``load_dataset(name, config, data_files=...)``, or ``load_from_disk``
-    for a saved directory (``from_disk`` None: when ``name`` is a directory). One-line errors."""
+    for a saved directory (``from_disk`` None: when ``name`` is one that ``save_to_disk`` wrote; a
+    folder of data files goes to ``load_dataset``). One-line errors."""
     try:
         import datasets
     except ImportError:
@@ -21,7 +22,7 @@ def load_dataset_dict(name: str, *, config: str | None = None, data_files: Any =
     if from_disk is None:
         from pathlib import Path
 
-        from_disk = Path(name).is_dir()
+        from_disk = any((Path(name) / f).is_file() for f in ("dataset_dict.json", "state.json"))
     try:
         ds = datasets.load_from_disk(name) if from_disk else datasets.load_dataset(name, config, data_files=data_files)
     except Exception as err:  # network, missing dataset, bad config: all user-fixable
