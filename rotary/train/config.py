@@ -43,8 +43,8 @@ class DataConfig:
     shards: str | None = doc(None, "directory of prepared shards; None = prepare into <output_dir>/data")
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec, metadata={"help": "tokenizer to use"})
     target_tokenizer: TokenizerSpec | None = doc(
-        None, "seq2seq: a vocabulary of the target side's own (data.tokenizer is then the source's); "
-        "None = one joint vocabulary for both sides")
+        None, "seq2seq: a vocabulary of the target side's own, with data.tokenizer's keys "
+        "(--data.target_tokenizer.kind wordpiece); data.tokenizer is then the source's. None = one joint vocabulary")
     val_fraction: float | None = doc(None, "validation share for sources without a fixed split")
     split_by: Literal["file", "paragraph", "line"] | None = doc(
         None, "local .txt files: one document per file (default), paragraph or line")
