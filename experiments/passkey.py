@@ -4,12 +4,24 @@ asked for at the end, as in the context-extension papers (Mohtashami & Jaggi 202
 The pass key is" and the model must continue with 72618 (greedy decoding).
 
 Models this small do not learn retrieval from Shakespeare alone, so every model of this study is
-trained on a **mixture**: half the documents are passages of the Shakespeare training works,
-half are synthetic retrieval examples no longer than the training context L = 128 tokens (the
-key at a random depth). The models are then asked at L, 2L, 4L, 8L and 16L, at depths 0, 0.25,
-0.5, 0.75 and 1 of the filler, ``TRIALS`` keys per cell: accuracy vs length and depth, one heat
-map per scheme. Schemes: rope, rope with YaRN scaling at inference (factor = length / L), alibi,
-sinusoidal, none, learned (which cannot read past L).
+trained on a **mixture**: passages of the Shakespeare training works and (most of the tokens)
+synthetic retrieval examples no longer than the training context L = 128 tokens (the key at a
+random depth). No budget tried so far learnt the retrieval itself, even at L (every model
+answers in the right format, with a number that is not the key):
+
+* 300 steps x 16 x 128, half the documents synthetic: one fixed number for every prompt, 0%;
+* 600 steps x 16 x 128, 20,000 synthetic examples + 4,000 passages: the key's first digits
+  right when it is a few tokens back, 0/5 whole keys at L (rope, seed 1);
+* 1,500 steps x 8 x 128, the same mixture (the current ``FULL``): 0% in all 25 cells (rope,
+  seed 1, 10 keys a cell), validation loss 2.19.
+
+So the study's full run is not made yet: it needs a budget or data under which retrieval
+(an induction head over ~100 tokens) is learnt at L first.
+
+The models are then asked at L, 2L, 4L, 8L and 16L, at depths 0, 0.25, 0.5, 0.75 and 1 of the
+filler, ``TRIALS`` keys per cell: accuracy vs length and depth, one heat map per scheme.
+Schemes: rope, rope with YaRN scaling at inference (factor = length / L), alibi, sinusoidal,
+none, learned (which cannot read past L).
 
     python experiments/passkey.py                  # full: 5 trained schemes x 3 seeds
     python experiments/passkey.py --quick --runs-dir DIR --out DIR
@@ -37,11 +49,12 @@ MULTIPLES = [1, 2, 4, 8, 16]
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 QUESTION = "What is the pass key? The pass key is"
-FULL = {"max_steps": 300, "batch_size": 16, "context": 128, "eval_interval": 100, "eval_batches": 20,
-        "checkpoint_interval": 150, "vocab_size": 4096, "trials": 10, "synthetic": 6000, "passage_chars": 600}
+FULL = {"max_steps": 1500, "batch_size": 8, "context": 128, "eval_interval": 500, "eval_batches": 20,
+        "checkpoint_interval": 500, "vocab_size": 4096, "trials": 10, "synthetic": 20000, "passages": 4000,
+        "passage_chars": 600}
 QUICK = {"max_steps": 6, "batch_size": 2, "context": 64, "eval_interval": 3, "eval_batches": 1,
          "checkpoint_interval": 6, "vocab_size": 400, "trials": 2, "synthetic": 60, "passage_chars": 300,
-         "max_passages": 60, "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "n_kv_head": 1}}
+         "passages": 60, "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "n_kv_head": 1}}
 
 
 def budget(quick: bool) -> dict[str, Any]:
@@ -71,7 +84,7 @@ def write_mixture(path: Path, b: dict[str, Any]) -> Path:
     chars = b["passage_chars"]
     passages = [w[i:i + chars] for w in works for i in range(0, len(w) - chars, chars)]
     rng.shuffle(passages)
-    passages = passages[: b.get("max_passages", b["synthetic"])]
+    passages = passages[: b["passages"]]
     # ~17 tokens of key sentence and question; filler sentences are ~5 tokens each at BPE 4,096
     max_filler = max(1, (b["context"] - 30) // 6)
     docs = [{"text": p} for p in passages]
@@ -86,8 +99,9 @@ def write_mixture(path: Path, b: dict[str, Any]) -> Path:
 
 def recipe(scheme: str, seed: int, runs_dir: Path, quick: bool) -> dict[str, Any]:
     b = budget(quick)
-    corpus = write_mixture(runs_dir / "mixture.jsonl", b)
-    tok_dir, shards = lib.shared_data(runs_dir, str(corpus), "bpe", b["vocab_size"], tag="mixture")
+    tag = f"mixture-{b['synthetic']}-{b['passages']}"  # a new budget's mixture is a new corpus
+    corpus = write_mixture(runs_dir / f"{tag}.jsonl", b)
+    tok_dir, shards = lib.shared_data(runs_dir, str(corpus), "bpe", b["vocab_size"], tag=tag)
     model = {"preset": "llama-mini", "n_layer": 4, "d_model": 256, "n_head": 4, "n_kv_head": 2,
              "max_seq_len": b["context"], **b.get("model", {}), "position": SCHEMES[scheme]}
     return {"name": f"passkey-{scheme}-s{seed}", "task": "causal_lm", "model": model,
@@ -190,8 +204,9 @@ def main(argv: list[str] | None = None) -> None:
 
     lines = ["# Study 4: passkey retrieval", "",
              f"`python experiments/passkey.py` on {cpu_model()}, 2 threads, `precision: auto`. Models trained on "
-             f"the retrieval mixture (half Shakespeare passages, half synthetic examples of at most L = {context} "
-             f"tokens), {b['max_steps']} steps x {b['batch_size']} x {context} tokens, seeds "
+             f"the retrieval mixture ({b['passages']:,} Shakespeare passages of {b['passage_chars']} characters, "
+             f"{b['synthetic']:,} synthetic examples of at most L = {context} tokens), "
+             f"{b['max_steps']} steps x {b['batch_size']} x {context} tokens, seeds "
              f"{', '.join(map(str, args.seeds))}; {b['trials']} keys per cell per seed, greedy decoding. "
              "Accuracy averaged over depths (0, 0.25, 0.5, 0.75, 1) and seeds; the heat maps split it by depth.",
              *(["", "**--quick budget (a test of the code, not a result).**"] if args.quick else []),

@@ -125,7 +125,8 @@ def test_passkey(tmp_path):
     assert len(rope) == 5 and all(len(row) == 5 and all(0.0 <= v <= 1.0 for v in row) for row in rope)
     learned = data["grid"]["learned"]
     assert all(row[0] is not None and row[1:] == [None] * 4 for row in learned)
-    mixture = (tmp_path / "runs" / "mixture.jsonl").read_text().splitlines()
+    (mixture_file,) = (tmp_path / "runs").glob("mixture-*.jsonl")  # named by its budget
+    mixture = mixture_file.read_text().splitlines()
     assert any("The pass key is" in line for line in mixture) and any("pass key" not in line for line in mixture)
 
 
