@@ -12,11 +12,18 @@ answers in the right format, with a number that is not the key):
 * 300 steps x 16 x 128, half the documents synthetic: one fixed number for every prompt, 0%;
 * 600 steps x 16 x 128, 20,000 synthetic examples + 4,000 passages: the key's first digits
   right when it is a few tokens back, 0/5 whole keys at L (rope, seed 1);
-* 1,500 steps x 8 x 128, the same mixture (the current ``FULL``): 0% in all 25 cells (rope,
-  seed 1, 10 keys a cell), validation loss 2.19.
+* 1,500 steps x 8 x 128, the same mixture: 0% in all 25 cells (rope, seed 1, 10 keys a cell);
+  the second and third occurrences of a key cost as many nats as the first: no copying at all;
+* 600 steps x 16 x 128 with 10,000 dense copying documents added ("The numbers are ... Again,
+  the numbers are ..."): 0%, and no copying of the repeated numbers either;
+* keys spelt digit by digit (one token a digit, as below), 600 x 16 and then 2,000 x 8 with
+  20,000 copying documents and 2,000 passages (the current ``FULL``): 0%; each repeated digit
+  still costs ln 10 nats. The models do learn where a list ends (they attend by position) but
+  not what it held: the induction heads that retrieval needs have not formed.
 
-So the study's full run is not made yet: it needs a budget or data under which retrieval
-(an induction head over ~100 tokens) is learnt at L first.
+rotary's trainer is not the cause: on a copying toy (2 layers, 64 tokens, 1,500 steps) it and
+transformers' Llama, from the same initial weights, follow the same loss curve. So the study's
+full run is not made yet: induction heads need a budget beyond these (or a GPU).
 
 The models are then asked at L, 2L, 4L, 8L and 16L, at depths 0, 0.25, 0.5, 0.75 and 1 of the
 filler, ``TRIALS`` keys per cell: accuracy vs length and depth, one heat map per scheme.
@@ -49,8 +56,10 @@ MULTIPLES = [1, 2, 4, 8, 16]
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 QUESTION = "What is the pass key? The pass key is"
-FULL = {"max_steps": 1500, "batch_size": 8, "context": 128, "eval_interval": 500, "eval_batches": 20,
-        "checkpoint_interval": 500, "vocab_size": 4096, "trials": 10, "synthetic": 20000, "passages": 4000,
+ANSWER_TOKENS = 12  # generated after the question: the spelt key and its full stop, with room
+FULL = {"max_steps": 2000, "batch_size": 8, "context": 128, "eval_interval": 500, "eval_batches": 20,
+        "checkpoint_interval": 500, "vocab_size": 4096, "trials": 10, "synthetic": 20000, "passages": 2000,
+        "repeats": 20000,
         "passage_chars": 600}
 QUICK = {"max_steps": 6, "batch_size": 2, "context": 64, "eval_interval": 3, "eval_batches": 1,
          "checkpoint_interval": 6, "vocab_size": 400, "trials": 2, "synthetic": 60, "passage_chars": 300,
@@ -65,12 +74,24 @@ def filler_sentences() -> list[str]:
     return [s.strip() + "." for s in FILLER.split(".") if s.strip()]
 
 
+def spell(key: int) -> str:
+    """The key digit by digit ("7 2 6 1 8"): one token a digit under byte-level BPE, as Llama's
+    tokenizer splits numbers into digits. Merged digit chunks (" 726" "18") are thousands of rare
+    tokens, and copying them was not learnt at this budget."""
+    return " ".join(str(key))
+
+
+def read_key(text: str) -> int | None:
+    found = re.search(r"\d(?: ?\d){4}", text)
+    return int(found.group().replace(" ", "")) if found else None
+
+
 def retrieval_text(key: int, n_filler: int, depth: float, rng: random.Random | None = None) -> str:
     """Filler with the key at ``depth`` (0 = first, 1 = last), then the question (without the answer)."""
     sentences = filler_sentences()
     body = [sentences[i % len(sentences)] for i in range(n_filler)]
     at = round(depth * n_filler)
-    body.insert(at, f"The pass key is {key}. Remember it. {key} is the pass key.")
+    body.insert(at, f"The pass key is {spell(key)}. Remember it. {spell(key)} is the pass key.")
     return " ".join(body) + " " + QUESTION
 
 
@@ -88,10 +109,15 @@ def write_mixture(path: Path, b: dict[str, Any]) -> Path:
     # ~17 tokens of key sentence and question; filler sentences are ~5 tokens each at BPE 4,096
     max_filler = max(1, (b["context"] - 30) // 6)
     docs = [{"text": p} for p in passages]
+    # dense copying (every number of the second half is in the first): what forms the induction
+    # heads retrieval needs, far sooner than the few copyable tokens of a passkey example
+    for _ in range(b.get("repeats", 0)):
+        numbers = " ".join(rng.choice("0123456789") for _ in range(rng.randint(8, 40)))
+        docs.append({"text": f"The numbers are {numbers}. Again, the numbers are {numbers}."})
     for _ in range(b["synthetic"]):
         key = rng.randrange(10000, 100000)
         n = rng.randint(0, max_filler)
-        docs.append({"text": retrieval_text(key, n, rng.random(), rng) + f" {key}."})
+        docs.append({"text": retrieval_text(key, n, rng.random(), rng) + f" {spell(key)}."})
     rng.shuffle(docs)
     atomic_write_text(path, "".join(json.dumps(d) + "\n" for d in docs))
     return path
@@ -99,7 +125,8 @@ def write_mixture(path: Path, b: dict[str, Any]) -> Path:
 
 def recipe(scheme: str, seed: int, runs_dir: Path, quick: bool) -> dict[str, Any]:
     b = budget(quick)
-    tag = f"mixture-{b['synthetic']}-{b['passages']}"  # a new budget's mixture is a new corpus
+    # a new budget's mixture is a new corpus ("spelt": keys digit by digit)
+    tag = f"mixture-spelt-{b['synthetic']}-{b['passages']}-{b.get('repeats', 0)}"
     corpus = write_mixture(runs_dir / f"{tag}.jsonl", b)
     tok_dir, shards = lib.shared_data(runs_dir, str(corpus), "bpe", b["vocab_size"], tag=tag)
     model = {"preset": "llama-mini", "n_layer": 4, "d_model": 256, "n_head": 4, "n_kv_head": 2,
@@ -115,7 +142,7 @@ def recipe(scheme: str, seed: int, runs_dir: Path, quick: bool) -> dict[str, Any
 
 def prompts_for(tokenizer: Any, length: int, depth: float, trials: int, seed: int) -> list[tuple[list[int], int]]:
     """``trials`` (prompt ids, key) pairs whose prompts are as long as fits ``length`` tokens with
-    the answer (8 tokens are left for it)."""
+    the answer (``ANSWER_TOKENS`` are left for it)."""
     rng = random.Random(f"{length}-{depth}-{seed}")
     out = []
     for _ in range(trials):
@@ -123,7 +150,7 @@ def prompts_for(tokenizer: Any, length: int, depth: float, trials: int, seed: in
         lo, hi = 0, 4 * length  # the most filler sentences that fit, by bisection on the token count
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if len(tokenizer.encode(retrieval_text(key, mid, depth))) <= length - 8:
+            if len(tokenizer.encode(retrieval_text(key, mid, depth))) <= length - ANSWER_TOKENS:
                 lo = mid
             else:
                 hi = mid - 1
@@ -144,11 +171,11 @@ def accuracy(run: Path, length: int, depth: float, trials: int, *, context: int,
         except RotaryError as err:
             return {"accuracy": None, "error": str(err)}
         cases = prompts_for(pre.tokenizer, length, depth, trials, seed=0)
-        new = generate(pre.model, [ids for ids, _ in cases], 8, temperature=0.0)
+        new = generate(pre.model, [ids for ids, _ in cases], ANSWER_TOKENS, temperature=0.0)
         hits = 0
         for (_, key), out in zip(cases, new):
-            found = re.search(r"\d{5}", pre.tokenizer.decode(out))
-            hits += bool(found and int(found.group()) == key)
+            found = read_key(pre.tokenizer.decode(out))
+            hits += found == key
         return {"accuracy": hits / len(cases), "trials": len(cases)}
 
     return lib.cached(run / tag, compute)["accuracy"]
