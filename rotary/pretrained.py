@@ -41,11 +41,9 @@ class Pretrained:
     def target_tokenizer(self) -> Any:
         """A seq2seq run's target-side tokenizer: its own (``tokenizer/target/``) or the joint one."""
         if not hasattr(self, "_target_tokenizer"):
-            from rotary.data.seq2seq import TARGET_TOKENIZER
-            from rotary.tokenizer import load_tokenizer
+            from rotary.data.seq2seq import load_target_tokenizer
 
-            target_dir = self.path / "tokenizer" / TARGET_TOKENIZER
-            self._target_tokenizer = load_tokenizer(target_dir) if target_dir.is_dir() else self.tokenizer
+            self._target_tokenizer = load_target_tokenizer(self.path / "tokenizer", self.tokenizer)
         return self._target_tokenizer
 
     def translate(self, texts: str | Sequence[str], *, num_beams: int = 5, length_penalty: float = 1.0,

@@ -44,8 +44,15 @@ def load_pair_tokenizers(tokenizer_dir: str | Path) -> tuple[Any, Any]:
     from rotary.tokenizer import load_tokenizer
 
     source = load_tokenizer(tokenizer_dir)
+    return source, load_target_tokenizer(tokenizer_dir, source)
+
+
+def load_target_tokenizer(tokenizer_dir: str | Path, source: Any) -> Any:
+    """The target side's tokenizer: its own from ``target/``, else ``source`` (a joint vocabulary)."""
+    from rotary.tokenizer import load_tokenizer
+
     target_dir = Path(tokenizer_dir) / TARGET_TOKENIZER
-    return source, (load_tokenizer(target_dir) if target_dir.is_dir() else source)
+    return load_tokenizer(target_dir) if target_dir.is_dir() else source
 
 
 def special_ids(tokenizer: Any) -> tuple[int, int]:
