@@ -31,7 +31,7 @@ Neither rotary's model nor its trainer is the cause: on a copying toy (2 layers,
 64 tokens a step, nothing but copying) it and transformers' Llama, from the same initial
 weights, follow the same loss curve, which falls from 4.1 nats (no copying) to 2.6 within 500
 steps; and a plain PyTorch loop (fp32, AdamW, no schedule) on the 1,000-word mixture and this
-study's model copies no better after 700 steps than the trainer (5.9 nats a copied token). What
+study's model copies no better after 700 steps than the trainer (6.0 nats a copied token). What
 differs is the budget: the toy sees four times as many copying examples a step and nothing else.
 So the study's full run is not made yet: the next budget to try is the toy's (a smaller model,
 32 sequences a step, copying most of the tokens), or a GPU.
