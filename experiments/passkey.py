@@ -112,8 +112,8 @@ def copy_alphabet(works: list[str], size: int = 50) -> list[str]:
     words of the training works. A document draws its items without replacement, so the token
     before an item always says which item comes next: the one-token induction heads that
     retrieval is built from pay off on every copied token. (Digit strings alone repeat their
-    digits, and a 1,000-word alphabet spreads the signal over too many tokens: neither formed
-    induction heads at this budget.)"""
+    digits, and a 1,000-word alphabet spreads the signal over too many tokens. Neither formed
+    induction heads at this budget, and at 2,000 steps this alphabet did not either.)"""
     counts = Counter(w for text in works for w in re.findall(r"\b[a-z]+\b", text))
     return list("0123456789") + [w for w, _ in counts.most_common(size)]
 
