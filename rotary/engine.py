@@ -59,7 +59,7 @@ class Event:
 def decode_step(model: CausalLM, tokens: torch.Tensor, cache: SlotCache) -> torch.Tensor:
     """One token per row through the model against a slot cache: (n, 1) ids -> (n, vocab) logits."""
     h = model.backbone.forward_slots(tokens, cache)
-    return model.lm_head(h[:, -1])
+    return model.output_logits(h[:, -1])
 
 
 def compiled_decode_step(model: CausalLM) -> Any:
@@ -165,7 +165,7 @@ class Engine:
         h = self.model.backbone.forward_slots(ids, tmp, new_mask=mask if not bool(mask.all()) else None, empty=True)
         last = (mask.sum(-1) - 1)  # (n,) each row's last real position
         h_last = h[torch.arange(n, device=self.device), last]  # (n, d)
-        return self.model.lm_head(h_last), tmp
+        return self.model.output_logits(h_last), tmp
 
     # -- public -------------------------------------------------------------------------------
     @property

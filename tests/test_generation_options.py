@@ -67,6 +67,31 @@ def test_a_row_joining_a_running_batch_decodes_as_if_alone(lm):
             seq.append(token)
 
 
+def test_the_engine_adds_a_causal_lms_output_bias():
+    """A trained logits bias (output_bias) is part of every logit the engine decodes from: its
+    greedy tokens and log-probabilities are those of repeated full forwards. The bias is large
+    enough to change the argmax, so an engine that left it out would pick other tokens."""
+    torch.manual_seed(1)
+    cfg = ModelConfig(vocab_size=50, max_seq_len=32, n_layer=1, n_head=2, d_model=16, output_bias=True)
+    model = CausalLM(cfg).eval()
+    with torch.no_grad():
+        model.output_bias.copy_(torch.randn(50) * 3)
+    prompt = [4, 8, 15, 16]
+    engine = Engine(model, slots=1, max_len=16)
+    events = engine.start([Request(prompt, 6, SamplingParams(temperature=0))])
+    while engine.active:
+        events += engine.step()
+    seq, plain = list(prompt), []
+    for e in events:
+        logits = full_forward_logits(model, seq)
+        assert e.token == int(logits.argmax())
+        if e.logprob is not None:
+            assert e.logprob == pytest.approx(float(torch.log_softmax(logits, -1)[e.token]), abs=1e-4)
+        plain.append(int((logits - model.output_bias).argmax()))
+        seq.append(e.token)
+    assert plain != [e.token for e in events]
+
+
 def test_the_engine_refuses_what_does_not_fit(lm):
     engine = Engine(lm, slots=1, max_len=10)
     with pytest.raises(RotaryError, match="more than the engine's 10"):

@@ -362,3 +362,52 @@ def test_compiled_training_matches_eager(train_recipe, tmp_path):
     assert sorted(a) == sorted(b) == [1, 2, 3]
     for step in a:  # inductor reorders float arithmetic: close, not bitwise
         assert abs(a[step] - b[step]) < 1e-4, (step, a[step], b[step])
+
+
+def test_output_bias_starts_at_the_training_unigram_and_a_resume_keeps_it(train_recipe, tmp_path, monkeypatch):
+    import numpy as np
+    import torch.nn.functional as F
+
+    from rotary.data.shards import open_shards
+    from rotary.model import CausalLM
+    from rotary.model.config import ModelConfig
+
+    model = {"preset": "tiny", "max_seq_len": 32, "output_bias": True}
+    common = dict(max_steps=6, checkpoint_interval=100, eval_interval=3, lr=1e-3, model=model)
+    full = train_recipe(output_dir=str(tmp_path / "full"), **common)
+    train(full)
+    assert "output_bias started at the log unigram" in (full.run_dir / "train.log").read_text()
+    _, shards = open_shards(full.run_dir / "data")
+    weights = ckpt.load_file(str(ckpt.latest_checkpoint(full.run_dir) / "model.safetensors"))
+    bias = weights["output_bias"]
+    counts = np.bincount(np.asarray(shards["train"]).astype(np.int64), minlength=len(bias))[: len(bias)]
+    unigram = torch.from_numpy(np.log((counts + 1.0) / (counts.sum() + len(bias)))).float()
+    # six AdamW steps at lr 1e-3 move it by < 0.01 from where it started; the unigram spans nats
+    assert (bias - unigram).abs().max() < 0.02 and unigram.max() - unigram.min() > 3
+
+    part = train_recipe(output_dir=str(tmp_path / "part"), **common)
+    train_interrupted_at(part, 4, monkeypatch)
+    train(part, resume=True)  # restarting the bias at the unigram here would change steps 5-6
+    assert losses(full.run_dir) == losses(part.run_dir)
+
+    net = CausalLM(ModelConfig.from_dict({**json.loads((ckpt.latest_checkpoint(full.run_dir) / "config.json")
+                                                       .read_text())["model"]}))
+    ckpt.load_weights(net, ckpt.latest_checkpoint(full.run_dir) / "model.safetensors")
+    x = torch.randint(0, net.config.vocab_size, (2, 9))
+    logits = net(x)
+    assert torch.allclose(logits, net.lm_head(net.backbone(x)) + net.output_bias, atol=1e-6)
+    fused = net(x[:, :-1], targets=x[:, 1:])  # the trainer's loss path carries the bias too
+    assert torch.allclose(fused, F.cross_entropy(net(x[:, :-1]).reshape(-1, len(bias)), x[:, 1:].reshape(-1)),
+                          atol=1e-5)
+
+
+def test_output_bias_is_refused_where_it_means_nothing():
+    from rotary.hf.llama import config_to_hf
+    from rotary.model import MaskedLM
+    from rotary.model.config import ModelConfig
+
+    cfg = ModelConfig(vocab_size=50, max_seq_len=16, n_layer=1, n_head=2, d_model=16, output_bias=True)
+    with pytest.raises(RotaryError, match="output_bias is for a causal LM"):
+        MaskedLM(cfg)
+    with pytest.raises(RotaryError, match="lm_head has no bias"):
+        config_to_hf(cfg)

@@ -265,6 +265,7 @@ def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
     require(cfg.embed_dim == cfg.d_model, fam,
             f"Llama has no embedding projection (embedding_size={cfg.embed_dim}, d_model={cfg.d_model})")
     require(not cfg.rotary_value, fam, "Llama does not rotate the values (rotary_value=True)")
+    require(not cfg.output_bias, fam, "Llama's lm_head has no bias (output_bias=True)")
     require(cfg.type_vocab_size == 0, fam,
             f"Llama has no token-type embeddings (type_vocab_size={cfg.type_vocab_size})")
     if cfg.dropout:

@@ -69,6 +69,10 @@ class ModelConfig:
         None, "a norm on the embeddings; None = post-LN models have one (BERT/RoFormer), pre-LN ones do not")
     scale_embeddings: bool = doc(False, "multiply token embeddings by sqrt(d_model) (the original Transformer)")
     logits_bias: bool = doc(False, "a bias on the output logits (Marian's final_logits_bias)")
+    output_bias: bool = doc(
+        False, "causal LM: a trained bias on the logits, which `rotary train` starts at the log unigram of the "
+        "training tokens, so the embeddings need not carry the unigram (copying forms far sooner: "
+        "experiments/passkey.py)")
     share_embeddings: bool = doc(True, "encoder-decoder: one token embedding for source and target")
     decoder_vocab_size: int | None = doc(
         None, "encoder-decoder with one vocabulary per side: the target's size (vocab_size is the source's); "

@@ -27,6 +27,7 @@ class RotaryModel(nn.Module):
     """What every head shares: the backbone, initialisation and accounting."""
 
     encoder_decoder = False  # Seq2SeqLM: a decoder with a vocabulary of its own is possible
+    has_output_bias = False  # CausalLM: a trained bias on the logits (config.output_bias)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -34,6 +35,8 @@ class RotaryModel(nn.Module):
         if config.decoder_vocab_size is not None and not self.encoder_decoder:
             raise RotaryError(f"decoder_vocab_size is for an encoder-decoder (task seq2seq), not a "
                               f"{type(self).__name__}: remove it")
+        if config.output_bias and not self.has_output_bias:
+            raise RotaryError(f"output_bias is for a causal LM, not a {type(self).__name__}: remove it")
         self.config = config
         self.backbone = Backbone(config)
 
@@ -145,6 +148,8 @@ class CausalLM(RotaryModel):
     where a window of T + 1 tokens yields T scored positions.
     """
 
+    has_output_bias = True
+
     def __init__(self, config: ModelConfig) -> None:
         if config.tie_embeddings and config.embed_dim != config.d_model:
             raise RotaryError(f"a causal LM cannot tie its output to embeddings of width {config.embed_dim} "
@@ -153,6 +158,8 @@ class CausalLM(RotaryModel):
         self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.backbone.embed_tokens.weight
+        # zeros until the trainer starts it at the data's log unigram (start_output_bias)
+        self.output_bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.output_bias else None
         self.init_weights()
 
     def forward(
@@ -179,11 +186,17 @@ class CausalLM(RotaryModel):
             # every position is usually scored: no selection, so no host sync or graph break
             h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
             if return_stats:
-                return cross_entropy_stats(h, self.lm_head.weight, None, targets)
-            return linear_cross_entropy(h, self.lm_head.weight, None, targets)
+                return cross_entropy_stats(h, self.lm_head.weight, self.output_bias, targets)
+            return linear_cross_entropy(h, self.lm_head.weight, self.output_bias, targets)
         if last_only:  # generation needs only the last position's logits
             h = h[:, -1:]
-        return self.lm_head(h)
+        return self.output_logits(h)
+
+    def output_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (..., d_model) -> logits (..., vocab): the output projection and
+        the trained bias if the model has one (generation's engine calls this too)."""
+        logits = self.lm_head(h)
+        return logits if self.output_bias is None else logits + self.output_bias
 
     def _output_projection_params(self) -> int:
         return self.lm_head.weight.numel() if self.config.tie_embeddings else 0

@@ -45,7 +45,13 @@ from rotary.train.evaluate import evaluate
 from rotary.train.logging import RunLogger, format_eta, plot_losses, truncate_metrics
 from rotary.train.metrics import LogWindow, measure_matmul_peak
 from rotary.train.schedule import lr_at, make_optimizer
-from rotary.train.setup import apply_init_from, check_run_dir, resolve_model_config, resume_checkpoint
+from rotary.train.setup import (
+    apply_init_from,
+    check_run_dir,
+    resolve_model_config,
+    resume_checkpoint,
+    start_output_bias,
+)
 from rotary.train.signals import StopRequest
 from rotary.train.state import full_state_dicts, gather_rng, load_optimizer_state, set_rng_state
 from rotary.train.step import train_step
@@ -93,6 +99,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         if start_weights is not None and latest is None:
             ckpt.load_weights(model, start_weights)
             notes.append(f"weights from {start_weights.parent} (init_from)")
+        if latest is None and (note := start_output_bias(model, getattr(data, "train_tokens", []))):
+            notes.append(note)  # a fresh run or an init_from one: this data's unigram; a resume keeps its own
         return fit(cfg, info, task, model, data, seq_len=seq_len, latest=latest, notes=notes)
     finally:
         if info.enabled:

@@ -155,3 +155,27 @@ def _check_shapes(cfg: TrainConfig, weights: Path) -> None:
             raise RotaryError(f"init_from {weights.parent} holds {name} of shape {stored[name]} but the recipe's "
                               f"model needs {tuple(tensor.shape)}: change only keys that keep the shapes "
                               "(rope_scaling, max_seq_len, dropout)")
+
+
+def start_output_bias(model: Any, tokens: Any, chunks: int = 64, chunk_tokens: int = 1 << 20) -> str | None:
+    """Start a causal LM's trained logits bias (``model.output_bias``) at the log unigram of
+    ``tokens`` (the training shard), add-one smoothed so that a token the shard lacks is not
+    -inf. A long shard is counted on ``chunks`` evenly spaced pieces. Returns a log line, or
+    None for a model without the bias."""
+    import numpy as np
+    import torch
+
+    bias = getattr(model, "output_bias", None)
+    if bias is None:
+        return None
+    vocab, n = bias.shape[0], len(tokens)
+    if n > chunks * chunk_tokens:
+        starts = np.linspace(0, n - chunk_tokens, chunks).astype(np.int64)
+        sample = np.concatenate([np.asarray(tokens[s:s + chunk_tokens]) for s in starts])
+    else:
+        sample = np.asarray(tokens)
+    counts = np.bincount(sample.astype(np.int64), minlength=vocab)[:vocab].astype(np.float64)
+    log_p = np.log((counts + 1.0) / (counts.sum() + vocab))
+    with torch.no_grad():
+        bias.copy_(torch.from_numpy(log_p).to(bias.dtype))
+    return f"output_bias started at the log unigram of {len(sample):,} training tokens"
