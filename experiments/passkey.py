@@ -12,14 +12,12 @@ retrieval is built from; (2) from those weights (``init_from``), a **mixture** o
 passages, copying documents and synthetic retrieval examples no longer than the training
 context L = 128 tokens (the key at a random depth).
 
-**No full result yet.** This design came out of a plain PyTorch loop (below) in which it
-retrieved 20 of 20 keys (prompts within L) 200 steps into stage 2. Run through
-``rotary train`` with the copying documents as text (this ``FULL``, rope, seed 1), its stage 1
-did not copy (loss 3.42 at 500 steps, 3.35 with a constant lr; about 3.4 is no copying) and it
-retrieved 2% at L. The loop's copying rows were bare keys between two separator tokens, with no
-end-of-text; that loop on the trainer's copying shards did not copy either, so the difference
-is in the copying data's framing, not luck (the loop's second seed also answered 20/20).
-Earlier designs, all 0% at L:
+Results: docs/results/passkey.md. The design came out of a plain PyTorch loop (below) in which
+it retrieved 20 of 20 keys (prompts within L) 200 steps into stage 2, for two seeds. The
+copying documents' framing matters: as sentences, one to a document ("The numbers are ...
+Again, the numbers are ..."), the same loop did not copy after 600 steps (3.44 nats, about
+no copying), and through ``rotary train`` that version retrieved 2% at L; as bare runs of keys,
+eight to a document (``copying_text``), it copies (3.4 nats at step 600, from 4.5). Earlier designs, all 0% at L:
 
 * 300 to 2,000 steps x 8-16 x 128 on mixtures of Shakespeare passages and 20,000 synthetic
   examples, five-digit keys (merged BPE chunks, then spelt digit by digit), with and without
@@ -81,10 +79,10 @@ QUESTION = "What is the pass key? The pass key is"
 KEYS = range(10, 100)  # two-digit keys: one BPE token each, since the tokenizer sees each ~700 times
 ANSWER_TOKENS = 4  # generated after the question: the key and its full stop, with room
 MODEL = {"preset": "llama-mini", "n_layer": 2, "d_model": 128, "n_head": 4, "n_kv_head": 2}
-FULL = {"copy_steps": 500, "copy_batch": 32, "copy_context": 64, "copies": 20000,
-        "max_steps": 500, "batch_size": 16, "context": 128, "eval_interval": 250, "eval_batches": 20,
+FULL = {"copy_steps": 600, "copy_batch": 32, "copy_context": 64, "copies": 4000,
+        "max_steps": 300, "batch_size": 16, "context": 128, "eval_interval": 250, "eval_batches": 20,
         "checkpoint_interval": 250, "vocab_size": 4096, "trials": 10, "synthetic": 20000, "passages": 2000,
-        "repeats": 6000, "passage_chars": 600}
+        "repeats": 2500, "passage_chars": 600}
 QUICK = {"copy_steps": 4, "copy_batch": 4, "copy_context": 32, "copies": 60,
          "max_steps": 6, "batch_size": 2, "context": 64, "eval_interval": 3, "eval_batches": 1,
          "checkpoint_interval": 6, "vocab_size": 400, "trials": 2, "synthetic": 60, "passage_chars": 300,
@@ -113,11 +111,17 @@ def retrieval_text(key: int, n_filler: int, depth: float) -> str:
     return " ".join(body) + " " + QUESTION
 
 
-def copying_text(rng: random.Random) -> str:
-    """Dense copying over the keys: every key of the second half repeats one of the first, so
-    each pays the induction heads (find the earlier occurrence, copy what followed it)."""
-    keys = " ".join(str(rng.choice(KEYS)) for _ in range(rng.randint(5, 25)))
-    return f"The numbers are {keys}. Again, the numbers are {keys}."
+def copying_text(rng: random.Random, segments: int = 8) -> str:
+    """Dense copying over the keys: ``segments`` runs of keys, each followed by " Again" and the
+    same keys, so every key of a second half pays the induction heads (find the earlier
+    occurrence, copy what followed it). Bare keys, many runs to a document: framed as sentences
+    ("The numbers are ... Again, the numbers are ..."), one to a document, the same copying did
+    not form at this budget."""
+    runs = []
+    for _ in range(segments):
+        keys = " ".join(str(rng.choice(KEYS)) for _ in range(rng.randint(5, 25)))
+        runs.append(f". {keys} Again {keys}")
+    return "".join(runs) + "."
 
 
 def write_jsonl(path: Path, texts: list[str]) -> Path:
@@ -170,7 +174,8 @@ def recipes(scheme: str, seed: int, runs_dir: Path, quick: bool) -> list[tuple[P
               "grad_clip": 1.0, "precision": "auto", "seed": seed, "eval_batches": b["eval_batches"],
               "keep_checkpoints": 1, "log_interval": 50, "progress": False, "tensorboard": False}
     copy_dir, run_dir = runs_dir / f"{scheme}-s{seed}-copying", runs_dir / f"{scheme}-s{seed}"
-    copying = {**common, "name": f"passkey-{scheme}-s{seed}-copying", "model": model,
+    # a constant rate while the induction heads form (they appear after ~400 steps in the loop)
+    copying = {**common, "min_lr": common["lr"], "name": f"passkey-{scheme}-s{seed}-copying", "model": model,
                "data": {"shards": str(copy_shards), "tokenizer": {"path": str(tok_dir)}},
                "seq_len": b["copy_context"], "batch_size": b["copy_batch"], "max_steps": b["copy_steps"],
                "eval_interval": b["copy_steps"], "checkpoint_interval": b["copy_steps"]}
