@@ -29,6 +29,9 @@ from rotary import CausalLM, ModelConfig
 from rotary.tasks import get_task
 from rotary.train.schedule import make_optimizer
 from rotary.train.step import train_step
+keep = getattr(__import__("rotary.device", fromlist=["device"]), "keep_freed_cpu_memory", None)
+if keep is not None:  # what the trainer of that tree does before training
+    keep()
 torch.manual_seed(0)
 model = CausalLM(ModelConfig(vocab_size=8192, max_seq_len=256, n_layer=6, n_head=6, n_kv_head=2, d_model=384,
                              d_ff=1024))

@@ -8,6 +8,9 @@ the optimizer, casts and the rest, and the FLOP-weighted bf16 GEMM peak at the s
 
     python bench/profile_step.py                      # fp32 and bf16, 3 profiled steps each
     python bench/profile_step.py --precision bf16 --rows 30 --optimizer muon
+    python bench/profile_step.py --precision bf16 --kernels-ab   # A/B: rotary.ops.inductor on vs off
+
+Like the trainer, it makes glibc keep freed memory first (``--default-malloc``: it does not).
 """
 
 from __future__ import annotations
@@ -136,6 +139,28 @@ def profile(args, precision: str) -> None:
               f"{100 * e.self_cpu_time_total / total:>5.1f}% {e.count / args.profiled:>10.0f}")
 
 
+def kernels_ab(args, precision: str, rounds: int = 5) -> None:
+    """Median step time with ``rotary.ops.inductor``'s kernels on and off, alternating rounds."""
+    from rotary.ops import inductor
+
+    step = step_fn(args, precision)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for on in (True, False):
+            inductor.enabled = on
+            step()  # the first step after a switch (and the kernels' compilation) is not timed
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                step()
+                times[on].append(time.perf_counter() - t0)
+    inductor.enabled = True
+    on, off = (statistics.median(times[k]) for k in (True, False))
+    tokens = args.batch * args.seq
+    print(f"\n== {precision}: kernels on {on * 1e3:.0f} ms/step ({tokens / on:,.0f} tok/s), "
+          f"off {off * 1e3:.0f} ms/step ({tokens / off:,.0f} tok/s): {off / on:.3f}x, "
+          f"medians of {rounds} x {args.steps} steps ==")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, default=6)
@@ -153,13 +178,25 @@ def main() -> None:
     p.add_argument("--profiled", type=int, default=3)
     p.add_argument("--rows", type=int, default=20)
     p.add_argument("--gemm-peak", action="store_true", help="also measure the FLOP-weighted bf16 GEMM peak")
+    p.add_argument("--no-kernels", action="store_true", help="switch off the compiled CPU kernels")
+    p.add_argument("--kernels-ab", action="store_true",
+                   help="instead of profiling, time steps with the compiled kernels on and off in alternating rounds")
+    p.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc as it is")
     args = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    from rotary.device import cpu_model
+    from rotary.device import cpu_model, keep_freed_cpu_memory
+    from rotary.ops import inductor
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_model()}")
+    kept = not args.default_malloc and keep_freed_cpu_memory()
+    inductor.enabled = inductor.enabled and not args.no_kernels
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_model()}; "
+          f"compiled CPU kernels {'available' if inductor.available else 'unavailable (no C++ compiler)'}"
+          f"{', off' if args.no_kernels else ''}; malloc {'keeps freed memory' if kept else 'default'}")
     for precision in (("fp32", "bf16") if args.precision == "both" else (args.precision,)):
-        profile(args, precision)
+        if args.kernels_ab:
+            kernels_ab(args, precision)
+        else:
+            profile(args, precision)
     if args.gemm_peak:
         from rotary import CausalLM  # noqa: F401  (the model's FLOPs per token below)
 

@@ -16,6 +16,11 @@ PyTorch's default (MKL). ``MKL_ENABLE_INSTRUCTIONS=AVX2`` makes an Intel machine
     python bench/train.py                      # the reference config: 6 layers, d=384, batch 8x256
     python bench/train.py --steps 5 --rounds 5 --precision bf16 --compile
     python bench/train.py --cpu-gemm onednn    # force rotary's GEMM backend (auto, blas, onednn)
+    python bench/train.py --precision bf16 --no-kernels   # without rotary.ops.inductor's kernels
+
+Like rotary's trainer, the run first makes glibc keep freed memory (``rotary.device.
+keep_freed_cpu_memory``); that is process-wide, so transformers gets it too (``--default-malloc``:
+neither does).
 """
 
 from __future__ import annotations
@@ -147,16 +152,25 @@ def main() -> None:
     p.add_argument("--only", choices=("llama", "roformer"), default=None)
     p.add_argument("--cpu-gemm", choices=("auto", "blas", "onednn"), default=None,
                    help="rotary's CPU GEMM backend (default: ROTARY_CPU_GEMM, else auto)")
+    p.add_argument("--no-kernels", action="store_true",
+                   help="switch off rotary's compiled CPU kernels (rotary.ops.inductor)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's malloc as it is (the trainer makes it keep freed memory)")
     args = p.parse_args()
-    from rotary.ops import gemm
+    from rotary.device import keep_freed_cpu_memory
+    from rotary.ops import gemm, inductor
 
     if args.cpu_gemm:
         gemm.set_cpu_gemm(args.cpu_gemm)
+    inductor.enabled = inductor.enabled and not args.no_kernels
+    kept = not args.default_malloc and keep_freed_cpu_memory()
 
     torch.manual_seed(0)
     peak = matmul_peak(torch.bfloat16 if args.precision == "bf16" else torch.float32)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, measured matmul peak "
-          f"{peak / 1e9:.0f} GFLOP/s ({args.precision}); rotary's CPU GEMM backend: {gemm.cpu_gemm()}")
+          f"{peak / 1e9:.0f} GFLOP/s ({args.precision}); rotary's CPU GEMM backend: {gemm.cpu_gemm()}; "
+          f"compiled CPU kernels {'on' if inductor.active() else 'off'}; "
+          f"malloc {'keeps freed memory (both libraries)' if kept else 'default'}")
     ratios = {}
     if args.only in (None, "llama"):
         a = Runner("rotary CausalLM", rotary_llama(args), args, hf=False)

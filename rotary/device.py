@@ -55,3 +55,31 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc refuses larger on 64-bit
+
+
+def keep_freed_cpu_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of giving it back to the kernel.
+
+    By default glibc serves blocks of 128 KB and more with a fresh ``mmap`` and unmaps them when
+    freed, so every step's activations (MBs each) are page-faulted in anew: the demo model's
+    bf16 step took ~20,000-27,000 minor page faults, and after this call ~500, 348 -> 328 ms
+    on 2 Xeon threads. The cost is that the process keeps its peak heap. PyTorch's CPU
+    allocator is plain malloc, so this is the setting Intel's guides get from jemalloc/tcmalloc
+    via LD_PRELOAD. Process-wide; True if it was applied (Linux with glibc), else False.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    # M_MMAP_THRESHOLD at its maximum: blocks up to 32 MB come from the heap; M_TRIM_THRESHOLD:
+    # the heap's free top is not returned until it exceeds 1 GB (mallopt takes a C int)
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+from rotary.ops import inductor
+
+# The processes tests start (CLI runs, DDP workers, studies) train a few steps each, where
+# compiling the CPU kernels (seconds per process) costs more than it saves: they run eager.
+# rotary.ops.inductor read the variable when imported above, so this process's own tests keep
+# the kernels; tests/test_cpu_kernels.py switches them on and off itself.
+os.environ[inductor.ENV] = "0"
 
 
 @pytest.fixture(scope="session")

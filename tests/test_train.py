@@ -158,6 +158,11 @@ def test_interrupted_then_resumed_run_is_bitwise_identical(train_recipe, task, c
 
         chosen, why = resolve("auto", torch.device("cpu"))
         assert f"| {chosen}" in log and why in log
+        if chosen == "bf16":  # the compiled CPU kernels ran, and resume stayed exact with them
+            from rotary.ops import inductor
+
+            assert f"(CPU kernels: {inductor.describe()})" in log
+            assert inductor.describe() == "compiled" or not inductor.available
     else:
         assert f"(CPU GEMM: {cpu_gemm})" in log
     a, b = losses(full.run_dir), losses(part.run_dir)

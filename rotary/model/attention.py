@@ -14,6 +14,7 @@ from torch import nn
 from rotary.errors import RotaryError
 from rotary.model.config import ModelConfig
 from rotary.model.rope import rotate
+from rotary.ops import training_attention
 from rotary.ops.gemm import Linear
 
 
@@ -259,6 +260,11 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)  # (B, KV, S, hd)
         mask = ctx.mask
+        dropout = self.dropout if self.training else 0.0
+        if mask is None and cache is None and dropout == 0.0 and training_attention.applies(q, k):
+            # bf16 training on the CPU: flash forward, compiled math backward
+            y = training_attention.attention(q, k, v, ctx.is_causal)  # (B, H, T, hd)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * hd))  # (B, T, d)
         if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)  # SDPA wants an additive mask in the scores' dtype (bf16 autocast)
         y = F.scaled_dot_product_attention(  # (B, H, T, hd)
@@ -266,7 +272,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
+            dropout_p=dropout,
             is_causal=ctx.is_causal,
             enable_gqa=self.n_kv_head != self.n_head,
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from rotary.labels import IGNORE_INDEX
-from rotary.ops import gemm
+from rotary.ops import gemm, inductor
 
 # Rows per chunk are chosen so one chunk's fp32 logits take about this many bytes. bf16/fp16
 # chunks are 4x larger: their GEMMs (AMX) need more rows to run fast, and each chunk's weight
@@ -44,6 +44,26 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     return hidden.dtype
 
 
+def _nll_and_grad(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                  bias_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One chunk's weighted loss sum, its gradient d loss / d logits already weighted (ignored
+    rows zero) in the logits' dtype, and with ``bias_grad`` the gradient's column sums in fp32.
+
+    What the eager loop below does in five passes over a (rows, vocab) fp32 tensor; compiled
+    (``rotary.ops.inductor``) it reads the bf16 logits twice and writes the gradient once
+    (bf16 demo step, 2 Xeon threads: 304 -> 298 ms).
+    """
+    x = logits.float()  # (n, V)
+    lse = x.logsumexp(-1, keepdim=True)  # (n, 1)
+    loss = ((lse - x.gather(1, targets[:, None])).squeeze(1) * weights).sum()
+    onehot = torch.arange(x.shape[1], device=x.device) == targets[:, None]  # (n, V)
+    grad = (torch.exp(x - lse) - onehot.to(x.dtype)) * weights[:, None]
+    return loss, grad.to(logits.dtype), grad.sum(0) if bias_grad else None
+
+
+_compiled_nll_and_grad = inductor.kernel(_nll_and_grad)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, chunk_rows, ignore_index):  # autograd API
@@ -70,9 +90,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
             low_precision_w = need_w and dtype != torch.float32
             grad_w_chunk = torch.empty_like(weight, dtype=dtype) if low_precision_w else None
             grad_w_wide = torch.empty_like(weight, dtype=torch.float32) if low_precision_w else None
+            # bf16/fp16 training: the compiled chunk kernel; its gradient comes weighted, so the
+            # GEMMs after it need no row scaling
+            fused = dtype != torch.float32 and (need_h or need_w or need_b) and inductor.active()
             for start in range(0, n, chunk_rows):
                 end = min(start + chunk_rows, n)
                 h_c, y_c, m_c = h[start:end], targets[start:end], weights[start:end]
+                if fused:
+                    loss_c, grad, grad_b_c = _compiled_nll_and_grad(gemm.linear(h_c, w, b), y_c, m_c, need_b)
+                    loss_sum += loss_c
+                    if need_b:
+                        grad_b += grad_b_c
+                    if need_h:
+                        grad_h[start:end] = gemm.matmul_nn(grad, w)
+                    if need_w:
+                        grad_w += grad_w_wide.copy_(torch.mm(grad.t(), h_c, out=grad_w_chunk))
+                    continue
                 rows = torch.arange(end - start, device=h_c.device)
                 logp = gemm.linear(h_c, w, b).float().log_softmax(-1)
                 loss_sum -= logp[rows, y_c] @ m_c

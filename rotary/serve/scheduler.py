@@ -234,9 +234,9 @@ class Scheduler:
         for tag in ticket.tags:
             job = self._running.pop(tag, None)
             if job is not None:
+                self.rows_cancelled += 1  # first: whoever sees the slot free also sees the count
                 if job.slot is not None:
                     self.engine.cancel(job.slot)
-                self.rows_cancelled += 1
 
     def _fail(self, jobs: list[_Job], err: BaseException) -> None:
         tags = {j.request.tag for j in jobs}

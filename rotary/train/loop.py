@@ -26,8 +26,9 @@ from torch import nn
 from rotary import __version__
 from rotary import checkpoint as ckpt
 from rotary.config import save_yaml, to_dict
+from rotary.device import keep_freed_cpu_memory
 from rotary.errors import RotaryError
-from rotary.ops import gemm
+from rotary.ops import gemm, inductor
 from rotary.precision import resolve as resolve_precision
 from rotary.tasks import Task, get_task
 from rotary.train.config import TrainConfig
@@ -178,6 +179,8 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
                 f"has {global_rows}: keep batch_size x processes x grad_accum_steps the same to resume"
             )
 
+    if info.device.type == "cpu":
+        keep_freed_cpu_memory()  # no page faults on every step's fresh activations
     model = wrap_model(raw_model, info, cfg.distributed)
     forward = torch.compile(model) if cfg.compile else model
     optimizer = make_optimizer(raw_model if cfg.distributed != "fsdp" else model, lr=cfg.lr,
@@ -225,6 +228,7 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
         f"x{info.world_size} | {tokens_per_step} tokens/step (batch {cfg.batch_size} x seq {seq_len} x "
         f"accum {accum} x {info.world_size} proc) | {precision}"
         + (f" (CPU GEMM: {gemm.cpu_gemm()})" if info.device.type == "cpu" and precision == "fp32" else "")
+        + (f" (CPU kernels: {inductor.describe()})" if info.device.type == "cpu" and precision == "bf16" else "")
         + (f" ({why})" if cfg.precision == "auto" else "")
     )
     if start_step >= cfg.max_steps:
