@@ -15,6 +15,7 @@ from rotary import CausalLM, MaskedLM, ModelConfig
 from rotary.device import keep_freed_cpu_memory
 from rotary.ops import inductor, training_attention
 from rotary.ops.fused_cross_entropy import linear_cross_entropy
+from rotary.ops.rms_norm import RMSNorm
 
 needs_compiler = pytest.mark.skipif(not inductor.available, reason="Inductor's CPU backend needs a C++ compiler")
 
@@ -139,6 +140,45 @@ def test_cross_entropy_kernel_matches_the_eager_chunks_and_fp32(with_bias, kerne
             assert rel(a, e) < 1e-2 and rel(a, r) < 2e-2
 
 
+@needs_compiler
+def test_a_pre_norm_rmsnorm_hands_bf16_on_with_the_eager_values_and_gradients(kernels):
+    g = torch.Generator().manual_seed(4)
+    norm = RMSNorm(48, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(48, generator=g))
+    x = torch.randn(3, 7, 48, generator=g).mul_(2.0)
+    # bf16-representable: in a model the gradient arriving from a bf16 linear layer is bf16
+    grad = torch.randn(3, 7, 48, generator=g).to(torch.bfloat16).float()
+    runs = {}
+    for feeds, on in ((False, False), (True, True)):
+        kernels(on)
+        norm.feeds_matmul = feeds
+        xi = x.clone().requires_grad_()
+        norm.weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = norm(xi)
+        y.float().backward(grad)
+        runs[feeds] = (y, xi.grad, norm.weight.grad.clone())
+    (y0, dx0, dw0), (y1, dx1, dw1) = runs[False], runs[True]
+    assert y0.dtype == torch.float32 and y1.dtype == torch.bfloat16  # the cast autocast would do, done here
+    torch.testing.assert_close(y1, y0.to(torch.bfloat16), rtol=0, atol=0.02)
+    assert dx1.dtype == torch.float32 and rel(dx1, dx0) < 1e-5 and rel(dw1, dw0) < 1e-5
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert norm(x).dtype == torch.float32  # inference keeps the plain path
+    norm.feeds_matmul = False  # a post-norm's output is the fp32 residual stream
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert norm(x.requires_grad_()).dtype == torch.float32
+
+
+def test_pre_norm_blocks_mark_their_norms_and_post_norm_blocks_do_not():
+    cfg = dict(vocab_size=32, max_seq_len=8, n_layer=1, n_head=2, d_model=16, d_ff=32)
+    pre = CausalLM(ModelConfig(**cfg)).backbone
+    post = CausalLM(ModelConfig(**cfg, pre_norm=False)).backbone
+    assert pre.layers[0].attn_norm.feeds_matmul and pre.layers[0].mlp_norm.feeds_matmul
+    assert not pre.final_norm.feeds_matmul  # its output goes to whatever head the model has
+    assert not post.layers[0].attn_norm.feeds_matmul and not post.layers[0].mlp_norm.feeds_matmul
+
+
 @pytest.mark.skipif(not keep_freed_cpu_memory(), reason="needs glibc's malloc")
 def test_freed_cpu_memory_is_reused_without_page_faults():
     def faults_per_alloc(n: int = 20) -> float:
@@ -148,8 +188,9 @@ def test_freed_cpu_memory_is_reused_without_page_faults():
             torch.empty(2 << 20).fill_(1.0)
         return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / n
 
-    # a fresh mmap of 8 MB faults in 2,048 pages; reused heap memory faults in none
-    assert faults_per_alloc() < 100
+    # a fresh mmap of 8 MB faults in 2,048 pages; reused heap memory in none (in a long-running
+    # test process with a fragmented heap, measured up to ~100)
+    assert faults_per_alloc() < 512
 
 
 def test_a_kernel_that_fails_to_compile_warns_once_and_runs_eager(monkeypatch):

@@ -76,6 +76,10 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(cfg)
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
+        if cfg.pre_norm:  # each norm's output only enters the next sublayer's projections
+            for norm in (self.attn_norm, self.cross_norm, self.mlp_norm):
+                if isinstance(norm, RMSNorm):
+                    norm.feeds_matmul = True
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         if self.pre_norm:  # GPT-2 / Llama
