@@ -9,6 +9,10 @@ the optimizer, casts and the rest, and the FLOP-weighted bf16 GEMM peak at the s
     python bench/profile_step.py                      # fp32 and bf16, 3 profiled steps each
     python bench/profile_step.py --precision bf16 --rows 30 --optimizer muon
     python bench/profile_step.py --precision bf16 --kernels-ab   # A/B: rotary.ops.inductor on vs off
+    python bench/profile_step.py --precision bf16 --compile-ab   # A/B: compiled blocks vs eager
+
+``--compile`` follows the trainer's ``compile`` (``auto``: the blocks compiled for bf16 where
+Inductor runs; ``none``; ``blocks``). ``--kernels-ab`` compares eager steps.
 
 Like the trainer, it makes glibc keep freed memory first (``--default-malloc``: it does not).
 """
@@ -48,12 +52,19 @@ def group_of(name: str) -> str:
     return "other"
 
 
-def step_fn(args, precision: str):
+def step_fn(args, precision: str, compile_mode: str | None = None):
+    from rotary.model.transformer import Block, compile_blocks
     from rotary.tasks import get_task
+    from rotary.train.compilation import resolve
     from rotary.train.schedule import make_optimizer
     from rotary.train.step import train_step
 
     model = build(args)
+    mode = compile_mode or args.compile
+    if resolve(False if mode == "none" else mode, torch.device("cpu"), precision, "ddp", 1)[0] == "blocks":
+        compile_blocks(model)
+    compiled = any(isinstance(m, Block) and m.compiled for m in model.modules())
+    print(f"  ({precision}: blocks {'compiled' if compiled else 'eager'})")
     opt = make_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8,
                          device=torch.device("cpu"), kind=args.optimizer)
     task = get_task("causal_lm")
@@ -139,11 +150,31 @@ def profile(args, precision: str) -> None:
               f"{100 * e.self_cpu_time_total / total:>5.1f}% {e.count / args.profiled:>10.0f}")
 
 
+def compile_ab(args, precision: str, rounds: int = 5) -> None:
+    """Median step time with the blocks compiled and eager, alternating rounds (two models of the
+    same initialisation)."""
+    steps = {"blocks": step_fn(args, precision, "blocks"), "none": step_fn(args, precision, "none")}
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(rounds):
+        for mode, step in steps.items():
+            step()  # the first step (and the compilation) is not timed
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                step()
+                times[mode].append(time.perf_counter() - t0)
+    on, off = (statistics.median(times[k]) for k in ("blocks", "none"))
+    tokens = args.batch * args.seq
+    print(f"\n== {precision}: blocks compiled {on * 1e3:.0f} ms/step ({tokens / on:,.0f} tok/s), "
+          f"eager {off * 1e3:.0f} ms/step ({tokens / off:,.0f} tok/s): {off / on:.3f}x, "
+          f"medians of {rounds} x {args.steps} steps ==")
+
+
 def kernels_ab(args, precision: str, rounds: int = 5) -> None:
-    """Median step time with ``rotary.ops.inductor``'s kernels on and off, alternating rounds."""
+    """Median step time with ``rotary.ops.inductor``'s kernels on and off, alternating rounds
+    (eager blocks: compiled ones would fuse the same work either way)."""
     from rotary.ops import inductor
 
-    step = step_fn(args, precision)
+    step = step_fn(args, precision, "none")
     times: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(rounds):
         for on in (True, False):
@@ -182,6 +213,10 @@ def main() -> None:
     p.add_argument("--kernels-ab", action="store_true",
                    help="instead of profiling, time steps with the compiled kernels on and off in alternating rounds")
     p.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc as it is")
+    p.add_argument("--compile", choices=("auto", "none", "blocks"), default="auto",
+                   help="the trainer's compile setting (auto: blocks compiled for bf16 where Inductor runs)")
+    p.add_argument("--compile-ab", action="store_true",
+                   help="instead of profiling, time steps with the blocks compiled and eager in alternating rounds")
     args = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     from rotary.device import cpu_model, keep_freed_cpu_memory
@@ -195,6 +230,8 @@ def main() -> None:
     for precision in (("fp32", "bf16") if args.precision == "both" else (args.precision,)):
         if args.kernels_ab:
             kernels_ab(args, precision)
+        elif args.compile_ab:
+            compile_ab(args, precision)
         else:
             profile(args, precision)
     if args.gemm_peak:

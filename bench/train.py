@@ -14,9 +14,15 @@ where MKL would not run its AVX-512 code, e.g. on AMD; see ``rotary.ops.gemm``);
 PyTorch's default (MKL). ``MKL_ENABLE_INSTRUCTIONS=AVX2`` makes an Intel machine behave like that.
 
     python bench/train.py                      # the reference config: 6 layers, d=384, batch 8x256
-    python bench/train.py --steps 5 --rounds 5 --precision bf16 --compile
+    python bench/train.py --steps 5 --rounds 5 --precision bf16 --compile model
     python bench/train.py --cpu-gemm onednn    # force rotary's GEMM backend (auto, blas, onednn)
     python bench/train.py --precision bf16 --no-kernels   # without rotary.ops.inductor's kernels
+
+``--compile``: ``auto`` (the default) runs each library's default training path: rotary's as
+its trainer's ``compile: auto`` picks it (``rotary.train.compilation``: its blocks compiled for
+bf16 on a CPU with Inductor, else eager), transformers eager, as its Trainer runs by default.
+``none``: both eager; ``model`` (a bare ``--compile``): both whole models compiled; ``blocks``:
+both compiled per block (rotary's Blocks; transformers' decoder / encoder layers).
 
 Like rotary's trainer, the run first makes glibc keep freed memory (``rotary.device.
 keep_freed_cpu_memory``); that is process-wide, so transformers gets it too (``--default-malloc``:
@@ -80,6 +86,9 @@ class Runner:
     """One model + optimiser + fixed batch; ``run(n)`` times n training steps."""
 
     def __init__(self, name: str, model: torch.nn.Module, args, hf: bool, mlm: bool = False) -> None:
+        from rotary.model.transformer import compile_blocks
+        from rotary.train.compilation import resolve
+
         self.name, self.hf = name, hf
         self.model = model.train()
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -89,7 +98,18 @@ class Runner:
         if mlm:  # BERT's 15% of positions carry a label; the rest are ignored (-100)
             self.y[torch.rand(self.y.shape, generator=g) >= 0.15] = -100
         self.precision = args.precision
-        self.fwd = torch.compile(model) if args.compile else model
+        mode = args.compile
+        if mode == "auto":  # each library's default: rotary's trainer decides, transformers runs eager
+            mode = "none" if hf else resolve("auto", torch.device("cpu"), args.precision, "ddp", 1)[0]
+        self.compiled = mode
+        self.fwd = torch.compile(model) if mode == "model" else model
+        if mode == "blocks":
+            if hf:
+                base = model.model if hasattr(model, "model") else model.roformer.encoder
+                for layer in (base.layers if hasattr(base, "layers") else base.layer):
+                    layer.compile()
+            else:
+                compile_blocks(model)
 
     def step(self) -> float:
         bf16 = self.precision == "bf16"
@@ -118,11 +138,11 @@ def compare(label: str, a: Runner, b: Runner, args, peak: float, flops_per_token
     for _ in range(args.rounds):
         for r in (a, b):
             res[r.name].append(r.run(args.steps))
-    print(f"\n{label}  (batch {args.batch} x {args.seq}, {args.precision}{', compiled' if args.compile else ''})")
-    for name, vals in res.items():
-        med = statistics.median(vals)
-        print(f"  {name:<28} {med:>8,.0f} tok/s  (min {min(vals):,.0f}, max {max(vals):,.0f})  "
-              f"MFU {100 * flops_per_token * med / peak:5.1f}%")
+    print(f"\n{label}  (batch {args.batch} x {args.seq}, {args.precision}, --compile {args.compile})")
+    for r in (a, b):
+        med = statistics.median(res[r.name])
+        print(f"  {r.name:<28} {med:>8,.0f} tok/s  (min {min(res[r.name]):,.0f}, max {max(res[r.name]):,.0f})  "
+              f"MFU {100 * flops_per_token * med / peak:5.1f}%  compiled: {r.compiled}")
     # Each round runs A then B back to back: their ratio cancels slow phases of a noisy machine
     # better than a ratio of medians does.
     paired = [x / y for x, y in zip(res[a.name], res[b.name])]
@@ -148,7 +168,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", nargs="?", const="model", default="auto", choices=("auto", "none", "model", "blocks"),
+                   help="auto: each library's default path (rotary's trainer decides; transformers eager); "
+                        "none, model or blocks: the same for both (bare --compile = model)")
     p.add_argument("--only", choices=("llama", "roformer"), default=None)
     p.add_argument("--cpu-gemm", choices=("auto", "blas", "onednn"), default=None,
                    help="rotary's CPU GEMM backend (default: ROTARY_CPU_GEMM, else auto)")

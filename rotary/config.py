@@ -58,6 +58,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 return _coerce(value, opt, where)
             except RotaryError as err:
                 errors.append(str(err))
+        words = [w for opt in options for w in (("true", "false") if opt is bool else
+                                                   get_args(opt) if get_origin(opt) is Literal else ())]
+        if len(errors) > 1 and all(opt is bool or get_origin(opt) is Literal for opt in options):
+            raise RotaryError(f"{where}: {value!r} is not one of {', '.join(map(str, words))}")
         raise RotaryError(errors[0] if errors else f"{where}: invalid value {value!r}")
     if origin is Literal:
         choices = get_args(annotation)

@@ -39,6 +39,9 @@ class Task:
     """What its evaluation reports (best_metric must be one of them)."""
     count_name: str = "tokens"
     """What its evaluation counts (tokens scored, or examples)."""
+    fixed_windows: bool = False
+    """Every training batch has one shape and no padding (fixed-length windows of a corpus), so a
+    compiled model builds one graph for the whole run (``compile: auto`` relies on it)."""
     help: str = ""
 
 
@@ -181,8 +184,10 @@ _MODEL_CLASS = {"causal_lm": "CausalLM", "masked_lm": "MaskedLM", "classificatio
                 "seq2seq": "Seq2SeqLM"}
 
 register_task(Task("causal_lm", _causal_lm, causal=True, metrics=_causal_metrics, make_data=_lm_data,
+                   fixed_windows=True,
                    metric_names=("loss", "perplexity", "bits_per_byte"), help="next-token prediction (decoder)"))
 register_task(Task("masked_lm", _masked_lm, causal=False, metrics=_accuracy_metrics, make_data=_lm_data,
+                   fixed_windows=True,
                    metric_names=("loss", "perplexity", "accuracy"), help="masked-token prediction (encoder, RoFormer)"))
 register_task(Task("seq2seq", _seq2seq, causal=False, metrics=_accuracy_metrics, make_data=_seq2seq_data,
                    inputs=_seq2seq_inputs, metric_names=("loss", "perplexity", "accuracy"),

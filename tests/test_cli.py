@@ -130,6 +130,8 @@ def test_train_help_lists_every_recipe_key_with_type_default_and_doc():
     (["--max-steps", "3", "r.yaml"], "r.yaml", {"max_steps": 3}),
     (["--compile", "r.yaml", "--lr=0.001"], "r.yaml", {"compile": True, "lr": 0.001}),
     (["--compile", "false", "r.yaml"], "r.yaml", {"compile": False}),
+    (["--compile", "blocks", "r.yaml"], "r.yaml", {"compile": "blocks"}),  # a choice besides true/false
+    (["r.yaml", "--compile"], "r.yaml", {"compile": True}),
 ])
 def test_train_finds_the_recipe_among_overrides_in_both_spellings(argv, recipe, overrides):
     from rotary.commands.train import split_recipe

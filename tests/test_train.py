@@ -163,6 +163,8 @@ def test_interrupted_then_resumed_run_is_bitwise_identical(train_recipe, task, c
 
             assert f"(CPU kernels: {inductor.describe()})" in log
             assert inductor.describe() == "compiled" or not inductor.available
+            if inductor.active():  # ... and so did the compiled blocks (compile: auto)
+                assert "| compile: blocks (auto: bf16 on the CPU)" in log
     else:
         assert f"(CPU GEMM: {cpu_gemm})" in log
     a, b = losses(full.run_dir), losses(part.run_dir)

@@ -44,14 +44,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def split_recipe(extra: list[str]) -> tuple[str | None, list[str]]:
     """The recipe argument and the ``--key value`` overrides among the arguments argparse left.
 
-    A word is a key's value when it follows ``--key`` (without ``=``), except after a boolean
-    key (``--compile recipe.yaml``) unless it spells a boolean; any other word is the recipe.
+    A word is a key's value when it follows ``--key`` (without ``=``), except after a key that
+    may be a bare boolean flag (``--compile recipe.yaml``) unless it spells a boolean or another
+    of that key's choices (``--compile blocks``); any other word is the recipe.
     """
     from rotary.errors import RotaryError
     from rotary.train.config import recipe_keys
 
-    booleans = {key for key, type_name, _, _ in recipe_keys() if type_name == "bool"}
     bool_words = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+    # key -> the words that are its value: booleans, and the choices of a bool | Literal key
+    booleans = {key: bool_words | (set(type_name.split("|")) - {"bool"})
+                for key, type_name, _, _ in recipe_keys() if "bool" in type_name.split("|")}
     recipe, overrides, i = None, [], 0
     while i < len(extra):
         item = extra[i]
@@ -59,7 +62,7 @@ def split_recipe(extra: list[str]) -> tuple[str | None, list[str]]:
             overrides.append(item)
             key = item[2:].replace("-", "_")
             takes_value = "=" not in item and i + 1 < len(extra) and not extra[i + 1].startswith("--")
-            if takes_value and key in booleans and extra[i + 1].lower() not in bool_words:
+            if takes_value and key in booleans and extra[i + 1].lower() not in booleans[key]:
                 takes_value = False
             if takes_value:
                 overrides.append(extra[i + 1])

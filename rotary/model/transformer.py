@@ -23,6 +23,7 @@ from rotary.model.config import ModelConfig
 from rotary.model.linear_attention import LinearAttention
 from rotary.model.positions import make_absolute_positions
 from rotary.model.rope import RotaryEmbedding, rope_factors
+from rotary.ops import inductor
 from rotary.ops.gemm import Linear
 from rotary.ops.rms_norm import RMSNorm
 
@@ -81,7 +82,15 @@ class Block(nn.Module):
                 if isinstance(norm, RMSNorm):
                     norm.feeds_matmul = True
 
+    # Set by compile_blocks: training passes (grad enabled, no cache) run the compiled forward.
+    compiled = False
+
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        if self.compiled and torch.is_grad_enabled() and ctx.kv_cache is None and ctx.cross_kv is None:
+            return _compiled_block_forward(self, x, ctx)
+        return self.eager_forward(x, ctx)
+
+    def eager_forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         if self.pre_norm:  # GPT-2 / Llama
             x = x + self.drop(self.attn(self.attn_norm(x), ctx))
             if self.cross_attn is not None:
@@ -92,6 +101,22 @@ class Block(nn.Module):
         if self.cross_attn is not None:
             x = self.cross_norm(x + self.drop(self.cross_attn(x, ctx)))
         return self.mlp_norm(x + self.drop(self.mlp(x)))
+
+
+# One compiled function for every block: blocks of one model share its graph (their weights are
+# its inputs), so a model compiles once, not once per layer.
+_compiled_block_forward = inductor.kernel(Block.eager_forward)
+
+
+def compile_blocks(model: nn.Module) -> int:
+    """Regional compilation: every :class:`Block` of ``model`` runs its training passes through
+    Inductor (the elementwise work between the GEMMs, forward and backward, fused), the rest of
+    the model stays eager. Evaluation and generation (no grad, or a KV cache) keep the eager
+    forward. Returns the number of blocks."""
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for block in blocks:
+        block.compiled = True
+    return len(blocks)
 
 
 class Backbone(nn.Module):

@@ -50,15 +50,22 @@ def _nll_and_grad(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Te
     rows zero) in the logits' dtype, and with ``bias_grad`` the gradient's column sums in fp32.
 
     What the eager loop below does in five passes over a (rows, vocab) fp32 tensor; compiled
-    (``rotary.ops.inductor``) it reads the bf16 logits twice and writes the gradient once
-    (bf16 demo step, 2 Xeon threads: 304 -> 298 ms).
+    (``rotary.ops.inductor``) it reads the bf16 logits three times and writes the gradient once
+    (bf16 demo step, 2 Xeon threads: 304 -> 298 ms). The target's entry, p_y - 1, is computed
+    from the gathered logit and written afterwards: a one-hot over the vocabulary would compare
+    a column index with the target at every element (a 512 x 8192 chunk, 2 Xeon threads:
+    3.6 -> 2.5 ms; with the bias gradient 6.2 -> 3.5 ms; the same gradient, bit for bit).
     """
     x = logits.float()  # (n, V)
     lse = x.logsumexp(-1, keepdim=True)  # (n, 1)
-    loss = ((lse - x.gather(1, targets[:, None])).squeeze(1) * weights).sum()
-    onehot = torch.arange(x.shape[1], device=x.device) == targets[:, None]  # (n, V)
-    grad = (torch.exp(x - lse) - onehot.to(x.dtype)) * weights[:, None]
-    return loss, grad.to(logits.dtype), grad.sum(0) if bias_grad else None
+    picked = x.gather(1, targets[:, None])  # (n, 1)
+    loss = ((lse - picked).squeeze(1) * weights).sum()
+    w = weights[:, None]
+    grad = (torch.exp(x - lse) * w).to(logits.dtype)
+    grad = grad.scatter(1, targets[:, None], ((torch.exp(picked - lse) - 1.0) * w).to(logits.dtype))
+    if not bias_grad:
+        return loss, grad, None
+    return loss, grad, (torch.exp(x - lse) * w).sum(0).index_add(0, targets, -weights)
 
 
 _compiled_nll_and_grad = inductor.kernel(_nll_and_grad)

@@ -134,7 +134,10 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = doc(
         "fp32", "fp32, bf16 autocast, fp16 autocast with GradScaler (CUDA), or auto: bf16 on CPUs with "
         "AMX/AVX512-BF16 and GPUs with bf16, else fp32 (rotary.precision)")
-    compile: bool = doc(False, "torch.compile the model")
+    compile: bool | Literal["blocks", "auto"] = doc(
+        "auto", "torch.compile: true = the whole model, blocks = each transformer block (one shared graph, "
+        "compiled in seconds), auto = blocks for bf16 training on a CPU where Inductor can build its C++ "
+        "kernels, else none; false = eager (rotary.train.compilation)")
     device: str = doc("auto", "auto (cuda > mps > cpu), or cpu / cuda / cuda:N / mps")
     threads: int | None = doc(None, "CPU threads for torch (default: torch's choice)")
     seed: int = doc(1337, "seed for initialisation, data order and dropout")

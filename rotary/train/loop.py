@@ -28,9 +28,11 @@ from rotary import checkpoint as ckpt
 from rotary.config import save_yaml, to_dict
 from rotary.device import keep_freed_cpu_memory
 from rotary.errors import RotaryError
+from rotary.model.transformer import compile_blocks
 from rotary.ops import gemm, inductor
 from rotary.precision import resolve as resolve_precision
 from rotary.tasks import Task, get_task
+from rotary.train.compilation import resolve as resolve_compile
 from rotary.train.config import TrainConfig
 from rotary.train.distributed import (
     DistInfo,
@@ -182,12 +184,16 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
     if info.device.type == "cpu":
         keep_freed_cpu_memory()  # no page faults on every step's fresh activations
     model = wrap_model(raw_model, info, cfg.distributed)
-    forward = torch.compile(model) if cfg.compile else model
+    precision, why = resolve_precision(cfg.precision, info.device)
+    compiled, compile_why = resolve_compile(cfg.compile, info.device, precision, cfg.distributed,
+                                            info.world_size, task.fixed_windows)
+    forward = torch.compile(model) if compiled == "model" else model
+    if compiled == "blocks":
+        compile_blocks(raw_model)
     optimizer = make_optimizer(raw_model if cfg.distributed != "fsdp" else model, lr=cfg.lr,
                                weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
                                eps=cfg.eps, device=info.device, kind=cfg.optimizer,
                                muon_momentum=cfg.muon_momentum)
-    precision, why = resolve_precision(cfg.precision, info.device)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     if latest is not None:
         state = ckpt.load_training_state(latest / "training_state.pt")
@@ -230,6 +236,7 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
         + (f" (CPU GEMM: {gemm.cpu_gemm()})" if info.device.type == "cpu" and precision == "fp32" else "")
         + (f" (CPU kernels: {inductor.describe()})" if info.device.type == "cpu" and precision == "bf16" else "")
         + (f" ({why})" if cfg.precision == "auto" else "")
+        + f" | compile: {compiled}" + (f" ({compile_why})" if cfg.compile == "auto" else "")
     )
     if start_step >= cfg.max_steps:
         result.stopped = "resumed_finished"

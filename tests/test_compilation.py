@@ -1,0 +1,93 @@
+"""``compile``: regional compilation of the transformer blocks (``rotary.model.transformer.
+compile_blocks``) and the trainer's ``auto`` choice (``rotary.train.compilation``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rotary import CausalLM, MaskedLM, ModelConfig
+from rotary.errors import RotaryError
+from rotary.model import transformer
+from rotary.ops import inductor
+from rotary.tasks import TASKS
+from rotary.train.compilation import resolve
+from rotary.train.config import TrainConfig
+
+CPU = torch.device("cpu")
+
+
+def test_auto_compiles_the_blocks_only_for_bf16_cpu_training_with_inductor(monkeypatch):
+    monkeypatch.setattr(inductor, "available", True)
+    monkeypatch.setattr(inductor, "enabled", True)
+    monkeypatch.setattr(inductor, "failed", None)
+    assert resolve("auto", CPU, "bf16", "ddp", 1)[0] == "blocks"
+    assert resolve("auto", CPU, "bf16", "ddp", 4)[0] == "blocks"  # DDP: each rank compiles its blocks
+    assert resolve("auto", CPU, "bf16", "fsdp", 2) == ("none", "auto: not under FSDP")
+    assert resolve("auto", CPU, "fp32", "ddp", 1)[0] == "none"  # fp32 runs gain less than they pay
+    # padded batches of varying shape (translation, classification) would recompile
+    assert [name for name, task in TASKS.items() if task.fixed_windows] == ["causal_lm", "masked_lm"]
+    assert resolve("auto", CPU, "bf16", "ddp", 1, fixed_windows=False)[0] == "none"
+    assert resolve("auto", torch.device("cuda"), "bf16", "ddp", 1)[0] == "none"
+    assert resolve(True, CPU, "fp32", "ddp", 1) == ("model", "set by the recipe")
+    assert resolve(False, CPU, "bf16", "ddp", 1)[0] == "none"
+    assert resolve("blocks", torch.device("cuda"), "fp32", "fsdp", 2)[0] == "blocks"  # asked for: done
+    monkeypatch.setattr(inductor, "enabled", False)  # ROTARY_INDUCTOR_KERNELS=0
+    what, why = resolve("auto", CPU, "bf16", "ddp", 1)
+    assert what == "none" and inductor.ENV in why
+    monkeypatch.setattr(inductor, "available", False)  # no C++ compiler
+    assert "no C++ compiler" in resolve("auto", CPU, "bf16", "ddp", 1)[1]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def _loss_and_grads(model, x):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x, labels=x)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.skipif(not inductor.available, reason="Inductor's CPU backend needs a C++ compiler")
+@pytest.mark.parametrize("kind", ["causal", "masked"])
+def test_compiled_blocks_train_like_eager_blocks_and_only_in_training(kind, monkeypatch):
+    calls = {"n": 0}
+    real = transformer._compiled_block_forward
+
+    def counted(*args):
+        calls["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(transformer, "_compiled_block_forward", counted)
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=96, max_seq_len=32, n_layer=2, n_head=4, d_model=32, d_ff=64)
+    if kind == "causal":
+        model = CausalLM(ModelConfig(**cfg, n_kv_head=2))
+    else:  # post-norm RoFormer: LayerNorm, GELU, no causal mask
+        model = MaskedLM(ModelConfig(**cfg, causal=False, pre_norm=False, norm="layernorm", mlp="gelu"))
+    x = torch.randint(0, 96, (3, 32), generator=torch.Generator().manual_seed(1))
+    loss_eager, eager = _loss_and_grads(model, x)
+    assert calls["n"] == 0
+    assert transformer.compile_blocks(model) == 2
+    loss_compiled, compiled = _loss_and_grads(model, x)
+    assert calls["n"] == 2  # each block's training pass went through the compiled forward
+    assert abs(loss_compiled - loss_eager) < 1e-2 * abs(loss_eager)
+    for name in eager:  # bf16 rounding differs (fused ops round once): ~0.5%; a lost term is O(1)
+        assert rel(compiled[name], eager[name]) < 2e-2, name
+    model.eval()
+    with torch.no_grad():  # evaluation and generation stay eager: no graph for them to compile
+        model(x)
+    assert calls["n"] == 2
+
+
+@pytest.mark.parametrize("value, expected", [("blocks", "blocks"), ("auto", "auto"), ("true", True), (False, False)])
+def test_the_compile_key_takes_booleans_and_its_modes(value, expected):
+    assert TrainConfig.from_dict({"compile": value}).compile == expected
+
+
+def test_a_wrong_compile_mode_names_every_choice():
+    with pytest.raises(RotaryError, match="recipe.compile: 'blox' is not one of true, false, blocks, auto"):
+        TrainConfig.from_dict({"compile": "blox"})
