@@ -4,7 +4,8 @@ Checks a commit out into a temporary worktree and times the trainer's own step
 (``rotary.train.step.train_step`` with ``make_optimizer``'s fused AdamW, grad clip 1.0) on the
 demo model (6 layers, d=384, GQA 6/2, vocab 8,192, batch 8 x 256) from both source trees, in
 alternating rounds (A B A B ...) so machine drift hits both alike; prints each side's median
-tok/s and the ratio. Used for "fp32 does not regress".
+tok/s and the ratio. Used for "fp32 does not regress". Where a tree's trainer compiles the
+blocks by default (``compile: auto``, ``rotary.train.compilation``), its side does too.
 
     python bench/ab.py 4c95a6b                    # that commit (A) vs the working tree (B), fp32
     python bench/ab.py 4c95a6b --precision bf16
@@ -35,6 +36,13 @@ if keep is not None:  # what the trainer of that tree does before training
 torch.manual_seed(0)
 model = CausalLM(ModelConfig(vocab_size=8192, max_seq_len=256, n_layer=6, n_head=6, n_kv_head=2, d_model=384,
                              d_ff=1024))
+try:  # what the trainer of that tree does with compile: auto, where it has that setting
+    from rotary.model.transformer import compile_blocks
+    from rotary.train.compilation import resolve
+    if resolve("auto", torch.device("cpu"), "{precision}", "ddp", 1)[0] == "blocks":
+        compile_blocks(model)
+except ImportError:
+    pass
 opt = make_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, device=torch.device("cpu"))
 x = torch.randint(0, 8192, (8, 257), generator=torch.Generator().manual_seed(0))
 batch = (x[:, :-1], x[:, 1:])
