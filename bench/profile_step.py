@@ -86,9 +86,11 @@ def step_fn(args, precision: str, compile_mode: str | None = None):
     return step
 
 
-def gemm_shapes(args) -> list[tuple[int, int, int, int]]:
-    """(m, k, n, count) of every GEMM in one forward + backward step: each linear y = x W^T of
-    (m, k) x (k, n) costs three GEMMs of the same FLOPs (forward, grad input, grad weight)."""
+def gemm_shapes(args) -> list[tuple[int, int, int, int, bool]]:
+    """(m, k, n, count, transposed) of every GEMM in one forward + backward step: each linear
+    y = x W^T of (m, k) x (k, n) costs three GEMMs of the same FLOPs (forward, grad input, grad
+    weight). ``transposed``: the left operand is a transposed view in the step (the weight
+    gradient dy^T x, whose rows are the batch's columns)."""
     m = args.batch * args.seq
     hd = args.d_model // args.heads
     qkv = (args.heads + 2 * args.kv_heads) * hd
@@ -96,17 +98,21 @@ def gemm_shapes(args) -> list[tuple[int, int, int, int]]:
                  (m, args.d_ff, args.d_model)]
     shapes = []
     for mm, k, n in per_layer:
-        shapes += [(mm, k, n, args.layers), (mm, n, k, args.layers), (k, mm, n, args.layers)]
+        shapes += [(mm, k, n, args.layers, False), (mm, n, k, args.layers, False), (k, mm, n, args.layers, True)]
     v = args.vocab
-    shapes += [(m, args.d_model, v, 1), (m, v, args.d_model, 1), (args.d_model, m, v, 1)]  # the head
+    shapes += [(m, args.d_model, v, 1, False), (m, v, args.d_model, 1, False), (args.d_model, m, v, 1, True)]  # head
     return shapes
 
 
-def gemm_peak(args, dtype=torch.bfloat16) -> float:
-    """FLOP-weighted peak: total GEMM FLOPs of a step / time to run those GEMMs alone."""
+def gemm_peak(args, dtype=torch.bfloat16, step_layouts: bool = False) -> float:
+    """FLOP-weighted peak: total GEMM FLOPs of a step / time to run those GEMMs alone, every
+    operand row-major (the goal's denominator), or with ``step_layouts`` the weight gradients'
+    left operand transposed as in the step (on 2 Xeon cores oneDNN runs that layout at about
+    half the rate, and a transposed bf16 copy costs more than it saves)."""
     total_flops, total_s = 0.0, 0.0
-    for m, k, n, count in gemm_shapes(args):
-        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for m, k, n, count, transposed in gemm_shapes(args):
+        a = torch.randn(k, m, dtype=dtype).t() if step_layouts and transposed else torch.randn(m, k, dtype=dtype)
+        b = torch.randn(k, n, dtype=dtype)
         for _ in range(2):
             a @ b
         reps, t0 = 0, time.perf_counter()
@@ -242,6 +248,9 @@ def main() -> None:
         print(f"\nbf16 GEMM peak at this step's shapes (FLOP-weighted): {peak / 1e9:,.0f} GFLOP/s; "
               f"the model needs {flops / 1e6:.1f} MFLOP/token, so 40% of it is "
               f"{0.4 * peak / flops:,.0f} tok/s")
+        in_place = gemm_peak(args, step_layouts=True)
+        print(f"the same GEMMs with the weight gradients' operand transposed as in the step: "
+              f"{in_place / 1e9:,.0f} GFLOP/s ({100 * in_place / peak:.0f}% of it)")
 
 
 if __name__ == "__main__":
