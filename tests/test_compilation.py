@@ -8,13 +8,13 @@ import copy
 import pytest
 import torch
 
-from rotary import CausalLM, MaskedLM, ModelConfig
 from rotary.errors import RotaryError
 from rotary.model import transformer
 from rotary.ops import inductor
 from rotary.tasks import TASKS
 from rotary.train.compilation import resolve
 from rotary.train.config import TrainConfig
+from tests.kernel_support import count_calls, tiny_lm
 
 CPU = torch.device("cpu")
 
@@ -56,20 +56,9 @@ def _loss_and_grads(model, x, autocast: bool = True):
 @pytest.mark.skipif(not inductor.available, reason="Inductor's CPU backend needs a C++ compiler")
 @pytest.mark.parametrize("kind", ["causal", "masked"])
 def test_compiled_blocks_train_as_exactly_as_eager_blocks_and_only_in_training(kind, monkeypatch):
-    calls = {"n": 0}
-    real = transformer._compiled_block_forward
-
-    def counted(*args):
-        calls["n"] += 1
-        return real(*args)
-
-    monkeypatch.setattr(transformer, "_compiled_block_forward", counted)
+    calls = count_calls(monkeypatch, transformer, "_compiled_block_forward")
     torch.manual_seed(0)
-    cfg = dict(vocab_size=96, max_seq_len=64, n_layer=2, n_head=4, d_model=64, d_ff=128)
-    if kind == "causal":
-        model = CausalLM(ModelConfig(**cfg, n_kv_head=2))
-    else:  # post-norm RoFormer: LayerNorm, GELU, no causal mask
-        model = MaskedLM(ModelConfig(**cfg, causal=False, pre_norm=False, norm="layernorm", mlp="gelu"))
+    model = tiny_lm(kind, vocab_size=96, max_seq_len=64, d_model=64, d_ff=128)
     x = torch.randint(0, 96, (4, 64), generator=torch.Generator().manual_seed(1))
     _, exact = _loss_and_grads(copy.deepcopy(model).double(), x, autocast=False)
     loss_eager, eager = _loss_and_grads(model, x)

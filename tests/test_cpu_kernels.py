@@ -11,11 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rotary import CausalLM, MaskedLM, ModelConfig
+from rotary import CausalLM, ModelConfig
 from rotary.device import keep_freed_cpu_memory
 from rotary.ops import inductor, training_attention
 from rotary.ops.fused_cross_entropy import linear_cross_entropy
 from rotary.ops.rms_norm import RMSNorm
+from tests.kernel_support import count_calls, tiny_lm
 
 needs_compiler = pytest.mark.skipif(not inductor.available, reason="Inductor's CPU backend needs a C++ compiler")
 
@@ -85,20 +86,9 @@ def _grads(model, x, on, kernels, calls):
 @needs_compiler
 @pytest.mark.parametrize("kind", ["causal", "masked"])
 def test_models_train_the_same_with_and_without_the_kernels(kind, kernels, monkeypatch):
-    calls = {"n": 0}
-    real = training_attention.attention
-
-    def counted(*args):
-        calls["n"] += 1
-        return real(*args)
-
-    monkeypatch.setattr(training_attention, "attention", counted)
+    calls = count_calls(monkeypatch, training_attention, "attention")
     torch.manual_seed(0)
-    cfg = dict(vocab_size=96, max_seq_len=32, n_layer=2, n_head=4, d_model=32, d_ff=64)
-    if kind == "causal":
-        model = CausalLM(ModelConfig(**cfg, n_kv_head=2))
-    else:
-        model = MaskedLM(ModelConfig(**cfg, causal=False, pre_norm=False, norm="layernorm", mlp="gelu"))
+    model = tiny_lm(kind, vocab_size=96, max_seq_len=32, d_model=32, d_ff=64)
     x = torch.randint(0, 96, (3, 32), generator=torch.Generator().manual_seed(1))
     loss_eager, eager, used_eager = _grads(model, x, False, kernels, calls)
     loss_kernel, kernel, used_kernel = _grads(model, x, True, kernels, calls)
