@@ -23,8 +23,6 @@ import torch
 
 from rotary.ops import inductor
 
-MODES = (False, True, "blocks", "auto")
-
 
 def resolve(mode: bool | str, device: torch.device, precision: str, distributed: str, world_size: int,
             fixed_windows: bool = True) -> tuple[str, str]:
