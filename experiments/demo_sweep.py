@@ -88,6 +88,12 @@ ROWS: dict[str, dict[str, Any]] = {
     "4L256-v2048": {"precision": "bf16", "optimizer": "adamw", "max_steps": 960,
                     "data.tokenizer.vocab_size": 2048, "model.n_layer": 4, "model.d_model": 256,
                     "model.n_head": 4},
+    # the winner's budget once the compiled blocks halved its training time (compile: auto)
+    **{f"4L256-v4096-lr2e-3-{steps}": {"precision": "bf16", "optimizer": "adamw", "max_steps": steps, "lr": 2.0e-3,
+                                       "data.tokenizer.vocab_size": 4096, "model.n_layer": 4, "model.d_model": 256,
+                                       "model.n_head": 4, "eval_interval": steps // 8,
+                                       "checkpoint_interval": steps // 4}
+       for steps in (880, 1320, 1760)},
 }
 QUICK = {"max_steps": 4, "eval_interval": 2, "checkpoint_interval": 4, "eval_batches": 1, "batch_size": 2,
          "seq_len": 32, "data.max_documents": 6, "data.tokenizer.vocab_size": 300,
