@@ -39,7 +39,7 @@ def kernels(monkeypatch):
 def test_attention_matches_fp64_sdpa_values_and_gradients(causal, heads, kv_heads, kernels):
     kernels(True)
     g = torch.Generator().manual_seed(0)
-    B, T, hd = 2, 40, 16
+    B, T, hd = 2, 100, 16  # causal: 3 query tiles of 33, 33 and 34 rows
     q = torch.randn(B, heads, T, hd, generator=g, dtype=torch.float64)
     k, v = (torch.randn(B, kv_heads, T, hd, generator=g, dtype=torch.float64) for _ in range(2))
     grad = torch.randn(B, heads, T, hd, generator=g, dtype=torch.float64)
@@ -53,6 +53,15 @@ def test_attention_matches_fp64_sdpa_values_and_gradients(causal, heads, kv_head
     assert out.dtype == torch.bfloat16 and rel(out, ref_out) < 1e-2
     for m, r in zip(mine, ref):  # bf16 inputs and outputs: ~0.5% error; a wrong term would be O(1)
         assert m.grad.shape == r.shape and rel(m.grad, r.grad) < 2e-2
+
+
+def test_causal_query_tiles_cover_every_row_once_and_see_only_earlier_keys():
+    for T in (1, 31, 100, 256, 4096):
+        tiles = training_attention.query_tiles(T, causal=True)
+        assert [lo for lo, _, _ in tiles] == [0] + [hi for _, hi, _ in tiles[:-1]] and tiles[-1][1] == T
+        assert all(keys == hi for _, hi, keys in tiles) and len(tiles) <= training_attention.MAX_TILES
+    assert len(training_attention.query_tiles(256, causal=True)) == 8  # the demo's T: 32-row tiles
+    assert training_attention.query_tiles(256, causal=False) == [(0, 256, 256)]  # nothing hidden to skip
 
 
 @needs_compiler

@@ -262,7 +262,7 @@ class Attention(nn.Module):
         mask = ctx.mask
         dropout = self.dropout if self.training else 0.0
         if mask is None and cache is None and dropout == 0.0 and training_attention.applies(q, k):
-            # bf16 training on the CPU: flash forward, compiled math backward
+            # bf16 training on the CPU: compiled math attention in causal query tiles
             y = training_attention.attention(q, k, v, ctx.is_causal)  # (B, H, T, hd)
             return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * hd))  # (B, T, d)
         if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
