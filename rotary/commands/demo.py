@@ -9,7 +9,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
         help="train a RoPE LM on Shakespeare end to end, evaluate against xz/gzip, sample",
-        description="Runs recipes/demo.yaml: tokenizer, shards, ~5 minutes of training on 2 CPU "
+        description="Runs recipes/demo.yaml: tokenizer, shards, 4-8 minutes of training on 2 CPU "
         "cores, a results table, a sample and loss.png. Re-running resumes. Recipe keys can be "
         "overridden: rotary demo --max-steps 50.",
     )
