@@ -10,10 +10,11 @@ math backward made the trainer's step slower: 692 vs 667 ms with flash).
 
 A causal mask hides half of the T x T scores, so the queries go in tiles of rows
 (:func:`query_tiles`): tile [lo, hi) multiplies only with keys [0, hi), which skips most of
-the hidden half (8 tiles: 44% of the scores' GEMM and elementwise work), forward and backward.
-Measured per layer, fwd + bwd, at batch 8, T = 256, 6 heads on 2 GQA K/V heads, head dim 64, 2
-AMD EPYC (Zen 4, AVX512-BF16) cores: flash forward + untiled math backward 19 ms, 8 tiles both
-ways 9-13 ms; non-causal (one tile), the math forward beats flash's too (13.7 vs 16.4 ms).
+the hidden half (n tiles skip (n - 1) / 2n of the scores' GEMM and elementwise work: 37.5% at 4),
+forward and backward. Measured per layer, fwd + bwd, at batch 8, T = 256, 6 heads on 2 GQA K/V
+heads, head dim 64, 2 AMD EPYC (Zen 4, AVX512-BF16) cores: flash forward + untiled math backward
+19 ms, 4 tiles both ways 9 ms; non-causal (one tile), the math forward beats flash's too (13.7
+vs 16.4 ms).
 
 Each tile's scores are materialised in fp32, so the path is used only while one layer's whole
 (B, H, T, T) would stay small (``MAX_SCORE_BYTES``); longer sequences keep SDPA. Grouped K/V
@@ -31,8 +32,12 @@ import torch.nn.functional as F
 from rotary.ops import inductor
 
 MAX_SCORE_BYTES = 64 << 20  # fp32 (B, H, T, T) scores of one layer
-MAX_TILES = 8  # more, smaller GEMMs stop paying (32-row tiles at T = 256)
-MIN_TILE_ROWS = 32
+# Every tile is its own set of kernels for Inductor to build: on 2 cores the demo model's first
+# (cold-cache) step took 19 s untiled, 25 s with 2 tiles, 31-35 s with 4 and 42-45 s with 8, for
+# step times within noise of each other at T = 256. So tiles are at least 64 rows (4 at T = 256),
+# and more only pay where the scores are large (T = 512: 8 tiles 19 ms per layer, 4 tiles 25 ms).
+MAX_TILES = 8
+MIN_TILE_ROWS = 64
 
 
 def query_tiles(T: int, causal: bool) -> list[tuple[int, int, int]]:
