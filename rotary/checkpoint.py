@@ -239,9 +239,32 @@ def clean_partial(run_dir: Path) -> list[Path]:
     return removed
 
 
-def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    for _, path in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints. Each is first renamed to a hidden
+    ``.old-*`` name (one atomic step) and only then deleted, so a process killed mid-delete
+    leaves trash that ``clean_partial`` removes, never a half-deleted ``step-*`` directory."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, not {keep}")
+    complete = list_checkpoints(run_dir)
+    old = complete[:-keep]
+    if complete:
+        # Incomplete step directories older than every checkpoint kept are debris (left by an
+        # older rotary's non-atomic prune): they go too, so nothing under checkpoints/ is broken.
+        oldest_kept = complete[-keep:][0][0]
+        root = Path(run_dir) / CHECKPOINTS
+        old += [(int(m.group(1)), p) for p in root.iterdir()
+                if (m := STEP_DIR.match(p.name)) and p.is_dir() and not is_complete(p)
+                and int(m.group(1)) < oldest_kept]
+    pruned = []
+    for _, path in old:
+        trash = path.parent / f".old-{path.name}-{os.getpid()}"
+        os.replace(path, trash)
+        pruned.append(path)
+    if pruned:
+        fsync_dir(Path(run_dir) / CHECKPOINTS)
+    for path in pruned:
+        shutil.rmtree(path.parent / f".old-{path.name}-{os.getpid()}", ignore_errors=True)
+    return pruned
 
 
 def publish_best(run_dir: Path, source: Path) -> Path:

@@ -204,3 +204,66 @@ def test_a_training_run_whose_save_fails_resumes_from_the_previous_checkpoint(tm
     assert (res.step, res.stopped) == (4, "max_steps")
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [2, 4]
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith((".tmp-", ".old-"))]
+
+
+# -- pruning: every directory named like a checkpoint is complete at every instant -------------
+
+PRUNE_AND_DIE = r"""
+import os, shutil, signal, sys
+from pathlib import Path
+from rotary import checkpoint as ckpt
+
+real = shutil.rmtree
+
+def rmtree_then_die(path, *a, **k):
+    # delete the weights of the first directory pruned, then die as from kill -9 mid-delete
+    os.unlink(Path(path) / "model.safetensors")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+shutil.rmtree = rmtree_then_die
+ckpt.prune_checkpoints(Path(sys.argv[1]), keep=2)
+"""
+
+
+def test_a_process_killed_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    for step in (1, 2, 3, 4):
+        save(tmp_path, step, float(step))
+    kept = {s: snapshot(tmp_path / "checkpoints" / ckpt.step_dir_name(s)) for s in (3, 4)}
+    proc = subprocess.run([sys.executable, "-c", PRUNE_AND_DIE, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr  # really killed, mid-delete
+    step_dirs = [n for n in entries(tmp_path) if ckpt.STEP_DIR.match(n)]
+    assert all(ckpt.is_complete(tmp_path / "checkpoints" / n) for n in step_dirs), step_dirs
+    for n in step_dirs:  # and each loads: nothing named step-* is damaged
+        ckpt.check_complete(tmp_path / "checkpoints" / n)
+    assert {s for s, _ in ckpt.list_checkpoints(tmp_path)} == {3, 4}
+    # the trash is hidden and the next run's cleanup removes it
+    hidden = [n for n in entries(tmp_path) if not ckpt.STEP_DIR.match(n)]
+    assert hidden and all(n.startswith(".old-step-") for n in hidden), hidden
+    ckpt.clean_partial(tmp_path)
+    assert entries(tmp_path) == ["step-0000003", "step-0000004"]
+    assert {s: snapshot(tmp_path / "checkpoints" / ckpt.step_dir_name(s)) for s in (3, 4)} == kept
+
+
+def test_pruning_removes_half_deleted_debris_older_than_the_kept_checkpoints(tmp_path):
+    """What an older rotary's non-atomic prune left (a step dir with files gone) goes at the next prune."""
+    for step in (1, 2, 3, 4):
+        save(tmp_path, step, float(step))
+    (tmp_path / "checkpoints" / "step-0000001" / "model.safetensors").unlink()
+    ckpt.prune_checkpoints(tmp_path, keep=3)
+    assert entries(tmp_path) == ["step-0000002", "step-0000003", "step-0000004"]
+    ckpt.prune_checkpoints(tmp_path, keep=1)
+    assert entries(tmp_path) == ["step-0000004"]
+    with pytest.raises(ValueError):
+        ckpt.prune_checkpoints(tmp_path, keep=0)
+
+
+def test_an_incomplete_checkpoint_newer_than_the_kept_ones_is_not_pruned(tmp_path):
+    """A broken newest step is reported on resume (never silently skipped), so prune leaves it."""
+    for step in (1, 2, 3):
+        save(tmp_path, step, float(step))
+    (tmp_path / "checkpoints" / "step-0000003" / "model.safetensors").unlink()
+    ckpt.prune_checkpoints(tmp_path, keep=1)
+    assert entries(tmp_path) == ["step-0000002", "step-0000003"]
