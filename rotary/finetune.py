@@ -17,6 +17,45 @@ from typing import Any
 
 from rotary.errors import RotaryError
 
+# What `rotary finetune` assumes beneath any recipe (a recipe or --key names its own): a user's own
+# labelled file needs nothing else. Without max_steps it trains DEFAULT_EPOCHS passes over the data.
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "task": "classification", "best_metric": "accuracy", "batch_size": 16, "lr": 2.0e-4,
+    "warmup_fraction": 0.1, "weight_decay": 0.01, "dropout": 0.1, "eval_batches": None,
+    "early_stopping_patience": 3, "keep_checkpoints": 2,
+}
+DEFAULT_EPOCHS = 3.0
+
+
+def finetune_defaults(recipe: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The defaults beneath a fine-tune's recipe and overrides (``load_recipe``'s ``defaults``)."""
+    from rotary.config import apply_overrides
+    from rotary.config import load_yaml
+    from rotary.train.config import resolve_recipe
+
+    named = apply_overrides(load_yaml(resolve_recipe(recipe)) if recipe else {}, overrides)
+    out = dict(FINETUNE_DEFAULTS)
+    if "max_steps" not in named:
+        out["epochs"] = DEFAULT_EPOCHS
+    if recipe is None and isinstance(corpus := named.get("data", {}).get("corpus"), str):
+        out["name"] = f"finetune-{Path(corpus).stem}"  # runs/finetune-reviews for reviews.jsonl
+    return out
+
+
+def steps_for_epochs(cfg: Any, n_train: int, rows_per_step: int) -> Any:
+    """``cfg`` with max_steps set to ``cfg.epochs`` passes over ``n_train`` examples (``rows_per_step``
+    examples a step, over all processes and accumulation micro-steps), and evaluation
+    and checkpoints at least once an epoch; ``cfg`` itself when it sets no epochs."""
+    import dataclasses
+    import math
+
+    if cfg.epochs is None:
+        return cfg
+    per_epoch = max(1, math.ceil(n_train / rows_per_step))
+    steps = max(1, math.ceil(cfg.epochs * per_epoch))
+    return dataclasses.replace(cfg, max_steps=steps, eval_interval=min(cfg.eval_interval, per_epoch),
+                               checkpoint_interval=min(cfg.checkpoint_interval, per_epoch))
+
 
 def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify: bool = True) -> Any:
     """Fine-tune as the recipe says; returns the loop's TrainResult with ``test`` metrics added."""
@@ -27,7 +66,7 @@ def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify:
     from rotary.tasks import get_task
     from rotary.tokenizer import load_tokenizer
     from rotary.train.distributed import init_distributed, shutdown
-    from rotary.train.loop import fit, prepare_run
+    from rotary.train.loop import _grad_accum_steps, fit, prepare_run
 
     if cfg.task != "classification":
         raise RotaryError(f"rotary finetune trains task: classification (the recipe says {cfg.task})")
@@ -53,6 +92,8 @@ def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify:
     data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, model_vocab=model_cfg.vocab_size)
     info = init_distributed(cfg.device, cfg.dist_timeout_s)
     try:
+        rows = cfg.batch_size * info.world_size * _grad_accum_steps(cfg, seq_len, info)
+        cfg = steps_for_epochs(cfg, len(data.train_set), rows)
         # the backbone's config, not the recipe's model section, bounds seq_len here
         latest, notes = prepare_run(cfg, info, resume=resume, overwrite=overwrite, verify=verify, check_model=False)
         torch.manual_seed(cfg.seed)

@@ -84,7 +84,7 @@ class Pretrained:
 
         check_generation(self.model, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                          min_p=min_p, repetition_penalty=repetition_penalty)
-        check_sampling(stop=tuple(stop))
+        check_sampling(stop=tuple(stop), seed=seed, samples=num_samples)
         if num_samples < 1:
             raise RotaryError(f"num_samples must be >= 1, got {num_samples}")
         if truncate not in (None, "left"):

@@ -17,6 +17,10 @@ import torch
 
 from rotary.errors import RotaryError
 
+# Seeds are what torch.Generator.manual_seed takes without wrapping: 0 .. 2**63 - 1 (a negative
+# seed would alias a large one, -1 = 2**64 - 1). Sample j of a request uses seed + j.
+MAX_SEED = 2**63 - 1
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -33,7 +37,7 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         check_sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
-                       repetition_penalty=self.repetition_penalty, stop=self.stop)
+                       repetition_penalty=self.repetition_penalty, stop=self.stop, seed=self.seed)
 
     @property
     def greedy(self) -> bool:
@@ -42,8 +46,9 @@ class SamplingParams:
 
 def check_sampling(*, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                    min_p: float | None = None, repetition_penalty: float | None = None,
-                   stop: Sequence[str] = ()) -> None:
-    """RotaryError for sampling settings that cannot work."""
+                   stop: Sequence[str] = (), seed: int | None = None, samples: int = 1) -> None:
+    """RotaryError for sampling settings that cannot work (``samples``: the seeds seed .. seed +
+    samples - 1 must all be valid)."""
     if temperature < 0:
         raise RotaryError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -56,6 +61,12 @@ def check_sampling(*, temperature: float = 1.0, top_k: int | None = None, top_p:
         raise RotaryError(f"repetition_penalty must be > 0 (1 = none), got {repetition_penalty}")
     if isinstance(stop, str) or any(not isinstance(s, str) or not s for s in stop):
         raise RotaryError("stop must be a list of non-empty strings")
+    if seed is not None:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise RotaryError(f"seed must be an integer, got {seed!r}")
+        if not 0 <= seed <= MAX_SEED - max(samples - 1, 0):
+            last = "2**63 - 1" if samples <= 1 else f"2**63 - {samples} (sample j uses seed + j)"
+            raise RotaryError(f"seed must be between 0 and {last}, got {seed}")
 
 
 def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:

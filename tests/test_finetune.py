@@ -117,18 +117,61 @@ def test_classification_errors_are_one_line(classifier_run, tmp_path, capsys):
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_finetune_from_a_masked_lm_starts_from_its_backbone(data_char_dir, sentiment_dir, tmp_path):
-    from rotary.checkpoint import load_model
-    from rotary.finetune import load_backbone
-    from rotary.tasks import get_task
+@pytest.fixture(scope="module")
+def tiny_mlm(data_char_dir, tmp_path_factory):
+    """A masked-LM run of 2 steps: a backbone to fine-tune from."""
     from rotary.train.loop import train
     from tests.train_support import make_recipe
 
-    mlm = make_recipe(tmp_path / "mlm", corpus=Path("peoples-daily"), tokenizer=data_char_dir, task="masked_lm",
-                      model={"preset": "tiny", "max_seq_len": 32}, max_steps=2, eval_interval=2,
+    mlm = make_recipe(tmp_path_factory.mktemp("mlm") / "mlm", corpus=Path("peoples-daily"), tokenizer=data_char_dir,
+                      task="masked_lm", model={"preset": "tiny", "max_seq_len": 32}, max_steps=2, eval_interval=2,
                       checkpoint_interval=2, data={"corpus": "peoples-daily", "max_documents": 30,
                                                    "tokenizer": {"path": str(data_char_dir)}})
     train(mlm)
+    return mlm
+
+
+def test_finetune_needs_no_recipe_and_sizes_its_steps_from_the_data(tiny_mlm, sentiment_dir, tmp_path, monkeypatch,
+                                                                     capsys):
+    """`rotary finetune --from RUN --data.corpus my.jsonl`: classification implied, 3 epochs of the
+    user's own file, an evaluation and a checkpoint every epoch, best/ by accuracy, the test scored."""
+    # the slice's rows were split by the same hash: take some of each split, as a user's file mixes them
+    rows = [r for split, n in (("train", 70), ("val", 15), ("test", 15))
+            for r in (sentiment_dir / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()[:n]]
+    corpus = tmp_path / "reviews.jsonl"
+    corpus.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert main(["finetune", "--from", str(tiny_mlm.run_dir), "--data.corpus", str(corpus),
+                 "--progress", "false", "--tensorboard", "false", "--threads", "1"]) == 0, capsys.readouterr().err
+    run = tmp_path / "runs" / "finetune-reviews"
+    recipe = (run / "recipe.yaml").read_text()
+    assert "task: classification" in recipe and "best_metric: accuracy" in recipe
+    from rotary.data.sources import load_labelled
+
+    n_train = len(load_labelled(str(corpus)).split("train"))
+    per_epoch = math.ceil(n_train / 16)
+    evals = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    assert evals == [per_epoch, 2 * per_epoch, 3 * per_epoch], (n_train, evals)
+    assert json.loads((run / "best" / "trainer_state.json").read_text())["best_metric"] == "accuracy"
+    assert json.loads((run / "test_results.json").read_text())["examples"] > 0
+    # --max-steps wins over the epochs; --epochs sets another count
+    assert main(["finetune", "--from", str(tiny_mlm.run_dir), "--data.corpus", str(corpus), "--max-steps", "2",
+                 "--output-dir", "runs/two", "--progress", "false", "--tensorboard", "false"]) == 0
+    assert max(json.loads(x)["step"] for x in (tmp_path / "runs/two/metrics.jsonl").read_text().splitlines()) == 2
+    # epochs is a fine-tune's: an LM recipe refuses it in one line
+    capsys.readouterr()
+    assert main(["train", "demo", "--epochs", "2", "--output-dir", "runs/lm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "epochs" in err[0] and not (tmp_path / "runs/lm").exists(), err
+
+
+def test_finetune_from_a_masked_lm_starts_from_its_backbone(tiny_mlm, data_char_dir, sentiment_dir, tmp_path):
+    from rotary.checkpoint import load_model
+    from rotary.finetune import load_backbone
+    from rotary.tasks import get_task
+
+    mlm = tiny_mlm
     pretrained, ckpt_dir = load_model(mlm.run_dir)
     clf = get_task("classification").build_model(pretrained.config, {"num_labels": 2})
     load_backbone(clf, ckpt_dir / "model.safetensors")

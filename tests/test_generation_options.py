@@ -305,3 +305,31 @@ def test_generate_cli_json_num_samples_stop_and_logprobs(lm_run, capsys):
         assert main(["generate", str(lm_run), "--prompt", "x", *bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("rotary"), err
+
+
+def test_the_readme_stop_line_stops_at_a_blank_line(tmp_path, capsys):
+    """The README's `--stop "\\n\\n"` reaches rotary as a backslash and an n (the shell keeps them):
+    rotary reads the usual escapes, so the line stops at the first blank line."""
+    import shlex
+
+    from rotary.cli import main
+    from rotary.commands.generate import unescape
+    from rotary.train.loop import train
+    from tests.test_readme import readme_commands
+    from tests.train_support import LINES, make_recipe
+
+    (line,) = [argv for argv in readme_commands() if argv[0] == "generate" and "--stop" in argv]
+    assert line[line.index("--stop") + 1] == "\\n\\n" and unescape("\\n\\n") == "\n\n"
+    assert shlex.split('--stop "a\\tb"') == ["--stop", "a\\tb"] and unescape("a\\tb\\\\n\\x") == "a\tb\\n\\x"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(40):  # verse in stanzas: a blank line after every line
+        (corpus / f"{i}.txt").write_text("".join(f"ROMEO: {LINES[(i + j) % 7]}\n\n" for j in range(6)))
+    cfg = make_recipe(tmp_path / "run", corpus, model={"preset": "tiny", "max_seq_len": 64}, seq_len=64,
+                      max_steps=40, eval_interval=40, checkpoint_interval=40)
+    train(cfg)
+    argv = [str(cfg.run_dir) if a == "runs/demo" else a for a in line]
+    argv[argv.index("--max-new-tokens") + 1] = "60"  # the context is 64 here
+    assert main([*argv, "--seed", "0", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["finish_reason"] == "stop" and "\n\n" not in record["text"], record

@@ -8,14 +8,17 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "finetune", help="fine-tune a pretrained encoder as a classifier (sentiment, topics, sentence pairs)",
-        usage="rotary finetune RECIPE --from RUN|none [--resume | --overwrite] [--output-dir DIR] [--KEY VALUE ...]",
+        usage="rotary finetune [RECIPE] --from RUN|none [--resume | --overwrite] [--output-dir DIR] [--KEY VALUE ...]",
         description="Fine-tune task: classification from RECIPE (e.g. chinese-sentiment, thucnews) on the backbone "
-                    "and tokenizer of --from (a masked_lm run, or a RoFormer converted with convert --from-hf); "
-                    "--from none trains the same classifier from scratch. Validation picks best/ (best_metric) and "
+                    "and tokenizer of --from (a masked_lm or causal_lm run, or a RoFormer or Llama converted with convert --from-hf); "
+                    "--from none trains the same classifier from scratch. Without a recipe, --data.corpus FILE (.jsonl/.csv/"
+                    ".parquet with text and label) is enough: task classification, 3 epochs (--epochs, or "
+                    "--max-steps), evaluation every epoch, best_metric accuracy. Validation picks best/ (best_metric) and "
                     "drives early stopping; the test split is scored once, at the end (test_results.json). "
                     "Recipe keys are those of `rotary train --help`.")
     p.add_argument("--from", dest="init_from", metavar="RUN",
-                   help="run or checkpoint to start from, or none (default: the recipe's init_from)")
+                   help="run or checkpoint to start from (a masked_lm or causal_lm run, a converted RoFormer or Llama), "
+                   "or none (default: the recipe's init_from)")
     p.add_argument("--resume", action="store_true", help="continue the fine-tune in the output directory")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the output directory")
     p.add_argument("--output-dir", help="run directory (default runs/<recipe name>)")
@@ -28,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from rotary.commands.train import is_main_rank, recipe_from_args
 
     extra = {"init_from": args.init_from} if args.init_from is not None else {}
-    cfg = recipe_from_args(args, extra, verb="finetune")
-    from rotary.finetune import finetune  # torch: only once the arguments are good
+    from rotary.finetune import finetune, finetune_defaults
+
+    cfg = recipe_from_args(args, extra, verb="finetune", defaults=finetune_defaults)
 
     result = finetune(cfg, resume=args.resume, overwrite=args.overwrite, verify=not args.no_verify)
     if is_main_rank():

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """``\\n``, ``\\t``, ``\\r`` and ``\\\\`` as the characters they name: a shell passes ``--stop "\\n"``
+    as a backslash and an n. Any other backslash is kept as written."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repetition-penalty", type=float, default=None,
                    help="divide the logits of tokens already in the prompt or output by this (CTRL; 1 = none)")
     p.add_argument("--stop", action="append", default=[],
-                   help="stop when this text appears (repeat for several; it may span tokens and is not printed)")
+                   help="stop when this text appears (repeat for several; it may span tokens and is not printed); "
+                        "\\n, \\t, \\r and \\\\ are read as newline, tab, return and backslash")
     p.add_argument("--num-samples", type=int, default=1, help="continuations per prompt")
     p.add_argument("--seed", type=int, default=None,
                    help="random seed (sample j of a prompt uses seed + j, whatever else is in the batch)")
@@ -54,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify,
                rope_scaling=args.rope_scaling, rope_factor=args.factor, precision=args.precision)
     kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                  repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed, truncate=args.truncate)
+                  repetition_penalty=args.repetition_penalty, stop=[unescape(s) for s in args.stop], seed=args.seed, truncate=args.truncate)
     # every check before the first byte of output: an error never follows a printed prompt
     pre.check_generate(args.prompt, args.max_new_tokens, num_samples=args.num_samples, **kwargs)
     streams = len(args.prompt) == 1 and args.num_samples == 1 and not (args.no_stream or args.json or args.logprobs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 USAGE = "rotary train [RECIPE] [--resume | --overwrite] [--output-dir DIR] [--KEY VALUE | --KEY=VALUE ...]"
 
@@ -76,9 +77,11 @@ def split_recipe(extra: list[str]) -> tuple[str | None, list[str]]:
     return recipe, overrides
 
 
-def recipe_from_args(args: argparse.Namespace, extra: dict | None = None, verb: str = "train"):
+def recipe_from_args(args: argparse.Namespace, extra: dict | None = None, verb: str = "train",
+                     defaults: Callable[[str | None, dict], dict] | None = None):
     """The TrainConfig a training verb's arguments name: RECIPE (or, on --resume, the run's own
-    recipe.yaml) with the overrides and ``extra`` (a verb's own options) applied; warnings on rank 0."""
+    recipe.yaml) with the overrides and ``extra`` (a verb's own options) applied, and the verb's
+    ``defaults(recipe, overrides)`` beneath both; warnings on rank 0."""
     from pathlib import Path
 
     from rotary.commands import recipe_overrides
@@ -99,7 +102,7 @@ def recipe_from_args(args: argparse.Namespace, extra: dict | None = None, verb: 
         if not recorded.is_file():
             raise RotaryError(f"--resume: {recorded} does not exist; name the recipe: rotary {verb} RECIPE --resume")
         recipe = str(recorded)
-    cfg = load_recipe(recipe, overrides)
+    cfg = load_recipe(recipe, overrides, defaults(recipe, overrides) if defaults else None)
     if is_main_rank():
         for warning in cfg.warnings():
             print(f"rotary: warning: {warning}", file=sys.stderr)

@@ -121,7 +121,7 @@ def check_common(body: _Body) -> None:
     try:
         check_sampling(temperature=1.0 if body.temperature is None else body.temperature, top_k=body.top_k,
                        top_p=body.top_p, min_p=body.min_p, repetition_penalty=body.repetition_penalty,
-                       stop=stops(body))
+                       stop=stops(body), seed=body.seed, samples=body.n)
     except RotaryError as err:
         param = str(err).split(" ", 1)[0]
         raise APIError(400, str(err), param=param if param in _Body.model_fields else None) from None

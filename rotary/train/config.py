@@ -99,6 +99,9 @@ class TrainConfig:
     grad_accum_steps: int | None = doc(None, "micro-batches per step; default from global_batch_tokens or 1")
     global_batch_tokens: int | None = doc(None, "tokens per optimizer step over all processes (sets accumulation)")
     max_steps: int = doc(1000, "optimizer steps to train")
+    epochs: float | None = doc(None, "classification: passes over the training split; sets max_steps from the "
+                                     "data size and evaluates and saves at least once an epoch (rotary finetune "
+                                     "without a recipe: 3)")
 
     # -- optimiser and schedule ----------------------------------------------------------------
     lr: float = doc(3e-4, "peak learning rate")
@@ -170,6 +173,7 @@ class TrainConfig:
         checks = [
             (self.batch_size > 0, "batch_size must be positive"),
             (self.max_steps > 0, "max_steps must be positive"),
+            (self.epochs is None or self.epochs > 0, "epochs must be positive"),
             (self.lr > 0, "lr must be positive"),
             (self.eval_interval > 0 and self.checkpoint_interval > 0 and self.log_interval > 0,
              "eval_interval, checkpoint_interval and log_interval must be positive"),
@@ -249,9 +253,10 @@ def resolve_recipe(spec: str | Path) -> Path:
                       "or give the path of a YAML file)")
 
 
-def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """A recipe from YAML (a path or a built-in recipe's name; defaults when ``path`` is None)
-    with dotted-key overrides."""
+def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None,
+                defaults: dict[str, Any] | None = None) -> TrainConfig:
+    """A recipe from YAML (a path or a built-in recipe's name; TrainConfig's defaults when ``path``
+    is None) with dotted-key overrides; ``defaults`` (top-level keys) fill what neither names."""
     data: dict[str, Any] = {}
     if path is not None:
         path = resolve_recipe(path)
@@ -259,6 +264,8 @@ def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None
         data.setdefault("name", path.stem)
     if overrides:
         data = apply_overrides(data, overrides)
+    for key, value in (defaults or {}).items():
+        data.setdefault(key, value)
     return TrainConfig.from_dict(data)
 
 

@@ -121,6 +121,9 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bo
     if cfg.optimizer == "muon" and info.enabled and cfg.distributed == "fsdp":
         raise RotaryError("optimizer: muon needs whole matrices and FSDP shards them: use distributed: ddp "
                           "or optimizer: adamw")
+    if cfg.epochs is not None and cfg.task != "classification":
+        raise RotaryError(f"epochs sets the steps of a fine-tune (task classification); this recipe trains "
+                          f"{cfg.task}: use max_steps")
     if cfg.label_smoothing and cfg.task != "seq2seq":
         raise RotaryError(f"label_smoothing applies to task seq2seq, this recipe trains {cfg.task}: remove it")
     if cfg.data.target_tokenizer is not None and cfg.task != "seq2seq":
