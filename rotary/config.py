@@ -175,6 +175,7 @@ def parse_overrides(pairs: typing.Sequence[str]) -> dict[str, Any]:
 
     Dashes in key names become underscores; values are read as YAML scalars (so ``null``,
     ``[1, 2]`` and ``1e-3`` work; a mapping stays a string) and checked later by the schema.
+    A bare ``--no-progress`` is ``progress: false``, the spelling the other verbs' flags use.
     """
     out: dict[str, Any] = {}
     i = 0
@@ -191,6 +192,8 @@ def parse_overrides(pairs: typing.Sequence[str]) -> dict[str, Any]:
             if i + 1 >= len(pairs) or pairs[i + 1].startswith("--"):
                 value = "true"  # a bare flag
                 i += 1
+                if key.startswith("no-") or key.startswith("no_"):
+                    key, value = key[3:], "false"
             else:
                 value = pairs[i + 1]
                 i += 2

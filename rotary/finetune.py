@@ -29,8 +29,7 @@ DEFAULT_EPOCHS = 3.0
 
 def finetune_defaults(recipe: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """The defaults beneath a fine-tune's recipe and overrides (``load_recipe``'s ``defaults``)."""
-    from rotary.config import apply_overrides
-    from rotary.config import load_yaml
+    from rotary.config import apply_overrides, load_yaml
     from rotary.train.config import resolve_recipe
 
     named = apply_overrides(load_yaml(resolve_recipe(recipe)) if recipe else {}, overrides)

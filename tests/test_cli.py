@@ -1,6 +1,8 @@
 """The `rotary` command: help, version, `info`, and one-line user errors with exit code 2."""
 
+import argparse
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +134,9 @@ def test_train_help_lists_every_recipe_key_with_type_default_and_doc():
     (["--compile", "false", "r.yaml"], "r.yaml", {"compile": False}),
     (["--compile", "blocks", "r.yaml"], "r.yaml", {"compile": "blocks"}),  # a choice besides true/false
     (["r.yaml", "--compile"], "r.yaml", {"compile": True}),
+    # the spelling of prepare's and tokenizer train's flag: a bare --no-KEY is KEY: false
+    (["--no-progress", "r.yaml"], "r.yaml", {"progress": False}),
+    (["r.yaml", "--no-progress", "--max-steps", "3"], "r.yaml", {"progress": False, "max_steps": 3}),
 ])
 def test_train_finds_the_recipe_among_overrides_in_both_spellings(argv, recipe, overrides):
     from rotary.commands.train import split_recipe
@@ -321,3 +326,40 @@ def test_every_public_name_resolves_to_what_it_names():
         assert not isinstance(value, types.ModuleType), name
     assert callable(rotary.train_model) and rotary.train_model.__module__ == "rotary.train.loop"
     assert rotary.hf.to_hf and rotary.load.__module__ == "rotary.pretrained"
+
+
+def subcommand_help(*path: str) -> str:
+    """The --help text of ``rotary PATH...``, whitespace joined, built in-process."""
+    parser = cli.build_parser()
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return " ".join(parser.format_help().split())
+
+
+def all_verbs() -> list[tuple[str, ...]]:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    verbs = []
+    for name, p in sub.choices.items():
+        nested = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        verbs += [(name, n) for n in nested[0].choices] if nested else [(name,)]
+    return verbs
+
+
+@pytest.mark.parametrize("verb", all_verbs(), ids=" ".join)
+def test_help_states_each_default_once_and_never_none(verb):
+    text = subcommand_help(*verb)
+    assert "(default: None)" not in text and "(default: False)" not in text, text
+    assert not re.search(r"\(default[^)]*\)\s*\(default", text), text
+
+
+def test_corpus_help_lists_the_registry_and_finetune_help_names_causal_runs():
+    from rotary.data.parallel import BUILTIN_PARALLEL
+    from rotary.data.sources import CORPORA
+
+    for verb in (("tokenizer", "train"), ("prepare",), ("eval",)):
+        text = subcommand_help(*verb)
+        assert all(name in text for name in CORPORA), (verb, text)
+    assert all(name in subcommand_help("eval") for name in BUILTIN_PARALLEL)
+    assert "causal_lm run" in subcommand_help("finetune")

@@ -137,6 +137,28 @@ def test_cli_inline_and_json(mlm_run, capsys):
         assert all(pre.tokenizer.id_to_token(c["token_id"]) == c["token"] for c in row)
 
 
+def test_cli_batch_input_keeps_one_row_per_line(mlm_run, tmp_path, capsys):
+    run, _ = mlm_run
+    pre = rotary.load(run, device="cpu")
+    src = tmp_path / "in.txt"
+    src.write_text(f"{TEXTS[0]}\n\n{TEXTS[1]}\n", encoding="utf-8")
+    assert cli.main(["fill-mask", str(run), "--input", str(src), "--top-k", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split("\n") == [format_inline(TEXTS[0], pre.fill_mask(TEXTS[0], top_k=2)), "",
+                                format_inline(TEXTS[1], pre.fill_mask(TEXTS[1], top_k=2)), ""]
+    assert "1 blank line" in err
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text(json.dumps({"id": "x", "text": TEXTS[1]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert cli.main(["fill-mask", str(run), "--input", str(jsonl), "--output", str(tmp_path / "o.jsonl")]) == 0
+    (row,) = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert row["id"] == "x" and row["text"] == TEXTS[1]
+    assert [c["token"] for c in row["masks"][0]] == [t for t, _ in pre.fill_mask(TEXTS[1], top_k=5)[0]]
+    capsys.readouterr()
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"{TEXTS[0]}\n没有\n", encoding="utf-8")
+    one_line_error(capsys, ["fill-mask", str(run), "--input", str(bad)], "bad.txt:2: text '没有' has no [MASK]")
+
+
 def one_line_error(capsys, argv: list[str], match: str) -> None:
     assert cli.main(argv) == 2
     out, err = capsys.readouterr()

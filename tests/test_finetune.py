@@ -100,6 +100,29 @@ def test_classify_prints_labels_and_probabilities_and_writes_jsonl(classifier_ru
     assert [r["label"] for r in direct] == [r["label"] for r in rows]
 
 
+def test_classify_batches_plain_lines_or_jsonl_to_stdout_one_row_per_line(classifier_run, tmp_path, capsys):
+    from rotary.pretrained import load
+
+    texts = ["很好", "很差"]
+    expected = dict(zip(texts, load(classifier_run, device="cpu").classify(texts)))
+    src = tmp_path / "in.txt"
+    src.write_text("很好\n\n很差\n", encoding="utf-8")  # a blank line in the middle keeps its row
+    assert main(["classify", str(classifier_run), "--input", str(src), "--checkpoint", "best", "--no-verify"]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert [r["id"] for r in rows] == [1, 2, 3] and [r["text"] for r in rows] == ["很好", None, "很差"]
+    assert rows[1] == {"id": 2, "text": None, "skipped": "blank line"} and "1 blank line" in err
+    for r in (rows[0], rows[2]):
+        assert r["label"] == expected[r["text"]]["label"]
+        assert r["probabilities"] == pytest.approx(expected[r["text"]]["probabilities"])
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"id": "a-7", "text": "很差"}\n{"text": "很好"}\n', encoding="utf-8")
+    assert main(["classify", str(classifier_run), "--input", str(jsonl), "--output", str(tmp_path / "o.jsonl")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(r["id"], r["text"], r["label"]) for r in rows] == [("a-7", "很差", expected["很差"]["label"]),
+                                                             (2, "很好", expected["很好"]["label"])]
+
+
 def test_classification_errors_are_one_line(classifier_run, tmp_path, capsys):
     code = main(["classify", str(classifier_run), "--text", "a"])
     assert code == 0

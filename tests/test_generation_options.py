@@ -301,10 +301,12 @@ def test_generate_cli_json_num_samples_stop_and_logprobs(lm_run, capsys):
     assert main(["generate", str(lm_run), "--prompt", "To be", "--max-new-tokens", "5", "--temperature", "0",
                  "--json", "--precision", "bf16"]) == 0
     assert json.loads(capsys.readouterr().out)["usage"]["completion_tokens"] >= 1
-    for bad in (["--factor", "2"], ["--min-p", "2"], ["--num-samples", "0"], ["--repetition-penalty", "0"]):
+    for bad in (["--factor", "2"], ["--min-p", "2"], ["--num-samples", "0"], ["--repetition-penalty", "0"],
+                ["--seed", "-1"], ["--seed", str(2**64)], ["--seed", str(2**63 - 1), "--num-samples", "2"]):
         assert main(["generate", str(lm_run), "--prompt", "x", *bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("rotary"), err
+        assert "--seed" not in bad or "seed must be between 0 and 2**63" in err[0], err
 
 
 def test_the_readme_stop_line_stops_at_a_blank_line(tmp_path, capsys):

@@ -314,6 +314,9 @@ OK = {"model": MODEL, "prompt": "Shall I", "max_tokens": 4}
     ("/v1/completions", {**OK, "prompt": [10**9]}, 400, "prompt"),
     ("/v1/completions", {**OK, "logprobs": 9}, 400, "logprobs"),
     ("/v1/completions", {**OK, "frequency_penalty": 0.5}, 400, "frequency_penalty"),
+    ("/v1/completions", {**OK, "seed": 99999999999999999999999}, 400, "seed"),  # was a 500 (int64 overflow)
+    ("/v1/completions", {**OK, "seed": -1}, 400, "seed"),
+    ("/v1/completions", {**OK, "seed": 2**63 - 1, "n": 2}, 400, "seed"),  # sample 1 would use 2**63
     ("/v1/completions", [OK], 400, None),
     ("/v1/completions", b"{not json", 400, None),
     ("/v1/completions", b'{"model": "' + b"x" * (1 << 20) + b'"}', 413, None),
@@ -351,6 +354,12 @@ def test_api_key(pre):
         assert c.get("/v1/models").status_code == 401
         assert c.post("/v1/completions", json=OK, headers={"Authorization": "Bearer sekret"}).status_code == 200
         assert c.get("/v1/models", headers={"Authorization": "Bearer sekret"}).status_code == 200
+        # The scheme is case-insensitive (RFC 9110); health probes and scrapers carry no secret.
+        for scheme in ("bearer", "BEARER"):
+            assert c.get("/v1/models", headers={"Authorization": f"{scheme} sekret"}).status_code == 200
+        assert c.get("/v1/models", headers={"Authorization": "Basic sekret"}).status_code == 401
+        assert c.get("/health").status_code == 200 and c.get("/health").json() == {"status": "ok"}
+        assert c.get("/metrics").status_code == 200
 
 
 def test_a_full_queue_answers_503(pre):

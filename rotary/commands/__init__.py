@@ -6,6 +6,17 @@ import argparse
 from typing import Any
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help unless the help already says its default or there
+    is nothing to say (no value, a flag that is off): never "(default: refuse it) (default: None)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``--key value`` recipe overrides of a verb, with ``--output-dir`` folded in."""
     from rotary.config import parse_overrides

@@ -1,4 +1,4 @@
-"""``rotary classify RUN --text ...``: labels and class probabilities from a fine-tuned run."""
+"""``rotary classify RUN --text ... | --input FILE``: labels and class probabilities from a fine-tuned run."""
 
 from __future__ import annotations
 
@@ -6,75 +6,78 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("classify", help="classify texts with a fine-tuned run",
-                              description="Print the label and class probabilities of each --text (with "
-                                          "--text-pair for sentence pairs), or classify a .jsonl file: "
-                                          "--input in.jsonl (fields text, optional text_pair) --output out.jsonl.")
+    from rotary.batch_io import FORMATS
+    from rotary.commands import DefaultsHelp
+
+    p = subparsers.add_parser(
+        "classify", help="classify texts with a fine-tuned run",
+        description="Print the label and class probabilities of each --text (with --text-pair for "
+                    "sentence pairs), or classify a batch file: --input FILE is JSON Lines (fields "
+                    "text, optional text_pair and id) or plain text, one text per line ('-' = stdin). "
+                    "A batch gives one JSON row per input line, with the input's id and text, on "
+                    "stdout or in --output; a blank line gives a row marked \"skipped\".",
+        formatter_class=DefaultsHelp)
     p.add_argument("run", help="run directory (its best/) or checkpoint of a classifier")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
     p.add_argument("--text-pair", action="append", help="the second text of a pair, one per --text")
-    p.add_argument("--input", help="a .jsonl file of {\"text\": ..., \"text_pair\": ...} rows")
-    p.add_argument("--output", help="where --input's results go (.jsonl, one row per input row)")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
+    p.add_argument("--input", help="a batch file: .jsonl rows or plain text lines; '-' reads stdin")
+    p.add_argument("--format", choices=FORMATS, default="auto",
+                   help="how to read --input: auto (.jsonl/.json are JSON Lines, .txt is text, else sniffed)")
+    p.add_argument("--output", help="write the JSON rows here (.jsonl, written whole); an --input batch "
+                                    "without it prints them")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                   help="which checkpoint of a run directory: best/ or the latest step")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of the checkpoint's files (sizes are still checked)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
+    import sys
 
+    from rotary.batch_io import blank_row, check_output, read_rows, write_rows
     from rotary.errors import RotaryError
 
     if bool(args.text) == bool(args.input):
-        raise RotaryError("give texts with --text, or a file with --input (and --output)")
-    if args.input and not args.output:
-        raise RotaryError("--input needs --output for the results (a .jsonl file)")
+        raise RotaryError("give texts with --text, or a batch file with --input")
     if args.text_pair and len(args.text_pair) != len(args.text or []):
         raise RotaryError(f"{len(args.text or [])} --text but {len(args.text_pair)} --text-pair: one pair per text")
-    texts, pairs = args.text, args.text_pair
+    if args.batch_size < 1:
+        raise RotaryError(f"--batch-size must be at least 1, got {args.batch_size}")
+    from rotary.batch_io import Row
+
+    rows = None
     if args.input:
-        texts, pairs = read_inputs(Path(args.input))
-        if Path(args.output).exists() and Path(args.output).resolve() == Path(args.input).resolve():
-            raise RotaryError("--output would overwrite --input: choose another file")
+        check_output(args.input, args.output)
+        rows = read_rows(args.input, args.format)
+    elif args.output:  # --text ... --output: the same rows a batch file gives
+        rows = [Row(n, text, pair) for n, (text, pair) in
+                enumerate(zip(args.text, args.text_pair or [None] * len(args.text)), 1)]
     from rotary.pretrained import load
 
-    pre = load(args.run, device=args.device)
-    results = pre.classify(texts, pairs, batch_size=args.batch_size)
-    if args.output:
-        from rotary.io import atomic_write_text
-
-        atomic_write_text(Path(args.output), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
-        print(f"{args.output}: {len(results)} rows")
+    pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify)
+    if rows is None:
+        for text, r in zip(args.text, pre.classify(args.text, args.text_pair, batch_size=args.batch_size)):
+            probs = "  ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
+            print(f"{r['label']}\t{probs}\t{text}")
         return 0
-    for text, r in zip(texts, results):
-        probs = "  ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
-        print(f"{r['label']}\t{probs}\t{text}")
-    return 0
-
-
-def read_inputs(path) -> tuple[list[str], list[str] | None]:
-    import json
-
-    from rotary.errors import RotaryError
-
-    if not path.is_file():
-        raise RotaryError(f"--input {path} does not exist")
-    texts, pairs = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+    full = [r for r in rows if r.text is not None]
+    pairs = [r.text_pair for r in full] if full[0].text_pair is not None else None
+    results = iter(pre.classify([r.text for r in full], pairs, batch_size=args.batch_size))
+    out = []
+    for row in rows:
+        if row.text is None:
+            out.append(blank_row(row))
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RotaryError(f"{path}:{n}: not JSON ({err.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise RotaryError(f"{path}:{n}: a row needs a \"text\" string")
-        texts.append(row["text"])
-        pairs.append(row.get("text_pair"))
-    if not texts:
-        raise RotaryError(f"{path} has no rows")
-    has_pair = [p is not None for p in pairs]
-    if any(has_pair) and not all(has_pair):
-        raise RotaryError(f"{path}: some rows have a text_pair and some do not: give it on every row or none")
-    return texts, (pairs if all(has_pair) else None)
+        kept = {"id": row.id, "text": row.text, **({"text_pair": row.text_pair} if pairs else {})}
+        out.append({**kept, **next(results)})
+    n = write_rows(out, args.output)
+    blanks = len(rows) - len(full)
+    if blanks:
+        print(f"rotary: warning: {blanks} blank line(s) in --input {args.input}: their rows are marked \"skipped\"",
+              file=sys.stderr)
+    if args.output:
+        print(f"{args.output}: {n} rows", file=sys.stderr)
+    return 0

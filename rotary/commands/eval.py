@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "top-1/top-5 accuracy on masks fixed by --seed; a classifier by accuracy (with a bootstrap 95% "
                     "interval), macro-F1, per-class precision/recall/F1 and the confusion matrix.")
     p.add_argument("run", help="run directory (its best/) or checkpoint")
-    add_corpus_arguments(p)
+    add_corpus_arguments(p, parallel=True)
     p.add_argument("--split", default="val", help="val (default) or test (labelled corpora)")
     p.add_argument("--stride", type=int, help="causal LM: window stride in tokens (default: the window, no overlap)")
     p.add_argument("--seed", type=int, default=0, help="masked LM: seed of the fixed masks (default 0)")

@@ -9,16 +9,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "finetune", help="fine-tune a pretrained encoder as a classifier (sentiment, topics, sentence pairs)",
         usage="rotary finetune [RECIPE] --from RUN|none [--resume | --overwrite] [--output-dir DIR] [--KEY VALUE ...]",
-        description="Fine-tune task: classification from RECIPE (e.g. chinese-sentiment, thucnews) on the backbone "
-                    "and tokenizer of --from (a masked_lm or causal_lm run, or a RoFormer or Llama converted with convert --from-hf); "
-                    "--from none trains the same classifier from scratch. Without a recipe, --data.corpus FILE (.jsonl/.csv/"
-                    ".parquet with text and label) is enough: task classification, 3 epochs (--epochs, or "
-                    "--max-steps), evaluation every epoch, best_metric accuracy. Validation picks best/ (best_metric) and "
-                    "drives early stopping; the test split is scored once, at the end (test_results.json). "
-                    "Recipe keys are those of `rotary train --help`.")
+        description="Fine-tune task: classification from RECIPE (e.g. chinese-sentiment, thucnews) on the "
+                    "backbone and tokenizer of --from (a masked_lm or causal_lm run, or a RoFormer or Llama "
+                    "converted with convert --from-hf); --from none trains the same classifier from scratch. "
+                    "Without a recipe, --data.corpus FILE (.jsonl/.csv/.parquet with text and label) is enough: "
+                    "task classification, 3 epochs (--epochs, or --max-steps), evaluation every epoch, "
+                    "best_metric accuracy. Validation picks best/ (best_metric) and drives early stopping; the "
+                    "test split is scored once, at the end (test_results.json). Recipe keys are those of "
+                    "`rotary train --help`.")
     p.add_argument("--from", dest="init_from", metavar="RUN",
-                   help="run or checkpoint to start from (a masked_lm or causal_lm run, a converted RoFormer or Llama), "
-                   "or none (default: the recipe's init_from)")
+                   help="run or checkpoint to start from (a masked_lm or causal_lm run, a converted RoFormer or "
+                        "Llama), or none (default: the recipe's init_from)")
     p.add_argument("--resume", action="store_true", help="continue the fine-tune in the output directory")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the output directory")
     p.add_argument("--output-dir", help="run directory (default runs/<recipe name>)")

@@ -16,11 +16,13 @@ def unescape(text: str) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from rotary.commands import DefaultsHelp
+
     p = subparsers.add_parser(
         "generate", help="generate text from a trained causal LM",
         description="Continue each prompt with a trained causal LM (decode engine: slot KV cache, every row at "
                     "its own length). One prompt streams token by token.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelp)
     p.add_argument("run", help="run directory (uses best/, else the latest checkpoint) or a checkpoint directory")
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate after each prompt at most")
@@ -37,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "\\n, \\t, \\r and \\\\ are read as newline, tab, return and backslash")
     p.add_argument("--num-samples", type=int, default=1, help="continuations per prompt")
     p.add_argument("--seed", type=int, default=None,
-                   help="random seed (sample j of a prompt uses seed + j, whatever else is in the batch)")
+                   help="random seed, 0 to 2**63-1 (negative seeds are refused): sample j of every prompt uses "
+                        "seed + j, so a text depends only on its prompt and seed, never on the rest of the "
+                        "batch; prompts in one batch therefore share their random draws")
     p.add_argument("--logprobs", action="store_true", help="also print the log-probability of each chosen token")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per continuation (text, tokens, finish_reason, usage, logprobs)")
@@ -64,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify,
                rope_scaling=args.rope_scaling, rope_factor=args.factor, precision=args.precision)
     kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                  repetition_penalty=args.repetition_penalty, stop=[unescape(s) for s in args.stop], seed=args.seed, truncate=args.truncate)
+                  repetition_penalty=args.repetition_penalty, stop=[unescape(s) for s in args.stop],
+                  seed=args.seed, truncate=args.truncate)
     # every check before the first byte of output: an error never follows a printed prompt
     pre.check_generate(args.prompt, args.max_new_tokens, num_samples=args.num_samples, **kwargs)
     streams = len(args.prompt) == 1 and args.num_samples == 1 and not (args.no_stream or args.json or args.logprobs)

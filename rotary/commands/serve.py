@@ -13,17 +13,20 @@ INSTALL_HINT = "rotary: error: rotary serve needs FastAPI and uvicorn: pip insta
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from rotary.commands import DefaultsHelp
+
     p = subparsers.add_parser(
         "serve", help="serve a causal LM over HTTP with the OpenAI API",
         description="Serve a trained causal LM at /v1/completions and /v1/chat/completions (OpenAI's API, "
                     "streaming included), /v1/models, /health and /metrics. Requests decode together "
                     "(continuous batching): a new one joins the running batch at the next token.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelp)
     p.add_argument("run", help="run directory (uses best/, else the latest checkpoint) or a checkpoint directory")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every request (default: $ROTARY_API_KEY, else none)")
+                   help="require 'Authorization: Bearer KEY' on every /v1/ request; /health and /metrics stay "
+                        "open for probes (default: $ROTARY_API_KEY, else none)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the run's directory name)")
     p.add_argument("--slots", type=int, default=16, help="sequences decoded together (one KV cache row each)")
     p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot; more get 503")

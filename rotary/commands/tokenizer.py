@@ -9,11 +9,15 @@ from typing import Any
 from rotary.errors import RotaryError
 
 
-def add_corpus_arguments(p: argparse.ArgumentParser) -> None:
-    """--corpus plus the options every corpus-reading verb shares."""
+def add_corpus_arguments(p: argparse.ArgumentParser, parallel: bool = False) -> None:
+    """--corpus plus the options every corpus-reading verb shares; ``parallel``: the verb also
+    reads the built-in sentence pairs (eval of a translation run)."""
+    from rotary.corpus_names import CORPUS_NAMES, PARALLEL_NAMES
+
+    names = ", ".join(CORPUS_NAMES + (PARALLEL_NAMES if parallel else ()))
     p.add_argument("--corpus", required=True,
-                   help="a built-in corpus (shakespeare, peoples-daily, chinese-sentiment), a .txt/.jsonl/"
-                        ".parquet file or directory, or hf:NAME for datasets.load_dataset")
+                   help=f"a built-in corpus ({names}), a .txt/.jsonl/.parquet file or directory, or "
+                        "hf:NAME for datasets.load_dataset")
     p.add_argument("--text-field", help="field holding the text in .jsonl/.parquet/HF records (default: text)")
     p.add_argument("--max-documents", type=int, help="read at most this many documents per split")
     p.add_argument("--corpus-opt", action="append", default=[], metavar="KEY=VALUE",

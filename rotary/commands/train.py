@@ -65,6 +65,8 @@ def split_recipe(extra: list[str]) -> tuple[str | None, list[str]]:
             takes_value = "=" not in item and i + 1 < len(extra) and not extra[i + 1].startswith("--")
             if takes_value and key in booleans and extra[i + 1].lower() not in booleans[key]:
                 takes_value = False
+            if key.startswith("no_") and key[3:] in booleans:
+                takes_value = False  # --no-progress is a flag: the word after it is the recipe
             if takes_value:
                 overrides.append(extra[i + 1])
                 i += 1

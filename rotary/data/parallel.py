@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rotary.corpus_names import PARALLEL_NAMES
 from rotary.errors import RotaryError
 
 PARALLEL_SPLITS = ("train", "val", "test")
-BUILTIN_PARALLEL = ("tatoeba-zh-en",)
+BUILTIN_PARALLEL = PARALLEL_NAMES
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,9 @@ def create_app(pre: Any, *, slots: int = 16, max_queue: int = 64, api_key: str |
                max_body: int = MAX_BODY) -> FastAPI:
     """The server of the causal LM ``pre`` (a :class:`~rotary.pretrained.Pretrained`): ``slots``
     rows decode together, at most ``max_queue`` rows wait for a slot (then 503), each row holds
-    ``max_len`` positions (default: the model's ``max_seq_len``). With ``api_key`` every request
-    needs ``Authorization: Bearer <api_key>``."""
+    ``max_len`` positions (default: the model's ``max_seq_len``). With ``api_key`` every ``/v1/``
+    request needs ``Authorization: Bearer <api_key>``; ``/health`` and ``/metrics`` stay open, as
+    in vLLM, so that load balancers and scrapers need no secret."""
     engine = Engine(pre.model, slots=slots, max_len=max_len or pre.model.config.max_seq_len,
                     tokenizer=pre.tokenizer, compile=compile)
     server = _Server(pre, engine, Scheduler(engine, max_queue=max_queue, warmup=compile),
@@ -59,13 +60,14 @@ def create_app(pre: Any, *, slots: int = 16, max_queue: int = 64, api_key: str |
         server.scheduler.stop()
 
     async def authorize(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, f"Bearer {api_key}".encode()):
+        # HTTP auth schemes are case-insensitive (RFC 9110 11.1): "bearer", "Bearer", "BEARER".
+        scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
             raise p.APIError(401, "missing or incorrect API key: send the header 'Authorization: Bearer <key>'",
                              code="invalid_api_key")
 
-    app = FastAPI(title="rotary", lifespan=lifespan, dependencies=[Depends(authorize)] if api_key else [],
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="rotary", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    guarded = [Depends(authorize)] if api_key else []
     app.state.server = server
     app.state.scheduler = server.scheduler
     app.state.engine = engine
@@ -87,10 +89,10 @@ def create_app(pre: Any, *, slots: int = 16, max_queue: int = 64, api_key: str |
 
     app.get("/health")(server.health)
     app.get("/metrics")(server.metrics)
-    app.get("/v1/models")(server.models)
-    app.get("/v1/models/{model_id}")(server.model)
-    app.post("/v1/completions")(server.completions)
-    app.post("/v1/chat/completions")(server.chat)
+    app.get("/v1/models", dependencies=guarded)(server.models)
+    app.get("/v1/models/{model_id}", dependencies=guarded)(server.model)
+    app.post("/v1/completions", dependencies=guarded)(server.completions)
+    app.post("/v1/chat/completions", dependencies=guarded)(server.chat)
     return app
 
 

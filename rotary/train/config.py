@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rotary.config import apply_overrides, doc, from_dict, load_yaml, to_dict
+from rotary.corpus_names import CORPUS_NAMES, PARALLEL_NAMES
 from rotary.errors import RotaryError
 
 
@@ -39,7 +40,7 @@ class TokenizerSpec:
 
 @dataclass
 class DataConfig:
-    corpus: str | None = doc(None, "built-in corpus name (shakespeare, peoples-daily, ...) or a path")
+    corpus: str | None = doc(None, f"built-in corpus ({', '.join(CORPUS_NAMES + PARALLEL_NAMES)}) or a path")
     shards: str | None = doc(None, "directory of prepared shards; None = prepare into <output_dir>/data")
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec, metadata={"help": "tokenizer to use"})
     target_tokenizer: TokenizerSpec | None = doc(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rotary.config import closest_key_hint
+from rotary.corpus_names import CORPUS_NAMES
 from rotary.data.sources.base import (
     CORPUS_FORMAT_VERSION,
     SPLITS,
@@ -47,6 +48,9 @@ CORPORA: dict[str, type[Corpus]] = {
     ChineseSentimentCorpus.name: ChineseSentimentCorpus,
     ThucnewsCorpus.name: ThucnewsCorpus,
 }
+
+if tuple(CORPORA) != CORPUS_NAMES:  # the names --help lists come from rotary.corpus_names
+    raise RuntimeError(f"rotary.corpus_names.CORPUS_NAMES {CORPUS_NAMES} differs from the registry {tuple(CORPORA)}")
 
 # The labelled built-ins: name -> source (its rows and its fixed, manifest-checked split).
 BUILTIN_LABELLED: dict[str, BuiltinSource] = {
