@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -421,3 +422,19 @@ def test_recipe_with_shards_records_the_corpus_they_came_from(data_char_dir: Pat
     assert data.tokenizer.hash == load_tokenizer(data_char_dir).hash
     assert Path(cfg.data.tokenizer.path).resolve() == data_char_dir.resolve()
     assert cfg.data.corpus == "peoples-daily"
+
+
+@pytest.mark.parametrize("max_documents", [None, 3])
+def test_the_progress_bar_ends_at_100_percent_also_with_max_documents(data_bpe_dir: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str],
+                                                                      max_documents: int | None) -> None:
+    """The bar's total was the whole corpus, so --max-documents stopped it at 17-22%."""
+    text = tmp_path / "t.txt"
+    text.write_text("".join(f"line {i} of a long file\n\n" for i in range(400)))
+    opts = {"split_by": "paragraph"} if max_documents is None else {"split_by": "paragraph",
+                                                                     "max_documents": max_documents}
+    prepare(str(text), data_bpe_dir, tmp_path / "out", progress=True, corpus_opts=opts)
+    frames = [f for f in re.split(r"[\r\n]", capsys.readouterr().err) if f.strip()]
+    assert "100%" in frames[-1], frames[-3:]
+    shown = [int(p) for f in frames for p in re.findall(r"(\d+)%", f)]
+    assert all(p == 100 for p in shown) if max_documents else shown[-1] == 100

@@ -165,6 +165,7 @@ def test_interrupted_then_resumed_run_is_bitwise_identical(train_recipe, task, c
             assert inductor.describe() == "compiled" or not inductor.available
             if inductor.active():  # ... and so did the compiled blocks (compile: auto)
                 assert "| compile: blocks (auto: bf16 on the CPU)" in log
+                assert "compiling the Transformer blocks (torch.compile)" in log  # the silent first step
     else:
         assert f"(CPU GEMM: {cpu_gemm})" in log
     a, b = losses(full.run_dir), losses(part.run_dir)
@@ -365,6 +366,8 @@ def test_compiled_training_matches_eager(train_recipe, tmp_path):
     compiled = train_recipe(output_dir=str(tmp_path / "compiled"), compile=True, **common)
     train(eager)
     train(compiled)
+    assert "compiling the model (torch.compile)" in (compiled.run_dir / "train.log").read_text()
+    assert "compiling" not in (eager.run_dir / "train.log").read_text()
     a, b = losses(eager.run_dir), losses(compiled.run_dir)
     assert sorted(a) == sorted(b) == [1, 2, 3]
     for step in a:  # inductor reorders float arithmetic: close, not bitwise

@@ -270,12 +270,18 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=corpus.size_hint(), unit="B", unit_scale=True, unit_divisor=1000,
+            # With max_documents the corpus's size says nothing about how much will be read: no
+            # percentage then (bytes and rates only), rather than a bar that stops at 17%.
+            capped = getattr(corpus, "max_documents", None) is not None
+            bar = tqdm(total=None if capped else corpus.size_hint(), unit="B", unit_scale=True, unit_divisor=1000,
                        desc=f"prepare {corpus.name}", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
         progress_state = _Progress(bar, start_time)
         for split in SPLITS:
             splits[split] = _write_split(split, corpus, tok, out, dtype, word_starts, batch_docs, pool,
                                          workers, progress_state)
+        if bar is not None:  # done: the last line says 100%, whatever the estimate was
+            bar.total = bar.n
+            bar.refresh()
     finally:
         if pool is not None:
             pool.terminate()

@@ -292,6 +292,9 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
     batches = data.train_batches(start_step, accum, info)
     model.train()
     step = start_step
+    if compiled != "none":  # else the bar sits silent at step 0 while Inductor works
+        logger.line(f"compiling the {'model' if compiled == 'model' else 'Transformer blocks'} (torch.compile): "
+                    "the first step takes a while, the next ones are fast")
     run_t0 = time.perf_counter()
     pending_best = False
     with StopRequest() as stop:
