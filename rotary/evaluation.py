@@ -215,29 +215,48 @@ def seq2seq_metrics(pre: Any, data: Any, split: str, *, num_beams: int = 5, leng
                         for s, h, r in list(zip(sources, result.texts, refs))[:samples]]}
 
 
-def run_data_options(pre: Any, corpus: str) -> dict[str, Any]:
-    """The corpus options of the run that made ``pre`` (its recipe.yaml beside the checkpoint) when
-    it was trained on ``corpus``: scoring a run uses its own direction and split."""
+def run_recipe(pre: Any) -> dict[str, Any]:
+    """The recipe of the run that made ``pre`` (its recipe.yaml beside the checkpoint), or {}."""
     import yaml
 
     for d in (pre.path, pre.path.parent, pre.path.parent.parent):
         recipe = Path(d) / "recipe.yaml"
         if recipe.is_file():
-            data = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
-            if data.get("corpus") != corpus:
-                return {}
-            opts = dict(data.get("corpus_options") or {})
-            if data.get("val_fraction") is not None:
-                opts["val_fraction"] = data["val_fraction"]
-            return opts
+            return yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
     return {}
+
+
+def run_data_options(pre: Any, corpus: str) -> dict[str, Any]:
+    """The corpus options of the run that made ``pre`` when it was trained on ``corpus``: scoring
+    a run uses its own direction and split."""
+    data = run_recipe(pre).get("data") or {}
+    if data.get("corpus") != corpus:
+        return {}
+    opts = dict(data.get("corpus_options") or {})
+    if data.get("val_fraction") is not None:
+        opts["val_fraction"] = data["val_fraction"]
+    return opts
+
+
+def eval_window(pre: Any, seq_len: int | None = None) -> int:
+    """Tokens per evaluation window: ``seq_len`` when given, else the ``seq_len`` the run trained
+    at (a model trained on 64-token windows is scored on 64-token windows), else max_seq_len."""
+    limit = int(pre.model.config.max_seq_len)
+    if seq_len is not None:
+        if not 0 < seq_len:
+            raise RotaryError(f"--seq-len must be positive, got {seq_len}")
+        return seq_len  # beyond max_seq_len only for a length-extrapolation study (RoPE has no table)
+    trained = run_recipe(pre).get("seq_len")
+    return min(int(trained), limit) if isinstance(trained, int) and trained > 0 else limit
 
 
 def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | None = None, seed: int = 0,
              batch_size: int = 8, device: str = "auto", out: str | Path | None = None,
-             corpus_options: dict[str, Any] | None = None, num_beams: int = 5) -> dict[str, Any]:
+             corpus_options: dict[str, Any] | None = None, num_beams: int = 5,
+             seq_len: int | None = None) -> dict[str, Any]:
     """Score ``run`` on ``corpus``'s ``split``; writes ``eval.json`` (and for a classifier
-    ``confusion.png``) into ``out`` (default: the run directory). Returns the metrics."""
+    ``confusion.png``) into ``out`` (default: the run directory). Returns the metrics. Language
+    models are scored in windows of ``seq_len`` tokens (default: the run's training seq_len)."""
     import json
 
     from rotary.io import atomic_write_text
@@ -270,9 +289,9 @@ def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | 
         docs = list(source.documents(split))
         if not docs:
             raise RotaryError(f"the {split} split of {corpus} is empty")
-        seq_len = pre.model.config.max_seq_len
+        seq_len = eval_window(pre, seq_len)
         if pre.task == "causal_lm":
-            metrics = causal_documents_metrics(pre, docs, stride=stride, batch_size=batch_size)
+            metrics = causal_documents_metrics(pre, docs, stride=stride, batch_size=batch_size, seq_len=seq_len)
         else:
             tokens, _ = encode_documents(pre.tokenizer, docs, "int64", False)
             metrics = masked_lm_metrics(pre.model, pre.tokenizer, tokens, seq_len=seq_len, seed=seed,

@@ -268,6 +268,16 @@ def test_tokenizer_train_prints_one_line(tmp_path):
     assert len(proc.stdout.splitlines()) == 1 and proc.stdout.startswith(str(tmp_path / "tok"))
 
 
+def test_tokenizer_train_warns_about_a_mostly_latin1_file(tmp_path):
+    corpus = tmp_path / "fr.txt"
+    corpus.write_bytes("\n\n".join(f"le caf\u00e9 {i} est tr\u00e8s bon, d\u00e9j\u00e0" for i in range(50))
+                       .encode("latin-1"))
+    proc = run_module("tokenizer", "train", "--corpus", str(corpus), "--kind", "bpe", "--vocab-size", "270",
+                      "--out", str(tmp_path / "tok"))
+    assert proc.returncode == 0, proc.stderr
+    assert "rotary: warning: 200 undecodable byte sequence(s)" in proc.stderr and "iconv" in proc.stderr
+
+
 def test_rotarys_warnings_are_one_line_without_source(tmp_path):
     pytest.importorskip("transformers")
     script = (

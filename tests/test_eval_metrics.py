@@ -148,3 +148,38 @@ def test_max_batches_limits_the_evaluation():
 def test_no_labelled_token_is_a_clear_error():
     with pytest.raises(RotaryError, match="validation split is too small"):
         run_evaluate("causal_lm", per_batch=[(0.0, 0, 0)])
+
+
+def test_causal_eval_scores_in_the_windows_the_run_trained_on(data_bpe_dir, tmp_path):
+    """A model trained on 64-token windows was scored on 256 (its max_seq_len): the run's own
+    seq_len is the default now, --seq-len chooses another."""
+    import json
+
+    import rotary
+    from rotary import checkpoint as ckpt
+    from rotary.cli import main
+    from rotary.evaluation import causal_documents_metrics
+    from rotary.model import CausalLM, ModelConfig
+    from rotary.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    model = CausalLM(ModelConfig(vocab_size=load_tokenizer(data_bpe_dir).vocab_size, max_seq_len=32, n_layer=1,
+                                 n_head=2, d_model=16, d_ff=32))
+    run = tmp_path / "run"
+    ckpt.write_checkpoint_dir(run / "best", ckpt.CheckpointContent(
+        config=ckpt.checkpoint_config("causal_lm", model.config), model_state=ckpt.model_state_for_saving(model),
+        trainer_state={"step": 0}, tokenizer_dir=data_bpe_dir))
+    (run / "recipe.yaml").write_text("task: causal_lm\nseq_len: 8\n")
+    corpus = tmp_path / "c.txt"
+    docs = [f"the cat sat on the mat {i} times and then it slept" for i in range(12)]
+    corpus.write_text("\n".join(docs) + "\n")
+    pre = rotary.load(run, device="cpu")
+    for extra, window in (([], 8), (["--seq-len", "32"], 32)):
+        assert main(["eval", str(run), "--corpus", str(corpus), "--corpus-opt", "split_by=line",
+                     "--corpus-opt", "val_fraction=0.5", *extra]) == 0
+        record = json.loads((run / "eval.json").read_text())
+        assert record["seq_len"] == window
+        split_docs = list(rotary.data.load_corpus(str(corpus), split_by="line", val_fraction=0.5).documents("val"))
+        expected = causal_documents_metrics(pre, split_docs, seq_len=window)
+        assert record["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert record["windows"] < causal_documents_metrics(pre, split_docs, seq_len=8)["windows"]

@@ -12,13 +12,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="evaluate a run on a corpus split: loss/perplexity/bits per byte, MLM accuracy, or accuracy/F1",
         description="Writes eval.json (and confusion.png for a classifier) into the run directory (or --out) and "
                     "prints a table. A causal LM is scored on every token of the split (--stride < the window: a "
-                    "sliding window, each token scored once with up to max_seq_len of context); a masked LM by "
+                    "sliding window, each token scored once with up to a window of context; windows of the run's "
+                    "training seq_len unless --seq-len); a masked LM by "
                     "top-1/top-5 accuracy on masks fixed by --seed; a classifier by accuracy (with a bootstrap 95% "
                     "interval), macro-F1, per-class precision/recall/F1 and the confusion matrix.")
     p.add_argument("run", help="run directory (its best/) or checkpoint")
     add_corpus_arguments(p, parallel=True)
     p.add_argument("--split", default="val", help="val (default) or test (labelled corpora)")
     p.add_argument("--stride", type=int, help="causal LM: window stride in tokens (default: the window, no overlap)")
+    p.add_argument("--seq-len", type=int,
+                   help="language models: tokens per window (default: the seq_len the run trained at, else "
+                        "the model's max_seq_len)")
     p.add_argument("--seed", type=int, default=0, help="masked LM: seed of the fixed masks (default 0)")
     p.add_argument("--beam", type=int, default=5, help="seq2seq: beam size of the translations scored (default 5)")
     p.add_argument("--batch-size", type=int, default=8, help="windows or texts per forward pass (default 8)")
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         raise RotaryError(f"--split must be val or test (or train), got {args.split!r}")
     record = run_eval(args.run, args.corpus, args.split, stride=args.stride, seed=args.seed,
                       batch_size=args.batch_size, device=args.device, out=args.out,
-                      corpus_options=corpus_options(args), num_beams=args.beam)
+                      corpus_options=corpus_options(args), num_beams=args.beam, seq_len=args.seq_len)
     print(format_record(record))
     return 0
 

@@ -81,4 +81,9 @@ def run_train(args: argparse.Namespace) -> int:
         note = f" (asked for {args.vocab_size:,}: the corpus supports no more at min_frequency {args.min_frequency})"
     print(f"{args.out}: {tok.kind} tokenizer, {tok.vocab_size:,} tokens{note}, "
           f"pre-tokenizer {'jieba' if tok.jieba else 'none'}, hash {tok.hash}")
+    replaced = tok.meta.get("replaced_undecodable", 0)
+    if replaced:  # a latin-1 or GBK file decodes with U+FFFD in place of its accents: say so
+        print(f"rotary: warning: {replaced:,} undecodable byte sequence(s) in {args.corpus} were replaced with "
+              "U+FFFD and the tokenizer learned them: if the file is not UTF-8 (latin-1? GBK?), convert it, "
+              "e.g. iconv -f latin1 -t utf-8", file=sys.stderr)
     return 0
