@@ -18,6 +18,7 @@ load by the manifest (``rotary.manifest``). ``train`` writes run directories; ``
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -146,10 +147,52 @@ def write_checkpoint_dir(target: Path, content: CheckpointContent) -> Path:
         apply_umask(tmp)
         fsync_dir(tmp)
         replace_dir(tmp, target)  # re-saving the same step (e.g. after a resume) replaces it
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_disk_full(err, target, content_bytes(content))
         raise
     return target
+
+
+def content_bytes(content: CheckpointContent) -> int:
+    """About how many bytes ``content`` takes on disk: its tensors, the tokenizer, JSON slack."""
+    def tensors(obj: Any) -> int:
+        if isinstance(obj, torch.Tensor):
+            return obj.numel() * obj.element_size()
+        if isinstance(obj, dict):
+            return sum(tensors(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return sum(tensors(v) for v in obj)
+        return 0
+
+    tok = Path(content.tokenizer_dir) if content.tokenizer_dir is not None else None
+    tok_bytes = sum(p.stat().st_size for p in tok.rglob("*") if p.is_file()) if tok and tok.is_dir() else 0
+    return tensors(content.model_state) + tensors(content.training_state) + tok_bytes + (64 << 10)
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    # safetensors and torch.save do not raise OSError on a full disk (SafetensorError "... os
+    # error 28", RuntimeError "unexpected pos"): the errno, else the words, else the free space.
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text
+
+
+def _raise_if_disk_full(err: BaseException, target: Path, needed: int) -> None:
+    """A one-line RotaryError for a write that failed for want of space (the failed write's own
+    files are already removed, so the free space is what the next try will find)."""
+    if not isinstance(err, Exception):
+        return  # KeyboardInterrupt, SystemExit: not a disk problem
+    try:
+        free = shutil.disk_usage(target.parent).free
+    except OSError:
+        return
+    if _is_disk_full(err) or free < needed:
+        raise RotaryError(
+            f"no space left to write {target}: it needs about {needed / 1e6:,.1f} MB and "
+            f"{free / 1e6:,.1f} MB are free there; the earlier checkpoints are untouched: free some space "
+            f"(or lower keep_checkpoints), then rerun with --resume") from err
 
 
 def is_complete(path: Path) -> bool:
@@ -273,8 +316,14 @@ def publish_best(run_dir: Path, source: Path) -> Path:
     tmp = run_dir / f".tmp-{BEST}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    shutil.copytree(source, tmp, copy_function=_link_or_copy)
-    return replace_dir(tmp, run_dir / BEST)
+    try:
+        shutil.copytree(source, tmp, copy_function=_link_or_copy)
+        return replace_dir(tmp, run_dir / BEST)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous best/ is still in place
+        needed = sum(p.stat().st_size for p in Path(source).rglob("*") if p.is_file())
+        _raise_if_disk_full(err, run_dir / BEST, needed)
+        raise
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rotary import checkpoint as ckpt
+from rotary.errors import RotaryError
 from tests.train_support import make_recipe, write_corpus
 
 
@@ -49,13 +50,15 @@ def boom(*args, **kwargs):
 
 
 # Each way a save can fail part-way: the weights, the optimiser state, the tokenizer copy, the
-# last JSON file.
+# last JSON file, the manifest written last.
 FAILURES = {
     "weights": lambda mp: mp.setattr(ckpt, "save_file", boom),
     "training_state": lambda mp: mp.setattr(torch, "save", boom),
     "tokenizer": lambda mp: mp.setattr(shutil, "copytree", boom),
     "trainer_state": lambda mp: _fail_on_trainer_state(mp),
+    "manifest": lambda mp: mp.setattr(ckpt, "write_manifest", boom),
 }
+DISK_FULL = r"no space left to write .*step-0000004: it needs about [\d.,]+ MB and [\d.,]+ MB are free there"
 
 
 def _fail_on_trainer_state(mp) -> None:
@@ -84,8 +87,9 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_partial_one(t
     before = snapshot(good)
     with monkeypatch.context() as mp:
         FAILURES[where](mp)
-        with pytest.raises(DiskFull):
+        with pytest.raises(RotaryError, match=DISK_FULL) as err:
             save(tmp_path, 4, 2.0)
+    assert "\n" not in str(err.value) and "--resume" in str(err.value)  # one line, with the way on
     assert not (tmp_path / "checkpoints" / "step-0000004").exists()
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2]
     assert ckpt.latest_checkpoint(tmp_path) == good and snapshot(good) == before
@@ -102,7 +106,7 @@ def test_a_killed_save_leaves_only_a_temp_directory_that_clean_partial_removes(t
     with monkeypatch.context() as mp:
         FAILURES[where](mp)
         mp.setattr(shutil, "rmtree", lambda *a, **k: None)  # no cleanup, as after SIGKILL
-        with pytest.raises(DiskFull):
+        with pytest.raises(RotaryError, match=DISK_FULL):
             save(tmp_path, 4, 2.0)
     assert not (tmp_path / "checkpoints" / "step-0000004").exists()
     left = [n for n in entries(tmp_path) if n != "step-0000002"]
@@ -118,7 +122,7 @@ def test_a_failed_resave_of_the_same_step_keeps_the_old_copy(tmp_path, monkeypat
     before = snapshot(path)
     with monkeypatch.context() as mp:
         mp.setattr(ckpt, "save_file", boom)
-        with pytest.raises(DiskFull):
+        with pytest.raises(RotaryError, match=DISK_FULL):
             save(tmp_path, 4, 2.0)
     assert snapshot(path) == before
     assert entries(tmp_path) == ["step-0000004"]
@@ -193,7 +197,7 @@ def test_a_training_run_whose_save_fails_resumes_from_the_previous_checkpoint(tm
 
     with monkeypatch.context() as mp:
         mp.setattr(ckpt, "save_file", fail_at_step_4)
-        with pytest.raises(DiskFull):
+        with pytest.raises(RotaryError, match=DISK_FULL):
             train(recipe())
     run = tmp_path / "run"
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [2]
@@ -204,6 +208,79 @@ def test_a_training_run_whose_save_fails_resumes_from_the_previous_checkpoint(tm
     assert (res.step, res.stopped) == (4, "max_steps")
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [2, 4]
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith((".tmp-", ".old-"))]
+
+
+def test_an_error_that_is_not_about_space_stays_itself(tmp_path, monkeypatch):
+    def bug(*a, **k):
+        raise ValueError("a bug, not a full disk")
+
+    monkeypatch.setattr(ckpt, "save_file", bug)
+    with pytest.raises(ValueError, match="a bug"):
+        save(tmp_path, 4, 1.0)
+
+
+def test_a_failed_best_publish_keeps_the_old_best_and_a_resume_publishes_it(tmp_path, monkeypatch):
+    from rotary.train.loop import train
+
+    corpus = write_corpus(tmp_path / "docs", n_docs=30)
+
+    def recipe():  # every evaluation improves on a fresh model: best/ follows each one
+        return make_recipe(tmp_path / "run", corpus=corpus, max_steps=4, checkpoint_interval=2, eval_interval=2,
+                           tensorboard=False, batch_size=2, lr=1e-2)
+
+    run = tmp_path / "run"
+    real = ckpt._link_or_copy
+
+    def full_at_step_4(src, dst):
+        if "step-0000004" in src:
+            boom()
+        real(src, dst)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(ckpt, "_link_or_copy", full_at_step_4)
+        with pytest.raises(RotaryError, match="no space left to write .*best"):
+            train(recipe())
+    assert ckpt.read_json(run / "best" / "trainer_state.json")["step"] == 2  # the old best/, whole
+    assert ckpt.is_complete(run / "best") and not [p for p in run.iterdir() if p.name.startswith(".tmp-")]
+    best_step = ckpt.read_json(run / "checkpoints" / "step-0000004" / "trainer_state.json")["best_eval"]["step"]
+    res = train(recipe(), resume=True)
+    assert res.step == 4 and best_step == 4
+    assert ckpt.read_json(run / "best" / "trainer_state.json")["step"] == 4  # published on resume
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 3 MB tmpfs (root on Linux only): a real full disk, whose errors are not OSErrors."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None or \
+            os.system(f"mount -t tmpfs -o size=3m tmpfs {mount} 2>/dev/null") != 0:
+        pytest.skip("needs to mount a tmpfs (root)")
+    yield mount
+    os.system(f"umount {mount}")
+
+
+def test_a_real_full_disk_keeps_the_previous_checkpoint_and_resumes_after_space_is_freed(small_filesystem):
+    def big(step: int, value: float) -> ckpt.CheckpointContent:
+        c = content(small_filesystem, step, value)
+        c.model_state["big"] = torch.full((250_000,), value)  # 1 MB of weights
+        return c
+
+    first = ckpt.write_checkpoint_dir(small_filesystem / "checkpoints" / ckpt.step_dir_name(2), big(2, 1.0))
+    before = snapshot(first)
+    filler = small_filesystem / "filler"
+    filler.write_bytes(b"x" * (shutil.disk_usage(small_filesystem).free - 200_000))  # ~0.2 MB left
+    for where in ("weights", "training_state"):  # safetensors' and torch.save's own disk-full errors
+        c = big(4, 2.0)
+        if where == "training_state":
+            c.model_state = {"w": torch.zeros(1)}
+            c.training_state["moments"] = torch.zeros(250_000)
+        with pytest.raises(RotaryError, match=DISK_FULL):
+            ckpt.write_checkpoint_dir(small_filesystem / "checkpoints" / ckpt.step_dir_name(4), c)
+        assert entries(small_filesystem) == ["step-0000002"] and snapshot(first) == before
+    filler.unlink()  # space freed: the same save now works
+    assert ckpt.is_complete(ckpt.write_checkpoint_dir(small_filesystem / "checkpoints" / ckpt.step_dir_name(4),
+                                                      big(4, 2.0)))
 
 
 # -- pruning: every directory named like a checkpoint is complete at every instant -------------

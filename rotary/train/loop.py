@@ -230,6 +230,11 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
         logger.line(f"warning: accelerate launch was asked for {asked or 'several'} processes; this run has 1")
     if latest is not None:
         logger.line(f"resumed from {latest} at step {start_step}")
+        if info.is_main and result.best_eval.get("step") == start_step and not _holds_step(run_dir / ckpt.BEST,
+                                                                                            start_step):
+            # the save of this step succeeded and publishing it as best/ failed (a full disk)
+            ckpt.publish_best(run_dir, latest)
+            logger.line(f"best/ updated to step {start_step}, the best evaluation so far")
     for note in notes:
         logger.line(note)
     logger.line(
@@ -381,3 +386,7 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
     if info.is_main:
         plot_losses(run_dir)
     return result
+
+
+def _holds_step(path: Path, step: int) -> bool:
+    return ckpt.is_complete(path) and ckpt.read_json(path / "trainer_state.json").get("step") == step
