@@ -176,7 +176,8 @@ def test_kill_9_at_random_moments_always_resumes_from_a_complete_checkpoint(tmp_
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path, prepared):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_a_checkpoint_and_exits_with_128_plus_its_number(tmp_path, prepared, signum, code):
     recipe = write_recipe(tmp_path / "r.yaml", tmp_path / "run", prepared, batch_size=2, max_steps=100000,
                           checkpoint_interval=100000, eval_interval=100000, log_interval=1, tensorboard=False)
     proc = subprocess.Popen([sys.executable, "-m", "rotary", "train", str(recipe)], stdout=subprocess.PIPE,
@@ -185,12 +186,45 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path, prepared):
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == code, err[-2000:]
     assert "interrupted: checkpoint saved" in err
     steps = [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")]
     assert steps and steps[-1] >= 3
+
+
+def test_sigterm_to_torchrun_preempts_every_rank_into_one_checkpoint_and_resume_is_exact(tmp_path, prepared):
+    """A cluster scheduler's preemption: SIGTERM to torchrun, which forwards it to every rank. The
+    ranks agree on a step, save one consistent checkpoint (a checkpoint every step, so the signal
+    often lands in a save) and exit 143; --resume then trains exactly the steps an uninterrupted
+    run trains."""
+    common = dict(batch_size=2, max_steps=60, checkpoint_interval=1, keep_checkpoints=2, eval_interval=1000,
+                  log_interval=1, tensorboard=False)
+    whole = write_recipe(tmp_path / "whole.yaml", tmp_path / "whole", prepared, **common)
+    part = write_recipe(tmp_path / "part.yaml", tmp_path / "part", prepared, **common)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+           "-m", "rotary", "train", str(part)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    metrics = tmp_path / "part" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    # torchrun itself ends with its SignalException (exit 1); the workers saved first
+    assert "interrupted: checkpoint saved" in err and "SignalException" in err, err[-3000:]
+    steps = _complete_checkpoints_are_loadable(tmp_path / "part")
+    stopped_at = max(steps)
+    assert 5 <= stopped_at < 60
+    assert not [p for p in (tmp_path / "part" / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+    resumed = torchrun(str(part), "--resume", nproc=2, extra=(f"--master-port={free_port()}",))
+    assert resumed.returncode == 0 and f"at step {stopped_at}" in resumed.stderr, resumed.stderr[-3000:]
+    done = torchrun(str(whole), nproc=2, extra=(f"--master-port={free_port()}",))
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = train_losses(tmp_path / "whole"), train_losses(tmp_path / "part")
+    assert sorted(a) == sorted(b) == list(range(1, 61))
+    assert a == b  # bit for bit, across the preemption
 
 
 def test_accelerate_launch_runs_the_same_entry_point(tmp_path, prepared):

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rotary.commands.train import is_main_rank, recipe_from_args
+    from rotary.commands.train import interrupted_exit_code, is_main_rank, recipe_from_args
 
     extra = {"init_from": args.init_from} if args.init_from is not None else {}
     from rotary.finetune import finetune, finetune_defaults
@@ -45,4 +45,4 @@ def run(args: argparse.Namespace) -> int:
             lo, hi = result.test["accuracy_95ci"]
             print(f"test ({result.test['examples']} examples): accuracy {result.test['accuracy']:.4f} "
                   f"(95% CI {lo:.4f}-{hi:.4f}), macro-F1 {result.test['macro_f1']:.4f}")
-    return 130 if result.stopped == "interrupted" else 0
+    return interrupted_exit_code(result)

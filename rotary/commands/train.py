@@ -123,4 +123,15 @@ def run(args: argparse.Namespace) -> int:
     if result.last_eval and is_main_rank():  # one summary per run, not one per process
         summary = ", ".join(f"{k} {v:.4f}" for k, v in result.last_eval.items() if isinstance(v, float))
         print(f"{result.run_dir}: step {result.step} ({result.stopped}); validation {summary}")
-    return 130 if result.stopped == "interrupted" else 0
+    return interrupted_exit_code(result)
+
+
+def interrupted_exit_code(result) -> int:
+    """0, or 128 + the signal for a run that a signal stopped after saving (the shell's code for
+    that signal): 130 for Ctrl-C, 143 for SIGTERM (a scheduler's preemption). A rank that stopped
+    because another rank was signalled reports SIGTERM."""
+    import signal
+
+    if result.stopped != "interrupted":
+        return 0
+    return 128 + int(result.signal or signal.SIGTERM)

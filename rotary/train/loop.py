@@ -65,6 +65,7 @@ class TrainResult:
     run_dir: Path
     step: int
     stopped: str  # "max_steps", "early_stopping", "interrupted", "resumed_finished"
+    signal: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM), when one did
     last_eval: dict[str, float] = field(default_factory=dict)
     best_eval: dict[str, float] = field(default_factory=dict)
     train_losses: list[tuple[int, float]] = field(default_factory=list)
@@ -375,6 +376,7 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
                 pending_best = False
             if interrupted:
                 result.stopped = "interrupted"
+                result.signal = stop.signal
                 logger.line(f"interrupted: checkpoint saved at step {step}; continue with --resume")
                 break
             if stopping:
