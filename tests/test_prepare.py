@@ -438,3 +438,51 @@ def test_the_progress_bar_ends_at_100_percent_also_with_max_documents(data_bpe_d
     assert "100%" in frames[-1], frames[-3:]
     shown = [int(p) for f in frames for p in re.findall(r"(\d+)%", f)]
     assert all(p == 100 for p in shown) if max_documents else shown[-1] == 100
+
+
+KILLED_AFTER_TRAIN = r"""
+import os, signal, sys
+from rotary.data import prepare as prep
+
+real = prep._write_split
+
+def write_then_die(split, *args, **kwargs):
+    stats = real(split, *args, **kwargs)
+    if split == "val":  # the train split and the val split are written: die before they are named
+        os.kill(os.getpid(), signal.SIGKILL)
+    return stats
+
+prep._write_split = write_then_die
+prep.prepare(sys.argv[1], sys.argv[2], sys.argv[3], progress=False, corpus_opts={"split_by": "paragraph"})
+"""
+
+
+def test_prepare_killed_part_way_leaves_no_shards_and_training_refuses_then_a_rerun_redoes_it(
+        data_bpe_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+    import sys
+
+    text = tmp_path / "t.txt"
+    text.write_text("".join(f"paragraph {i} of the text\n\n" for i in range(300)))
+    out = tmp_path / "out"
+    prepare(str(text), data_bpe_dir, out, progress=False, corpus_opts={"split_by": "paragraph"})
+    whole = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".bin"}
+    text.write_text("".join(f"changed paragraph {i}\n\n" for i in range(300)))  # a rebuild, killed
+    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_TRAIN, str(text), str(data_bpe_dir), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert visible == [], visible  # neither the old shards nor the new ones look usable
+    with pytest.raises(RotaryError, match="no meta.json"):
+        open_shards(out)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data:\n  shards: {out}\n  tokenizer:\n    path: {data_bpe_dir}\nmax_steps: 1\n"
+                      f"output_dir: {tmp_path / 'run'}\nmodel:\n  preset: tiny\n")
+    capsys.readouterr()
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "(meta.json missing): run `rotary prepare`" in err, err
+    text.write_text("".join(f"paragraph {i} of the text\n\n" for i in range(300)))
+    info = prepare(str(text), data_bpe_dir, out, progress=False, corpus_opts={"split_by": "paragraph"})
+    assert not info.skipped and {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".bin"} == whole
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # the partial files were removed

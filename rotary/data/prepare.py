@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from rotary.data.shards import (
     shards_complete,
 )
 from rotary.errors import RotaryError
-from rotary.io import atomic_open, atomic_write_text, fsync_dir
+from rotary.io import atomic_write_text, fsync_dir
 
 # A batch is flushed to the tokenizer when it holds this many characters (or batch_docs documents).
 BATCH_CHARS = 1 << 21
@@ -109,11 +109,12 @@ class _Progress:
 
 def _write_split(split: str, corpus: Any, tok: Any, out: Path, dtype: str, word_starts: bool, batch_docs: int,
                  pool: Any, workers: int, progress: _Progress) -> dict[str, Any]:
-    """Encode one split into its shard(s), written under temp names and renamed at the end."""
+    """Encode one split into its shard(s) under hidden partial names (:func:`partial_path`): the
+    caller renames every split's shards together, once all are written, just before meta.json."""
     stats = {"documents": 0, "characters": 0, "bytes": 0, "tokens": 0}
     with contextlib.ExitStack() as stack:
-        f = stack.enter_context(atomic_open(shard_path(out, split), "wb"))
-        fw = stack.enter_context(atomic_open(shard_path(out, split, True), "wb")) if word_starts else None
+        f = stack.enter_context(_partial_open(shard_path(out, split)))
+        fw = stack.enter_context(_partial_open(shard_path(out, split, True))) if word_starts else None
 
         def consume(batch: list[str], result: tuple[np.ndarray, np.ndarray | None]) -> None:
             ids, flags = result
@@ -152,6 +153,25 @@ def _write_split(split: str, corpus: Any, tok: Any, out: Path, dtype: str, word_
             consume(done, fut.result())
     stats["undecodable_replacements"] = corpus.replacements[split]
     return stats
+
+
+def partial_path(final: Path) -> Path:
+    """Where a shard is written until the whole dataset is: ``.train.bin.partial``."""
+    return final.parent / f".{final.name}.partial"
+
+
+@contextlib.contextmanager
+def _partial_open(final: Path) -> Iterator[IO]:
+    path = partial_path(final)
+    try:
+        with open(path, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise
 
 
 class _AsyncResult:
@@ -243,8 +263,11 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
     # From here on the directory is incomplete until the new meta.json lands.
     with contextlib.suppress(FileNotFoundError):
         (out / "meta.json").unlink()
-    # Temp files of a run that was killed outright (atomic_open removes them on exceptions).
-    for stale in [*out.glob(".*.bin.*.tmp"), *out.glob(".meta.json.*.tmp")]:
+    # What a run killed outright left (partial shards, temp files), and the shards of an earlier
+    # run, which no meta.json describes any more: nothing in --out may look like usable shards.
+    stale_files = [*out.glob(".*.bin.*.tmp"), *out.glob(".*.bin.partial"), *out.glob(".meta.json.*.tmp"),
+                   *(shard_path(out, s, w) for s in SPLITS for w in (False, True))]
+    for stale in stale_files:
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
 
@@ -293,7 +316,7 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
         for s in SPLITS:
             for words in (False, True):
                 with contextlib.suppress(FileNotFoundError):
-                    shard_path(out, s, words).unlink()
+                    partial_path(shard_path(out, s, words)).unlink()
 
     if splits["train"]["documents"] == 0:
         remove_shards()
@@ -337,6 +360,10 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
         "inputs_hash": inputs_hash,
         "inputs": inputs,
     }
+    for s in SPLITS:  # every shard is whole: they take their names together, then meta.json says so
+        for words in (False, True) if word_starts else (False,):
+            os.replace(partial_path(shard_path(out, s, words)), shard_path(out, s, words))
+    fsync_dir(out)
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     fsync_dir(out)
     info = PreparedInfo(out, meta, seconds=time.perf_counter() - start_time, notes=notes)
