@@ -136,12 +136,31 @@ def test_min_p_never_samples_outside_its_set(lm):
             seq.append(token)
 
 
-def test_repetition_penalty_changes_a_greedy_decode_and_one_is_none(lm):
-    prompt = [5, 17, 3]
-    plain = generate(lm, [prompt], 12, temperature=0)
-    assert generate(lm, [prompt], 12, temperature=0, repetition_penalty=1.0) == plain
-    penalised = generate(lm, [prompt], 12, temperature=0, repetition_penalty=50.0)[0]
-    assert len(set(penalised)) > len(set(plain[0])) or penalised != plain[0]
+def test_a_greedy_repetition_penalty_decode_is_transformers_over_prompt_and_output(lm):
+    """CTRL's penalty counts every token already in the row, its prompt's as well as its output's:
+    a greedy decode with it equals, token by token, argmax of transformers'
+    RepetitionPenaltyLogitsProcessor applied to full-forward logits with input_ids = prompt +
+    tokens so far. The prompts are chosen so that the penalty on prompt tokens decides: the
+    unpenalised first choice after [4, 9, 9, 1] is 1, a prompt token (and step 7 of the other row
+    would pick the prompt's 42), so an engine that penalised only generated tokens picks otherwise.
+    Two rows in one batch: each row's seen tokens are its own."""
+    processors = pytest.importorskip("transformers.generation.logits_process")
+    prompts = [[4, 9, 9, 1], [5, 17, 3, 42, 8]]
+    plain = generate(lm, prompts, 12, temperature=0)
+    assert generate(lm, prompts, 12, temperature=0, repetition_penalty=1.0) == plain  # 1 is no penalty
+    assert plain[0][0] == 1 and plain[1][6] == 42  # what the prompt's tokens would give unpenalised
+    for penalty in (1.3, 2.0):
+        penalise = processors.RepetitionPenaltyLogitsProcessor(penalty)
+        out = generate(lm, prompts, 12, temperature=0, repetition_penalty=penalty)
+        for prompt, tokens in zip(prompts, out):
+            seq = list(prompt)
+            for token in tokens:
+                want = penalise(torch.tensor([seq]), full_forward_logits(lm, seq)[None].clone())[0]
+                top2 = want.topk(2).values
+                assert top2[0] - top2[1] > 1e-3  # no near-tie that float rounding could flip
+                assert token == int(want.argmax()), (penalty, seq)
+                seq.append(token)
+        assert out[0][0] != 1 and out[1][6] != 42  # the prompt's tokens were penalised
 
 
 def test_a_seeded_row_samples_the_same_whatever_shares_its_batch(lm):
@@ -154,18 +173,33 @@ def test_a_seeded_row_samples_the_same_whatever_shares_its_batch(lm):
     assert rows[0] == alone and rows[1] != alone
 
 
-def test_logprobs_are_the_models_log_softmax_of_each_chosen_token(lm):
+@pytest.mark.parametrize("params", [
+    dict(temperature=1.0),
+    dict(temperature=0.5, top_k=5),
+    dict(temperature=1.5, top_p=0.8),
+    dict(temperature=0.7, min_p=0.1),
+    dict(temperature=0, top_k=5),
+], ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()))
+def test_logprobs_are_the_models_raw_log_softmax_whatever_the_sampling(lm, params):
+    """A logprob is the model's own: log_softmax of the unmodified logits at the chosen token, as
+    the engine's Event documents ("under the model (before temperature and filtering)") and the
+    README's `--logprobs` ("the model's log-probability"), not of the tempered, top-k/top-p or
+    min-p distribution the token was drawn from. Temperature 1 without a filter cannot tell them
+    apart; the other settings can."""
     engine = Engine(lm, slots=1, max_len=20)
     prompt = [5, 17, 3]
-    events = engine.start([Request(prompt, 6, SamplingParams(temperature=1.0, seed=0, logprobs=True))])
+    events = engine.start([Request(prompt, 8, SamplingParams(seed=0, logprobs=True, **params))])
     got = []
     while events:
         got += [(e.token, e.logprob) for e in events]
         events = engine.step()
     seq = list(prompt)
     for token, lp in got:
-        want = full_forward_logits(lm, seq).double().log_softmax(-1)[token]
-        assert lp == pytest.approx(float(want), abs=1e-4)
+        logits = full_forward_logits(lm, seq)
+        if "top_k" in params:  # the filter did act: the token is one of the k most likely
+            assert token in logits.topk(params["top_k"]).indices.tolist()
+        want = logits.double().log_softmax(-1)[token]
+        assert lp == pytest.approx(float(want), abs=1e-4), (params, seq)
         seq.append(token)
 
 
@@ -279,6 +313,9 @@ def test_rope_scaling_at_inference_extends_the_context_exactly_as_the_config_say
 
 def test_generate_cli_json_num_samples_stop_and_logprobs(lm_run, capsys):
     from rotary.cli import main
+    from rotary.pretrained import load
+
+    pre = load(lm_run)  # on the device the CLI picks (auto), to compare its logprobs there
 
     assert main(["generate", str(lm_run), "--prompt", "To be", "--prompt", "The", "--max-new-tokens", "6",
                  "--num-samples", "2", "--seed", "3", "--json", "--logprobs"]) == 0
@@ -286,7 +323,14 @@ def test_generate_cli_json_num_samples_stop_and_logprobs(lm_run, capsys):
     assert [(r["prompt"], r["sample"]) for r in records] == [("To be", 0), ("To be", 1), ("The", 0), ("The", 1)]
     for r in records:
         assert r["finish_reason"] in ("stop", "length") and len(r["logprobs"]) == len(r["token_ids"])
-        assert all(lp <= 0 for lp in r["logprobs"]) and r["usage"]["completion_tokens"] == len(r["token_ids"])
+        assert r["usage"]["completion_tokens"] == len(r["token_ids"])
+        # each logprob is the model's log_softmax at its token, from one full forward of the row
+        prompt = pre.tokenizer.encode(r["prompt"])
+        with torch.no_grad():
+            ids = torch.tensor([prompt + r["token_ids"]], device=pre.model.device)
+            logp = pre.model(ids)[0].double().log_softmax(-1)
+        want = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(r["token_ids"])]
+        assert r["logprobs"] == pytest.approx(want, abs=1e-4)
     # greedy with a stop string: the text ends where the stop string began, without it
     assert main(["generate", str(lm_run), "--prompt", "To be", "--max-new-tokens", "20", "--temperature", "0",
                  "--json"]) == 0

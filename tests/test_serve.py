@@ -23,6 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
@@ -132,14 +133,27 @@ def wait_for(predicate, timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-def post(port: int, path: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict]:
+def post_with_headers(port: int, path: str, body: bytes | dict,
+                      headers: dict | None = None) -> tuple[int, dict, http.client.HTTPMessage]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     conn.request("POST", path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
     resp = conn.getresponse()
-    out = resp.status, json.loads(resp.read() or b"null")
+    out = resp.status, json.loads(resp.read() or b"null"), resp.headers
     conn.close()
     return out
+
+
+def post(port: int, path: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict]:
+    return post_with_headers(port, path, body, headers)[:2]
+
+
+def model_logprobs(pre, prompt: list[int], tokens: list[int]) -> list[float]:
+    """The model's own log-probability of each of ``tokens`` after ``prompt``: log_softmax of one
+    full forward's logits, untouched by temperature or filters."""
+    with torch.no_grad():
+        logp = pre.model(torch.tensor([prompt + tokens]))[0].double().log_softmax(-1)
+    return [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(tokens)]
 
 
 def batch_steps(server, size: int) -> int:
@@ -220,16 +234,29 @@ def test_n_samples_are_seeded_seed_plus_j(client, pre):
     assert many.usage.completion_tokens == sum(one.usage.completion_tokens for one in singles)
 
 
-def test_logprobs_of_the_chosen_tokens(client):
-    out = client.completions.create(model=MODEL, prompt="So long as", max_tokens=10, temperature=0, logprobs=0)
+def test_logprobs_are_the_models_raw_log_probabilities_of_the_chosen_tokens(client, pre):
+    """Each logprob is the model's log_softmax at the chosen token (README: "the model's
+    log-probability"), also when the token was drawn at temperature 0.5 from the top 5: the same
+    seed and settings offline give the ids, and one full forward the values."""
+    prompt = "So long as"
+    out = client.completions.create(model=MODEL, prompt=prompt, max_tokens=10, temperature=0.5, seed=3,
+                                    logprobs=0, extra_body={"top_k": 5})
     lp = out.choices[0].logprobs
-    assert "".join(lp.tokens) == out.choices[0].text and len(lp.token_logprobs) == 10
-    assert all(x <= 0 for x in lp.token_logprobs) and lp.text_offset[0] == 0
-    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "So long as"}],
-                                          max_tokens=5, temperature=0, logprobs=True)
+    (offline,) = pre.complete(prompt, 10, temperature=0.5, top_k=5, seed=3)
+    ids = offline.token_ids
+    assert out.choices[0].text == offline.text and "".join(lp.tokens) == out.choices[0].text
+    assert lp.tokens == [pre.tokenizer.decode([t]) for t in ids] and lp.text_offset[0] == 0
+    assert lp.token_logprobs == pytest.approx(model_logprobs(pre, pre.tokenizer.encode(prompt), ids), abs=1e-4)
+
+    messages = [{"role": "user", "content": prompt}]
+    chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=5, temperature=0, logprobs=True)
     content = chat.choices[0].logprobs.content
     assert "".join(t.token for t in content) == chat.choices[0].message.content
-    assert all(t.logprob <= 0 for t in content)
+    text = chat_prompt([Message(**m) for m in messages])
+    (offline,) = pre.complete(text, 5, temperature=0, stop=ROLE_STOPS)
+    assert [t.token for t in content] == [pre.tokenizer.decode([t]) for t in offline.token_ids]
+    want = model_logprobs(pre, pre.tokenizer.encode(text), offline.token_ids)
+    assert [t.logprob for t in content] == pytest.approx(want, abs=1e-4)
 
 
 def test_models_health_and_metrics(client, server):
@@ -336,6 +363,37 @@ def test_bad_requests_get_openai_error_json_and_the_server_lives_on(server, path
     assert post(server.port, "/v1/completions", OK)[0] == 200
 
 
+# Token-id prompts of exact lengths around the context (64): a row holds prompt + max_tokens
+# positions, so 63 + 1 fits and 63 + 2 does not; a prompt of 64 leaves no room for any token.
+@pytest.mark.parametrize("n_prompt, max_tokens, param", [
+    (CONTEXT - 1, 1, None),
+    (CONTEXT - 2, 2, None),
+    (CONTEXT - 1, 2, "max_tokens"),
+    (CONTEXT, 1, "prompt"),
+    (CONTEXT + 1, 1, "prompt"),
+    (CONTEXT - 1, None, None),          # null: the rest of the context, one token here
+    (CONTEXT, None, "prompt"),
+    (CONTEXT - 16, "default", None),    # left out: completions' default of 16
+    (CONTEXT - 15, "default", "max_tokens"),
+])
+def test_the_context_bound_is_prompt_plus_max_tokens_at_most_the_context(server, pre, n_prompt, max_tokens, param):
+    ids = (pre.tokenizer.encode(" ".join(LINES)) * 4)[:n_prompt]
+    assert len(ids) == n_prompt and pre.tokenizer.eos_id not in ids
+    body = {"model": MODEL, "prompt": ids, "temperature": 0}
+    if max_tokens != "default":
+        body["max_tokens"] = max_tokens
+    status, out = post(server.port, "/v1/completions", body)
+    if param is None:
+        want = {None: CONTEXT - n_prompt, "default": 16}.get(max_tokens, max_tokens)
+        assert status == 200, out
+        usage = out["usage"]
+        assert usage["prompt_tokens"] == n_prompt and 1 <= usage["completion_tokens"] <= want
+        assert out["choices"][0]["finish_reason"] == ("length" if usage["completion_tokens"] == want else "stop")
+    else:
+        assert status == 400, out
+        assert (out["error"]["param"], out["error"]["code"]) == (param, "context_length_exceeded"), out
+
+
 def test_the_client_raises_openais_exceptions(client):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="gpt-4", prompt="x")
@@ -370,8 +428,9 @@ def test_a_full_queue_answers_503(pre):
         wait_for(lambda: s.engine.active == 1)
         second = pool.submit(post, s.port, "/v1/completions", body)
         wait_for(lambda: s.scheduler.pending == 1)
-        status, out = post(s.port, "/v1/completions", body)
+        status, out, headers = post_with_headers(s.port, "/v1/completions", body)
         assert status == 503 and out["error"]["code"] == "queue_full"
+        assert headers["Retry-After"] == "1"  # clients (the openai one too) wait this long before retrying
         assert first.result()[0] == second.result()[0] == 200
 
 
