@@ -253,10 +253,11 @@ def eval_window(pre: Any, seq_len: int | None = None) -> int:
 def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | None = None, seed: int = 0,
              batch_size: int = 8, device: str = "auto", out: str | Path | None = None,
              corpus_options: dict[str, Any] | None = None, num_beams: int = 5,
-             seq_len: int | None = None) -> dict[str, Any]:
+             seq_len: int | None = None, baseline: bool = True) -> dict[str, Any]:
     """Score ``run`` on ``corpus``'s ``split``; writes ``eval.json`` (and for a classifier
     ``confusion.png``) into ``out`` (default: the run directory). Returns the metrics. Language
-    models are scored in windows of ``seq_len`` tokens (default: the run's training seq_len)."""
+    models are scored in windows of ``seq_len`` tokens (default: the run's training seq_len). A
+    classifier's record holds the char TF-IDF + LR bar on the same splits unless ``baseline=False``."""
     import json
 
     from rotary.io import atomic_write_text
@@ -281,6 +282,11 @@ def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | 
         labelled = load_labelled(corpus, **opts)
         metrics = evaluate_classifier(run, labelled.split(split), labelled.label_names, pair=labelled.pair,
                                       batch_size=batch_size, device=device)
+        if baseline:
+            from rotary.baselines import baseline as classical
+
+            metrics["baseline"] = classical(labelled.split("train"), labelled.split("val"), labelled.split(split),
+                                            len(labelled.label_names))
     else:
         from rotary.data.encode import encode_documents
         from rotary.data.sources import load_corpus

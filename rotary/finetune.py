@@ -186,11 +186,15 @@ def load_backbone(model: Any, weights: Path) -> None:
 
 
 def score_test(run_dir: Path, labelled: Any, cfg: Any) -> dict[str, Any]:
-    """The best checkpoint on the test split, once: written to ``test_results.json``."""
+    """The best checkpoint on the test split, once, with the classical bar fitted on the same
+    splits beside it (``rotary.baselines``): written to ``test_results.json``."""
+    from rotary.baselines import baseline
     from rotary.evaluation import evaluate_classifier
     from rotary.io import atomic_write_text
 
     metrics = evaluate_classifier(run_dir, labelled.split("test"), labelled.label_names, pair=labelled.pair,
                                   batch_size=cfg.batch_size, device="cpu" if cfg.device == "cpu" else "auto")
+    metrics["baseline"] = baseline(labelled.split("train"), labelled.split("val"), labelled.split("test"),
+                                   len(labelled.label_names))
     atomic_write_text(Path(run_dir) / "test_results.json", json.dumps(metrics, indent=2, ensure_ascii=False))
     return metrics

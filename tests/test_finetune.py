@@ -84,6 +84,49 @@ def test_eval_of_the_classifier_matches_its_test_score_and_a_hand_count(classifi
     assert record["accuracy"] == pytest.approx(sklearn.accuracy_score(labels, preds))
 
 
+def test_finetune_and_eval_show_the_char_tfidf_bar_fitted_on_the_same_splits(classifier_run, sentiment_dir, capsys,
+                                                                             monkeypatch, tmp_path):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from rotary.baselines import C_GRID, compare_line
+    from rotary.data.sources import load_labelled
+
+    bar = json.loads((classifier_run / "test_results.json").read_text())["baseline"]
+    data = load_labelled(str(sentiment_dir))
+    train, val, test = (data.split(s) for s in ("train", "val", "test"))
+    # recomputed by hand: fitted on train only, C picked on val, scored on test
+    vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True).fit([e.text for e in train])
+
+    def fitted(c):
+        return LogisticRegression(C=c, max_iter=2000).fit(vec.transform([e.text for e in train]),
+                                                          [e.label for e in train])
+
+    def accuracy(model, split):
+        return float(np.mean(model.predict(vec.transform([e.text for e in split])) == [e.label for e in split]))
+
+    from sklearn.metrics import f1_score
+
+    val_f1 = {c: f1_score([e.label for e in val], fitted(c).predict(vec.transform([e.text for e in val])),
+                          average="macro") for c in C_GRID}
+    best_c = max(C_GRID, key=lambda c: (val_f1[c], -C_GRID.index(c)))
+    assert bar["C"] == best_c and bar["accuracy"] == pytest.approx(accuracy(fitted(best_c), test))
+    assert bar["examples"] == 200 and 0.6 < bar["accuracy"] < 1
+    monkeypatch.setenv("ROTARY_CACHE", str(tmp_path / "cache"))  # eval computes it afresh, then reads the cache
+    for _ in range(2):
+        assert main(["eval", str(classifier_run), "--corpus", str(sentiment_dir), "--split", "test"]) == 0
+        out = capsys.readouterr().out
+        record = json.loads((classifier_run / "eval.json").read_text())
+        assert record["baseline"]["accuracy"] == pytest.approx(bar["accuracy"])
+        assert compare_line(record["accuracy"], record["baseline"]) in out
+    assert len(list((tmp_path / "cache" / "baselines").iterdir())) == 1
+    points = 100 * (record["accuracy"] - bar["accuracy"])
+    assert (f"beats it by {points:+.1f} points" if points > 0 else f"loses by {-points:.1f} points") in out
+    assert main(["eval", str(classifier_run), "--corpus", str(sentiment_dir), "--split", "test",
+                 "--no-baseline"]) == 0
+    assert "TF-IDF" not in capsys.readouterr().out
+
+
 def test_classify_prints_labels_and_probabilities_and_writes_jsonl(classifier_run, tmp_path, capsys):
     texts = ["--text", "这家酒店很干净，服务也好", "--text", "太差了，再也不来"]
     assert main(["classify", str(classifier_run), *texts]) == 0
@@ -178,6 +221,8 @@ def test_finetune_needs_no_recipe_and_sizes_its_steps_from_the_data(tiny_mlm, se
     assert evals == [per_epoch, 2 * per_epoch, 3 * per_epoch], (n_train, evals)
     assert json.loads((run / "best" / "trainer_state.json").read_text())["best_metric"] == "accuracy"
     assert json.loads((run / "test_results.json").read_text())["examples"] > 0
+    out = capsys.readouterr().out  # the bar beside rotary's own test accuracy
+    assert "test, char 1-3-gram TF-IDF + LR on the same splits (C " in out and "points" in out, out
     # --max-steps wins over the epochs; --epochs sets another count
     assert main(["finetune", "--from", str(tiny_mlm.run_dir), "--data.corpus", str(corpus), "--max-steps", "2",
                  "--output-dir", "runs/two", "--progress", "false", "--tensorboard", "false"]) == 0

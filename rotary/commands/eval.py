@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--beam", type=int, default=5, help="seq2seq: beam size of the translations scored (default 5)")
     p.add_argument("--batch-size", type=int, default=8, help="windows or texts per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="classifier: skip the char TF-IDF + LR baseline printed beside the accuracy")
     p.add_argument("--out", help="directory for eval.json (default: the run directory)")
     p.set_defaults(func=run)
 
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         raise RotaryError(f"--split must be val or test (or train), got {args.split!r}")
     record = run_eval(args.run, args.corpus, args.split, stride=args.stride, seed=args.seed,
                       batch_size=args.batch_size, device=args.device, out=args.out,
-                      corpus_options=corpus_options(args), num_beams=args.beam, seq_len=args.seq_len)
+                      corpus_options=corpus_options(args), num_beams=args.beam, seq_len=args.seq_len,
+                      baseline=not args.no_baseline)
     print(format_record(record))
     return 0
 
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
 def format_record(record: dict) -> str:
     lines = [f"{record['run']} ({record['task']}) on {record['corpus']} {record['split']}:"]
     for key, value in record.items():
-        if key in ("run", "task", "corpus", "split", "checkpoint", "per_class", "confusion", "label_names", "samples"):
+        if key in ("run", "task", "corpus", "split", "checkpoint", "per_class", "confusion", "label_names", "samples",
+                   "baseline"):
             continue
         lines.append(f"  {key:<16} {value:.4f}" if isinstance(value, float) else f"  {key:<16} {value}")
     if "per_class" in record:
@@ -57,6 +61,10 @@ def format_record(record: dict) -> str:
             lines.append(f"  {name:<16} {c['precision']:>9.4f} {c['recall']:>7.4f} {c['f1']:>7.4f} {c['support']:>8}")
         lines.append("  confusion (rows true, columns predicted): "
                      + " | ".join(" ".join(str(v) for v in row) for row in record["confusion"]))
+    if "baseline" in record:
+        from rotary.baselines import compare_line
+
+        lines.append(f"  {compare_line(record['accuracy'], record['baseline'])}")
     for s in record.get("samples", []):
         lines.append(f"  sample  {s['source']}  ->  {s['translation']}   (reference: {s['references'][0]})")
     return "\n".join(lines)

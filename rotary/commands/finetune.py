@@ -45,4 +45,7 @@ def run(args: argparse.Namespace) -> int:
             lo, hi = result.test["accuracy_95ci"]
             print(f"test ({result.test['examples']} examples): accuracy {result.test['accuracy']:.4f} "
                   f"(95% CI {lo:.4f}-{hi:.4f}), macro-F1 {result.test['macro_f1']:.4f}")
+            from rotary.baselines import compare_line
+
+            print(f"test, {compare_line(result.test['accuracy'], result.test.get('baseline'))}")
     return interrupted_exit_code(result)
