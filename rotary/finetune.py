@@ -10,6 +10,7 @@ selection uses the validation split only; the test split is scored once, at the 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 from pathlib import Path
@@ -75,6 +76,10 @@ def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify:
     task = get_task("classification")
     # Everything that can fail is checked before prepare_run, which with --overwrite removes the old run.
     source = _resumed_source(cfg) if resume else None
+    if source is None and cfg.tapt_steps:
+        tapt = task_adaptive_pretraining(cfg, overwrite=overwrite, verify=verify)
+        source = _source(dataclasses.replace(cfg, init_from=str(tapt)))
+        source["note"] += f" (task-adaptive pretraining: {cfg.tapt_steps} MLM steps on the task's train texts)"
     source = source or _source(cfg)
     split_opts = {"val_fraction": cfg.data.val_fraction} if cfg.data.val_fraction is not None else {}
     labelled = load_labelled(cfg.data.corpus, **split_opts, **cfg.data.corpus_opts())
@@ -125,6 +130,55 @@ def _resumed_source(cfg: Any) -> dict[str, Any] | None:
     model = ModelConfig.from_dict(dict(ckpt.read_json(newest / "config.json")["model"]))
     return {"model_config": model, "tokenizer_dir": newest / "tokenizer", "weights": None,
             "note": f"resumed: model and tokenizer from {newest}"}
+
+
+def tapt_dir(cfg: Any) -> Path:
+    """The run directory of a fine-tune's task-adaptive pretraining: ``<output_dir>-tapt``."""
+    return cfg.run_dir.parent / f"{cfg.run_dir.name}-tapt"
+
+
+def task_adaptive_pretraining(cfg: Any, *, overwrite: bool = False, verify: bool = True) -> Path:
+    """Continue the --from masked LM for ``cfg.tapt_steps`` steps on the fine-tune's own train
+    texts (``labelled:`` corpus: train texts for training, val texts for its evaluation, never a
+    test text), with the pretraining run's masking; returns that run's directory. A finished one
+    is reused, an interrupted one resumed, ``overwrite`` starts it afresh."""
+    from rotary import checkpoint as ckpt
+    from rotary.train.config import load_recipe
+    from rotary.train.loop import train
+
+    if cfg.init_from in (None, "none"):
+        raise RotaryError("tapt_steps continues a pretrained masked LM on the task's texts: give --from RUN "
+                          "(a masked_lm run), or set tapt_steps 0")
+    source = ckpt.resolve_checkpoint(Path(cfg.init_from), "best", verify=verify)
+    kind = ckpt.read_json(source / "config.json").get("task")
+    if kind != "masked_lm":
+        raise RotaryError(f"tapt_steps continues a masked LM's pretraining; --from {cfg.init_from} is a {kind} run: "
+                          "set tapt_steps 0")
+    out = tapt_dir(cfg)
+    done = ckpt.latest_checkpoint(out)
+    reached = ckpt.read_trainer_state(done / "trainer_state.json").get("step", 0) if done is not None else 0
+    if done is not None and not overwrite and reached >= cfg.tapt_steps:
+        return out
+    # the pretraining's own masking (whole words for a jieba tokenizer), when its recipe is beside it
+    recipes = [p / "recipe.yaml" for p in (source, source.parent, source.parent.parent)
+               if (p / "recipe.yaml").is_file()]
+    pretrained = load_recipe(recipes[0]).data if recipes else None
+    d = cfg.data
+    overrides = {
+        "name": out.name, "task": "masked_lm", "output_dir": str(out), "init_from": str(cfg.init_from),
+        "data.corpus": f"labelled:{d.corpus}", "data.corpus_options": dict(d.corpus_options),
+        "data.text_field": d.text_field, "data.max_documents": d.max_documents, "data.val_fraction": d.val_fraction,
+        "data.mlm_probability": pretrained.mlm_probability if pretrained else d.mlm_probability,
+        "data.whole_word_mask": pretrained.whole_word_mask if pretrained else d.whole_word_mask,
+        "seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "max_steps": cfg.tapt_steps, "lr": cfg.tapt_lr,
+        "warmup_fraction": 0.06, "weight_decay": 0.01, "eval_interval": cfg.tapt_steps, "eval_batches": 20,
+        "checkpoint_interval": min(cfg.tapt_steps, 200), "keep_checkpoints": 1, "seed": cfg.seed,
+        "device": cfg.device, "threads": cfg.threads, "precision": cfg.precision, "compile": cfg.compile,
+        "progress": cfg.progress, "tensorboard": cfg.tensorboard,
+    }
+    tapt = load_recipe(None, {k: v for k, v in overrides.items() if v is not None})
+    train(tapt, resume=done is not None and not overwrite, overwrite=overwrite and out.exists(), verify=verify)
+    return out
 
 
 def _source(cfg: Any) -> dict[str, Any]:

@@ -445,3 +445,47 @@ def test_a_resumed_fine_tune_needs_neither_its_source_run_nor_its_tokenizer_path
     assert json.loads((run / "best" / "config.json").read_text())["num_labels"] == 2
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 4
+
+
+def test_task_adaptive_pretraining_continues_the_mlm_on_train_texts_only_then_fine_tunes_from_it(
+        tiny_mlm, sentiment_dir, tmp_path, monkeypatch, capsys):
+    """tapt_steps: the --from MLM trains on the task's train texts (never a val or test text) in
+    <run>-tapt, and the classifier starts from those weights; --overwrite redoes both."""
+    from safetensors.torch import load_file
+
+    from rotary.data.sources import load_corpus, load_labelled
+
+    rows = [r for split, n in (("train", 60), ("val", 15), ("test", 15))
+            for r in (sentiment_dir / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()[:n]]
+    corpus = tmp_path / "reviews.jsonl"
+    corpus.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    labelled = load_labelled(str(corpus))
+    held_out = {e.text for s in ("val", "test") for e in labelled.split(s)}
+    pretraining = list(load_corpus(f"labelled:{corpus}").documents("train"))
+    assert sorted(pretraining) == sorted(e.text for e in labelled.split("train"))
+    assert not set(pretraining) & held_out  # no held-out text is pretrained on
+    assert not set(load_corpus(f"labelled:{corpus}").documents("val")) & {e.text for e in labelled.split("test")}
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", "--from", str(tiny_mlm.run_dir), "--data.corpus", str(corpus), "--tapt-steps", "3",
+            "--max-steps", "2", "--output-dir", "runs/clf", "--progress", "false", "--tensorboard", "false"]
+    assert main(argv) == 0, capsys.readouterr().err
+    tapt = tmp_path / "runs" / "clf-tapt"
+    state = json.loads((tapt / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
+    assert state["step"] == 3 and json.loads((tapt / "best" / "config.json").read_text())["task"] == "masked_lm"
+    meta = json.loads((tapt / "data" / "meta.json").read_text())
+    assert meta["source"] == f"labelled:{corpus}" and meta["documents_train"] == len(labelled.split("train"))
+    tapt_weights = load_file(str(tapt / "checkpoints" / "step-0000003" / "model.safetensors"))
+    mlm_weights = load_file(str(tiny_mlm.run_dir / "best" / "model.safetensors"))
+    assert tapt_weights.keys() == mlm_weights.keys()  # the MLM moved on the task's texts
+    assert any(not torch.equal(tapt_weights[k], mlm_weights[k]) for k in tapt_weights)
+    log = (tmp_path / "runs" / "clf" / "train.log").read_text()
+    assert "task-adaptive pretraining: 3 MLM steps" in log
+    mtime = (tapt / "checkpoints" / "step-0000003" / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 2  # the fine-tune exists: refused, and the finished TAPT run is left as it was
+    assert (tapt / "checkpoints" / "step-0000003" / "model.safetensors").stat().st_mtime_ns == mtime
+    assert main([*argv, "--overwrite"]) == 0
+    assert (tapt / "checkpoints" / "step-0000003" / "model.safetensors").stat().st_mtime_ns != mtime  # redone
+    capsys.readouterr()
+    assert main(["train", "demo", "--tapt-steps", "2", "--output-dir", "runs/lm"]) == 2
+    assert "tapt_steps" in capsys.readouterr().err

@@ -130,6 +130,10 @@ class TrainConfig:
                                       "from (--from); none = the recipe's model from scratch. In rotary train: "
                                       "continue a run of the same task from its weights, the recipe's model keys "
                                       "over its config (e.g. rope_scaling for a context-extension fine-tune)")
+    tapt_steps: int = doc(0, "fine-tune: first continue the --from masked LM for this many steps on the task's "
+                             "own train texts (task-adaptive pretraining, Gururangan et al. 2020), in the run "
+                             "<output_dir>-tapt; then fine-tune from it. 0 = none")
+    tapt_lr: float = doc(1e-4, "fine-tune: peak learning rate of the task-adaptive pretraining")
     pooling: Literal["cls", "mean", "last"] | None = doc(
         None, "classifier pooling: first token ([CLS]), mean, or last token (decoders); None = cls for an "
         "encoder backbone, last for a decoder")
@@ -175,6 +179,7 @@ class TrainConfig:
             (self.batch_size > 0, "batch_size must be positive"),
             (self.max_steps > 0, "max_steps must be positive"),
             (self.epochs is None or self.epochs > 0, "epochs must be positive"),
+            (self.tapt_steps >= 0 and self.tapt_lr > 0, "tapt_steps must be >= 0 and tapt_lr positive"),
             (self.lr > 0, "lr must be positive"),
             (self.eval_interval > 0 and self.checkpoint_interval > 0 and self.log_interval > 0,
              "eval_interval, checkpoint_interval and log_interval must be positive"),

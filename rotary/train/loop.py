@@ -122,6 +122,9 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bo
     if cfg.optimizer == "muon" and info.enabled and cfg.distributed == "fsdp":
         raise RotaryError("optimizer: muon needs whole matrices and FSDP shards them: use distributed: ddp "
                           "or optimizer: adamw")
+    if cfg.tapt_steps and cfg.task != "classification":
+        raise RotaryError(f"tapt_steps pretrains a fine-tune's backbone on its task's texts (rotary finetune); "
+                          f"this recipe trains {cfg.task}: remove it")
     if cfg.epochs is not None and cfg.task != "classification":
         raise RotaryError(f"epochs sets the steps of a fine-tune (task classification); this recipe trains "
                           f"{cfg.task}: use max_steps")

@@ -33,7 +33,7 @@ from rotary.data.sources.base import (
 from rotary.data.sources.chinese_sentiment import ChineseSentimentCorpus
 from rotary.data.sources.files import FilesCorpus
 from rotary.data.sources.hf_datasets import HFDatasetCorpus
-from rotary.data.sources.labelled import BuiltinSource, Example, LabelledCorpus, LabelledData
+from rotary.data.sources.labelled import BuiltinSource, Example, LabelledCorpus, LabelledData, LabelledTextCorpus
 from rotary.data.sources.labelled_files import LABELLED_SUFFIXES, load_labelled_hf, load_labelled_path
 from rotary.data.sources.peoples_daily import PeoplesDailyCorpus
 from rotary.data.sources.shakespeare import ShakespeareCorpus
@@ -124,7 +124,7 @@ def _looks_like_path(s: str) -> bool:
 
 def known_corpora_hint() -> str:
     return (f"known corpora: {', '.join(CORPORA)}; or a path to a .txt/.jsonl/.parquet file or "
-            "directory, or hf:NAME for datasets.load_dataset")
+            "directory, hf:NAME for datasets.load_dataset, or labelled:DATA for the train texts of labelled data")
 
 
 def load_corpus(name_or_path: str | Corpus, **opts: Any) -> Corpus:
@@ -148,6 +148,9 @@ def load_corpus(name_or_path: str | Corpus, **opts: Any) -> Corpus:
         return _construct(cls, spec, **opts)
     if spec.startswith("hf:"):
         return _construct(HFDatasetCorpus, spec, spec[3:], **opts)
+    if spec.startswith("labelled:"):  # the train (and val) texts of labelled data, never its test texts
+        cap = opts.pop("max_documents", None)
+        return LabelledTextCorpus(load_labelled(spec[len("labelled:"):], **opts), max_documents=cap)
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
@@ -196,6 +199,7 @@ __all__ = [
     "CORPORA",
     "CORPUS_FORMAT_VERSION",
     "LABELLED_SPLITS",
+    "LabelledTextCorpus",
     "SPLITS",
     "ChineseSentimentCorpus",
     "Corpus",

@@ -242,3 +242,29 @@ class LabelledCorpus(Corpus):
     def fingerprint(self) -> dict[str, Any]:
         return {"name": self.name, "format": CORPUS_FORMAT_VERSION, "max_documents": self.max_documents,
                 "source": self.source.source, "fractions": self.source.fractions, **self.source.fingerprint()}
+
+
+class LabelledTextCorpus(Corpus):
+    """Any labelled data (``load_labelled``'s answer, a file's too) as a text corpus: train
+    documents are its train texts, val documents its val texts; its test texts never appear.
+    ``labelled:reviews.jsonl`` as a recipe's ``data.corpus`` (task-adaptive pretraining)."""
+
+    def __init__(self, data: LabelledData, *, max_documents: int | None = None) -> None:
+        super().__init__(max_documents=max_documents)
+        self.data = data
+        self.name = f"labelled:{data.name}"
+        self.description = f"the train and val texts of {data.name} (its test texts are left out)"
+
+    def _documents(self, split: str) -> Iterator[tuple[str, int]]:
+        for ex in self.data.split(split):
+            yield (ex.text if ex.text_pair is None else f"{ex.text}\n{ex.text_pair}"), 0
+
+    def fingerprint(self) -> dict[str, Any]:
+        import hashlib
+
+        h = hashlib.sha256()
+        for split in ("train", "val"):
+            for ex in self.data.split(split):
+                h.update(f"{split}\x00{ex.text}\x00{ex.text_pair}\x01".encode("utf-8", "surrogatepass"))
+        return {"name": self.name, "format": CORPUS_FORMAT_VERSION, "max_documents": self.max_documents,
+                "texts_sha256": h.hexdigest()}
