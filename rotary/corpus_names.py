@@ -6,5 +6,5 @@ The registries that map these names to their classes (``rotary.data.sources.CORP
 
 from __future__ import annotations
 
-CORPUS_NAMES = ("shakespeare", "peoples-daily", "chinese-sentiment", "thucnews")
+CORPUS_NAMES = ("shakespeare", "peoples-daily", "chinese-sentiment", "thucnews", "sanguo")
 PARALLEL_NAMES = ("tatoeba-zh-en",)

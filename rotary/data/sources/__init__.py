@@ -3,7 +3,7 @@
 Every corpus is asked for by name (``load_corpus("shakespeare")``) or by path
 (``load_corpus("data/notes.jsonl", text_field="body")``) and answers the same questions (see
 ``base.Corpus``). One module per source: ``shakespeare``, ``peoples_daily``,
-``chinese_sentiment``, ``thucnews``, ``files`` (.txt/.jsonl/.parquet), ``hf_datasets``.
+``chinese_sentiment``, ``thucnews``, ``sanguo``, ``mixture``, ``files`` (.txt/.jsonl/.parquet), ``hf_datasets``.
 
 Labelled data (fine-tuning, evaluation, baselines) is asked for the same way, by name or path,
 through ``load_labelled``: train, val and test ``Example`` lists with label names (``labelled``,
@@ -35,7 +35,10 @@ from rotary.data.sources.files import FilesCorpus
 from rotary.data.sources.hf_datasets import HFDatasetCorpus
 from rotary.data.sources.labelled import BuiltinSource, Example, LabelledCorpus, LabelledData, LabelledTextCorpus
 from rotary.data.sources.labelled_files import LABELLED_SUFFIXES, load_labelled_hf, load_labelled_path
+from rotary.data.sources.mixture import PREFIX as MIX_PREFIX
+from rotary.data.sources.mixture import MixtureCorpus, load_mixture
 from rotary.data.sources.peoples_daily import PeoplesDailyCorpus
+from rotary.data.sources.sanguo import SanguoCorpus
 from rotary.data.sources.shakespeare import ShakespeareCorpus
 from rotary.data.sources.splits import LABELLED_SPLITS
 from rotary.data.sources.thucnews import ThucnewsCorpus
@@ -47,6 +50,7 @@ CORPORA: dict[str, type[Corpus]] = {
     PeoplesDailyCorpus.name: PeoplesDailyCorpus,
     ChineseSentimentCorpus.name: ChineseSentimentCorpus,
     ThucnewsCorpus.name: ThucnewsCorpus,
+    SanguoCorpus.name: SanguoCorpus,
 }
 
 if tuple(CORPORA) != CORPUS_NAMES:  # the names --help lists come from rotary.corpus_names
@@ -148,6 +152,8 @@ def load_corpus(name_or_path: str | Corpus, **opts: Any) -> Corpus:
         return _construct(cls, spec, **opts)
     if spec.startswith("hf:"):
         return _construct(HFDatasetCorpus, spec, spec[3:], **opts)
+    if spec.startswith(MIX_PREFIX):
+        return load_mixture(spec, load_corpus, **opts)
     if spec.startswith("labelled:"):  # the train (and val) texts of labelled data, never its test texts
         cap = opts.pop("max_documents", None)
         return LabelledTextCorpus(load_labelled(spec[len("labelled:"):], **opts), max_documents=cap)
@@ -200,6 +206,7 @@ __all__ = [
     "CORPUS_FORMAT_VERSION",
     "LABELLED_SPLITS",
     "LabelledTextCorpus",
+    "MixtureCorpus",
     "SPLITS",
     "ChineseSentimentCorpus",
     "Corpus",

