@@ -183,3 +183,39 @@ def test_causal_eval_scores_in_the_windows_the_run_trained_on(data_bpe_dir, tmp_
         expected = causal_documents_metrics(pre, split_docs, seq_len=window)
         assert record["loss"] == pytest.approx(expected["loss"], rel=1e-6)
     assert record["windows"] < causal_documents_metrics(pre, split_docs, seq_len=8)["windows"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the classifier report: the confusion matrix itself, and where precision and recall come from
+# ---------------------------------------------------------------------------------------------
+
+
+def test_confusion_matrix_rows_are_true_labels_and_columns_predictions():
+    """An asymmetric case, so a transposed matrix (or precision and recall swapped) shows: sum,
+    trace and macro-F1 are the same either way. Rows true, columns predicted, as scikit-learn's
+    confusion_matrix and the eval command's printout ("rows true, columns predicted") say."""
+    import numpy as np
+
+    from rotary.evaluation import classification_report
+
+    # true 0 -> predicted 1 three times, true 1 -> predicted 0 never; class 2 predicted for a 1
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 2, 2, 1])
+    preds = np.array([0, 0, 1, 1, 1, 1, 1, 2, 2, 2])
+    report = classification_report(labels, preds, ["a", "b", "c"])
+    want = [[2, 3, 0],
+            [0, 2, 1],
+            [0, 0, 2]]
+    assert report["confusion"] == want
+    per = report["per_class"]
+    # a: 2 of 2 predicted a are right (precision 1), 2 of 5 true a found (recall 0.4)
+    assert (per["a"]["precision"], per["a"]["recall"], per["a"]["support"]) == (1.0, 0.4, 5)
+    assert (per["b"]["precision"], per["b"]["recall"], per["b"]["support"]) == (0.4, pytest.approx(2 / 3), 3)
+    assert (per["c"]["precision"], per["c"]["recall"], per["c"]["support"]) == (pytest.approx(2 / 3), 1.0, 2)
+    sklearn = pytest.importorskip("sklearn.metrics")
+    assert report["confusion"] == sklearn.confusion_matrix(labels, preds, labels=[0, 1, 2]).tolist()
+    p, r, f, s = sklearn.precision_recall_fscore_support(labels, preds, labels=[0, 1, 2], zero_division=0)
+    for k, name in enumerate("abc"):
+        assert per[name]["precision"] == pytest.approx(p[k]) and per[name]["recall"] == pytest.approx(r[k])
+        assert per[name]["f1"] == pytest.approx(f[k]) and per[name]["support"] == s[k]
+    assert report["macro_f1"] == pytest.approx(sklearn.f1_score(labels, preds, average="macro"))
+    assert report["accuracy"] == pytest.approx(0.6)

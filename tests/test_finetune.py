@@ -345,12 +345,55 @@ def test_sliding_window_scores_every_token_once(tiny_lm, n, seq_len, stride):
         assert m["loss"] == pytest.approx(float(per_token_losses(tiny_lm, tokens).mean()), rel=1e-5)
 
 
-def test_sliding_window_with_a_small_stride_has_more_context_and_a_bad_stride_is_refused(tiny_lm):
+class ContextCountingLM(torch.nn.Module):
+    """A 'model' for which context helps by construction: the loss of a scored position is
+    1 / (tokens it reads). Fed the tokens 0..n-1 (each id its own position), it checks that every
+    scored position reads the contiguous tokens before its target, and records (target, context)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scored: list[tuple[int, int]] = []
+
+    def forward(self, x, targets, return_stats):
+        loss = 0.0
+        for row_x, row_y in zip(x.tolist(), targets.tolist()):
+            for p, target in enumerate(row_y):
+                if target == -100:
+                    continue
+                assert row_x[: p + 1] == list(range(target - p - 1, target)), "not the tokens before the target"
+                self.scored.append((target, p + 1))
+                loss += 1.0 / (p + 1)
+        return torch.tensor([loss, float(len([t for r in targets.tolist() for t in r if t != -100])), 0.0],
+                            dtype=torch.float64)
+
+
+@pytest.mark.parametrize("n,seq_len,stride", [(50, 16, 4), (50, 16, 1), (50, 16, 15), (17, 16, 5), (40, 8, 3)])
+def test_sliding_window_with_a_small_stride_has_more_context_and_a_bad_stride_is_refused(n, seq_len, stride):
+    """Each target once, with the context its window gives it: t - b tokens in the first window
+    (start b, every ``stride`` tokens) that reaches it, so after the first window at least
+    seq_len - stride + 1; a model that gains from context scores lower than without overlap."""
     from rotary.evaluation import causal_lm_metrics
 
-    tokens = np.random.default_rng(0).integers(0, 50, 60)
-    with pytest.raises(RotaryError, match="--stride must be in 1..16"):
-        causal_lm_metrics(tiny_lm, tokens, seq_len=16, stride=17, bytes_total=60)
+    tokens = np.arange(n)
+    got = {}
+    for s in (stride, seq_len):
+        model = ContextCountingLM()
+        got[s] = causal_lm_metrics(model, tokens, seq_len=seq_len, stride=s, bytes_total=100, batch_size=3)
+        contexts = dict(model.scored)
+        assert sorted(t for t, _ in model.scored) == list(range(1, n))  # every target once
+        # by hand: the first window start b (a multiple of s) with b + seq_len >= t scores target t
+        want = {t: t - next(b for b in range(0, n, s) if min(b + seq_len, n - 1) >= t) for t in range(1, n)}
+        assert contexts == want
+        assert all(c >= min(t, seq_len - s + 1) for t, c in contexts.items())
+        assert got[s]["loss"] == pytest.approx(sum(1 / c for c in want.values()) / (n - 1), rel=1e-12)
+    if n - 1 > seq_len:  # more than one window: the overlap gives the later targets more context
+        assert got[stride]["loss"] < got[seq_len]["loss"]
+    tiny = ContextCountingLM()
+    for bad in (0, seq_len + 1):
+        with pytest.raises(RotaryError, match=f"--stride must be in 1..{seq_len}"):
+            causal_lm_metrics(tiny, tokens, seq_len=seq_len, stride=bad, bytes_total=60)
 
 
 def test_masked_lm_eval_is_fixed_by_its_seed_and_counts_top1_by_hand(data_char_dir):
@@ -385,8 +428,32 @@ def test_a_single_class_and_a_label_count_mismatch_are_one_line_errors(classifie
 
 
 def test_the_fine_tune_records_its_max_len_and_classify_cuts_texts_there(classifier_run):
+    """A text longer than max_len classifies as its first max_len tokens do, to the last digit:
+    the 64th token is read, the 65th is not (a one-token cut and no cut both answer differently)."""
+    from rotary.pretrained import load
+
     config = json.loads((classifier_run / "best" / "config.json").read_text())
     assert config["max_len"] == 64
+    pre = load(classifier_run, device="cpu")
+    tok = pre.tokenizer
+    # praise, then a long complaint after the cut: if the tail were read the answer would change
+    long = "这家酒店很干净，服务也好，房间很大，早餐也不错。" * 3 + "太差了，再也不来了，服务员态度恶劣！" * 8
+
+    def ids(text, max_len=64):
+        return tok.encode_for_model([text], None, max_len=max_len)[0].ids
+
+    assert len(ids(long, 10_000)) > 150 and len(ids(long)) == 64
+    cut = next(long[:k] for k in range(1, len(long)) if ids(long[:k], 10_000) == ids(long))  # [CLS] 62 chars [SEP]
+    assert ids(cut) == ids(long)
+    got, want, one_less = pre.classify([long, cut, cut[:-1]])
+    assert got["label"] == want["label"]
+    assert got["probabilities"] == pytest.approx(want["probabilities"], rel=0, abs=1e-6)
+    assert got["probabilities"] != pytest.approx(one_less["probabilities"], rel=0, abs=1e-6)
+    with torch.no_grad():  # the whole text, uncut (RoPE reads past max_seq_len): another answer
+        x = torch.tensor([ids(long, 10_000)])
+        whole = pre.model(x, attention_mask=torch.ones_like(x), token_type_ids=torch.zeros_like(x))
+    whole = whole.float().softmax(-1)[0].tolist()
+    assert list(got["probabilities"].values()) != pytest.approx(whole, rel=0, abs=1e-6)
 
 
 def test_the_seeds_study_runs_in_quick_mode_and_summarises_every_run(data_char_dir, sentiment_dir, tmp_path):

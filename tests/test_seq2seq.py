@@ -301,3 +301,155 @@ def test_saved_marian_stops_at_the_tokenizers_eos(tmp_path, data_char_dir):
     saved = tf.AutoConfig.from_pretrained(tmp_path / "hf")
     assert saved.eos_token_id == saved.forced_eos_token_id == tok.sep_id != 0
     assert tf.GenerationConfig.from_pretrained(tmp_path / "hf").eos_token_id == tok.sep_id
+
+
+@pytest.mark.parametrize("length_penalty,early_stopping", [(0.6, False), (1.0, False), (2.0, False), (1.0, True)])
+def test_beam_scores_equal_marian_sequences_scores(trained_marian, length_penalty, early_stopping):
+    """The tokens can agree while the normalisation is off by one (length + 1, or the start token
+    counted): the returned scores must be transformers' ``sequences_scores``, sum log p / length ** lp."""
+    model = from_hf(trained_marian)
+    src, mask = padded_sources(6, seed=3)
+    with torch.no_grad():
+        out = trained_marian.generate(input_ids=src, attention_mask=mask, num_beams=4, length_penalty=length_penalty,
+                                      early_stopping=early_stopping, max_new_tokens=10, do_sample=False,
+                                      output_scores=True, return_dict_in_generate=True)
+    ref = [row[1:] for row in out.sequences.tolist()]
+    ref = [r[: r.index(EOS) + 1] if EOS in r else r for r in ref]
+    got = translate_ids(model, src, mask, num_beams=4, length_penalty=length_penalty, early_stopping=early_stopping,
+                        max_new_tokens=10, eos_id=EOS)
+    assert got.tokens == ref
+    torch.testing.assert_close(torch.tensor(got.scores, dtype=torch.float64), out.sequences_scores.double(),
+                               rtol=0, atol=1e-4)
+    assert len({len(t) for t in got.tokens}) > 2  # several lengths, so a wrong length shows in the scores
+
+
+class MarkovConfig(tf.PretrainedConfig):
+    model_type = "rotary-test-markov"
+
+
+class MarkovLM(tf.PreTrainedModel, tf.GenerationMixin):
+    """transformers' generate over the same table ``markov_step`` reads: the oracle for beam search's
+    stopping rule on hand-made probabilities (a decoder-only prompt of one start token, so lengths
+    count as for the encoder-decoder)."""
+
+    config_class = MarkovConfig
+
+    def __init__(self, config: MarkovConfig, table: torch.Tensor) -> None:
+        super().__init__(config)
+        self.table = torch.nn.Parameter(table.clone(), requires_grad=False)
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        from transformers.modeling_outputs import CausalLMOutput
+
+        return CausalLMOutput(logits=self.table[input_ids])
+
+
+def stopping_table(case: str) -> torch.Tensor:
+    """Log-probabilities over 8 tokens (0 = EOS, 1 = start, 7 = pad) where when beams stop decides
+    the answer (K = 2, length penalty 1; in brackets: sum log p / length).
+
+    "late": [0] (-1.20) and [2 0] (-0.45) finish at once, but [3 5 6 0] (-0.35) needs two more
+    steps: early_stopping=True stops with [2 0]; False continues, since the best running beam,
+    normalised by its length (-1.39 / 2), beats the worst finished one (-1.20) -- unnormalised
+    (-1.39) it would not.
+    "heuristic": after [0] (-0.69) and [2 0] (-0.78) the best running beam's -1.90 / 2 cannot
+    beat -0.78, so transformers stops with [0] although [3 5 6 0] (-0.47) would win: a check that
+    normalises by a longer length (or never stops) answers differently."""
+    p = 1e-6 * (1 + torch.rand(8, 8, generator=torch.Generator().manual_seed(0)))  # no ties among the rest
+    if case == "late":
+        p[1, 2], p[1, 0], p[1, 3] = 0.45, 0.3, 0.25
+        p[2, 0], p[2, 4] = 0.9, 0.1
+    else:
+        p[1, 0], p[1, 2], p[1, 3] = 0.5, 0.35, 0.15
+        p[2, 0], p[2, 4] = 0.6, 0.4
+    p[3, 5] = p[5, 6] = p[6, 0] = p[4, 0] = 1.0
+    return p.log()
+
+
+STOP_ANSWERS = {"late": {False: [3, 5, 6, 0], True: [2, 0]}, "heuristic": {False: [0], True: [0]}}
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+@pytest.mark.parametrize("length_penalty", [1.0, 2.0, 0.5])
+@pytest.mark.parametrize("case", ["late", "heuristic"])
+def test_beam_stopping_rule_equals_transformers_generate(case, length_penalty, early_stopping):
+    table = stopping_table(case)
+    hf = MarkovLM(MarkovConfig(vocab_size=8, eos_token_id=0, bos_token_id=1, pad_token_id=7), table).eval()
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([[1]]), attention_mask=torch.ones(1, 1, dtype=torch.long), num_beams=2,
+                          length_penalty=length_penalty, early_stopping=early_stopping, max_new_tokens=8,
+                          do_sample=False, use_cache=False, output_scores=True, return_dict_in_generate=True)
+    ref = out.sequences[0, 1:].tolist()
+    ref = ref[: ref.index(0) + 1]
+    # force_eos=False: the length limit ends a hypothesis as transformers' max_length does, no forced EOS
+    got = beam_core(markov_step(table), 1, 2, 1, 0, 8, length_penalty=length_penalty, early_stopping=early_stopping,
+                    force_eos=False, pad_id=7)
+    assert got.tokens == [ref]
+    assert abs(got.scores[0] - float(out.sequences_scores[0])) < 1e-5
+    if length_penalty == 1.0:  # the cases decide what they were built to decide (the docstring's numbers)
+        assert ref == STOP_ANSWERS[case][early_stopping]
+    if case == "heuristic" and length_penalty == 1.0 and not early_stopping:
+        with torch.no_grad():  # searching on would have found the longer hypothesis
+            never = hf.generate(torch.tensor([[1]]), attention_mask=torch.ones(1, 1, dtype=torch.long), num_beams=2,
+                                length_penalty=1.0, early_stopping="never", max_new_tokens=8, do_sample=False,
+                                use_cache=False)
+        assert never[0, 1:5].tolist() == [3, 5, 6, 0]
+
+
+def test_beam_search_default_is_transformers_default_stopping():
+    """Without early_stopping, beam search stops as transformers' default (False) does."""
+    import inspect
+
+    assert inspect.signature(translate_ids).parameters["early_stopping"].default is False
+    table = stopping_table("late")
+    assert beam_core(markov_step(table), 1, 2, 1, 0, 8, force_eos=False, pad_id=7).tokens == [[3, 5, 6, 0]]
+
+
+START = 5  # a decoder start token that is not the pad id (Marian uses one id for both)
+
+
+@pytest.fixture(scope="module")
+def marian_with_own_start(trained_marian):
+    import copy
+
+    hf = copy.deepcopy(trained_marian)
+    hf.config.decoder_start_token_id = hf.generation_config.decoder_start_token_id = START
+    return hf
+
+
+def test_decoder_start_id_that_differs_from_the_pad_id_starts_every_decoder_input(trained_marian,
+                                                                                  marian_with_own_start):
+    """Greedy, beam search and the shifted labels begin with decoder_start_token_id, never the
+    pad id; padding (-100 labels) still reads as the pad id. transformers is the oracle."""
+    hf = marian_with_own_start
+    model = from_hf(hf)
+    assert (model.config.decoder_start_token_id, model.config.pad_token_id) == (START, PAD)
+    assert model.decoder_start_token_id == START
+    labels = torch.tensor([[5, 6, 7, -100], [8, 9, -100, -100]])
+    assert model.shift_right(labels).tolist() == [[START, 5, 6, 7], [START, 8, 9, PAD]]
+    src, mask = padded_sources(6, seed=3)
+    labels = torch.randint(2, V, (6, 5), generator=torch.Generator().manual_seed(8))
+    labels[1, 3:] = -100
+    with torch.no_grad():
+        assert abs(float(model(src, mask, labels=labels)) - float(hf(input_ids=src, attention_mask=mask,
+                                                                      labels=labels).loss)) < 1e-5
+    first_inputs = []  # what the decoder reads at the first step of each decoding
+    hook = model.decoder.embed_tokens.register_forward_hook(
+        lambda mod, args, out: first_inputs.append(args[0]) if args[0].shape[1] == 1 else None)
+    try:
+        for num_beams in (1, 3):
+            first_inputs.clear()
+            with torch.no_grad():
+                out = hf.generate(input_ids=src, attention_mask=mask, num_beams=num_beams, max_new_tokens=10,
+                                  do_sample=False)
+            assert (out[:, 0] == START).all()
+            ref = [r[1:] for r in out.tolist()]
+            ref = [r[: r.index(EOS) + 1] if EOS in r else r for r in ref]
+            got = translate_ids(model, src, mask, num_beams=num_beams, max_new_tokens=10, eos_id=EOS)
+            assert got.tokens == ref, num_beams
+            assert first_inputs[0].flatten().tolist() == [START] * 6 * num_beams
+    finally:
+        hook.remove()
+    # and the start token matters to this model: from the pad id it translates differently
+    padded = translate_ids(from_hf(trained_marian), src, mask, num_beams=3, max_new_tokens=10, eos_id=EOS)
+    assert padded.tokens != got.tokens
