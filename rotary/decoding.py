@@ -10,7 +10,9 @@ under both (tested against ``MarianMTModel.generate(num_beams=..., length_penalt
   K that did not end continue;
 * a source is done when no running beam can beat its worst finished hypothesis (the best running
   score divided by the current length: transformers' default heuristic, ``early_stopping=False``),
-  or, with ``early_stopping=True``, as soon as it has K finished hypotheses;
+  or, with ``early_stopping=True``, as soon as it has K finished hypotheses, or, with
+  ``early_stopping="never"``, when no running beam could win even at the longest length (the
+  bound is exact for a positive length penalty; transformers' semantics, also for <= 0);
 * the last allowed token is forced to be EOS (``force_eos``, as Marian's ``forced_eos_token_id``).
 
 ``num_beams=1`` is greedy decoding, as in transformers. The step loop is the only Python loop:
@@ -91,11 +93,15 @@ def _only_eos(logp: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 
 def beam_core(step: StepFn, batch: int, num_beams: int, start_id: int, eos_id: int, max_new_tokens: int, *,
-              length_penalty: float = 1.0, early_stopping: bool = False, force_eos: bool = True,
+              length_penalty: float = 1.0, early_stopping: bool | str = False, force_eos: bool = True,
               pad_id: int = 0, device: torch.device | str = "cpu") -> Hypotheses:
     """Beam search over ``step`` for ``batch`` sources x ``num_beams`` rows (source-major: row
     b * K + k is beam k of source b); ``step`` receives the rows to keep after each reordering."""
     B, K, L = batch, num_beams, max_new_tokens
+    if early_stopping not in (True, False, "never"):
+        raise RotaryError(f"early_stopping must be true, false or \"never\", got {early_stopping!r}")
+    never = early_stopping == "never"
+    early_stopping = early_stopping is True
     keep = 2 * K
     running = torch.full((B, K, L + 1), pad_id, dtype=torch.long, device=device)
     running[:, :, 0] = start_id
@@ -142,7 +148,9 @@ def beam_core(step: StepFn, batch: int, num_beams: int, start_id: int, eos_id: i
         is_finished = torch.cat([is_finished, ends & in_top_k], dim=1).gather(1, best)
 
         # can a running beam still beat the worst finished one? (transformers' heuristic)
-        best_possible = running_scores[:, :1] / ((t + 1) ** length_penalty)
+        # "never": the best score a running beam could reach, at the longest length if that helps it
+        length = L if never and length_penalty > 0 else t + 1
+        best_possible = running_scores[:, :1] / (length ** length_penalty)
         worst = torch.where(is_finished, finished_scores.min(-1, keepdim=True).values, NEG)
         improvable = improvable & (best_possible > worst).any(-1, keepdim=True)
         if not bool(improvable.any()) or (early_stopping and bool(is_finished.all())) or bool(ends.all()):
@@ -155,7 +163,8 @@ def beam_core(step: StepFn, batch: int, num_beams: int, start_id: int, eos_id: i
 @torch.no_grad()
 def translate_ids(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                   num_beams: int = 1, length_penalty: float = 1.0, max_new_tokens: int | None = None,
-                  max_length_ratio: float | None = None, eos_id: int | None = None, early_stopping: bool = False,
+                  max_length_ratio: float | None = None, eos_id: int | None = None,
+                  early_stopping: bool | str = False,
                   force_eos: bool = True) -> Hypotheses:
     """Decode every source row of ``input_ids`` (B, S) with a ``Seq2SeqLM``: the encoder runs
     once, each beam's decoder reads the cache. ``eos_id`` ends a hypothesis (required for beams)."""

@@ -366,10 +366,11 @@ def stopping_table(case: str) -> torch.Tensor:
     return p.log()
 
 
-STOP_ANSWERS = {"late": {False: [3, 5, 6, 0], True: [2, 0]}, "heuristic": {False: [0], True: [0]}}
+STOP_ANSWERS = {"late": {False: [3, 5, 6, 0], True: [2, 0], "never": [3, 5, 6, 0]},
+                "heuristic": {False: [0], True: [0], "never": [3, 5, 6, 0]}}
 
 
-@pytest.mark.parametrize("early_stopping", [False, True])
+@pytest.mark.parametrize("early_stopping", [False, True, "never"])
 @pytest.mark.parametrize("length_penalty", [1.0, 2.0, 0.5])
 @pytest.mark.parametrize("case", ["late", "heuristic"])
 def test_beam_stopping_rule_equals_transformers_generate(case, length_penalty, early_stopping):
