@@ -211,9 +211,9 @@ def _source(cfg: Any) -> dict[str, Any]:
                               f"`rotary convert {path} --from-hf OUT`, then fine-tune --from OUT")
     ckpt_dir = ckpt.resolve_checkpoint(path, "best")
     config = ckpt.read_json(ckpt_dir / "config.json")
-    if config.get("task") not in ("masked_lm", "causal_lm", "classification"):
+    if config.get("task") not in ("masked_lm", "electra", "causal_lm", "classification"):
         raise RotaryError(f"--from {path} is a {config.get('task')} run: a classifier's backbone comes from a "
-                          "masked_lm or causal_lm run (or a converted RoFormer / Llama)")
+                          "masked_lm, electra or causal_lm run (or a converted RoFormer / Llama)")
     spec = dict(config["model"])
     if cfg.dropout is not None:
         spec["dropout"] = cfg.dropout

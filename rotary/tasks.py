@@ -92,6 +92,22 @@ def _masked_lm(cfg: Any, head: Mapping[str, Any]) -> Any:
     return MaskedLM(cfg)
 
 
+def _electra(cfg: Any, head: Mapping[str, Any]) -> Any:
+    from rotary.model.electra import ElectraPretrainer
+
+    return ElectraPretrainer(cfg, float(head.get("generator_fraction", 0.25)), float(head.get("disc_weight", 50.0)))
+
+
+def _electra_metrics(totals: Any, data: Any) -> dict[str, float]:
+    """The generator's masked-token loss and accuracy (comparable with a masked LM's), and the
+    discriminator's loss and accuracy over every real token, with the share that was replaced."""
+    out = _accuracy_metrics(totals, data)
+    if len(totals) >= 7 and totals[4] > 0:
+        out.update({"disc_loss": float(totals[3] / totals[4]), "disc_accuracy": float(totals[5] / totals[4]),
+                    "replaced": float(totals[6] / totals[4])})
+    return out
+
+
 def _classifier(cfg: Any, head: Mapping[str, Any]) -> Any:
     from rotary.model import SequenceClassifier
 
@@ -181,7 +197,9 @@ def _classification_inputs(batch: Any) -> dict[str, Any]:
 
 # Class names per row, so that exporting a model finds its row without importing torch here.
 _MODEL_CLASS = {"causal_lm": "CausalLM", "masked_lm": "MaskedLM", "classification": "SequenceClassifier",
-                "seq2seq": "Seq2SeqLM"}
+                "seq2seq": "Seq2SeqLM", "electra": "ElectraPretrainer"}
+# Tasks whose batches are a masked LM's (masked windows, labels at the masked positions).
+MASKED_TASKS = ("masked_lm", "electra")
 
 register_task(Task("causal_lm", _causal_lm, causal=True, metrics=_causal_metrics, make_data=_lm_data,
                    fixed_windows=True,
@@ -189,6 +207,11 @@ register_task(Task("causal_lm", _causal_lm, causal=True, metrics=_causal_metrics
 register_task(Task("masked_lm", _masked_lm, causal=False, metrics=_accuracy_metrics, make_data=_lm_data,
                    fixed_windows=True,
                    metric_names=("loss", "perplexity", "accuracy"), help="masked-token prediction (encoder, RoFormer)"))
+register_task(Task("electra", _electra, causal=False, metrics=_electra_metrics, make_data=_lm_data,
+                   fixed_windows=True, head_keys=("generator_fraction", "disc_weight"),
+                   metric_names=("loss", "perplexity", "accuracy", "disc_loss", "disc_accuracy"),
+                   help="ELECTRA replaced-token detection: a small generator MLM and the discriminator "
+                        "encoder that fine-tunes (Clark et al. 2020)"))
 register_task(Task("seq2seq", _seq2seq, causal=False, metrics=_accuracy_metrics, make_data=_seq2seq_data,
                    inputs=_seq2seq_inputs, metric_names=("loss", "perplexity", "accuracy"),
                    help="translation: an encoder-decoder trained on sentence pairs"))

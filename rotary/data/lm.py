@@ -55,12 +55,15 @@ class TrainData:
         self.train_tokens, self.val_tokens = shards["train"], shards["val"]
         self.mlm_probability = mlm_probability
         self.whole_word_mask = whole_word_mask
-        if task == "masked_lm" and self.tokenizer.mask_id is None:
+        from rotary.tasks import MASKED_TASKS
+
+        self.masked = task in MASKED_TASKS
+        if self.masked and self.tokenizer.mask_id is None:
             raise RotaryError(f"masked LM needs a [MASK] token, but {self.tokenizer_dir} has none: "
                               "train a wordpiece or char tokenizer")
         self.seq_len = self.batch_size = self.seed = 0
         self.start_table = None
-        if task == "masked_lm" and whole_word_mask and not self.meta.get("word_starts"):
+        if self.masked and whole_word_mask and not self.meta.get("word_starts"):
             # Without jieba word-start shards, WordPiece's ## continuations mark the words.
             if self.tokenizer.kind != "wordpiece":
                 raise RotaryError("whole_word_mask needs a jieba tokenizer (word-start shards) or a "
@@ -165,7 +168,7 @@ class TrainData:
 
     def _word_ids(self, split: str, windows: torch.Tensor, starts: np.ndarray) -> torch.Tensor | None:
         """Whole-word masking: equal ids on the tokens of one word (None = token masking)."""
-        if self.task != "masked_lm" or not self.whole_word_mask:
+        if not self.masked or not self.whole_word_mask:
             return None
         if self.start_table is not None:
             flags = self.start_table[windows.numpy()]

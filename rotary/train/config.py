@@ -94,7 +94,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     name: str = doc("run", "run name; the default output directory is runs/<name>")
-    task: str = doc("causal_lm", "objective, a row of rotary.tasks: causal_lm, masked_lm or seq2seq "
+    task: str = doc("causal_lm", "objective, a row of rotary.tasks: causal_lm, masked_lm, electra or seq2seq "
                                  "(the model follows it)")
     model: dict[str, Any] = doc(None, "ModelConfig keys, optionally with `preset:`")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data source"})
