@@ -417,6 +417,8 @@ def test_api_key(pre):
             assert c.get("/v1/models", headers={"Authorization": f"{scheme} sekret"}).status_code == 200
         assert c.get("/v1/models", headers={"Authorization": "Basic sekret"}).status_code == 401
         assert c.get("/health").status_code == 200 and c.get("/health").json() == {"status": "ok"}
+        assert c.get("/tokenizer_info").status_code == 401  # the tokenizer is the model's: guarded
+        assert c.post("/tokenize", json={"prompt": "x"}, headers={"Authorization": "Bearer sekret"}).status_code == 200
         assert c.get("/metrics").status_code == 200
 
 
@@ -501,3 +503,98 @@ def test_the_readmes_client_snippet_runs_against_the_server(server, capsys):
     capsys.readouterr()
     exec(compile(snippet, "README.md:serve", "exec"), {})
     assert capsys.readouterr().out.strip()
+
+
+# -- echo and the tokenizer endpoints: what lm-evaluation-harness's local-completions sends ------
+def lm_eval_parse_logprobs(out: dict, ctxlens: list[int]) -> list[tuple[float, bool]]:
+    """lm-eval 0.4.13's LocalCompletionsAPI.parse_logprobs, restated: the continuation's summed
+    logprob (prompt positions ctxlen.. end, the one generated token left out) and whether each
+    continuation token was the top-1."""
+    res = []
+    for choice, ctxlen in zip(sorted(out["choices"], key=lambda c: c["index"]), ctxlens):
+        lps = choice["logprobs"]["token_logprobs"][ctxlen:-1]
+        tops = choice["logprobs"]["top_logprobs"][ctxlen:-1]
+        res.append((sum(lps), all(lp == max(top.values()) for lp, top in zip(lps, tops))))
+    return res
+
+
+def test_echo_scores_token_prompts_as_one_full_forward_and_lm_eval_reads_them(server, pre):
+    context = pre.tokenizer.encode("Shall I compare thee")
+    with torch.no_grad():
+        logits = pre.model(torch.tensor([context]))[0]
+    best = int(logits[-1].argmax())
+    worst = int(logits[-1].argmin())
+    prompts = [context + [best], context + [worst]]  # a likely and an unlikely continuation
+    body = {"model": MODEL, "prompt": prompts, "temperature": 0, "max_tokens": 1, "logprobs": 1, "seed": 1234,
+            "echo": True}  # the payload lm-eval builds
+    status, out = post(server.port, "/v1/completions", body)
+    assert status == 200, out
+    for choice, ids in zip(out["choices"], prompts):
+        lp = choice["logprobs"]
+        n = len(ids)
+        assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == n + 1
+        assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+        want = model_logprobs(pre, ids[:1], ids[1:])  # one full forward, untouched by sampling
+        assert lp["token_logprobs"][1:n] == pytest.approx(want, abs=1e-5)
+        assert lp["tokens"][:n] == [pre.tokenizer.decode([t]) for t in ids]
+        assert choice["text"].startswith(pre.tokenizer.decode(ids))
+        assert lp["text_offset"][:n] == [len("".join(lp["tokens"][:i])) for i in range(n)]
+        for top, got in zip(lp["top_logprobs"][1:n], lp["token_logprobs"][1:n]):
+            assert len(top) == 1 and max(top.values()) >= got - 1e-6
+    (likely, likely_greedy), (unlikely, unlikely_greedy) = lm_eval_parse_logprobs(out, [len(context)] * 2)
+    direct = model_logprobs(pre, context, [best])[0], model_logprobs(pre, context, [worst])[0]
+    assert (likely, unlikely) == pytest.approx(direct, abs=1e-5) and likely > unlikely
+    assert likely_greedy and not unlikely_greedy
+
+
+def test_echo_with_no_new_tokens_scores_a_text_prompt_and_top_logprobs_hold_k_alternatives(server, pre):
+    status, out = post(server.port, "/v1/completions", {"model": MODEL, "prompt": "Shall I compare", "echo": True,
+                                                        "max_tokens": 0, "logprobs": 3})
+    assert status == 200, out
+    (choice,) = out["choices"]
+    ids = pre.tokenizer.encode("Shall I compare")
+    assert choice["text"] == "Shall I compare" and choice["finish_reason"] == "length"
+    assert out["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 0, "total_tokens": len(ids)}
+    lp = choice["logprobs"]
+    assert lp["token_logprobs"][1:] == pytest.approx(model_logprobs(pre, ids[:1], ids[1:]), abs=1e-5)
+    with torch.no_grad():
+        logp = pre.model(torch.tensor([ids]))[0].log_softmax(-1)
+    for t, top in enumerate(lp["top_logprobs"][1:]):
+        values, indices = logp[t].topk(3)
+        assert list(top.values()) == pytest.approx(values.tolist(), abs=1e-5)
+        assert list(top) == [pre.tokenizer.decode([i]) for i in indices.tolist()]
+    # echo without logprobs: the prompt's text in front of the completion, nothing scored
+    status, out = post(server.port, "/v1/completions", {"model": MODEL, "prompt": "Shall I", "echo": True,
+                                                        "max_tokens": 3, "temperature": 0})
+    assert status == 200 and out["choices"][0]["text"].startswith("Shall I") and out["choices"][0]["logprobs"] is None
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": "Shall I", "echo": True, "stream": True}, "echo"),
+    ({"prompt": "Shall I", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": [[5] * (CONTEXT + 1)], "echo": True, "max_tokens": 0, "logprobs": 1}, "prompt"),
+])
+def test_echo_mistakes_are_openai_errors(server, body, param):
+    status, out = post(server.port, "/v1/completions", {"model": MODEL, **body})
+    assert status == 400 and out["error"]["param"] == param, out
+    assert post(server.port, "/v1/completions", OK)[0] == 200  # still serving
+
+
+def test_the_tokenizer_endpoints_answer_as_vllms(server, pre):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", "/tokenizer_info")
+    info = json.loads(conn.getresponse().read())
+    conn.close()
+    assert info["eos_token"] == pre.tokenizer.id_to_token(pre.tokenizer.eos_id)
+    assert info["model_max_length"] == CONTEXT and info["chat_template"] is None
+    status, out = post(server.port, "/tokenize", {"prompt": "Shall I compare", "add_special_tokens": False})
+    assert status == 200 and out["tokens"] == pre.tokenizer.encode("Shall I compare")
+    assert out["count"] == len(out["tokens"]) and out["max_model_len"] == CONTEXT
+    assert post(server.port, "/tokenize", {"prompt": info["eos_token"]})[1]["tokens"] == [pre.tokenizer.eos_id]
+    status, out = post(server.port, "/detokenize", {"tokens": pre.tokenizer.encode("Shall I compare")})
+    assert status == 200 and out["prompt"] == "Shall I compare"
+    assert post(server.port, "/detokenize", {"tokens": [10**9]})[0] == 400
+    assert post(server.port, "/tokenize", {"prompt": 5})[0] == 400
+    assert post(server.port, "/tokenize", {"prompt": "x", "model": "gpt-4"})[0] == 404

@@ -24,8 +24,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rotary.engine import Engine, Event
 from rotary.errors import RotaryError
+from rotary.scoring import prompt_logprobs
 from rotary.serve import protocol as p
 from rotary.serve.scheduler import EngineFailed, QueueFull, Scheduler, Ticket
+from rotary.serve.tokenizer_api import add_tokenizer_routes
 
 log = logging.getLogger("rotary.serve")
 
@@ -89,6 +91,7 @@ def create_app(pre: Any, *, slots: int = 16, max_queue: int = 64, api_key: str |
 
     app.get("/health")(server.health)
     app.get("/metrics")(server.metrics)
+    add_tokenizer_routes(app, server, guarded)
     app.get("/v1/models", dependencies=guarded)(server.models)
     app.get("/v1/models/{model_id}", dependencies=guarded)(server.model)
     app.post("/v1/completions", dependencies=guarded)(server.completions)
@@ -99,6 +102,7 @@ def create_app(pre: Any, *, slots: int = 16, max_queue: int = 64, api_key: str |
 class _Server:
     def __init__(self, pre: Any, engine: Engine, scheduler: Scheduler, name: str, max_body: int) -> None:
         self.tokenizer = pre.tokenizer
+        self.lm = pre.model  # not "model": that is the /v1/models/{id} handler
         self.vocab_size = pre.model.config.vocab_size
         self.engine = engine
         self.scheduler = scheduler
@@ -136,9 +140,43 @@ class _Server:
         self._check_model(body.model)
         p.check_completion(body)
         prompts = self._encode_prompts(body.prompt)
+        logprobs = body.logprobs is not None
+        echoes = await self._echoes(body, prompts) if body.echo else None
+        if body.echo and body.max_tokens == 0:  # scoring only: the prompts and their logprobs, no engine row
+            choices = [p.Choice(i, len(prompts[i // body.n]), echoes[i // body.n])
+                       for i in range(len(prompts) * body.n)]
+            for c in choices:
+                c.finish_reason = "length"
+            return JSONResponse(p.completion_response(p.new_id("cmpl"), self.name, choices,
+                                                      sum(map(len, prompts)), logprobs))
         rows = p.build_rows(prompts, body, max_tokens=body.max_tokens, max_len=self.engine.max_len,
-                            eos_id=self.tokenizer.eos_id, logprobs=body.logprobs is not None)
-        return await self._answer("completion", request, body, prompts, rows, body.logprobs is not None)
+                            eos_id=self.tokenizer.eos_id, logprobs=logprobs)
+        return await self._answer("completion", request, body, prompts, rows, logprobs, echoes)
+
+    async def _echoes(self, body: Any, prompts: list[list[int]]) -> list[p.Echo]:
+        """Each prompt as ``echo`` returns it; with ``logprobs``, scored by one full forward pass
+        (in a worker thread: the event loop keeps serving)."""
+        texts = ([body.prompt] if isinstance(body.prompt, str) else body.prompt
+                 if body.prompt and isinstance(body.prompt[0], str) else None)
+        out = []
+        for k, ids in enumerate(prompts):
+            if len(ids) > self.engine.max_len:
+                raise p.APIError(400, f"this model's maximum context length is {self.engine.max_len} tokens, and "
+                                      f"the prompt has {len(ids)}", param="prompt", code="context_length_exceeded")
+            text = texts[k] if texts is not None else self.tokenizer.decode(ids)
+            tokens = [self.tokenizer.decode([t]) for t in ids]
+            if body.logprobs is None:
+                out.append(p.Echo(text, tokens, [], []))
+                continue
+            lps, tops = await asyncio.to_thread(prompt_logprobs, self.lm, ids, max(body.logprobs, 1))
+            top: list[dict[str, float] | None] = [None]
+            for row in tops[1:]:  # best first; two ids that decode alike keep the better one
+                alternatives: dict[str, float] = {}
+                for t, lp in row:
+                    alternatives.setdefault(self.tokenizer.decode([t]), lp)
+                top.append(alternatives)
+            out.append(p.Echo(text, tokens, lps, top))
+        return out
 
     async def chat(self, request: Request) -> Response:
         body = p.parse(p.ChatBody, await self._read_json(request))
@@ -152,7 +190,8 @@ class _Server:
         return await self._answer("chat", request, body, prompts, rows, body.logprobs)
 
     async def _answer(self, kind: Literal["completion", "chat"], request: Request, body: Any,
-                      prompts: list[list[int]], rows: list, logprobs: bool) -> Response:
+                      prompts: list[list[int]], rows: list, logprobs: bool,
+                      echoes: list[p.Echo] | None = None) -> Response:
         if len(rows) > self.scheduler.max_queue:
             raise p.APIError(400, f"{len(rows)} completions in one request (prompts x n), more than this server "
                                   f"queues ({self.scheduler.max_queue})", param="n")
@@ -162,7 +201,8 @@ class _Server:
             raise p.APIError(503, f"the server is busy: {err}", type="server_error", code="queue_full") from None
         except RotaryError as err:  # what the engine refuses that the checks above did not catch
             raise p.APIError(400, str(err)) from None
-        choices = [p.Choice(i, len(prompts[i // body.n])) for i in range(len(rows))]
+        choices = [p.Choice(i, len(prompts[i // body.n]), echoes[i // body.n] if echoes else None)
+                   for i in range(len(rows))]
         prompt_tokens = sum(len(ids) for ids in prompts)
         rid = p.new_id("cmpl" if kind == "completion" else "chatcmpl")
 

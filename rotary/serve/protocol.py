@@ -2,7 +2,7 @@
 
 Bodies are validated strictly (``"5"`` is not an integer, ``1`` is not a boolean), as OpenAI's
 API does; unknown fields are ignored so newer clients keep working, but known features this
-server cannot honour (tools, presence penalties, ``echo``...) are refused rather than ignored.
+server cannot honour (tools, presence penalties, streamed ``echo``...) are refused rather than ignored.
 """
 
 from __future__ import annotations
@@ -93,7 +93,20 @@ class ChatBody(_Body):
     response_format: dict[str, Any] | None = None
 
 
-def parse(model: type[_Body], data: Any) -> Any:
+class TokenizeBody(_Strict):
+    """vLLM's ``POST /tokenize`` (what lm-evaluation-harness's remote tokenizer sends)."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+
+
+class DetokenizeBody(_Strict):
+    model: str | None = None
+    tokens: list[int]
+
+
+def parse(model: type[_Strict], data: Any) -> Any:
     """``data`` (parsed JSON) as a ``model`` body, or a 400 naming the first bad field."""
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
@@ -129,8 +142,10 @@ def check_common(body: _Body) -> None:
 
 def check_completion(body: CompletionBody) -> None:
     check_common(body)
-    if body.echo:
-        raise _unsupported("echo", "prepend the prompt yourself")
+    if body.echo and body.stream:
+        raise _unsupported("echo", "not with stream: ask without stream for the prompt's logprobs")
+    if body.max_tokens == 0 and not body.echo:
+        raise APIError(400, "max_tokens 0 generates nothing: it scores the prompt only with echo", param="max_tokens")
     if body.suffix is not None:
         raise _unsupported("suffix", "the models here only continue text")
     if body.best_of not in (None, body.n):
@@ -199,12 +214,22 @@ def build_rows(prompts: Sequence[list[int]], body: _Body, *, max_tokens: int | N
 
 
 # -- responses -----------------------------------------------------------------------------------
-class Choice:
-    """What one row has produced so far."""
+class Echo:
+    """A prompt as ``echo`` returns it: its text, and per token its text, log-probability (the
+    first None) and top alternatives (``{token: logprob}``, the first None)."""
 
-    def __init__(self, index: int, prompt_tokens: int) -> None:
+    def __init__(self, text: str, tokens: list[str], logprobs: list[float | None],
+                 top: list[dict[str, float] | None]) -> None:
+        self.text, self.tokens, self.logprobs, self.top = text, tokens, logprobs, top
+
+
+class Choice:
+    """What one row has produced so far (after its echoed prompt, if any)."""
+
+    def __init__(self, index: int, prompt_tokens: int, echo: Echo | None = None) -> None:
         self.index = index
         self.prompt_tokens = prompt_tokens
+        self.echo = echo
         self.text: list[str] = []
         self.tokens: list[str] = []  # the chosen tokens' text, with their logprobs (EOS excluded)
         self.logprobs: list[float] = []
@@ -241,11 +266,23 @@ def usage(choices: Sequence[Choice], prompt_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
 
 
-def completion_logprobs(tokens: Sequence[str], logprobs: Sequence[float], offsets: Sequence[int]) -> dict[str, Any]:
+def completion_logprobs(tokens: Sequence[str], logprobs: Sequence[float], offsets: Sequence[int],
+                        echo: Echo | None = None) -> dict[str, Any]:
     """OpenAI's completions ``logprobs`` object; the engine reports only the chosen token's
-    log-probability, so each ``top_logprobs`` entry holds that one token (OpenAI's always does too)."""
-    return {"tokens": list(tokens), "token_logprobs": list(logprobs),
-            "top_logprobs": [{t: lp} for t, lp in zip(tokens, logprobs)], "text_offset": list(offsets)}
+    log-probability, so each generated ``top_logprobs`` entry holds that one token (OpenAI's
+    always does too). With ``echo`` the prompt's tokens come first, with their top alternatives."""
+    out = {"tokens": list(tokens), "token_logprobs": list(logprobs),
+           "top_logprobs": [{t: lp} for t, lp in zip(tokens, logprobs)], "text_offset": list(offsets)}
+    if echo is None:
+        return out
+    prompt_offsets, at = [], 0
+    for t in echo.tokens:
+        prompt_offsets.append(at)
+        at += len(t)
+    shift = len(echo.text)
+    return {"tokens": [*echo.tokens, *out["tokens"]], "token_logprobs": [*echo.logprobs, *out["token_logprobs"]],
+            "top_logprobs": [*echo.top, *out["top_logprobs"]],
+            "text_offset": [*prompt_offsets, *(o + shift for o in out["text_offset"])]}
 
 
 def chat_logprobs(tokens: Sequence[str], logprobs: Sequence[float]) -> dict[str, Any]:
@@ -261,8 +298,9 @@ def completion_response(rid: str, model: str, choices: Sequence[Choice], prompt_
                         logprobs: bool) -> dict[str, Any]:
     return {
         "id": rid, "object": "text_completion", "created": now(), "model": model, "system_fingerprint": None,
-        "choices": [{"index": c.index, "text": "".join(c.text), "finish_reason": c.finish_reason,
-                     "logprobs": completion_logprobs(c.tokens, c.logprobs, c.offsets) if logprobs else None}
+        "choices": [{"index": c.index, "text": (c.echo.text if c.echo else "") + "".join(c.text),
+                     "finish_reason": c.finish_reason,
+                     "logprobs": completion_logprobs(c.tokens, c.logprobs, c.offsets, c.echo) if logprobs else None}
                     for c in choices],
         "usage": usage(choices, prompt_tokens),
     }
