@@ -143,8 +143,12 @@ def test_translation_seeds(tmp_path):
           "--out", str(tmp_path))
     data, text = results(tmp_path, "translation_seeds")
     assert set(data["rows"]) == {"rope", "sinusoidal"}
-    for row in data["rows"].values():
-        assert row["bleu"]["n"] == 2 and 0.0 <= row["bleu"]["mean"] <= 100.0
+    for scheme, row in data["rows"].items():  # the table's figures are its runs' own sacrebleu scores
+        cached = [json.loads((tmp_path / "runs" / f"{scheme}-s{s}" / "test_beam2.json").read_text())
+                  for s in (1, 2)]
+        assert [r["bleu"] for r in row["seeds"]] == [c["bleu"] for c in cached]
+        assert row["bleu"]["n"] == 2 and row["bleu"]["mean"] == pytest.approx(sum(c["bleu"] for c in cached) / 2)
+        assert row["chrf"]["mean"] == pytest.approx(sum(c["chrf"] for c in cached) / 2)
     assert "Sample translations" in text and "| rope |" in text
     # one tokenizer and one set of prepared pairs for every run
     import yaml
