@@ -253,3 +253,39 @@ def test_muon_steps_on_non_square_matrices_equal_a_hand_computation_and_torch_mu
                                    msg=lambda m, name=name: f"{name}: {m}")
         # torch's Muon with the settings rotary documents: the same arithmetic, bit for bit
         torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_layer_lr_decay_scales_each_depth_and_the_loop_applies_it(tmp_path, monkeypatch):
+    """layer_lr_decay d: the head learns at lr, block i of L at lr * d^(L - i), the embeddings
+    at lr * d^(L + 1); every parameter in one group; the trainer sets each group's lr so."""
+    from rotary.train import loop
+    from rotary.train.loop import train
+    from tests.train_support import make_recipe, write_corpus
+
+    model = build("masked-untied")
+    L = model.config.n_layer
+    groups = param_groups(model, 0.1, layer_decay=0.5)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    assert len(scale) == sum(1 for _ in model.parameters())  # each exactly once
+    for name, p in model.named_parameters():
+        if name.startswith("backbone.layers."):
+            want = 0.5 ** (L - int(name.split(".")[2]))
+        elif name.startswith("backbone.embed"):
+            want = 0.5 ** (L + 1)
+        else:
+            want = 1.0
+        assert scale[id(p)] == want, name
+        decayed = any(p is q for g in groups if g["weight_decay"] for q in g["params"])
+        assert decayed == should_decay(name), name
+    with pytest.raises(Exception, match="layer_lr_decay is for optimizer adamw"):
+        make_optimizer(model, lr=0.1, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, device=torch.device("cpu"),
+                       kind="muon", layer_decay=0.5)
+    made = []
+    real = loop.make_optimizer
+    monkeypatch.setattr(loop, "make_optimizer", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    cfg = make_recipe(tmp_path / "run", write_corpus(tmp_path / "docs", 20), max_steps=2, lr_schedule="constant",
+                      warmup_steps=0, layer_lr_decay=0.5, tensorboard=False)
+    train(cfg)
+    (opt,) = made
+    assert sorted({g["lr"] / cfg.lr for g in opt.param_groups}) == sorted({g["lr_scale"] for g in opt.param_groups})
+    assert min(g["lr"] for g in opt.param_groups) == pytest.approx(cfg.lr * 0.5 ** (2 + 1))  # tiny: 2 blocks

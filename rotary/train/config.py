@@ -136,6 +136,9 @@ class TrainConfig:
                                       "from (--from); none = the recipe's model from scratch. In rotary train: "
                                       "continue a run of the same task from its weights, the recipe's model keys "
                                       "over its config (e.g. rope_scaling for a context-extension fine-tune)")
+    layer_lr_decay: float | None = doc(None, "layer-wise lr decay (fine-tuning, as ELECTRA's): block i of L "
+                                             "learns at lr x decay^(L - i), the embeddings at lr x decay^(L+1), "
+                                             "the head at lr; e.g. 0.8. None = one lr")
     tapt_steps: int = doc(0, "fine-tune: first continue the --from masked LM for this many steps on the task's "
                              "own train texts (task-adaptive pretraining, Gururangan et al. 2020), in the run "
                              "<output_dir>-tapt; then fine-tune from it. 0 = none")
@@ -186,6 +189,7 @@ class TrainConfig:
             (self.max_steps > 0, "max_steps must be positive"),
             (self.epochs is None or self.epochs > 0, "epochs must be positive"),
             (self.tapt_steps >= 0 and self.tapt_lr > 0, "tapt_steps must be >= 0 and tapt_lr positive"),
+            (self.layer_lr_decay is None or 0 < self.layer_lr_decay <= 1, "layer_lr_decay must be in (0, 1]"),
             (self.lr > 0, "lr must be positive"),
             (self.eval_interval > 0 and self.checkpoint_interval > 0 and self.log_interval > 0,
              "eval_interval, checkpoint_interval and log_interval must be positive"),

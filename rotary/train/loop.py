@@ -200,7 +200,7 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
     optimizer = make_optimizer(raw_model if cfg.distributed != "fsdp" else model, lr=cfg.lr,
                                weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
                                eps=cfg.eps, device=info.device, kind=cfg.optimizer,
-                               muon_momentum=cfg.muon_momentum)
+                               muon_momentum=cfg.muon_momentum, layer_decay=cfg.layer_lr_decay)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     if latest is not None:
         state = ckpt.load_training_state(latest / "training_state.pt")
@@ -311,7 +311,7 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
             lr = lr_at(step, peak=cfg.lr, final=cfg.final_lr(), warmup=cfg.warmup(), total=cfg.max_steps,
                        kind=cfg.lr_schedule)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # layer_lr_decay's per-depth factor
             loss_sum, grad_norm = train_step(model, forward, task, batches, optimizer=optimizer, scaler=scaler,
                                              accum=accum, precision=precision, grad_clip=cfg.grad_clip,
                                              device=info.device)

@@ -51,27 +51,45 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     return list(seen.values())
 
 
-def param_groups(model: nn.Module, weight_decay: float, exclude: set[int] | None = None) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, exclude: set[int] | None = None,
+                 layer_decay: float | None = None) -> list[dict]:
     """Weight decay on matrices only: not on norms, biases or embeddings (``exclude``: ids of
-    parameters another optimiser owns)."""
+    parameters another optimiser owns). With ``layer_decay`` (layer-wise lr decay, as in ELECTRA's
+    and BEiT's fine-tuning), a group's ``lr_scale`` is ``layer_decay ** (L + 1 - depth)``: the
+    head and final norm (depth L + 1) learn at the full lr, block i at depth i + 1, the
+    embeddings (depth 0) slowest."""
     from rotary.model.positions import LearnedPositions
 
-    decay, no_decay = [], []
     # embedding tables are lookups, not maps: no decay (a learned position table is one too)
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, LearnedPositions))}
+    n_layer = len(getattr(getattr(model, "backbone", None), "layers", ()))
+    groups: dict[tuple[bool, int], list[nn.Parameter]] = {}
     seen = set(exclude or ())
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        if p.dim() >= 2 and id(p) not in embeddings:
-            decay.append(p)
-        else:
-            no_decay.append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        depth = _depth(name, n_layer) if layer_decay is not None else n_layer + 1
+        groups.setdefault((p.dim() >= 2 and id(p) not in embeddings, depth), []).append(p)
+    out = []
+    for (decays, depth), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1])):
+        group = {"params": params, "weight_decay": weight_decay if decays else 0.0}
+        if layer_decay is not None:
+            group["lr_scale"] = layer_decay ** (n_layer + 1 - depth)
+        out.append(group)
+    if not any(g["weight_decay"] for g in out):  # the first group is the decayed one, even empty
+        out.insert(0, {"params": [], "weight_decay": weight_decay})
+    return out
+
+
+def _depth(name: str, n_layer: int) -> int:
+    """0 for the embeddings, i + 1 for ``backbone.layers.i``, n_layer + 1 for the rest (final norm, head)."""
+    parts = name.split(".")
+    if parts[:2] == ["backbone", "layers"] and len(parts) > 2 and parts[2].isdigit():
+        return int(parts[2]) + 1
+    if parts[0] == "backbone" and len(parts) > 1 and parts[1].startswith("embed"):
+        return 0
+    return n_layer + 1
 
 
 class MuonAdamW:
@@ -121,11 +139,15 @@ def make_adamw(groups: list[dict], *, lr: float, betas: tuple[float, float], eps
 
 def make_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float],
                    eps: float, device: torch.device, kind: str = "adamw",
-                   muon_momentum: float = 0.95) -> torch.optim.AdamW | MuonAdamW:
+                   muon_momentum: float = 0.95, layer_decay: float | None = None) -> torch.optim.AdamW | MuonAdamW:
     """The recipe's optimiser: ``adamw``, or ``muon`` (Muon on :func:`hidden_matrices`, with
-    Nesterov momentum and decoupled weight decay, AdamW on the rest)."""
+    Nesterov momentum and decoupled weight decay, AdamW on the rest). ``layer_decay``: AdamW's
+    groups get per-depth ``lr_scale`` factors (:func:`param_groups`)."""
     if kind == "adamw":
-        return make_adamw(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, device=device)
+        return make_adamw(param_groups(model, weight_decay, layer_decay=layer_decay), lr=lr, betas=betas, eps=eps,
+                          device=device)
+    if layer_decay is not None:
+        raise RotaryError("layer_lr_decay is for optimizer adamw (Muon scales its own steps): use one of them")
     if kind != "muon":
         raise RotaryError(f"unknown optimizer {kind!r}: use adamw or muon")
     matrices = hidden_matrices(model)
