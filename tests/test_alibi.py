@@ -136,6 +136,21 @@ def test_engine_generation_equals_greedy_full_forwards():
         assert new == seq[len(prompt):]
 
 
+
+def test_engine_prefill_of_equal_length_prompts_stays_causal():
+    # prompts of one length prefill without a padding mask (SDPA's causal flag, mask None): the
+    # ALiBi mask must then add the causal part itself, or layer 1 sees later prompt tokens
+    torch.manual_seed(5)
+    model = CausalLM(tiny()).eval()
+    prompts = [[3, 4, 5, 6, 7, 8], [9, 8, 7, 6, 5, 4]]
+    got = generate(model, prompts, 6, temperature=0.0)
+    for prompt, new in zip(prompts, got):
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(6):
+                seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+        assert new == seq[len(prompt):]
+
 def test_alibi_refuses_rope_scaling_and_linear_attention():
     with pytest.raises(RotaryError, match="rope_scaling=linear needs position=rope"):
         tiny(rope_scaling="linear", rope_scaling_factor=2.0)

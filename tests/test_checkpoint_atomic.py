@@ -283,6 +283,23 @@ def test_a_real_full_disk_keeps_the_previous_checkpoint_and_resumes_after_space_
                                                       big(4, 2.0)))
 
 
+
+def test_a_full_disk_that_raises_no_oserror_is_named_by_the_free_space(tmp_path, monkeypatch):
+    # torch.save on a full disk raises RuntimeError("... unexpected pos ..."), no errno and no
+    # "No space" words: only the free-space check can name it (the tmpfs test above needs root)
+    def torch_full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
+
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(torch, "save", torch_full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=10))
+    with pytest.raises(RotaryError, match=DISK_FULL):
+        save(tmp_path, 4, 1.0)
+    assert not (tmp_path / "checkpoints" / "step-0000004").exists()
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)  # room enough: the same error is a bug, not space
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        save(tmp_path, 4, 1.0)
+
 # -- pruning: every directory named like a checkpoint is complete at every instant -------------
 
 PRUNE_AND_DIE = r"""
@@ -344,3 +361,13 @@ def test_an_incomplete_checkpoint_newer_than_the_kept_ones_is_not_pruned(tmp_pat
     (tmp_path / "checkpoints" / "step-0000003" / "model.safetensors").unlink()
     ckpt.prune_checkpoints(tmp_path, keep=1)
     assert entries(tmp_path) == ["step-0000002", "step-0000003"]
+
+
+def test_checkpoints_past_seven_digits_sort_by_step_not_by_name(tmp_path):
+    # step-10000000 sorts before step-9999999 as a string: latest and prune must go by the number
+    for step in (9_999_998, 9_999_999, 10_000_000):
+        save(tmp_path, step, 1.0)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [9_999_998, 9_999_999, 10_000_000]
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-10000000"
+    ckpt.prune_checkpoints(tmp_path, keep=1)
+    assert entries(tmp_path) == ["step-10000000"]

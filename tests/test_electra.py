@@ -69,6 +69,42 @@ def test_the_loss_is_the_generators_mlm_loss_plus_weighted_replaced_token_bce_by
     assert float(stats[3] / stats[4]) == pytest.approx(float(disc), rel=1e-5)
 
 
+
+def test_eval_stats_count_correct_generator_and_discriminator_predictions_by_hand():
+    # stats[2] (generator top-1 hits) and stats[5] (discriminator right about replaced/original)
+    # are what the eval reports as accuracy and disc_accuracy
+    model = tiny().eval()
+    inputs, labels = batch()
+    torch.manual_seed(5)
+    stats = model(inputs, labels=labels, return_stats=True)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        keep = labels != IGNORE_INDEX
+        gen_logits = model.generator(inputs)[keep]
+        sampled = torch.multinomial(gen_logits.softmax(-1), 1).squeeze(-1)
+        corrupted = inputs.clone()
+        corrupted[keep] = sampled
+        target = corrupted != torch.where(keep, labels, inputs)
+        real = inputs != PAD
+        d = model.replaced_logits(corrupted)
+    assert int(stats[2]) == int((gen_logits.argmax(-1) == labels[keep]).sum())
+    assert int(stats[5]) == int(((d[real] > 0) == target[real]).sum())
+    assert 0 < int(stats[5]) < int(real.sum())  # an untrained discriminator: neither all right nor all wrong
+
+
+def test_attention_mask_alone_keeps_padding_out_of_the_discriminator_loss():
+    # without a pad_token_id the attention mask is the only sign of padding: padded positions
+    # are no tokens to judge, in the loss and in the counts
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=VOCAB, max_seq_len=16, n_layer=1, n_head=4, d_model=32, d_ff=64, causal=False,
+                      pad_token_id=None, type_vocab_size=2)
+    model = ElectraPretrainer(cfg).eval()
+    inputs, labels = batch()
+    mask = (torch.arange(12) < torch.tensor([12, 12, 9])[:, None]).long()
+    torch.manual_seed(5)
+    stats = model(inputs, attention_mask=mask, labels=labels, return_stats=True)
+    assert int(stats[4]) == int(mask.sum()) == 33
+
 def test_no_gradient_reaches_the_generator_through_its_samples():
     inputs, labels = batch()
     grads = []

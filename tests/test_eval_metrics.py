@@ -185,6 +185,40 @@ def test_causal_eval_scores_in_the_windows_the_run_trained_on(data_bpe_dir, tmp_
     assert record["windows"] < causal_documents_metrics(pre, split_docs, seq_len=8)["windows"]
 
 
+def test_eval_window_never_exceeds_max_seq_len_and_refuses_zero(tmp_path):
+    # a recipe's seq_len above the model's max_seq_len (the run was resized, or the recipe edited)
+    # must not silently score past the trained length; only an explicit --seq-len may do that
+    from rotary.evaluation import eval_window
+
+    pre = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(max_seq_len=32)), path=tmp_path / "best")
+    assert eval_window(pre) == 32  # no recipe: the model's limit
+    (tmp_path / "recipe.yaml").write_text("task: causal_lm\nseq_len: 64\n")
+    assert eval_window(pre) == 32
+    (tmp_path / "recipe.yaml").write_text("task: causal_lm\nseq_len: 8\n")
+    assert eval_window(pre) == 8
+    assert eval_window(pre, 100) == 100  # a length-extrapolation study asks for it
+    for bad in (0, -4):
+        with pytest.raises(RotaryError, match="--seq-len must be positive"):
+            eval_window(pre, bad)
+
+
+def test_document_bits_per_byte_divide_by_utf8_bytes_and_separators(data_bpe_dir):
+    # every document is followed by a separator token that is scored, so its byte is counted too;
+    # non-ASCII text makes characters and bytes differ
+    from rotary.evaluation import causal_documents_metrics
+    from rotary.model import CausalLM, ModelConfig
+    from rotary.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(data_bpe_dir)
+    torch.manual_seed(0)
+    model = CausalLM(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=32, n_layer=1, n_head=2, d_model=16,
+                                 d_ff=32)).eval()
+    docs = ["the cat sat on the mat", "café au lait, naïve", "one more line"]
+    m = causal_documents_metrics(SimpleNamespace(tokenizer=tok, model=model), docs, seq_len=16)
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs) + len(docs)
+    assert m["bits_per_byte"] == pytest.approx(m["loss"] * m["tokens_scored"] / math.log(2) / n_bytes, rel=1e-9)
+
+
 # ---------------------------------------------------------------------------------------------
 # the classifier report: the confusion matrix itself, and where precision and recall come from
 # ---------------------------------------------------------------------------------------------

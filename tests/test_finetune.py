@@ -127,6 +127,39 @@ def test_finetune_and_eval_show_the_char_tfidf_bar_fitted_on_the_same_splits(cla
     assert "TF-IDF" not in capsys.readouterr().out
 
 
+
+def _toy_examples(pairs):
+    from rotary.data.sources.labelled import Example
+
+    return [Example(text, None, label) for text, label in pairs]
+
+
+def test_baseline_tie_on_val_keeps_the_smallest_c():
+    # every C separates this data perfectly: a tie on val macro-F1 keeps the first (most
+    # regularised) C of the grid, as the finetune test's by-hand recomputation assumes
+    from rotary.baselines import C_GRID, fit_char_tfidf_lr
+
+    train = _toy_examples([("aaaa", 0), ("aaab", 0), ("aaba", 0), ("zzzz", 1), ("zzzy", 1), ("zzyz", 1)])
+    val = _toy_examples([("abaa", 0), ("zyzz", 1)])
+    predict, c = fit_char_tfidf_lr(train, val, 2)
+    assert predict(val) == [0, 1] and c == C_GRID[0]
+
+
+def test_baseline_cache_key_covers_the_scored_split_and_the_labels(tmp_path, monkeypatch):
+    # the cache is keyed by all three splits: scoring val then test on the same train/val must
+    # not return val's numbers for test, and relabelled data must not reuse the old result
+    from rotary.baselines import baseline
+
+    monkeypatch.setenv("ROTARY_CACHE", str(tmp_path))
+    train = _toy_examples([("aaaa", 0), ("aaab", 0), ("zzzz", 1), ("zzzy", 1)])
+    val = _toy_examples([("abaa", 0), ("zyzz", 1)])
+    test = _toy_examples([("aaaa", 0), ("zzzz", 1), ("zzzz", 1)])
+    assert baseline(train, val, val, 2)["examples"] == 2
+    assert baseline(train, val, test, 2)["examples"] == 3
+    flipped = _toy_examples([("aaaa", 1), ("zzzz", 0), ("zzzz", 0)])
+    assert baseline(train, val, flipped, 2)["accuracy"] == 0.0
+    assert len(list((tmp_path / "baselines").iterdir())) == 3
+
 def test_classify_prints_labels_and_probabilities_and_writes_jsonl(classifier_run, tmp_path, capsys):
     texts = ["--text", "这家酒店很干净，服务也好", "--text", "太差了，再也不来"]
     assert main(["classify", str(classifier_run), *texts]) == 0
@@ -165,6 +198,36 @@ def test_classify_batches_plain_lines_or_jsonl_to_stdout_one_row_per_line(classi
     assert [(r["id"], r["text"], r["label"]) for r in rows] == [("a-7", "很差", expected["很差"]["label"]),
                                                              (2, "很好", expected["很好"]["label"])]
 
+
+
+def test_batch_rows_strip_crlf_keep_falsy_ids_and_trust_the_txt_suffix(tmp_path):
+    # a file saved on Windows must not leave "\r" on every text (it would be classified as part
+    # of the text); a JSON id of 0 or "" is the caller's id, not a missing one; and a .txt file is
+    # plain text even when its first line happens to be a JSON object
+    from rotary.batch_io import read_rows
+
+    crlf = tmp_path / "win.txt"
+    crlf.write_bytes("很好\r\n\r\n很差\r\n".encode())
+    rows = read_rows(str(crlf))
+    assert [(r.id, r.text) for r in rows] == [(1, "很好"), (2, None), (3, "很差")]
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text('{"id": 0, "text": "a"}\n{"id": "", "text": "b"}\n{"text": "c"}\n', encoding="utf-8")
+    assert [r.id for r in read_rows(str(ids))] == [0, "", 3]
+    txt = tmp_path / "notes.txt"
+    txt.write_text('{"text": "x"}\nplain\n', encoding="utf-8")
+    assert [r.text for r in read_rows(str(txt))] == ['{"text": "x"}', "plain"]
+
+
+def test_stdin_format_is_detected_from_the_first_non_blank_line(monkeypatch):
+    # stdin has no suffix to go by: a JSON Lines stream that opens with a blank line is still
+    # JSON Lines (its blank line keeps its row), not plain text with braces in it
+    import io
+
+    from rotary.batch_io import read_rows
+
+    monkeypatch.setattr("sys.stdin", io.StringIO('\n{"id": "k", "text": "很好"}\n'))
+    rows = read_rows("-")
+    assert [(r.id, r.text) for r in rows] == [(1, None), ("k", "很好")]
 
 def test_classification_errors_are_one_line(classifier_run, tmp_path, capsys):
     code = main(["classify", str(classifier_run), "--text", "a"])

@@ -526,6 +526,21 @@ def test_classifier_pooling_follows_the_backbone():
     assert model.pool(h, mask).flatten().tolist() == [2.0, 9.0]
 
 
+def test_last_pooling_head_is_the_bare_score_projection_even_in_training():
+    # LlamaForSequenceClassification applies no dropout between the last token and `score`; a
+    # dropout there changes only training (eval parity tests cannot see it)
+    torch.manual_seed(0)
+    model = SequenceClassifier(ModelConfig(vocab_size=VOCAB, max_seq_len=32, dropout=0.5, **_LLAMA), 3,
+                               pooling="last").train()
+    ids = torch.randint(1, VOCAB, (2, 7))
+    mask = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1]])
+    torch.manual_seed(1)
+    logits = model(ids, attention_mask=mask)
+    torch.manual_seed(1)  # the same dropout draws inside the backbone
+    h = model.backbone(ids, mask)
+    torch.testing.assert_close(logits, model.score(h[torch.arange(2), torch.tensor([6, 6])]), rtol=0, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # configs
 # ---------------------------------------------------------------------------------------------

@@ -125,6 +125,43 @@ def test_left_padding_gives_each_row_its_own_result():
             torch.testing.assert_close(batch[r, 20 - len(row):], alone[0], **TOL)
 
 
+
+def test_left_padded_decode_through_the_running_state_gives_each_row_its_own_logits():
+    # decode steps get the whole (past + new) padding mask; only its last T columns are the new
+    # keys. Greedy tokens from a random tiny model can hide a wrong column, logits cannot.
+    model = build(CausalLM, tiny())
+    g = torch.Generator().manual_seed(6)
+    rows = [torch.randint(1, VOCAB, (n,), generator=g) for n in (12, 5)]
+    ids = torch.zeros(2, 12, dtype=torch.long)
+    mask = torch.zeros(2, 12, dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, 12 - len(row):], mask[r, 12 - len(row):] = row, 1
+    extra = torch.randint(1, VOCAB, (2, 4), generator=g)
+    cache = model.new_kv_cache(2, 16)
+    with torch.no_grad():
+        model(ids, attention_mask=mask, kv_cache=cache)
+        steps = [model(extra[:, t:t + 1], attention_mask=torch.cat([mask, torch.ones(2, t + 1, dtype=torch.long)], 1),
+                       kv_cache=cache) for t in range(4)]
+        for r, row in enumerate(rows):
+            alone = model(torch.cat([row, extra[r]])[None])
+            torch.testing.assert_close(torch.cat(steps, 1)[r], alone[0, len(row):], **TOL)
+
+
+def test_encoder_padding_keys_add_nothing_to_either_sum():
+    # an encoder's queries see every key, so padded keys must be removed from the state and the
+    # key sum as in the causal scan: a right-padded row scores as it would alone
+    model = build(MaskedLM, tiny(causal=False))
+    g = torch.Generator().manual_seed(7)
+    rows = [torch.randint(1, VOCAB, (n,), generator=g) for n in (14, 6)]
+    ids = torch.zeros(2, 14, dtype=torch.long)
+    mask = torch.zeros(2, 14, dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)], mask[r, :len(row)] = row, 1
+    with torch.no_grad():
+        batch = model(ids, attention_mask=mask)
+        for r, row in enumerate(rows):
+            torch.testing.assert_close(batch[r, :len(row)], model(row[None])[0], **TOL)
+
 def test_generation_uses_the_running_state_and_equals_greedy_full_forwards():
     torch.manual_seed(5)
     model = CausalLM(tiny()).eval()

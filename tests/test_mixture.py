@@ -40,6 +40,34 @@ def test_a_mix_repeats_train_documents_by_weight_and_keeps_val_once(tmp_path):
     assert mix.fingerprint() != load_corpus(f"mix:{a}=1,{b}=0.5").fingerprint()
 
 
+
+def test_a_share_as_small_as_the_val_fraction_still_takes_train_documents(tmp_path):
+    # a directory corpus puts hash_fraction(text) < 0.05 in val; an unsalted share of 0.05 would
+    # pick exactly those texts, i.e. no train document at all
+    a = tmp_path / "a"
+    a.mkdir()
+    for i in range(400):
+        (a / f"{i}.txt").write_text(f"gamma document {i}")
+    train = list(load_corpus(str(a)).documents("train"))
+    picked = list(load_corpus(f"mix:{a}=0.05").documents("train"))
+    assert set(picked) <= set(train) and 0.02 < len(picked) / len(train) < 0.09
+
+
+def test_labelled_text_corpus_fingerprint_follows_train_and_val_texts_only():
+    # the fingerprint keys the prepared shards: a changed val text must re-prepare (val is
+    # evaluated on), a changed test text must not (it never reaches the corpus)
+    from rotary.data.sources.labelled import LabelledTextCorpus, build_labelled
+
+    def corpus(val_text, test_text):
+        raw = {"train": [("train one", None, "a", "t1"), ("train two", None, "b", "t2")],
+               "val": [(val_text, None, "a", "v1")], "test": [(test_text, None, "b", "s1")]}
+        return LabelledTextCorpus(build_labelled("toy", raw, fingerprint={}))
+
+    base = corpus("val one", "test one").fingerprint()
+    assert corpus("val changed", "test one").fingerprint() != base
+    assert corpus("val one", "test changed").fingerprint() == base
+    assert list(corpus("val one", "test one").documents("val")) == ["val one"]
+
 def test_a_recipe_names_a_mix_as_a_mapping_and_bad_weights_are_one_line(tmp_path):
     cfg = DataConfig(corpus={"peoples-daily": 1, "labelled:chinese-sentiment": 2})
     assert cfg.corpus == "mix:peoples-daily=1,labelled:chinese-sentiment=2"

@@ -72,6 +72,15 @@ def test_hand_computed_unigram_and_bigram():
     assert bi.bits_per_byte("abab") == pytest.approx(bits / 4, abs=1e-9)
 
 
+
+@pytest.mark.parametrize("order", [0, -1])
+def test_order_below_one_is_refused_when_built(order):
+    # an order-0 model has no levels at all: it must be refused up front, not fail later as "fit first"
+    from rotary.errors import RotaryError
+
+    with pytest.raises(RotaryError, match="at least 1"):
+        KneserNey(order)
+
 def test_higher_orders_do_better_on_repetitive_text():
     text = "the quick brown fox jumps over the lazy dog, then sleeps. " * 30
     probe = text[17:200]  # more of the same, from mid-sentence: long contexts predict it almost surely

@@ -324,6 +324,23 @@ def test_empty_validation_split_fails_at_prepare_with_the_fix(data_bpe_dir: Path
     assert info.split("val")["tokens"] == 0 and any("validation split is empty" in n for n in info.notes)
 
 
+
+@pytest.mark.parametrize("empty", ["train", "val"])
+def test_a_refused_split_leaves_no_partial_shard_behind(data_bpe_dir: Path, tmp_path: Path, empty: str) -> None:
+    # an empty train or val split is an error after the shards were written under their hidden
+    # partial names: those must go too, the out dir holds nothing at all
+    src = tmp_path / "src"
+    src.mkdir()
+    if empty == "val":  # two small files: the last one's val share is empty
+        (src / "a.txt").write_text("one line\n")
+        (src / "b.txt").write_text("another\n")
+    else:
+        (src / "a.txt").write_text("\n")
+    out = tmp_path / "out"
+    with pytest.raises(RotaryError, match="(empty validation split|no text in its training split)"):
+        prepare(str(src), data_bpe_dir, out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == []
+
 def test_jieba_shards_keep_special_tokens_and_jieba_words(data_wordpiece_jieba_dir: Path) -> None:
     tok = load_tokenizer(data_wordpiece_jieba_dir)
     # A jieba word not in the vocabulary is cut into characters (as RoFormer does) but stays

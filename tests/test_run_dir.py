@@ -191,6 +191,21 @@ def test_manifest_lists_every_file_with_size_and_sha256(trained_run):
         assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+
+def test_file_grown_after_saving_is_refused_even_without_checksums(tmp_path):
+    """A file longer than the manifest says (appended to, or another run's bigger file) is as
+    damaged as a truncated one; with checksums off only the size check can see it."""
+    from rotary.errors import RotaryError
+    from rotary.manifest import verify_checkpoint, write_manifest
+
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 64)
+    write_manifest(tmp_path)
+    verify_checkpoint(tmp_path, checksums=False)  # as written: fine
+    with open(tmp_path / "model.safetensors", "ab") as f:
+        f.write(b"tail")
+    with pytest.raises(RotaryError, match="68 bytes, 64 when saved .longer than written."):
+        verify_checkpoint(tmp_path, checksums=False)
+
 # -- convert never destroys anything --------------------------------------------------------------
 
 

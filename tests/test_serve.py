@@ -580,6 +580,28 @@ def test_echo_mistakes_are_openai_errors(server, body, param):
     assert post(server.port, "/v1/completions", OK)[0] == 200  # still serving
 
 
+
+def test_echo_text_offsets_index_the_returned_text_for_prompt_and_generated_tokens(server, pre):
+    # OpenAI's text_offset is where each token starts in choices[].text: the generated tokens
+    # come after the echoed prompt, so their offsets are shifted by the prompt's length
+    status, out = post(server.port, "/v1/completions", {"model": MODEL, "prompt": "Shall I", "echo": True,
+                                                        "max_tokens": 3, "temperature": 0, "logprobs": 1})
+    assert status == 200, out
+    (choice,) = out["choices"]
+    lp = choice["logprobs"]
+    assert len(lp["tokens"]) == len(lp["text_offset"]) > len(pre.tokenizer.encode("Shall I"))  # some generated
+    for token, offset in zip(lp["tokens"], lp["text_offset"]):
+        assert choice["text"][offset:offset + len(token)] == token, (token, offset, choice["text"])
+
+
+def test_echo_scores_a_prompt_that_fills_the_whole_context(server, pre):
+    # scoring only (max_tokens 0) needs room for the prompt alone: CONTEXT tokens fit, CONTEXT + 1 do not
+    ids = (pre.tokenizer.encode("Shall I compare thee to a summer's day? ") * CONTEXT)[:CONTEXT]
+    status, out = post(server.port, "/v1/completions", {"model": MODEL, "prompt": [ids], "echo": True,
+                                                        "max_tokens": 0, "logprobs": 1})
+    assert status == 200, out
+    assert len(out["choices"][0]["logprobs"]["token_logprobs"]) == CONTEXT
+
 def test_the_tokenizer_endpoints_answer_as_vllms(server, pre):
     import http.client
 

@@ -421,3 +421,43 @@ def test_output_bias_is_refused_where_it_means_nothing():
         MaskedLM(cfg)
     with pytest.raises(RotaryError, match="lm_head has no bias"):
         config_to_hf(cfg)
+
+
+def test_evaluation_stats_carry_the_output_bias():
+    # evaluation scores through cross_entropy_stats (return_stats=True): without the bias there,
+    # validation loss/accuracy would be those of another model than the one trained and sampled
+    import torch.nn.functional as F
+
+    from rotary.model import CausalLM
+    from rotary.model.config import ModelConfig
+
+    torch.manual_seed(0)
+    net = CausalLM(ModelConfig(vocab_size=50, max_seq_len=16, n_layer=1, n_head=2, d_model=16, output_bias=True))
+    with torch.no_grad():
+        net.output_bias.copy_(torch.randn(50) * 3)  # large enough to move both the loss and the argmax
+    x = torch.randint(0, 50, (2, 9))
+    logits = net(x[:, :-1]).reshape(-1, 50)
+    y = x[:, 1:].reshape(-1)
+    loss_sum, scored, correct = net(x[:, :-1], targets=x[:, 1:], return_stats=True).tolist()
+    assert scored == y.numel()
+    assert loss_sum == pytest.approx(F.cross_entropy(logits, y, reduction="sum").item(), rel=1e-5)
+    assert correct == (logits.argmax(-1) == y).sum().item()
+
+
+def test_output_bias_start_samples_a_long_shard_end_to_end():
+    # above chunks * chunk_tokens the shard is sampled in evenly spaced chunks, first to last: a
+    # token only the shard's tail holds must be counted, and the sample is exactly chunks * chunk_tokens
+    import numpy as np
+
+    from rotary.model import CausalLM
+    from rotary.model.config import ModelConfig
+    from rotary.train.setup import start_output_bias
+
+    net = CausalLM(ModelConfig(vocab_size=8, max_seq_len=16, n_layer=1, n_head=2, d_model=16, output_bias=True))
+    tokens = np.zeros(1000, dtype=np.uint16)
+    tokens[-10:] = 7  # only in the last chunk
+    note = start_output_bias(net, tokens, chunks=4, chunk_tokens=10)
+    assert note is not None and "of 40 training tokens" in note
+    counts = np.array([30, 0, 0, 0, 0, 0, 0, 10], dtype=np.float64)
+    want = torch.from_numpy(np.log((counts + 1) / (counts.sum() + 8))).float()
+    assert torch.allclose(net.output_bias.detach(), want, atol=1e-6)
