@@ -2,8 +2,9 @@
 
 Fitted on the same train split the classifier saw, C chosen by macro-F1 on val, scored on the
 split the classifier is scored on. ``rotary finetune`` and ``rotary eval`` print it beside their
-own accuracy, as the demo prints its Kneser-Ney row. A result is cached under
-``$ROTARY_CACHE/baselines/`` (default ``~/.cache/rotary``) by a hash of the texts and labels of
+own accuracy, as the demo prints its Kneser-Ney row. A result is cached in
+``$ROTARY_BASELINE_CACHE``, else ``$ROTARY_CACHE/baselines/`` (default ``~/.cache/rotary``),
+by a hash of the texts and labels of
 all three splits, so a second evaluation of the same data costs nothing.
 """
 
@@ -13,6 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 C_GRID = (0.25, 1.0, 4.0, 16.0)
@@ -73,10 +75,13 @@ def char_tfidf_lr(train: Sequence[Any], val: Sequence[Any], scored: Sequence[Any
 def baseline(train: Sequence[Any], val: Sequence[Any], scored: Sequence[Any], num_labels: int,
              *, cache: bool = True) -> dict[str, Any] | None:
     """:func:`char_tfidf_lr`, cached; None when no baseline can be fitted (one label, no text)."""
+    import os
+
     from rotary.data.sources.download import cache_dir
     from rotary.io import atomic_write_text
 
-    path = cache_dir() / "baselines" / f"{_key(train, val, scored, num_labels)}.json"
+    folder = Path(os.environ.get("ROTARY_BASELINE_CACHE") or cache_dir() / "baselines")
+    path = folder / f"{_key(train, val, scored, num_labels)}.json"
     if cache and path.is_file():
         try:
             return json.loads(path.read_text(encoding="utf-8"))

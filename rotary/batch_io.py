@@ -45,16 +45,19 @@ def _input_format(name: str, lines: list[str], fmt: str) -> str:
 def read_rows(source: str, fmt: str = "auto", *, pairs: bool = True) -> list[Row]:
     """The rows of ``source`` (a path, or ``-`` for stdin). Plain text rows are numbered from 1
     (their ``id``); a JSON row keeps its own ``id``, else gets its line number."""
+    # Bytes, decoded here: text mode would turn a lone "\r" inside a line into a line break, and
+    # then output row N would no longer answer input line N.
     if source == "-":
-        content, name = sys.stdin.read(), "stdin"
+        raw, name = sys.stdin.buffer.read(), "stdin"
     else:
         path = Path(source)
         if not path.is_file():
             raise RotaryError(f"--input {path} does not exist")
-        try:
-            content, name = path.read_text(encoding="utf-8"), str(path)
-        except UnicodeDecodeError:
-            raise RotaryError(f"--input {path} is not UTF-8 text") from None
+        raw, name = path.read_bytes(), str(path)
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RotaryError(f"--input {name} is not UTF-8 text") from None
     lines = content.split("\n")  # not splitlines(): U+2028 inside a text is not a line break
     if lines and lines[-1] == "":
         lines.pop()  # the final newline ends the last line; it does not start a blank one

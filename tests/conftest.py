@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ from rotary.ops import inductor
 # rotary.ops.inductor read the variable when imported above, so this process's own tests keep
 # the kernels; tests/test_cpu_kernels.py switches them on and off itself.
 os.environ[inductor.ENV] = "0"
+# The classifier baselines the fine-tunes print are cached: in a directory of this run, never the
+# user's ~/.cache (a result cached by other code would hide a bug in the fitting).
+os.environ["ROTARY_BASELINE_CACHE"] = tempfile.mkdtemp(prefix="rotary-test-baselines-")
 
 
 @pytest.fixture(scope="session")

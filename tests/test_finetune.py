@@ -112,7 +112,7 @@ def test_finetune_and_eval_show_the_char_tfidf_bar_fitted_on_the_same_splits(cla
     best_c = max(C_GRID, key=lambda c: (val_f1[c], -C_GRID.index(c)))
     assert bar["C"] == best_c and bar["accuracy"] == pytest.approx(accuracy(fitted(best_c), test))
     assert bar["examples"] == 200 and 0.6 < bar["accuracy"] < 1
-    monkeypatch.setenv("ROTARY_CACHE", str(tmp_path / "cache"))  # eval computes it afresh, then reads the cache
+    monkeypatch.setenv("ROTARY_BASELINE_CACHE", str(tmp_path / "cache" / "baselines"))  # afresh, then cached
     for _ in range(2):
         assert main(["eval", str(classifier_run), "--corpus", str(sentiment_dir), "--split", "test"]) == 0
         out = capsys.readouterr().out
@@ -150,7 +150,7 @@ def test_baseline_cache_key_covers_the_scored_split_and_the_labels(tmp_path, mon
     # not return val's numbers for test, and relabelled data must not reuse the old result
     from rotary.baselines import baseline
 
-    monkeypatch.setenv("ROTARY_CACHE", str(tmp_path))
+    monkeypatch.setenv("ROTARY_BASELINE_CACHE", str(tmp_path / "baselines"))
     train = _toy_examples([("aaaa", 0), ("aaab", 0), ("zzzz", 1), ("zzzy", 1)])
     val = _toy_examples([("abaa", 0), ("zyzz", 1)])
     test = _toy_examples([("aaaa", 0), ("zzzz", 1), ("zzzz", 1)])
@@ -159,6 +159,7 @@ def test_baseline_cache_key_covers_the_scored_split_and_the_labels(tmp_path, mon
     flipped = _toy_examples([("aaaa", 1), ("zzzz", 0), ("zzzz", 0)])
     assert baseline(train, val, flipped, 2)["accuracy"] == 0.0
     assert len(list((tmp_path / "baselines").iterdir())) == 3
+
 
 def test_classify_prints_labels_and_probabilities_and_writes_jsonl(classifier_run, tmp_path, capsys):
     texts = ["--text", "这家酒店很干净，服务也好", "--text", "太差了，再也不来"]
@@ -225,9 +226,23 @@ def test_stdin_format_is_detected_from_the_first_non_blank_line(monkeypatch):
 
     from rotary.batch_io import read_rows
 
-    monkeypatch.setattr("sys.stdin", io.StringIO('\n{"id": "k", "text": "很好"}\n'))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO('\n{"id": "k", "text": "很好"}\n'.encode())))
     rows = read_rows("-")
     assert [(r.id, r.text) for r in rows] == [(1, None), ("k", "很好")]
+
+
+def test_a_lone_carriage_return_inside_a_line_is_text_not_a_line_break(tmp_path, monkeypatch):
+    # text mode reads "\r" as a line end: row 2 of the output would then answer half of line 1
+    import io
+
+    from rotary.batch_io import read_rows
+
+    src = tmp_path / "cr.txt"
+    src.write_bytes("好\r的\n差\r\n".encode())
+    assert [(r.id, r.text) for r in read_rows(str(src))] == [(1, "好\r的"), (2, "差")]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("好\r的\n差\n".encode())))
+    assert [r.text for r in read_rows("-")] == ["好\r的", "差"]
+
 
 def test_classification_errors_are_one_line(classifier_run, tmp_path, capsys):
     code = main(["classify", str(classifier_run), "--text", "a"])

@@ -502,3 +502,15 @@ def test_rotary_value_rotate_the_values():
     assert torch.allclose(plain(one), rotated(one), atol=1e-6)
     with pytest.raises(RotaryError, match="rotary_value needs position=rope"):
         tiny(rotary_value=True, position="none")
+
+
+def test_last_pooling_without_a_mask_finds_the_end_by_the_pad_id_as_transformers():
+    """LlamaForSequenceClassification without an attention mask pools the last token before the
+    first pad; rotary did h[:, -1], a pad on a right-padded row."""
+    torch.manual_seed(0)
+    clf = SequenceClassifier(tiny(pad_token_id=0), num_labels=2, pooling="last").eval()
+    ids = ids_of(2, 10)
+    ids[1, 6:] = 0  # right padding
+    mask = (ids != 0).long()
+    torch.testing.assert_close(clf(ids), clf(ids, mask))
+    torch.testing.assert_close(clf(ids[1:, :6]), clf(ids, mask)[1:])

@@ -620,3 +620,20 @@ def test_the_tokenizer_endpoints_answer_as_vllms(server, pre):
     assert post(server.port, "/detokenize", {"tokens": [10**9]})[0] == 400
     assert post(server.port, "/tokenize", {"prompt": 5})[0] == 400
     assert post(server.port, "/tokenize", {"prompt": "x", "model": "gpt-4"})[0] == 404
+
+
+def test_echo_offsets_index_the_text_when_byte_tokens_split_a_character(server, pre):
+    """A byte-level BPE trained on English spells 好 with byte tokens that decode to U+FFFD one by
+    one: the offsets come from the decoded prefixes, so they index the returned text."""
+    prompt = "好 Shall I"
+    ids = pre.tokenizer.encode(prompt)
+    assert "".join(pre.tokenizer.decode([t]) for t in ids) != prompt  # the case this test is about
+    status, out = post(server.port, "/v1/completions", {"model": MODEL, "prompt": prompt, "echo": True,
+                                                        "max_tokens": 2, "logprobs": 1, "temperature": 0})
+    assert status == 200, out
+    lp = out["choices"][0]["logprobs"]
+    n = len(ids)
+    assert lp["text_offset"][:n] == [len(pre.tokenizer.decode(ids[:i])) for i in range(n)]
+    text = out["choices"][0]["text"]
+    assert text.startswith(prompt) and all(o <= len(text) for o in lp["text_offset"])
+    assert lp["text_offset"][n] == len(prompt)  # the first generated token starts right after the prompt

@@ -343,6 +343,9 @@ class SequenceClassifier(RotaryModel):
         -100; with ``return_stats`` too, float64 (3 + L*L,): loss sum, scored rows, correct, and
         the confusion counts (true x predicted, row-major) that macro-F1 needs."""
         h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
+        if attention_mask is None and self.pooling == "last" and self.config.pad_token_id is not None:
+            # as transformers' LlamaForSequenceClassification: without a mask, the pad id marks the end
+            attention_mask = (input_ids != self.config.pad_token_id).long()
         logits = self.project(self.pool(h, attention_mask))
         if labels is None:
             return logits

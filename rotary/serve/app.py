@@ -165,8 +165,11 @@ class _Server:
                                       f"the prompt has {len(ids)}", param="prompt", code="context_length_exceeded")
             text = texts[k] if texts is not None else self.tokenizer.decode(ids)
             tokens = [self.tokenizer.decode([t]) for t in ids]
+            # a byte-level token may hold part of a character: then offsets come from prefix decodes
+            offsets = None if "".join(tokens) == text else [len(self.tokenizer.decode(ids[:i]))
+                                                             for i in range(len(ids))]
             if body.logprobs is None:
-                out.append(p.Echo(text, tokens, [], []))
+                out.append(p.Echo(text, tokens, [], [], offsets))
                 continue
             lps, tops = await asyncio.to_thread(prompt_logprobs, self.lm, ids, max(body.logprobs, 1))
             top: list[dict[str, float] | None] = [None]
@@ -175,7 +178,7 @@ class _Server:
                 for t, lp in row:
                     alternatives.setdefault(self.tokenizer.decode([t]), lp)
                 top.append(alternatives)
-            out.append(p.Echo(text, tokens, lps, top))
+            out.append(p.Echo(text, tokens, lps, top, offsets))
         return out
 
     async def chat(self, request: Request) -> Response:

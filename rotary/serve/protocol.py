@@ -219,8 +219,9 @@ class Echo:
     first None) and top alternatives (``{token: logprob}``, the first None)."""
 
     def __init__(self, text: str, tokens: list[str], logprobs: list[float | None],
-                 top: list[dict[str, float] | None]) -> None:
+                 top: list[dict[str, float] | None], offsets: list[int] | None = None) -> None:
         self.text, self.tokens, self.logprobs, self.top = text, tokens, logprobs, top
+        self.offsets = offsets  # where each token starts in ``text``, when their texts do not join up to it
 
 
 class Choice:
@@ -279,6 +280,8 @@ def completion_logprobs(tokens: Sequence[str], logprobs: Sequence[float], offset
     for t in echo.tokens:
         prompt_offsets.append(at)
         at += len(t)
+    if echo.offsets is not None:  # the prompt's tokens, decoded one by one, do not spell its text
+        prompt_offsets = list(echo.offsets)
     shift = len(echo.text)
     return {"tokens": [*echo.tokens, *out["tokens"]], "token_logprobs": [*echo.logprobs, *out["token_logprobs"]],
             "top_logprobs": [*echo.top, *out["top_logprobs"]],
