@@ -136,7 +136,9 @@ def write_checkpoint_dir(target: Path, content: CheckpointContent) -> Path:
         save_file(content.model_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if content.training_state is not None:
             torch.save(content.training_state, tmp / "training_state.pt")
-        if content.tokenizer_dir is not None and Path(content.tokenizer_dir).is_dir():
+        if content.tokenizer_dir is not None:
+            if not Path(content.tokenizer_dir).is_dir():  # a checkpoint without it could not be used
+                raise RotaryError(f"the tokenizer to save with {target.name} is gone: {content.tokenizer_dir}")
             shutil.copytree(content.tokenizer_dir, tmp / "tokenizer")
         atomic_write_text(tmp / "trainer_state.json", json.dumps(content.trainer_state, indent=2))
         for f in tmp.rglob("*"):

@@ -128,8 +128,20 @@ def _resumed_source(cfg: Any) -> dict[str, Any] | None:
     if newest is None or not (newest / "tokenizer").is_dir():
         return None
     model = ModelConfig.from_dict(dict(ckpt.read_json(newest / "config.json")["model"]))
-    return {"model_config": model, "tokenizer_dir": newest / "tokenizer", "weights": None,
-            "note": f"resumed: model and tokenizer from {newest}"}
+    # The run keeps its own copy: keep-N pruning deletes `newest`, and every later checkpoint
+    # copies its tokenizer from here.
+    tokenizer = Path(cfg.run_dir) / "tokenizer"
+    if not (tokenizer / "tokenizer.json").is_file():
+        import shutil
+
+        from rotary.io import replace_dir
+
+        tmp = Path(cfg.run_dir) / ".tokenizer-partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(newest / "tokenizer", tmp)
+        replace_dir(tmp, tokenizer)
+    return {"model_config": model, "tokenizer_dir": tokenizer, "weights": None,
+            "note": f"resumed: model from {newest}, tokenizer {tokenizer}"}
 
 
 def tapt_dir(cfg: Any) -> Path:

@@ -634,3 +634,33 @@ def test_task_adaptive_pretraining_continues_the_mlm_on_train_texts_only_then_fi
     capsys.readouterr()
     assert main(["train", "demo", "--tapt-steps", "2", "--output-dir", "runs/lm"]) == 2
     assert "tapt_steps" in capsys.readouterr().err
+
+
+def test_a_resumed_fine_tune_keeps_its_tokenizer_after_keep_n_prunes_the_checkpoint_it_came_from(
+        sentiment_dir, data_char_dir, tmp_path, monkeypatch):
+    """The resumed run read its tokenizer from the newest checkpoint; keep-N then deleted that
+    checkpoint and every later save and best/ went without tokenizer/ (the test scoring failed)."""
+    import os
+    import signal
+
+    from rotary.train.logging import RunLogger
+
+    run = tmp_path / "run"
+    args = finetune_args(run, sentiment_dir, data_char_dir, "--max-steps", "6", "--checkpoint-interval", "1",
+                         "--keep-checkpoints", "1", "--eval-interval", "3")
+    real = RunLogger.progress
+
+    def interrupt_at_2(self, at, postfix):
+        real(self, at, postfix)
+        if at == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(RunLogger, "progress", interrupt_at_2)
+    assert main(args) == 130
+    monkeypatch.setattr(RunLogger, "progress", real)
+    assert main(["finetune", "--resume", "--output-dir", str(run), "--progress", "false"]) == 0
+    from rotary import checkpoint as ckpt
+
+    (step, last), = ckpt.list_checkpoints(run)
+    assert step == 6 and (last / "tokenizer" / "tokenizer.json").is_file()
+    assert (run / "best" / "tokenizer" / "tokenizer.json").is_file() and (run / "test_results.json").is_file()
