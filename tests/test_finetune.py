@@ -664,3 +664,22 @@ def test_a_resumed_fine_tune_keeps_its_tokenizer_after_keep_n_prunes_the_checkpo
     (step, last), = ckpt.list_checkpoints(run)
     assert step == 6 and (last / "tokenizer" / "tokenizer.json").is_file()
     assert (run / "best" / "tokenizer" / "tokenizer.json").is_file() and (run / "test_results.json").is_file()
+
+
+def test_overwrite_refuses_to_delete_the_run_it_starts_from(classifier_run, sentiment_dir, tmp_path, capsys):
+    """`--from runs/x --output-dir runs/x --overwrite` deleted runs/x, then failed to read it."""
+    import shutil
+
+    copy = tmp_path / "self"
+    shutil.copytree(classifier_run, copy)
+    before = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*"))
+    for argv in (["finetune", "--from", str(copy), "--data.corpus", str(sentiment_dir), "--max-steps", "1",
+                  "--output-dir", str(copy), "--overwrite", "--progress", "false"],
+                 ["finetune", "--from", "none", "--data.tokenizer.path", str(copy / "best" / "tokenizer"),
+                  "--data.corpus", str(sentiment_dir), "--model.preset", "tiny", "--max-steps", "1",
+                  "--output-dir", str(copy), "--overwrite", "--progress", "false"]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--overwrite would delete" in err[0] and "nothing was deleted" in err[0], err
+        assert sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*")) == before

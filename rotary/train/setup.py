@@ -67,6 +67,14 @@ def check_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool, remove: bo
                               "to start a new run, or point --output-dir at the run to continue")
         return False
     if overwrite:
+        # what this run reads must survive the deletion of the run it replaces
+        here = run_dir.resolve()
+        for key, path in (("init_from", cfg.init_from), ("data.shards", cfg.data.shards),
+                          ("data.tokenizer.path", cfg.data.tokenizer.path),
+                          ("data.target_tokenizer.path", getattr(cfg.data.target_tokenizer, "path", None))):
+            if path not in (None, "none") and Path(path).resolve().is_relative_to(here):
+                raise RotaryError(f"--overwrite would delete {path}, which this run reads ({key}): choose another "
+                                  "--output-dir, or copy it out of the run first (nothing was deleted)")
         if remove:
             import shutil
 
