@@ -257,7 +257,7 @@ def test_translate_and_eval_commands(reversal_run, tmp_path):
     (tmp_path / "in.txt").write_text("d e f\n\nb b a\n", encoding="utf-8")
     done = subprocess.run(run + ["translate", str(root / "run"), "--input", str(tmp_path / "in.txt"), "--beam", "1"],
                           capture_output=True, text=True)
-    assert done.stdout.splitlines() == ["f e d", "a b b"]
+    assert done.stdout.splitlines() == ["f e d", "", "a b b"]  # a blank line keeps its place
     done = subprocess.run(run + ["eval", str(root / "run"), "--corpus", str(corpus), "--split", "test",
                                  "--corpus-opt", "test_fraction=0.05", "--out", str(tmp_path)],
                           capture_output=True, text=True)

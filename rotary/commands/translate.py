@@ -47,8 +47,10 @@ def read_inputs(args: argparse.Namespace) -> list[str]:
             lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 is text
         except UnicodeDecodeError:
             raise RotaryError(f"--input {path} is not UTF-8 text") from None
-    lines = [ln.strip() for ln in lines if ln.strip()]
-    if not lines:
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line
+    lines = [ln.strip() for ln in lines]  # a blank line stays: its output line is blank too
+    if not any(lines):
         raise RotaryError(f"--input {args.input} has no sentences")
     return lines
 
@@ -62,13 +64,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.beam < 1:
         raise RotaryError(f"--beam must be at least 1, got {args.beam}")
-    texts = read_inputs(args)
+    lines = read_inputs(args)
+    texts = [t for t in lines if t]
     pre = load(args.run, device=args.device, which=args.checkpoint)
     result = translate_texts(pre, texts, num_beams=args.beam, length_penalty=args.length_penalty,
                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    done = iter(result.texts)
+    outputs = [next(done) if t else "" for t in lines]  # line N of the output answers line N
     if result.truncated_sources:
         print(f"note: {result.truncated_sources} source(s) longer than {pre.model.config.max_seq_len} tokens were cut",
               file=sys.stderr)
-    for line in result.texts:
+    for line in outputs:
         print(line)
     return 0
