@@ -51,6 +51,8 @@ def read_rows(source: str, fmt: str = "auto", *, pairs: bool = True) -> list[Row
         raw, name = sys.stdin.buffer.read(), "stdin"
     else:
         path = Path(source)
+        if path.is_dir():
+            raise RotaryError(f"--input {path} is a directory: give a .jsonl or .txt file, or - for stdin")
         if not path.is_file():
             raise RotaryError(f"--input {path} does not exist")
         raw, name = path.read_bytes(), str(path)
@@ -109,7 +111,9 @@ def write_rows(rows: Iterable[dict[str, Any]], output: str | None) -> int:
 
 
 def check_output(source: str | None, output: str | None) -> None:
-    """Refuse an ``--output`` that is the ``--input`` file."""
+    """Refuse an ``--output`` that is a directory or the ``--input`` file."""
+    if output and output != "-" and Path(output).is_dir():
+        raise RotaryError(f"--output {output} is a directory: give the path of a .jsonl file")
     if source and output and source != "-" and output != "-" and Path(output).exists() \
             and Path(output).resolve() == Path(source).resolve():
         raise RotaryError("--output would overwrite --input: choose another file")

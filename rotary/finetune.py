@@ -141,7 +141,7 @@ def _resumed_source(cfg: Any) -> dict[str, Any] | None:
         shutil.copytree(newest / "tokenizer", tmp)
         replace_dir(tmp, tokenizer)
     return {"model_config": model, "tokenizer_dir": tokenizer, "weights": None,
-            "note": f"resumed: model from {newest}, tokenizer {tokenizer}"}
+            "note": f"resumed: model and tokenizer from {newest} (the tokenizer kept in {tokenizer})"}
 
 
 def tapt_dir(cfg: Any) -> Path:

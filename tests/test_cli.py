@@ -373,3 +373,36 @@ def test_corpus_help_lists_the_registry_and_finetune_help_names_causal_runs():
         assert all(name in text for name in CORPORA), (verb, text)
     assert all(name in subcommand_help("eval") for name in BUILTIN_PARALLEL)
     assert "causal_lm run" in subcommand_help("finetune")
+
+
+@pytest.mark.parametrize("override, needle", [
+    (["--seed", "-1"], "seed must be in 0..2**32-1"), (["--beta1", "2"], "beta1 and beta2"),
+    (["--grad-clip", "-1"], "grad_clip must be positive"), (["--min-lr", "1"], "min_lr must be in"),
+    (["--warmup-steps", "-5"], "warmup_steps must be >= 0"), (["--weight-decay", "-1"], "weight_decay must be"),
+    (["--threads", "0"], "threads must be at least 1"), (["--eval-batches", "0"], "eval_batches must be at least 1"),
+])
+def test_harmful_training_values_are_refused_before_the_run_directory_exists(override, needle, tmp_path, capsys):
+    """They trained silently wrong (a negative clip flips the gradients; min_lr above lr), crashed
+    after creating the run (seed -1: numpy), or failed after training (eval_batches 0)."""
+    out = tmp_path / "run"
+    assert cli.main(["train", "demo", "--output-dir", str(out), *override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rotary: error:") and needle in err[0], err
+    assert not out.exists()
+
+
+def test_batch_and_eval_outputs_that_are_the_wrong_kind_of_path_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "in.txt").write_text("a\n")
+    for argv, needle in ((["classify", "RUN", "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "adir")],
+                          "is a directory"),
+                         (["fill-mask", "RUN", "--text", "[MASK]", "--output", str(tmp_path / "adir")],
+                          "is a directory"),
+                         (["classify", "RUN", "--input", str(tmp_path / "adir")], "is a directory"),
+                         (["eval", "RUN", "--corpus", "shakespeare", "--out", str(tmp_path / "afile")], "is a file"),
+                         (["eval", "RUN", "--corpus", "shakespeare", "--batch-size", "0"], "--batch-size")):
+        capsys.readouterr()
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err

@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from rotary.batch_io import Row
 
     rows = None
+    check_output(args.input, args.output)
     if args.input:
-        check_output(args.input, args.output)
         rows = read_rows(args.input, args.format)
     elif args.output:  # --text ... --output: the same rows a batch file gives
         rows = [Row(n, text, pair) for n, (text, pair) in

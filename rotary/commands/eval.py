@@ -34,12 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from rotary.commands.tokenizer import corpus_options
     from rotary.errors import RotaryError
     from rotary.evaluation import run_eval
 
     if args.split not in ("train", "val", "test"):
         raise RotaryError(f"--split must be val or test (or train), got {args.split!r}")
+    if args.batch_size < 1:
+        raise RotaryError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise RotaryError(f"--out {args.out} is a file: give a directory for eval.json")
     record = run_eval(args.run, args.corpus, args.split, stride=args.stride, seed=args.seed,
                       batch_size=args.batch_size, device=args.device, out=args.out,
                       corpus_options=corpus_options(args), num_beams=args.beam, seq_len=args.seq_len,

@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.text) == bool(args.input):
         raise RotaryError("give texts with --text, or a batch file with --input")
+    check_output(args.input, args.output)
     if args.input:
-        check_output(args.input, args.output)
         rows = read_rows(args.input, args.format, pairs=False)
     else:
         rows = [Row(n, text) for n, text in enumerate(args.text, 1)]

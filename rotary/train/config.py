@@ -197,6 +197,18 @@ class TrainConfig:
             (self.warmup_fraction is None or 0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             (self.grad_accum_steps is None or self.grad_accum_steps >= 1, "grad_accum_steps must be >= 1"),
             (self.seq_len is None or self.seq_len > 0, "seq_len must be positive"),
+            # values that train silently wrong (a negative clip flips the gradients) or crash later
+            (0 <= self.seed < 2**32, f"seed must be in 0..2**32-1, got {self.seed}"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)"),
+            (self.eps > 0, "eps must be positive"),
+            (self.grad_clip is None or self.grad_clip > 0, "grad_clip must be positive (or null for none)"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.min_lr is None or 0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr = {self.lr}]"),
+            (self.threads is None or self.threads >= 1, "threads must be at least 1"),
+            (self.eval_batches is None or self.eval_batches >= 1, "eval_batches must be at least 1 (null = all)"),
+            (0 <= self.muon_momentum < 1, "muon_momentum must be in [0, 1)"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         ]
         for ok, msg in checks:
             if not ok:
