@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from rotary import __version__
 from rotary.errors import RotaryError
@@ -36,8 +36,16 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse's usage errors as one ``rotary: error:`` line, like every other user mistake
+    (argparse prints the whole usage block first); the verbs' parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"rotary: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="rotary",
         description="Train and use Transformers with Rotary Position Embeddings (RoPE).",
     )

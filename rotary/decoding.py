@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from rotary.errors import RotaryError
 
+MAX_BEAMS = 128
 NEG = -1.0e9  # "impossible", as transformers uses it (finite, so sums stay ordered)
 
 # (decoder input ids (N, 1), rows to keep from the previous step or None) -> next-token logits (N, vocab)
@@ -172,8 +173,11 @@ def translate_ids(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
 
     if not isinstance(model, Seq2SeqLM):
         raise RotaryError(f"translation needs an encoder-decoder (Seq2SeqLM), got a {type(model).__name__}")
-    if num_beams < 1:
-        raise RotaryError(f"num_beams must be at least 1, got {num_beams}")
+    if not 1 <= num_beams <= MAX_BEAMS:
+        raise RotaryError(f"num_beams must be between 1 and {MAX_BEAMS}, got {num_beams} (each beam is a "
+                          "decoder pass per step; more than a few dozen do not improve translations)")
+    if not math.isfinite(length_penalty):
+        raise RotaryError(f"length_penalty must be a finite number, got {length_penalty}")
     if num_beams > 1 and eos_id is None:
         raise RotaryError("beam search needs an eos_id to know when a hypothesis ends")
     was_training = model.training
@@ -186,7 +190,10 @@ def translate_ids(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
         lengths = attention_mask.sum(-1) if attention_mask is not None else torch.full(
             (input_ids.shape[0],), input_ids.shape[1])
         cfg = model.config
-        limit = cfg.max_seq_len if cfg.position == "learned" else 1 << 30
+        limit = cfg.max_seq_len  # the longest the decoder was built (and trained) for, as for sources
+        if max_new_tokens is not None and max_new_tokens > limit:
+            raise RotaryError(f"max_new_tokens must be at most {limit} (the decoder's max_seq_len), "
+                              f"got {max_new_tokens}")
         steps = max_new_tokens_for(lengths, max_new_tokens=max_new_tokens, max_length_ratio=max_length_ratio,
                                    limit=limit)
         B, K = input_ids.shape[0], num_beams

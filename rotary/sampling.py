@@ -10,6 +10,7 @@ Order, as in transformers: repetition penalty -> temperature -> top-k -> top-p -
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -49,15 +50,15 @@ def check_sampling(*, temperature: float = 1.0, top_k: int | None = None, top_p:
                    stop: Sequence[str] = (), seed: int | None = None, samples: int = 1) -> None:
     """RotaryError for sampling settings that cannot work (``samples``: the seeds seed .. seed +
     samples - 1 must all be valid)."""
-    if temperature < 0:
-        raise RotaryError(f"temperature must be >= 0, got {temperature}")
+    if not (math.isfinite(temperature) and temperature >= 0):  # NaN compares False with everything
+        raise RotaryError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise RotaryError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 1:
         raise RotaryError(f"top_k must be >= 1, got {top_k}")
     if min_p is not None and not 0.0 <= min_p <= 1.0:
         raise RotaryError(f"min_p must be in [0, 1], got {min_p}")
-    if repetition_penalty is not None and repetition_penalty <= 0:
+    if repetition_penalty is not None and not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
         raise RotaryError(f"repetition_penalty must be > 0 (1 = none), got {repetition_penalty}")
     if isinstance(stop, str) or any(not isinstance(s, str) or not s for s in stop):
         raise RotaryError("stop must be a list of non-empty strings")

@@ -318,6 +318,20 @@ def test_bugs_keep_their_traceback(monkeypatch):
         cli.main(["info"])
 
 
+@pytest.mark.parametrize("argv,says", [
+    (["generate", "runs/x"], "the following arguments are required: --prompt"),
+    (["generate", "runs/x", "--prompt", "a", "--max-new-tokens", "many"], "invalid int value: 'many'"),
+    (["tokenizer", "train", "--kind", "sentencepiece"], "invalid choice: 'sentencepiece'"),
+    (["info", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_usage_errors_are_one_line_naming_the_verbs_help(argv, says, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err  # no usage block before it
+    assert err.startswith("rotary: error: ") and says in err and "--help`" in err
+
+
 def test_unknown_verb_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["no-such-verb"])

@@ -105,10 +105,20 @@ def test_seeded_sampling_is_reproducible_and_the_seed_matters():
     ({"top_p": 0.0}, "top_p"),
     ({"top_p": 1.5}, "top_p"),
     ({"top_k": 0}, "top_k"),
+    ({"temperature": float("nan")}, "temperature must be a finite"),  # NaN compares False to 0
+    ({"temperature": float("inf")}, "temperature must be a finite"),
 ])
 def test_bad_sampling_arguments_are_one_line_errors(kw, match):
     with pytest.raises(RotaryError, match=match):
         sample_next(logits_of(0.5, 0.5), **kw)
+
+
+@pytest.mark.parametrize("penalty", [float("nan"), float("inf"), 0.0])
+def test_a_repetition_penalty_that_is_not_a_positive_number_is_refused(penalty):
+    from rotary.sampling import check_sampling
+
+    with pytest.raises(RotaryError, match="repetition_penalty must be > 0"):
+        check_sampling(repetition_penalty=penalty)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from rotary.data.parallel import load_parallel
 from rotary.data.sources import tatoeba
@@ -277,7 +278,7 @@ def test_translate_and_eval_commands(reversal_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_translate_mistakes_exit_2_in_one_line(reversal_run, tmp_path):
+def test_translate_mistakes_exit_2_in_one_line(reversal_run, tmp_path, capsys):
     root, corpus, _ = reversal_run
     lm = tmp_path / "lm"
     from rotary.train.loop import train
@@ -291,6 +292,34 @@ def test_translate_mistakes_exit_2_in_one_line(reversal_run, tmp_path):
         done = subprocess.run([sys.executable, "-m", "rotary", *args], capture_output=True, text=True)
         assert done.returncode == 2, (args, done.stderr)
         assert match in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    from rotary import cli
+
+    capsys.readouterr()  # the training run's lines
+    for args, match in ((["--beam", "1000"], "--beam must be between 1 and 128"),
+                        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+                        (["--max-new-tokens", "100000"], "at most 16 (the decoder's max_seq_len)"),
+                        (["--length-penalty", "nan"], "length_penalty must be a finite number")):
+        assert cli.main(["translate", str(root / "run"), "--text", "a b", "--no-verify", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert match in err and err.count("\n") == 1, err
+
+
+def test_decoding_never_runs_past_the_decoders_max_seq_len():
+    """Beyond max_seq_len a RoPE decoder extrapolates untrained positions: the default budget
+    (2 x source + 10) is cut to it, for greedy and beams, as sources are."""
+    from rotary.decoding import translate_ids
+    from rotary.model.config import ModelConfig
+    from rotary.model.seq2seq import Seq2SeqLM
+
+    torch.manual_seed(0)
+    model = Seq2SeqLM(ModelConfig(vocab_size=20, n_layer=1, n_decoder_layer=1, d_model=16, n_head=2, d_ff=32,
+                                  max_seq_len=12, position="rope", pad_token_id=0))
+    src = torch.randint(3, 20, (2, 10))
+    for beams in (1, 3):
+        hyps = translate_ids(model, src, num_beams=beams, eos_id=2)  # default budget 2 x 10 + 10 = 30
+        assert max(len(t) for t in hyps.tokens) == 12
+        with pytest.raises(RotaryError, match="at most 12"):
+            translate_ids(model, src, num_beams=beams, eos_id=2, max_new_tokens=13)
 
 
 def letters_to_digits_tsv(path: Path, n: int = 2000, seed: int = 1) -> Path:

@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                    help="which checkpoint of a run directory: best/ or the latest step")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of the checkpoint's files (sizes are still checked)")
     p.set_defaults(func=run)
 
 
@@ -58,15 +60,18 @@ def read_inputs(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from rotary.decoding import MAX_BEAMS
     from rotary.errors import RotaryError
     from rotary.pretrained import load
     from rotary.translate import translate_texts
 
-    if args.beam < 1:
-        raise RotaryError(f"--beam must be at least 1, got {args.beam}")
+    if not 1 <= args.beam <= MAX_BEAMS:
+        raise RotaryError(f"--beam must be between 1 and {MAX_BEAMS}, got {args.beam}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise RotaryError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     lines = read_inputs(args)
     texts = [t for t in lines if t]
-    pre = load(args.run, device=args.device, which=args.checkpoint)
+    pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify)
     result = translate_texts(pre, texts, num_beams=args.beam, length_penalty=args.length_penalty,
                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     done = iter(result.texts)

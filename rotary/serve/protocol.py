@@ -75,6 +75,9 @@ class ContentPart(_Strict):
     text: str | None = None
 
 
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+
 class Message(_Strict):
     role: str
     content: str | list[ContentPart] | None = None
@@ -164,6 +167,13 @@ def check_chat(body: ChatBody) -> None:
     if body.top_logprobs is not None and not 0 <= body.top_logprobs <= 20:
         raise APIError(400, f"top_logprobs must be between 0 and 20, got {body.top_logprobs}", param="top_logprobs")
     for i, m in enumerate(body.messages):
+        if m.role not in CHAT_ROLES:
+            why = ("the models here have no tool calling" if m.role in ("tool", "function")
+                   else f"a role is one of {', '.join(CHAT_ROLES)}")
+            raise APIError(400, f"messages.{i}.role {m.role!r} is not supported: {why}", param=f"messages.{i}.role")
+        if m.content is None:  # OpenAI allows it only beside tool calls, which no model here makes
+            raise APIError(400, f"messages.{i}.content is required: a string or a list of text parts",
+                           param=f"messages.{i}.content")
         if isinstance(m.content, list) and any(p.type != "text" or p.text is None for p in m.content):
             raise APIError(400, "only text content parts are supported", param=f"messages.{i}.content")
 
