@@ -34,7 +34,7 @@ from rotary.engine import Engine, Request  # noqa: E402
 from rotary.sampling import SamplingParams  # noqa: E402
 from rotary.serve import create_app  # noqa: E402
 from rotary.serve.protocol import ROLE_STOPS, Message, chat_prompt  # noqa: E402
-from tests.train_support import LINES, make_recipe, write_corpus  # noqa: E402
+from tests.train_support import LINES, free_port, make_recipe, write_corpus  # noqa: E402
 
 MODEL = "tiny-sonnets"
 CONTEXT = 64
@@ -473,16 +473,63 @@ def test_a_client_leaving_before_its_whole_answer_frees_its_slot(server):
 
 # -- the verb -----------------------------------------------------------------------------------------
 def test_the_verb_passes_its_options_and_reads_the_key_from_the_environment(run_dir, monkeypatch, capsys):
+    import rotary.commands.serve
     import rotary.serve.app
 
     seen = {}
     monkeypatch.setattr(rotary.serve.app, "create_app", lambda pre, **kw: seen.update(kw) or "app")
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setattr(rotary.commands.serve, "serve_on",
+                        lambda sock, config: seen.update(app=config.app, host=config.host, port=config.port,
+                                                         bound=sock.getsockname()[:2]) or sock.close())
     monkeypatch.setenv("ROTARY_API_KEY", "from-env")
-    assert cli.main(["serve", str(run_dir), "--port", "8123", "--slots", "4", "--compile"]) == 0
+    port = free_port()
+    assert cli.main(["serve", str(run_dir), "--port", str(port), "--slots", "4", "--compile"]) == 0
     assert seen["api_key"] == "from-env" and seen["compile"] is True and seen["slots"] == 4
-    assert (seen["host"], seen["port"], seen["model_name"]) == ("127.0.0.1", 8123, run_dir.name)
-    assert "at http://127.0.0.1:8123/v1 with 4 slots" in capsys.readouterr().out
+    assert (seen["host"], seen["port"], seen["model_name"]) == ("127.0.0.1", port, run_dir.name)
+    assert seen["app"] == "app" and seen["bound"] == ("127.0.0.1", port)
+    assert f"at http://127.0.0.1:{port}/v1 with 4 slots" in capsys.readouterr().out
+
+
+def test_the_verb_serves_on_the_socket_it_bound(run_dir):
+    """The real command, uvicorn and all: /health answers on the port, and Ctrl-C stops it."""
+    import signal
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "rotary", "serve", str(run_dir), "--port", str(port),
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def healthy() -> bool:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/health")
+                return conn.getresponse().status == 200
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[1]
+                return False
+        wait_for(healthy, timeout=120)  # 5 ms polls of refused connections: cheap
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    # uvicorn shuts down gracefully, then re-raises the signal: Ctrl-C's usual exit status
+    assert f"at http://127.0.0.1:{port}/v1" in out and proc.returncode == 130, err
+
+
+def test_a_busy_port_or_a_foreign_host_is_one_line_before_the_model_loads(run_dir, monkeypatch, capsys):
+    import rotary.pretrained
+
+    monkeypatch.setattr(rotary.pretrained, "load", lambda *a, **kw: pytest.fail("loaded before binding"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", str(run_dir), "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"port {port} on 127.0.0.1 is already in use" in err
+    for host, says in (("203.0.113.7", "is not an address of this machine"),  # TEST-NET-3: never local
+                       ("no-such-host.invalid", "not an address or a name this machine resolves")):
+        assert cli.main(["serve", str(run_dir), "--host", host, "--api-key", "k", "--port", str(free_port())]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err, err
 
 
 def test_without_the_extra_the_verb_says_what_to_install(monkeypatch, capsys):

@@ -99,3 +99,12 @@ def write_shards(out: Path, tokenizer_dir: Path, train: Any, val: Any, vocab_siz
             "tokenizer_hash": load_tokenizer(tokenizer_dir).hash, "word_starts": False, "source": "synthetic"}
     (out / "meta.json").write_text(json.dumps(meta))
     return out
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 import warnings
+from typing import Any
 
 from rotary.errors import RotaryError, RotaryWarning
 
@@ -66,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         warnings.warn(f"serving on {args.host} without --api-key: anyone who can reach it can use it", RotaryWarning,
                       stacklevel=1)
+    sock = listening_socket(args.host, args.port)  # a busy port fails now, not after loading and "serving ..."
     pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify, precision=args.precision)
     if not isinstance(pre.model, CausalLM):
         raise RotaryError(f"rotary serve needs a causal LM, and {args.run} holds a {type(pre.model).__name__}")
@@ -75,5 +79,36 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("rotary.serve").setLevel(args.log_level.upper())
     print(f"serving {name} ({pre.path}) at http://{args.host}:{args.port}/v1 with {args.slots} slots"
           f"{', compiled' if args.compile else ''}{', API key required' if api_key else ''}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    serve_on(sock, uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
     return 0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (as uvicorn binds one: SO_REUSEADDR, IPv6 where the
+    address is), or a RotaryError saying why it cannot be."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise RotaryError(f"--host {host}: not an address or a name this machine resolves ({err.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise RotaryError(f"port {port} on {host} is already in use: stop what listens there or pick "
+                              "another --port") from None
+        if err.errno == errno.EADDRNOTAVAIL:
+            raise RotaryError(f"--host {host} is not an address of this machine (0.0.0.0 = every address)") from None
+        if err.errno == errno.EACCES:
+            raise RotaryError(f"port {port} needs privileges to bind: pick a --port above 1023") from None
+        raise RotaryError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+    return sock
+
+
+def serve_on(sock: socket.socket, config: Any) -> None:
+    """Run uvicorn on the socket bound earlier (it never binds one of its own)."""
+    import uvicorn
+
+    uvicorn.Server(config).run(sockets=[sock])
