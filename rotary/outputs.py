@@ -37,9 +37,9 @@ def check_output_dir(out: str | Path, *, kind: str, overwrite: bool, sources: tu
     """Refuse an output directory whose content would be lost.
 
     ``out`` may be new or empty. A non-empty ``out`` must be a complete checkpoint of the same
-    ``kind`` ("checkpoint": a rotary checkpoint or run directory, "hf": a transformers one) and
-    is replaced only with ``overwrite``; anything else in it (notes, other files) is refused
-    even then. ``out`` may never be, contain or lie inside one of ``sources``.
+    ``kind`` ("checkpoint": a rotary checkpoint directory, "hf": a transformers one) and is
+    replaced only with ``overwrite``; a training run and anything else (notes, other files) are
+    refused even then. ``out`` may never be, contain or lie inside one of ``sources``.
     """
     out = Path(out)
     here = out.resolve()
@@ -52,8 +52,10 @@ def check_output_dir(out: str | Path, *, kind: str, overwrite: bool, sources: tu
     if not out.exists() or not any(out.iterdir()):
         return out
     found = _kind_of_dir(out)
-    same = found == kind or (kind == "checkpoint" and found == "run")
-    if not same:
+    if found == "run":  # its checkpoints, metrics and recipe are not what a single checkpoint replaces
+        raise RotaryError(f"output {out} is a training run: writing one checkpoint there would lose its "
+                          "checkpoints and history, even with --overwrite; choose a new or empty directory")
+    if found != kind:
         what = f"a {found} directory" if found else "not a checkpoint"
         raise RotaryError(f"output {out} is not empty and is {what}: it would be lost; choose a new or "
                           "empty directory (nothing was written)")

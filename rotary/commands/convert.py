@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "AutoModelForCausalLM / AutoModelForMaskedLM load)\n"
         "rotary convert HF_DIR --from-hf out/  (a rotary checkpoint directory). "
         "OUT must be new or empty; an existing checkpoint of the same kind is replaced only with "
-        "--overwrite, and the source is never touched.",
+        "--overwrite (a training run never is), and the source is never touched.",
     )
     p.add_argument("source", help="run/checkpoint directory, or an HF checkpoint directory with --from-hf")
     p.add_argument("out", help="output directory (new or empty, or a checkpoint to replace with --overwrite)")
