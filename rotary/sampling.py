@@ -51,7 +51,7 @@ def check_sampling(*, temperature: float = 1.0, top_k: int | None = None, top_p:
     """RotaryError for sampling settings that cannot work (``samples``: the seeds seed .. seed +
     samples - 1 must all be valid)."""
     if not (math.isfinite(temperature) and temperature >= 0):  # NaN compares False with everything
-        raise RotaryError(f"temperature must be a finite number >= 0, got {temperature}")
+        raise RotaryError(f"temperature must be >= 0 and finite, got {temperature}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise RotaryError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 1:

@@ -105,8 +105,8 @@ def test_seeded_sampling_is_reproducible_and_the_seed_matters():
     ({"top_p": 0.0}, "top_p"),
     ({"top_p": 1.5}, "top_p"),
     ({"top_k": 0}, "top_k"),
-    ({"temperature": float("nan")}, "temperature must be a finite"),  # NaN compares False to 0
-    ({"temperature": float("inf")}, "temperature must be a finite"),
+    ({"temperature": float("nan")}, "temperature must be >= 0 and finite"),  # NaN compares False to 0
+    ({"temperature": float("inf")}, "temperature must be >= 0 and finite"),
 ])
 def test_bad_sampling_arguments_are_one_line_errors(kw, match):
     with pytest.raises(RotaryError, match=match):
