@@ -6,6 +6,8 @@ is the only thing that differs between a Llama-style decoder and a RoFormer enco
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -83,11 +85,16 @@ class Block(nn.Module):
                     norm.feeds_matmul = True
 
     # Set by compile_blocks: training passes (grad enabled, no cache) run the compiled forward.
-    compiled = False
+    compiled_forward: Callable[[Block, torch.Tensor, AttentionContext], torch.Tensor] | None = None
+
+    @property
+    def compiled(self) -> bool:
+        return self.compiled_forward is not None
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        if self.compiled and torch.is_grad_enabled() and ctx.kv_cache is None and ctx.cross_kv is None:
-            return _compiled_block_forward(self, x, ctx)
+        if self.compiled_forward is not None and torch.is_grad_enabled() and ctx.kv_cache is None \
+                and ctx.cross_kv is None:
+            return self.compiled_forward(self, x, ctx)
         return self.eager_forward(x, ctx)
 
     def eager_forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
@@ -103,19 +110,20 @@ class Block(nn.Module):
         return self.mlp_norm(x + self.drop(self.mlp(x)))
 
 
-# One compiled function for every block: blocks of one model share its graph (their weights are
-# its inputs), so a model compiles once, not once per layer.
-_compiled_block_forward = inductor.kernel(Block.eager_forward)
-
 
 def compile_blocks(model: nn.Module) -> int:
     """Regional compilation: every :class:`Block` of ``model`` runs its training passes through
     Inductor (the elementwise work between the GEMMs, forward and backward, fused), the rest of
     the model stays eager. Evaluation and generation (no grad, or a KV cache) keep the eager
-    forward. Returns the number of blocks."""
+    forward. Returns the number of blocks.
+
+    One compiled function per model, shared by its blocks: they share its graph (their weights
+    are its inputs), so a model compiles once, not once per layer; and it is isolated, so the
+    models a process compiled before cannot use up its recompile budget (``inductor.kernel``)."""
     blocks = [m for m in model.modules() if isinstance(m, Block)]
+    forward = inductor.kernel(Block.eager_forward, isolate=True)
     for block in blocks:
-        block.compiled = True
+        block.compiled_forward = forward
     return len(blocks)
 
 

@@ -52,16 +52,21 @@ def describe() -> str:
     return "compiled" if enabled else f"eager ({ENV}=0)"
 
 
-def kernel(fn: F) -> F:
+def kernel(fn: F, isolate: bool = False) -> F:
     """``fn`` compiled: first for the shapes it meets, then, if they change (a last partial
     chunk, a masked LM's varying count of labelled rows), once more with those sizes symbolic.
+
+    ``isolate``: this compiled copy keeps its own graphs and its own recompile budget. Without
+    it every ``torch.compile`` of one function shares Dynamo's limit (8 graphs); a process that
+    compiles many differently-shaped models (a sweep, a notebook) would exhaust it and then run
+    ``fn`` eager without a word, so that a run's numbers would depend on what ran before it.
 
     Inside a model that is itself being compiled, ``fn`` is traced as plain code (the outer
     compilation fuses it). If compiling fails here (a broken toolchain), one warning says so, this
     call runs ``fn`` eager and :func:`active` turns false, so that callers go back to their own
     eager paths: the numbers are the same, only slower.
     """
-    compiled = torch.compile(fn)
+    compiled = torch.compile(fn, isolate_recompiles=isolate)
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
