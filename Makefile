@@ -23,12 +23,16 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/rotary demo
 
-# pytest exits 5 when it collects nothing: make treats that as a failure, as it should.
+# One pytest worker per core (pytest-xdist), each test file on one worker (its module fixtures are
+# built once). pytest exits 5 when it collects nothing: make treats that as a failure, as it should.
+TEST_WORKERS ?= auto
+PYTEST := $(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -130,7 +130,9 @@ def run_demo(recipe: str | Path | None = None, overrides: dict[str, Any] | None 
                               ngram_bits_per_byte=table["kneser_ney"]["bits_per_byte"])
     data = TrainData(cfg.task, run_dir / "data", run_dir / "tokenizer")
     seq_len = cfg.seq_len or pre.model.config.max_seq_len
-    data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, model_vocab=pre.model.config.vocab_size)
+    # windows per pass: a training batch may be tiny (a sum over every token: the size does not change it)
+    data.configure(seq_len=seq_len, batch_size=max(cfg.batch_size, 64), seed=cfg.seed,
+                   model_vocab=pre.model.config.vocab_size)
     with torch.no_grad():
         # scored in fp32 whatever the training precision, like the sliding window below
         metrics = evaluate(pre.model, data, dataclasses.replace(cfg, precision="fp32"),

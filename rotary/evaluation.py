@@ -250,23 +250,43 @@ def eval_window(pre: Any, seq_len: int | None = None) -> int:
     return min(int(trained), limit) if isinstance(trained, int) and trained > 0 else limit
 
 
-def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | None = None, seed: int = 0,
-             batch_size: int = 8, device: str = "auto", out: str | Path | None = None,
-             corpus_options: dict[str, Any] | None = None, num_beams: int = 5,
-             seq_len: int | None = None, baseline: bool = True) -> dict[str, Any]:
+# Which runs each scoring option is for (by the run's task): given to any other, it is refused, not ignored.
+EVAL_OPTION_TASKS = {"stride": ("causal_lm",), "seq_len": ("causal_lm", "masked_lm"), "seed": ("masked_lm",),
+                     "num_beams": ("seq2seq",), "baseline": ("classification",)}
+_EVAL_FLAGS = {"stride": "--stride", "seq_len": "--seq-len", "seed": "--seed", "num_beams": "--beam",
+               "baseline": "--no-baseline"}
+
+
+def check_eval_options(task: str, **given: Any) -> None:
+    """A one-line error for an option (not None) that does not apply to a ``task`` run."""
+    for name, value in given.items():
+        if value is not None and task not in EVAL_OPTION_TASKS[name]:
+            runs = " or ".join(EVAL_OPTION_TASKS[name])
+            raise RotaryError(f"{_EVAL_FLAGS[name]} ({name}=) applies to a {runs} run; this run is a {task}")
+
+
+def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | None = None,
+             seed: int | None = None, batch_size: int = 8, device: str = "auto", out: str | Path | None = None,
+             corpus_options: dict[str, Any] | None = None, num_beams: int | None = None,
+             seq_len: int | None = None, baseline: bool | None = None) -> dict[str, Any]:
     """Score ``run`` on ``corpus``'s ``split``; writes ``eval.json`` (and for a classifier
     ``confusion.png``) into ``out`` (default: the run directory). Returns the metrics. Language
-    models are scored in windows of ``seq_len`` tokens (default: the run's training seq_len). A
-    classifier's record holds the char TF-IDF + LR bar on the same splits unless ``baseline=False``."""
+    models are scored in windows of ``seq_len`` tokens (default: the run's training seq_len); a
+    masked LM on masks fixed by ``seed`` (default 0); a translation model with beams of
+    ``num_beams`` (default 5). A classifier's record holds the char TF-IDF + LR bar on the same
+    splits unless ``baseline=False``. An option given for another kind of run is an error."""
     import json
 
     from rotary.io import atomic_write_text
     from rotary.pretrained import load
 
     pre = load(run, device=device)
+    check_eval_options(pre.task, stride=stride, seq_len=seq_len, seed=seed, num_beams=num_beams, baseline=baseline)
+    seed = 0 if seed is None else seed
+    num_beams = 5 if num_beams is None else num_beams
     opts = dict(corpus_options or {})
     if pre.task == "seq2seq":
-        from rotary.data.parallel import load_parallel
+        from rotary.data.parallel import check_parallel_options, load_parallel
 
         opts = {**run_data_options(pre, corpus), **opts}  # the run's direction and split unless overridden
         if "max_documents" in opts:
@@ -274,15 +294,15 @@ def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | 
         for key in ("text_field", "split_by"):  # text-corpus options with no meaning for pairs
             if opts.pop(key, None) is not None:
                 raise RotaryError(f"--{key.replace('_', '-')} does not apply to parallel data")
-        metrics = seq2seq_metrics(pre, load_parallel(corpus, **opts), split, num_beams=num_beams,
-                                  batch_size=max(batch_size, 1))
+        parallel = load_parallel(corpus, **check_parallel_options(opts, "--corpus-opt"))
+        metrics = seq2seq_metrics(pre, parallel, split, num_beams=num_beams, batch_size=max(batch_size, 1))
     elif pre.task == "classification":
         from rotary.data.sources import load_labelled
 
         labelled = load_labelled(corpus, **opts)
         metrics = evaluate_classifier(run, labelled.split(split), labelled.label_names, pair=labelled.pair,
                                       batch_size=batch_size, device=device)
-        if baseline:
+        if baseline is not False:
             from rotary.baselines import baseline as classical
 
             metrics["baseline"] = classical(labelled.split("train"), labelled.split("val"), labelled.split(split),

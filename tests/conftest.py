@@ -12,8 +12,12 @@ from rotary.ops import inductor
 
 # The processes tests start (CLI runs, DDP workers, studies) train a few steps each, where
 # compiling the CPU kernels (seconds per process) costs more than it saves: they run eager.
-# rotary.ops.inductor read the variable when imported above, so this process's own tests keep
-# the kernels; tests/test_cpu_kernels.py switches them on and off itself.
+# The test processes themselves keep the kernels as the user's environment set them
+# (tests/test_cpu_kernels.py switches them on and off itself); pytest-xdist's workers inherit
+# this process's environment, so the user's setting travels to them under another name.
+_KERNELS_IN_TESTS = "ROTARY_TESTS_INDUCTOR_KERNELS"
+os.environ.setdefault(_KERNELS_IN_TESTS, os.environ.get(inductor.ENV, "1"))
+inductor.enabled = os.environ[_KERNELS_IN_TESTS] != "0"
 os.environ[inductor.ENV] = "0"
 # The classifier baselines the fine-tunes print are cached: in a directory of this run, never the
 # user's ~/.cache (a result cached by other code would hide a bug in the fitting).

@@ -150,7 +150,7 @@ def test_no_labelled_token_is_a_clear_error():
         run_evaluate("causal_lm", per_batch=[(0.0, 0, 0)])
 
 
-def test_causal_eval_scores_in_the_windows_the_run_trained_on(data_bpe_dir, tmp_path):
+def test_causal_eval_scores_in_the_windows_the_run_trained_on(data_bpe_dir, tmp_path, capsys):
     """A model trained on 64-token windows was scored on 256 (its max_seq_len): the run's own
     seq_len is the default now, --seq-len chooses another."""
     import json
@@ -183,6 +183,15 @@ def test_causal_eval_scores_in_the_windows_the_run_trained_on(data_bpe_dir, tmp_
         expected = causal_documents_metrics(pre, split_docs, seq_len=window)
         assert record["loss"] == pytest.approx(expected["loss"], rel=1e-6)
     assert record["windows"] < causal_documents_metrics(pre, split_docs, seq_len=8)["windows"]
+    # an option for another kind of run is refused by name, not silently ignored; eval.json untouched
+    before = (run / "eval.json").read_bytes()
+    for flag, task in ((["--beam", "3"], "seq2seq"), (["--seed", "1"], "masked_lm"),
+                       (["--no-baseline"], "classification")):
+        assert main(["eval", str(run), "--corpus", str(corpus), "--corpus-opt", "split_by=line", *flag]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"rotary: error: {flag[0]} (") and "\n" not in err, err
+        assert err.endswith(f"applies to a {task} run; this run is a causal_lm"), err
+    assert (run / "eval.json").read_bytes() == before
 
 
 def test_eval_window_never_exceeds_max_seq_len_and_refuses_zero(tmp_path):

@@ -265,3 +265,25 @@ def test_thucnews_real_download_matches_the_manifest(tmp_path: Path, monkeypatch
     assert 900 < len(data.split("test")) < 1100
     manifest = json.loads(splits.manifest_path("thucnews").read_text())
     assert data.counts() == manifest["counts"] and _ids(data, "test") == set(manifest["ids"]["test"])
+
+
+def test_a_byte_order_mark_and_stray_bytes_in_labelled_files(tmp_path: Path) -> None:
+    """A BOM (Windows editors) is not part of the first record; bytes that are not UTF-8 are
+    replaced, counted and warned about; a file that is mostly not UTF-8 (GBK) is refused."""
+    rows = b"".join(json.dumps({"text": f"t{i}", "label": i % 2}).encode() + b"\n" for i in range(40))
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + rows)
+    data = load_labelled(str(jsonl))
+    assert sum(data.counts().values()) == 40 and data.stats["undecodable_replacements"] == 0
+    jsonl.write_bytes(rows + b'{"text": "caf\xe9 ok", "label": 1}\n' + b'{"text": "\xff\xfe", "label": 0}\n')
+    with pytest.warns(RotaryWarning, match=r"d.jsonl: 3 byte sequence\(s\) were not UTF-8"):
+        data = load_labelled(str(jsonl))
+    assert data.stats["undecodable_replacements"] == 3
+    assert "caf\ufffd ok" in {e.text for s in ("train", "val", "test") for e in data.split(s)}
+    csv_file = tmp_path / "d.csv"
+    csv_file.write_bytes(b"text,label\n" + b"".join(b"row %d,%d\n" % (i, i % 2) for i in range(40)) + b"na\xefve,1\n")
+    with pytest.warns(RotaryWarning, match=r"d.csv: 1 byte sequence\(s\) were not UTF-8"):
+        assert load_labelled(str(csv_file)).stats["undecodable_replacements"] == 1
+    csv_file.write_bytes(b"text,label\n" + "".join(f"中文句子{i},{i % 2}\n" for i in range(40)).encode("gbk"))
+    with pytest.raises(RotaryError, match="d.csv: not UTF-8 text: .* GBK"):
+        load_labelled(str(csv_file))

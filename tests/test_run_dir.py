@@ -375,3 +375,16 @@ def test_out_naming_a_file_is_refused_before_any_work(tmp_path, capsys):
                          "--out", str(f)], capsys)
     assert_one_line_error(code, err, "is a file")
     assert f.read_text() == "keep"
+
+
+def test_a_loss_plot_without_losses_warns_nothing(tmp_path: Path) -> None:
+    """A run killed before its first step has a metrics.jsonl with no loss: still a plot, and no
+    matplotlib warning ("No artists with labels") on the user's terminal."""
+    import warnings
+
+    from rotary.train.logging import plot_losses
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "config", "step": 0}) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plot_losses(tmp_path).stat().st_size > 1000

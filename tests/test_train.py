@@ -274,6 +274,7 @@ def test_seq_len_longer_than_the_model_is_refused(train_recipe):
 def test_shards_from_another_tokenizer_are_refused(train_recipe, tmp_path):
     a = train_recipe(max_steps=1, eval_interval=100, output_dir=str(tmp_path / "a"))
     train(a)
+    assert "trained 1 step in " in (a.run_dir / "train.log").read_text()  # not "1 steps"
     b = train_recipe(max_steps=1, eval_interval=100, output_dir=str(tmp_path / "b"), tokenizer_kind="char")
     train(b)
     mixed = load_recipe(None, {

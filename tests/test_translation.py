@@ -477,3 +477,17 @@ def _texts(tmp_path: Path, data) -> str:
     path.write_text("\n".join(data.texts("train")), encoding="utf-8")
     return str(path)
 
+
+
+@pytest.mark.parametrize("option, hint", [("directon=zh-en", "did you mean 'direction'"),
+                                          ("foo=bar", "valid keys: config, data_files, direction")])
+def test_an_unknown_parallel_corpus_option_is_one_line_before_anything_is_written(option, hint, tmp_path, capsys):
+    from rotary.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "tatoeba-zh-en", "--max_steps", "1", "--output_dir", str(out),
+                 f"--data.corpus_options.{option}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("rotary: error: data.corpus_options: unknown option") and hint in err[-1]
+    assert not out.exists()

@@ -110,7 +110,7 @@ def test_readme_workflow_on_your_own_text(tmp_path):
 @pytest.mark.slow
 def test_demo_command_on_a_tiny_budget(tmp_path):
     """`rotary demo` end to end (the real corpus, a few steps), then again: it reuses and says so."""
-    args = ["demo", "--output-dir", "runs/d", "--max-steps", "3", "--model.preset", "tiny",
+    args = ["demo", "--output-dir", "runs/d", "--max-steps", "3", "--model.preset", "tiny", "--model.n_layer", "1",
             "--model.max_seq_len", "32", "--seq-len", "32", "--batch-size", "2", "--eval-batches", "2",
             "--eval-interval", "3", "--data.tokenizer.vocab_size", "300", "--progress", "false"]
     first = rotary(*args, cwd=tmp_path, timeout=400)

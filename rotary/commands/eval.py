@@ -23,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int,
                    help="language models: tokens per window (default: the seq_len the run trained at, else "
                         "the model's max_seq_len)")
-    p.add_argument("--seed", type=int, default=0, help="masked LM: seed of the fixed masks (default 0)")
-    p.add_argument("--beam", type=int, default=5, help="seq2seq: beam size of the translations scored (default 5)")
+    p.add_argument("--seed", type=int, help="masked LM: seed of the fixed masks (default 0)")
+    p.add_argument("--beam", type=int, help="seq2seq: beam size of the translations scored (default 5)")
     p.add_argument("--batch-size", type=int, default=8, help="windows or texts per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--no-baseline", action="store_true",
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     record = run_eval(args.run, args.corpus, args.split, stride=args.stride, seed=args.seed,
                       batch_size=args.batch_size, device=args.device, out=args.out,
                       corpus_options=corpus_options(args), num_beams=args.beam, seq_len=args.seq_len,
-                      baseline=not args.no_baseline)
+                      baseline=False if args.no_baseline else None)
     print(format_record(record))
     return 0
 

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-docs", type=int, default=1024, help="documents per tokenizer batch (default 1024)")
     p.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto",
                    help="token dtype (default auto: uint16 below 65,536 ids)")
-    p.add_argument("--overwrite", action="store_true", help="replace shards made from other inputs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace shards of another corpus or tokenizer (shards of the same corpus and tokenizer "
+                        "are rebuilt without it when its text or options changed, and kept when nothing did)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rotary.config import closest_key_hint
 from rotary.corpus_names import PARALLEL_NAMES
 from rotary.errors import RotaryError
 
@@ -185,6 +186,18 @@ def _hf_splits(name: str, config: str | None, data_files: Any, source_field: str
     if out["train"] is None:
         raise RotaryError(f"hf:{name}: no train split (splits: {', '.join(ds)})")
     return out
+
+
+def check_parallel_options(options: dict[str, Any], where: str = "data.corpus_options") -> dict[str, Any]:
+    """``options``, when every key is a keyword of :func:`load_parallel`; else a one-line error
+    naming the unknown key and the closest valid one."""
+    import inspect
+
+    valid = [n for n, p in inspect.signature(load_parallel).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    for key in options:
+        if key not in valid:
+            raise RotaryError(f"{where}: unknown option '{key}' for parallel data{closest_key_hint(key, valid)}")
+    return options
 
 
 def load_parallel(spec: str, *, direction: str | None = None, source_field: str = "source",

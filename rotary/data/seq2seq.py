@@ -273,7 +273,7 @@ def prepare_seq2seq_data(cfg: Any, info: Any) -> Seq2SeqData:
     """A seq2seq run's tokenizers (the recipe's, or trained on the train pairs: one joint vocabulary
     on both sides, or with ``data.target_tokenizer`` one per side) and prepared pairs (rank 0
     prepares, the others wait)."""
-    from rotary.data.parallel import load_parallel
+    from rotary.data.parallel import check_parallel_options, load_parallel
 
     d = cfg.data
     if d.shards is not None:
@@ -297,7 +297,7 @@ def prepare_seq2seq_data(cfg: Any, info: Any) -> Seq2SeqData:
     tok_dir = cfg.run_dir / "tokenizer" if own else Path(d.tokenizer.path)
     shards = cfg.run_dir / "data"
     if info.is_main:
-        opts = dict(d.corpus_options)
+        opts = dict(check_parallel_options(d.corpus_options))
         if d.max_documents is not None:
             opts["max_pairs"] = d.max_documents
         if d.val_fraction is not None:

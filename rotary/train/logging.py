@@ -118,7 +118,8 @@ def plot_losses(run_dir: Path, title: str | None = None) -> Path | None:
     ax.set_ylabel("cross entropy (nats/token)")
     ax.set_title(title or f"rotary: {run_dir.name}")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or val:  # an empty legend is a matplotlib warning on the user's terminal
+        ax.legend()
     fig.tight_layout()
     out = run_dir / "loss.png"
     with atomic_open(out, "wb") as f:

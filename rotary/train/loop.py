@@ -386,7 +386,8 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
                 break
     result.step = step
     elapsed = time.perf_counter() - run_t0
-    logger.line(f"trained {step - start_step} steps in {elapsed:.1f}s; run directory: {run_dir}")
+    trained = step - start_step
+    logger.line(f"trained {trained} step{'' if trained == 1 else 's'} in {elapsed:.1f}s; run directory: {run_dir}")
     logger.close()
     if info.is_main:
         plot_losses(run_dir)

@@ -280,6 +280,8 @@ def jsonl_records(path: Path, expected: str = "a JSON object") -> Iterator[tuple
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             line, replaced = decode_utf8(raw)
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark, as Windows editors write
             if not line.strip():
                 continue
             try:

@@ -10,16 +10,18 @@ lacks is carved out of train by the same hash. An HF dataset's own splits are us
 from __future__ import annotations
 
 import csv
+import io
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rotary.config import closest_key_hint
-from rotary.data.sources.base import file_fingerprint, jsonl_records
+from rotary.data.sources.base import decode_text_file, file_fingerprint, jsonl_records
 from rotary.data.sources.labelled import LabelledData, RawRow, build_labelled, check_max_examples
 from rotary.data.sources.splits import LABELLED_SPLITS, check_fractions, example_key, split_of
-from rotary.errors import RotaryError
+from rotary.errors import RotaryError, RotaryWarning
 
 LABELLED_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet")
 # File stems (and HF split names) that mean each split, in order of preference.
@@ -57,21 +59,30 @@ class _Fields:
         return text, pair, label, where
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
-    for record, _, where in jsonl_records(path):
+class _Undecodable:
+    """Counts the byte sequences that were not UTF-8 (each replaced with U+FFFD) in one file."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+def _jsonl_rows(path: Path, undecodable: _Undecodable) -> Iterator[tuple[dict[str, Any], str]]:
+    for record, replaced, where in jsonl_records(path):
+        undecodable.n += replaced
         yield record, where
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
-    # utf-8-sig: spreadsheets write a byte-order mark that would otherwise join the first field name.
-    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        for record in reader:
-            where = f"{path}:{reader.line_num}"
-            yield {k: v for k, v in record.items() if k is not None}, where
+def _csv_rows(path: Path, undecodable: _Undecodable) -> Iterator[tuple[dict[str, Any], str]]:
+    text, undecodable.n = decode_text_file(path)  # mostly undecodable (GBK, UTF-16, binary): an error
+    # A byte-order mark, as spreadsheets write, would otherwise join the first field name.
+    f = io.StringIO(text.removeprefix("\ufeff"), newline="")
+    reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    for record in reader:
+        where = f"{path}:{reader.line_num}"
+        yield {k: v for k, v in record.items() if k is not None}, where
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
+def _parquet_rows(path: Path, undecodable: _Undecodable) -> Iterator[tuple[dict[str, Any], str]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -87,17 +98,23 @@ def _parquet_rows(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
             yield record, f"{path}: row {row}"
 
 
-def _file_rows(path: Path, fields: _Fields) -> list[RawRow]:
+def _file_rows(path: Path, fields: _Fields) -> tuple[list[RawRow], int]:
+    """The file's rows, and how many undecodable byte sequences were replaced in them (warned)."""
     suffix = path.suffix.lower()
     if suffix not in LABELLED_SUFFIXES:
         raise RotaryError(f"{path}: unsupported labelled file type '{path.suffix}' "
                           f"(supported: {', '.join(LABELLED_SUFFIXES)})")
     reader = _parquet_rows if suffix == ".parquet" else _csv_rows if suffix in (".csv", ".tsv") else _jsonl_rows
     untyped = suffix in (".csv", ".tsv")
-    rows = [r for record, where in reader(path) if (r := fields.row(record, where, untyped)) is not None]
+    undecodable = _Undecodable()
+    rows = [r for record, where in reader(path, undecodable)
+            if (r := fields.row(record, where, untyped)) is not None]
     if not rows:
         raise RotaryError(f"{path}: no labelled examples in it")
-    return rows
+    if undecodable.n:
+        warnings.warn(f"{path}: {undecodable.n:,} byte sequence(s) were not UTF-8 and were replaced with U+FFFD "
+                      "(is the file in another encoding? convert it to UTF-8)", RotaryWarning, stacklevel=2)
+    return rows, undecodable.n
 
 
 def _carve(raw: dict[str, list[RawRow]], missing: set[str], val_fraction: float, test_fraction: float) -> None:
@@ -135,12 +152,17 @@ def load_labelled_path(path: Path, *, text_field: str = "text", text_pair_field:
         files = _split_files(path)
     else:
         files = {"train": path}
-    raw = {s: _file_rows(p, fields) if s in files else [] for s, p in ((s, files.get(s)) for s in LABELLED_SPLITS)}
+    raw: dict[str, list[RawRow]] = {s: [] for s in LABELLED_SPLITS}
+    undecodable = 0
+    for split, file in files.items():
+        raw[split], replaced = _file_rows(file, fields)
+        undecodable += replaced
     _carve(raw, set(LABELLED_SPLITS) - set(files), val_fraction, test_fraction)
     fingerprint = {"files": file_fingerprint(files.values()), "fields": [text_field, fields.pair, label_field],
                    "fractions": [val_fraction, test_fraction], "label_names": label_names}
     return build_labelled(str(path), raw, label_names=label_names, fingerprint=fingerprint,
-                          description=f"labelled examples from {path}", max_examples=check_max_examples(max_examples))
+                          description=f"labelled examples from {path}", max_examples=check_max_examples(max_examples),
+                          stats={"undecodable_replacements": undecodable})
 
 
 def load_labelled_hf(name: str, *, config: str | None = None, data_files: Any = None, text_field: str = "text",
