@@ -2,17 +2,19 @@
 through ``rotary train``, seed statistics, training-stability statistics and the result files.
 
 Every study script (``experiments/*.py``) uses rotary's public API and this module only. A run
-is trained by ``python -m rotary train`` in a subprocess (so a killed study resumes the run from
-its last checkpoint with ``--resume``); a finished run is marked by ``study_done.json`` beside its
-checkpoints and never trained again.
+is trained by ``rotary.train_model`` in the study's own process, and resumed from its last
+checkpoint when the study is run again after a kill; a finished run is marked by
+``study_done.json`` beside its checkpoints and never trained again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -61,13 +63,18 @@ def train_run(run_dir: Path, recipe: dict[str, Any], *, quiet: bool = False) -> 
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     recipe_path = run_dir.parent / f"{run_dir.name}.recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
-    cmd = [sys.executable, "-m", "rotary", "train", str(recipe_path), "--output-dir", str(run_dir)]
-    if (run_dir / "recipe.yaml").is_file():
-        cmd.append("--resume")
+    resume = (run_dir / "recipe.yaml").is_file()
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if quiet else None)
+    cfg = rotary.load_recipe(str(recipe_path), {"output_dir": str(run_dir)})
+    for warning in cfg.warnings():
+        print(f"rotary: warning: {warning}", file=sys.stderr)
+    # in this process (a fresh interpreter per run cost ~5 s of imports and teardown each)
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        result = rotary.train_model(cfg, resume=resume)
+    if result.stopped == "interrupted":  # Ctrl-C or SIGTERM: the run saved; the study stops too
+        raise SystemExit(128 + int(result.signal or signal.SIGTERM))
     record = {"wall_seconds": time.perf_counter() - t0, "train_seconds": train_seconds(run_dir),
-              "cpu": cpu_model(), "resumed": "--resume" in cmd}
+              "cpu": cpu_model(), "resumed": resume}
     atomic_write_text(done, json.dumps(record, indent=2))
     print(f"[study] trained {run_dir} in {record['wall_seconds']:.0f}s", flush=True)
     return record
