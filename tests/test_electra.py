@@ -165,3 +165,17 @@ def test_a_fine_tune_from_electra_takes_the_discriminator(electra_run, tmp_path)
     for name, tensor in clf.backbone.state_dict().items():
         assert torch.equal(tensor, weights[f"backbone.{name}"])
     assert clf.backbone.embed_tokens.weight.shape[1] != pre.model.generator.config.d_model
+
+
+def test_flops_count_both_networks_and_the_generators_projection_on_masked_rows_only():
+    """The MFU numerator: every non-embedding weight of both networks on every position, the
+    generator's tied output projection only on the masked share, attention in both (counting the
+    generator's embeddings as weights, and its projection on every position, claimed > 100%)."""
+    model = tiny()
+    gen = model.generator.config
+    weights = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
+    T, share = 12, 0.15
+    attention = 12 * T * (model.config.n_layer * model.config.d_model + gen.n_layer * gen.d_model)
+    expected = 6 * (weights + share * VOCAB * gen.d_model) + attention
+    assert model.flops_per_token(T, predicted_share=share) == pytest.approx(expected)
+    assert model.flops_per_token(T, training=False, predicted_share=share) == pytest.approx(expected / 3)

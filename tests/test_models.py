@@ -514,3 +514,11 @@ def test_last_pooling_without_a_mask_finds_the_end_by_the_pad_id_as_transformers
     mask = (ids != 0).long()
     torch.testing.assert_close(clf(ids), clf(ids, mask))
     torch.testing.assert_close(clf(ids[1:, :6]), clf(ids, mask)[1:])
+
+
+def test_the_output_projection_counts_only_on_the_predicted_share():
+    model = MaskedLM(tiny(tie_embeddings=True, causal=False))
+    cfg = model.config
+    n = model.num_parameters(exclude_embeddings=True)
+    attention = 12 * cfg.n_layer * cfg.d_model * 16
+    assert model.flops_per_token(16, predicted_share=0.15) == 6 * (n + 0.15 * cfg.vocab_size * cfg.d_model) + attention

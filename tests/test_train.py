@@ -462,3 +462,26 @@ def test_output_bias_start_samples_a_long_shard_end_to_end():
     counts = np.array([30, 0, 0, 0, 0, 0, 0, 10], dtype=np.float64)
     want = torch.from_numpy(np.log((counts + 1) / (counts.sum() + 8))).float()
     assert torch.allclose(net.output_bias.detach(), want, atol=1e-6)
+
+
+def test_counted_batches_see_each_batchs_own_length_and_labelled_share():
+    """tok/s and MFU count the positions the model ran on: a padded batch is as long as its
+    longest row, not seq_len (a classifier's MFU read > 100% when it counted batch x seq_len)."""
+    from rotary.train.metrics import CountedBatches
+
+    calls = []
+
+    def flops_per_token(seq_len, predicted_share=1.0):
+        calls.append((seq_len, predicted_share))
+        return 1000.0 * seq_len + predicted_share
+
+    ids = [torch.zeros(4, 7, dtype=torch.long), torch.zeros(4, 20, dtype=torch.long)]
+    classify = [(ids[0], torch.tensor([0, 1, 0, 1])), (ids[1], torch.tensor([1, 1, 0, 0]))]
+    counted = CountedBatches(iter(classify), flops_per_token)
+    assert [b[0].shape[1] for b in counted] == [7, 20]
+    assert counted.take() == (4 * 7 + 4 * 20, 4 * 7 * (7000 + 1) + 4 * 20 * (20000 + 1))
+    assert counted.take() == (0, 0.0)
+    labels = torch.full((2, 8), -100)
+    labels[0, :2] = 5  # a masked LM's batch: 2 of 16 positions are predicted
+    next(CountedBatches(iter([(torch.zeros(2, 8, dtype=torch.long), labels)]), flops_per_token))
+    assert calls[-1] == (8, 2 / 16)

@@ -100,8 +100,17 @@ class ElectraPretrainer(RotaryModel):
                                 disc_correct, replaced[real].sum()]).double()
         return gen_loss / n_masked.clamp(min=1) + self.disc_weight * disc_loss / n_real.clamp(min=1)
 
-    def _output_projection_params(self) -> int:
-        return self.generator.config.vocab_size * self.generator.config.embed_dim
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True,
+                        predicted_share: float = 1.0) -> float:
+        """Both networks (:meth:`RotaryModel.flops_per_token` each): the discriminator on every
+        position, the generator on every position but its tied output projection only on the
+        masked rows (``predicted_share``); no embedding lookup of either counts."""
+        gen = self.generator
+        disc_weights = self.num_parameters(exclude_embeddings=True) - gen.num_parameters()  # backbone + disc head
+        T = seq_len or self.config.max_seq_len
+        flops = 6 * disc_weights + 12 * self.config.n_layer * self.config.d_model * T
+        flops += gen.flops_per_token(T, training=True, predicted_share=predicted_share)
+        return flops if training else flops / 3
 
 
 __all__ = ["ElectraPretrainer", "generator_config"]

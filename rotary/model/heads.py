@@ -84,13 +84,16 @@ class RotaryModel(nn.Module):
                 n -= pos.weight.numel()
         return n
 
-    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True,
+                        predicted_share: float = 1.0) -> float:
         """Matmul FLOPs per token (PaLM appendix B, as nanoGPT's MFU): 6N + 12·L·d·T for
         forward+backward, a third of that for a forward pass alone. N counts every weight a
-        token multiplies by, including the output projection, but not embedding lookups."""
+        token multiplies by, including the output projection, but not embedding lookups.
+        ``predicted_share``: the share of positions the output projection runs on (a masked
+        LM's fused head projects only its labelled rows)."""
         cfg = self.config
         T = seq_len or cfg.max_seq_len
-        n = self.num_parameters(exclude_embeddings=True) + self._output_projection_params()
+        n = self.num_parameters(exclude_embeddings=True) + predicted_share * self._output_projection_params()
         flops = 6 * n + 12 * cfg.n_layer * cfg.d_model * T
         return flops if training else flops / 3
 

@@ -168,12 +168,13 @@ class Seq2SeqLM(RotaryModel):
             n -= sum(w.numel() for w in embeddings.values())
         return n
 
-    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True,
+                        predicted_share: float = 1.0) -> float:
         """6N + 12·d·T per self- and cross-attention layer, N without embedding lookups (as
         :meth:`RotaryModel.flops_per_token`), T the source/target length alike."""
         cfg = self.config
         T = seq_len or cfg.max_seq_len
-        n = self.num_parameters(exclude_embeddings=True) + self._output_projection_params()
+        n = self.num_parameters(exclude_embeddings=True) + predicted_share * self._output_projection_params()
         attention_layers = cfg.n_layer + 2 * cfg.decoder_layers
         flops = 6 * n + 12 * attention_layers * cfg.d_model * T
         return flops if training else flops / 3

@@ -46,7 +46,7 @@ from rotary.train.distributed import (
 )
 from rotary.train.evaluate import evaluate
 from rotary.train.logging import RunLogger, format_eta, plot_losses, truncate_metrics
-from rotary.train.metrics import LogWindow, measure_matmul_peak
+from rotary.train.metrics import CountedBatches, LogWindow, measure_matmul_peak
 from rotary.train.schedule import lr_at, make_optimizer
 from rotary.train.setup import (
     apply_init_from,
@@ -224,8 +224,7 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
     result.best_eval = trainer_state.get("best_eval", {})
     result.last_eval = trainer_state.get("last_eval", {})
 
-    tokens_per_step = cfg.batch_size * seq_len * accum * info.world_size
-    flops_per_token = raw_model.flops_per_token(seq_len)
+    tokens_per_step = cfg.batch_size * seq_len * accum * info.world_size  # at most: padded batches are shorter
     # MFU's denominator: the peak of the dtype the GEMMs run in (bf16 on AMX is ~6x fp32)
     peak_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     peak = measure_matmul_peak(info.device, peak_dtype)
@@ -298,7 +297,7 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
     # -- the loop ---------------------------------------------------------------------------
     if resume_rng is not None:  # last, so that nothing in the setup consumes the dropout stream
         set_rng_state(resume_rng)
-    batches = data.train_batches(start_step, accum, info)
+    batches = CountedBatches(data.train_batches(start_step, accum, info), raw_model.flops_per_token)
     model.train()
     step = start_step
     if compiled != "none":  # else the bar sits silent at step 0 while Inductor works
@@ -332,12 +331,13 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
                 logger.close()
                 raise RotaryError(f"non-finite loss ({loss_value}) at step {step}: lower lr or set grad_clip")
             result.train_losses.append((step, loss_value))
-            window.add(loss_value, tokens_per_step)
+            positions, flops = batches.take()  # this rank's; the other ranks' batches are alike
+            window.add(loss_value, positions * info.world_size, flops * info.world_size)
 
             if step % cfg.log_interval == 0 or step == cfg.max_steps:
                 tok_s = window.rate()
-                mfu = flops_per_token * tok_s / (peak * info.world_size)
-                eta = (cfg.max_steps - step) * window.seconds_per_step(tokens_per_step)
+                mfu = window.flops_rate() / (peak * info.world_size)
+                eta = (cfg.max_steps - step) * window.seconds_per_step()
                 values = {"loss": window.mean_loss(), "lr": lr, "tokens_per_s": tok_s, "mfu": mfu,
                           "tokens": step * tokens_per_step}
                 if grad_norm is not None:

@@ -7,10 +7,12 @@ are the same number.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
+from rotary.labels import IGNORE_INDEX
 from rotary.ops import gemm
 
 
@@ -49,7 +51,7 @@ def _sync(device: torch.device) -> None:
 
 
 class LogWindow:
-    """The steps since the last log line: their mean loss, and tokens per second.
+    """The steps since the last log line: their mean loss, positions per second and model FLOPs.
 
     Its loss sum and step count go into the checkpoint, so the first line after a resume
     averages the same steps as an uninterrupted run would.
@@ -59,21 +61,31 @@ class LogWindow:
         saved = saved or {}
         self.loss_sum = float(saved.get("loss_sum", 0.0))
         self.steps = int(saved.get("steps", 0))
-        self.tokens = 0  # timed in this process only: a resumed window's rate covers its own steps
+        # timed in this process only: a resumed window's rate covers its own steps
+        self.tokens, self.flops, self.timed_steps = 0, 0.0, 0
         self.t0 = time.perf_counter()
 
-    def add(self, loss: float, tokens: int) -> None:
+    def add(self, loss: float, tokens: int, flops: float = 0.0) -> None:
         self.loss_sum += loss
         self.steps += 1
         self.tokens += tokens
+        self.flops += flops
+        self.timed_steps += 1
+
+    def _seconds(self) -> float:
+        return time.perf_counter() - self.t0
 
     def rate(self) -> float:
-        """Tokens per second over the window so far."""
-        dt = time.perf_counter() - self.t0
+        """Tokens (positions the model ran on) per second over the window so far."""
+        dt = self._seconds()
         return self.tokens / dt if dt > 0 else 0.0
 
-    def seconds_per_step(self, tokens_per_step: int) -> float:
-        return (time.perf_counter() - self.t0) / max(self.tokens / tokens_per_step, 1)
+    def flops_rate(self) -> float:
+        dt = self._seconds()
+        return self.flops / dt if dt > 0 else 0.0
+
+    def seconds_per_step(self) -> float:
+        return self._seconds() / max(self.timed_steps, 1)
 
     def mean_loss(self) -> float:
         return self.loss_sum / max(self.steps, 1)
@@ -82,4 +94,38 @@ class LogWindow:
         return {"loss_sum": self.loss_sum, "steps": self.steps}
 
     def reset(self) -> None:
-        self.loss_sum, self.steps, self.tokens, self.t0 = 0.0, 0, 0, time.perf_counter()
+        self.loss_sum, self.steps, self.tokens, self.flops, self.timed_steps = 0.0, 0, 0, 0.0, 0
+        self.t0 = time.perf_counter()
+
+
+class CountedBatches:
+    """The training batches, counted as they are drawn: the positions (rows x length) the model
+    runs on and their matmul FLOPs. A padded task's batches (classification, translation) are
+    only as long as their longest row, far shorter than ``seq_len``: counting the recipe's
+    ``batch_size x seq_len`` instead claimed more than the machine's peak."""
+
+    def __init__(self, batches: Iterator[Any], flops_per_token: Callable[..., float]) -> None:
+        self._batches = batches
+        self._flops_per_token = flops_per_token  # (seq_len, predicted_share=...) -> FLOPs
+        self.positions, self.flops = 0, 0.0
+
+    def __iter__(self) -> CountedBatches:
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self._batches)
+        ids = batch[0]  # (B, T): the input ids (a translation batch's source)
+        rows, length = int(ids.shape[0]), int(ids.shape[-1])
+        share = 1.0
+        labels = batch[1] if len(batch) > 1 else None
+        if isinstance(labels, torch.Tensor) and labels.shape == ids.shape:  # per-position targets
+            share = float((labels != IGNORE_INDEX).sum()) / max(labels.numel(), 1)
+        self.positions += rows * length
+        self.flops += rows * length * self._flops_per_token(length, predicted_share=share)
+        return batch
+
+    def take(self) -> tuple[int, float]:
+        """(positions, FLOPs) drawn since the last ``take``."""
+        out = (self.positions, self.flops)
+        self.positions, self.flops = 0, 0.0
+        return out
