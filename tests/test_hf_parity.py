@@ -740,3 +740,52 @@ def test_embedding_size_model_config_round_trip():
 def test_llama_refuses_roformer_only_settings(kw, match):
     with pytest.raises(RotaryError, match=match):
         to_hf(CausalLM(ModelConfig(vocab_size=VOCAB, max_seq_len=32, **_LLAMA, **kw)))
+
+
+def test_an_exported_bpe_decoder_classifier_reads_and_pools_as_in_rotary(data_bpe_dir, tmp_path):
+    """rotary reads each text (and each text of a pair) followed by <|endoftext|> and pools that
+    last real token; the exported tokenizer appends the same EOS, and a padding token of its own
+    lets LlamaForSequenceClassification find it in a padded batch: the same probabilities."""
+    from transformers import AutoTokenizer
+
+    import rotary
+    from rotary import checkpoint as ckpt
+    from rotary.cli import main
+    from rotary.hf.files import PAD_TOKEN
+    from rotary.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(data_bpe_dir)
+    torch.manual_seed(3)
+    model = SequenceClassifier(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=64, **_LLAMA), 3, pooling="last")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    model.label_names = ["neg", "neu", "pos"]
+    run = tmp_path / "run"
+    ckpt.write_checkpoint_dir(run / "best", ckpt.CheckpointContent(
+        config=ckpt.checkpoint_config("classification", model.config, {"num_labels": 3, "pooling": "last",
+                                                                         "label_names": model.label_names}),
+        model_state=ckpt.model_state_for_saving(model), trainer_state={"step": 0}, tokenizer_dir=data_bpe_dir))
+    assert main(["convert", str(run), "--to", "hf", str(tmp_path / "hf")]) == 0
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    assert hf.config.pad_token_id == hf_tok.pad_token_id == hf_tok.convert_tokens_to_ids(PAD_TOKEN)
+    pre = rotary.load(run, device="cpu")
+    texts = ["To be, or not to be", "a", "Now is the winter of our discontent made glorious summer"]
+    ours = pre.classify(texts)
+    enc = hf_tok(texts, padding=True, return_tensors="pt")
+    assert enc["input_ids"][0, -1] == hf_tok.pad_token_id  # the batch really is padded
+    assert enc["input_ids"][2, -1] == tok.eos_id  # ... and each text ends in <|endoftext|>
+    with torch.no_grad():
+        probs = hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.softmax(-1)
+    for row, theirs in zip(ours, probs):
+        got = [row["probabilities"][name] for name in model.label_names]
+        assert got == pytest.approx(theirs.tolist(), abs=1e-5), (got, theirs)
+    # and back: rotary appends the EOS itself (not twice) and pads with the new token
+    assert main(["convert", str(tmp_path / "hf"), "--from-hf", str(tmp_path / "back")]) == 0
+    back = rotary.load(tmp_path / "back", device="cpu")
+    assert back.tokenizer.encode_for_model(["a"], None, max_len=8)[0].ids == tok.encode_for_model(["a"], None,
+                                                                                                   max_len=8)[0].ids
+    for a, b in zip(ours, back.classify(texts)):
+        assert [a["probabilities"][n] for n in model.label_names] == pytest.approx(
+            [b["probabilities"][n] for n in model.label_names], abs=1e-6)

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from torch import no_grad
+
 from rotary.errors import RotaryError
 from rotary.hf.adapter import no_progress_bars, transformers_module
 from rotary.hf.convert import to_hf
@@ -94,6 +96,7 @@ def copy_hf_tokenizer(
                     f"{src}: its tokenizer has no fast (tokenizer.json) form, which rotary needs"
                 )
             tok.backend_tokenizer.save(str(staged / "tokenizer.json"))
+        _drop_the_exported_eos_template(staged / "tokenizer.json")
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(staged, dst)
@@ -191,10 +194,74 @@ def save_hf(
     out.mkdir(parents=True, exist_ok=True)
     # save_pretrained writes in place: write to a temp dir beside out_dir, then rename each file.
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        with no_progress_bars():
-            hf.save_pretrained(tmp)
         for f in tok_files:
             shutil.copy2(f, Path(tmp) / f.name)
+        if tokenizer_dir is not None:
+            _encode_as_a_decoder_classifier(model, hf, Path(tokenizer_dir), Path(tmp))
+        with no_progress_bars():
+            hf.save_pretrained(tmp)
         for f in sorted(Path(tmp).iterdir()):
             os.replace(f, out / f.name)
     return out
+
+
+def _drop_the_exported_eos_template(tokenizer_json: Path) -> None:
+    """The way back from :func:`_encode_as_a_decoder_classifier`: rotary appends the
+    classifier's ``<|endoftext|>`` itself, so the template that appends it goes (else twice)."""
+    from rotary.tokenizer.tokenizer import EOT
+
+    data = _read_json(tokenizer_json)
+    post = data.get("post_processor") or {}
+    steps = post.get("processors") if post.get("type") == "Sequence" else None
+    if not (isinstance(steps, list) and len(steps) == 2 and steps[0].get("type") == "ByteLevel"
+            and steps[1].get("type") == "TemplateProcessing"):
+        return
+    single = [next(iter(piece.values())).get("id") for piece in steps[1].get("single", [])]
+    if single != ["A", EOT]:
+        return
+    data["post_processor"] = steps[0]
+    tokenizer_json.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+PAD_TOKEN = "<|pad|>"  # a decoder classifier's padding token in transformers, never in text
+
+
+def _encode_as_a_decoder_classifier(model: RotaryModel, hf: Any, tokenizer_dir: Path, out: Path) -> None:
+    """A decoder classifier on a byte-level BPE (``<|endoftext|>``) vocabulary reads each text,
+    and each text of a pair, followed by ``<|endoftext|>`` and pools the last real token
+    (``rotary.data.classification``). In transformers the tokenizer must append the same EOS, and
+    ``LlamaForSequenceClassification`` finds the last real token as the last one that is not
+    ``pad_token_id``: a padding token of its own (never EOS, never in text) is added, with a
+    zero embedding row when the vocabulary has no spare id. Other models are left as they are."""
+    from rotary.model.heads import SequenceClassifier
+    from rotary.tokenizer import load_tokenizer
+    from rotary.tokenizer.tokenizer import EOT
+
+    if not (isinstance(model, SequenceClassifier) and model.pooling == "last" and (out / "tokenizer.json").is_file()):
+        return
+    if not load_tokenizer(tokenizer_dir).is_causal:
+        return
+    from tokenizers import Tokenizer, processors
+
+    backend = Tokenizer.from_file(str(out / "tokenizer.json"))
+    eos = backend.token_to_id(EOT)
+    backend.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"$A:0 {EOT}:0", pair=f"$A:0 {EOT}:0 $B:1 {EOT}:1",
+                                      special_tokens=[(EOT, eos)]),
+    ])
+    if model.config.pad_token_id is None:
+        backend.add_special_tokens([PAD_TOKEN])
+        pad = backend.token_to_id(PAD_TOKEN)
+        if pad >= hf.config.vocab_size:  # no spare id: one more embedding row, zero (it is never attended to)
+            hf.resize_token_embeddings(pad + 1, mean_resizing=False)
+            with no_grad():
+                hf.get_input_embeddings().weight[pad:].zero_()
+        hf.config.pad_token_id = pad
+        config = _read_json(out / "tokenizer_config.json")
+        config["pad_token"] = PAD_TOKEN
+        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                                   encoding="utf-8")
+    backend.save(str(out / "tokenizer.json"))
+    # rotary's record of the tokenizer.json it trained (a hash) no longer describes this one
+    (out / "rotary_tokenizer.json").unlink(missing_ok=True)

@@ -18,8 +18,10 @@ Decisions where the two sides differ:
   row run alone in a fresh HF model, give the same logits.
 * A decoder classifier pools its last real token: rotary finds it from ``attention_mask``,
   transformers from ``input_ids != pad_token_id``. The two agree when the padding id never
-  occurs in real text (rotary's tokenizers pad with an id of their own, or 0 with a mask); a
-  model without ``pad_token_id`` converts, and transformers then classifies one row at a time.
+  occurs in real text (rotary's tokenizers pad with an id of their own, or 0 with a mask). A
+  classifier on a byte-level BPE vocabulary (no padding token; each text ends in
+  ``<|endoftext|>``) is exported by ``save_hf`` with a tokenizer that appends that EOS and a
+  ``<|pad|>`` token of its own (``rotary.hf.files``), so padded batches agree too.
 * rotary's residual/embedding ``dropout`` has no Llama field: ``to_hf`` drops it with a warning
   (inference is unaffected; training in transformers would run without it).
 """
