@@ -488,6 +488,11 @@ def test_the_verb_passes_its_options_and_reads_the_key_from_the_environment(run_
     assert (seen["host"], seen["port"], seen["model_name"]) == ("127.0.0.1", port, run_dir.name)
     assert seen["app"] == "app" and seen["bound"] == ("127.0.0.1", port)
     assert f"at http://127.0.0.1:{port}/v1 with 4 slots" in capsys.readouterr().out
+    # stopped by a signal (uvicorn shut down gracefully): the shell's code for it, not 0
+    import signal
+
+    monkeypatch.setattr(rotary.commands.serve, "serve_on", lambda sock, config: sock.close() or signal.SIGTERM)
+    assert cli.main(["serve", str(run_dir), "--port", str(free_port())]) == 128 + signal.SIGTERM
 
 
 def test_the_verb_serves_on_the_socket_it_bound(run_dir):

@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("rotary.serve").setLevel(args.log_level.upper())
     print(f"serving {name} ({pre.path}) at http://{args.host}:{args.port}/v1 with {args.slots} slots"
           f"{', compiled' if args.compile else ''}{', API key required' if api_key else ''}", flush=True)
-    serve_on(sock, uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
-    return 0
+    stopped_by = serve_on(sock, uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
+    return 128 + stopped_by if stopped_by else 0  # 130 after Ctrl-C, 143 after SIGTERM, as the shell reports
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -107,8 +107,14 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_on(sock: socket.socket, config: Any) -> None:
-    """Run uvicorn on the socket bound earlier (it never binds one of its own)."""
+def serve_on(sock: socket.socket, config: Any) -> int | None:
+    """Run uvicorn on the socket bound earlier (it never binds one of its own); returns the
+    signal that stopped it, if one did. uvicorn re-raises that signal after its graceful
+    shutdown, but inside ``asyncio.run``, whose own SIGINT handler turns it into a
+    KeyboardInterrupt only when the cancelled task had an await left: a race, hence the return."""
     import uvicorn
 
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    captured = getattr(server, "_captured_signals", None) or [None]
+    return int(captured[-1]) if captured[-1] is not None else None
