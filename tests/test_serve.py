@@ -559,9 +559,17 @@ def test_the_readmes_client_snippet_runs_against_the_server(server, capsys):
     assert "http://127.0.0.1:8000/v1" in snippet and 'model="demo"' in snippet
     snippet = snippet.replace("http://127.0.0.1:8000", server.url).replace('model="demo"', f'model="{MODEL}"')
     snippet = snippet.replace("max_tokens=60", "max_tokens=20")  # this model's context is 64 tokens
+    # seeded, so that what it prints can be checked: the same request unstreamed (sampling may
+    # well end at once with this tiny model: an empty text is no failure, a different one is)
+    snippet = snippet.replace("stream=True", "stream=True, seed=7")
     capsys.readouterr()
     exec(compile(snippet, "README.md:serve", "exec"), {})
-    assert capsys.readouterr().out.strip()
+    printed = capsys.readouterr().out
+    from openai import OpenAI
+
+    whole = OpenAI(base_url=f"{server.url}/v1", api_key="unused").completions.create(
+        model=MODEL, prompt="ROMEO:", max_tokens=20, seed=7)
+    assert printed == whole.choices[0].text
 
 
 # -- echo and the tokenizer endpoints: what lm-evaluation-harness's local-completions sends ------
