@@ -59,30 +59,24 @@ class _Fields:
         return text, pair, label, where
 
 
-class _Undecodable:
-    """Counts the byte sequences that were not UTF-8 (each replaced with U+FFFD) in one file."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-
-def _jsonl_rows(path: Path, undecodable: _Undecodable) -> Iterator[tuple[dict[str, Any], str]]:
+# Each reader yields (record, "path:line", undecodable byte sequences replaced with U+FFFD in it).
+def _jsonl_rows(path: Path) -> Iterator[tuple[dict[str, Any], str, int]]:
     for record, replaced, where in jsonl_records(path):
-        undecodable.n += replaced
-        yield record, where
+        yield record, where, replaced
 
 
-def _csv_rows(path: Path, undecodable: _Undecodable) -> Iterator[tuple[dict[str, Any], str]]:
-    text, undecodable.n = decode_text_file(path)  # mostly undecodable (GBK, UTF-16, binary): an error
+def _csv_rows(path: Path) -> Iterator[tuple[dict[str, Any], str, int]]:
+    text, replaced = decode_text_file(path)  # mostly undecodable (GBK, UTF-16, binary): an error
     # A byte-order mark, as spreadsheets write, would otherwise join the first field name.
     f = io.StringIO(text.removeprefix("\ufeff"), newline="")
     reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
     for record in reader:
         where = f"{path}:{reader.line_num}"
-        yield {k: v for k, v in record.items() if k is not None}, where
+        yield {k: v for k, v in record.items() if k is not None}, where, replaced
+        replaced = 0  # the whole file's count, given once
 
 
-def _parquet_rows(path: Path, undecodable: _Undecodable) -> Iterator[tuple[dict[str, Any], str]]:
+def _parquet_rows(path: Path) -> Iterator[tuple[dict[str, Any], str, int]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -95,7 +89,7 @@ def _parquet_rows(path: Path, undecodable: _Undecodable) -> Iterator[tuple[dict[
     for batch in pf.iter_batches(batch_size=4096):
         for record in batch.to_pylist():
             row += 1
-            yield record, f"{path}: row {row}"
+            yield record, f"{path}: row {row}", 0
 
 
 def _file_rows(path: Path, fields: _Fields) -> tuple[list[RawRow], int]:
@@ -106,15 +100,17 @@ def _file_rows(path: Path, fields: _Fields) -> tuple[list[RawRow], int]:
                           f"(supported: {', '.join(LABELLED_SUFFIXES)})")
     reader = _parquet_rows if suffix == ".parquet" else _csv_rows if suffix in (".csv", ".tsv") else _jsonl_rows
     untyped = suffix in (".csv", ".tsv")
-    undecodable = _Undecodable()
-    rows = [r for record, where in reader(path, undecodable)
-            if (r := fields.row(record, where, untyped)) is not None]
+    rows, undecodable = [], 0
+    for record, where, replaced in reader(path):
+        undecodable += replaced
+        if (row := fields.row(record, where, untyped)) is not None:
+            rows.append(row)
     if not rows:
         raise RotaryError(f"{path}: no labelled examples in it")
-    if undecodable.n:
-        warnings.warn(f"{path}: {undecodable.n:,} byte sequence(s) were not UTF-8 and were replaced with U+FFFD "
+    if undecodable:
+        warnings.warn(f"{path}: {undecodable:,} byte sequence(s) were not UTF-8 and were replaced with U+FFFD "
                       "(is the file in another encoding? convert it to UTF-8)", RotaryWarning, stacklevel=2)
-    return rows, undecodable.n
+    return rows, undecodable
 
 
 def _carve(raw: dict[str, list[RawRow]], missing: set[str], val_fraction: float, test_fraction: float) -> None:
