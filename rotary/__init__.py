@@ -40,6 +40,7 @@ _LAZY = {
     # use
     "load": "rotary.pretrained",
     "Pretrained": "rotary.pretrained",
+    "SamplingParams": "rotary.sampling",
     "RotaryError": "rotary.errors",
 }
 _ALIASES = {"train_model": "train"}

@@ -19,7 +19,7 @@ sampled ids).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,13 +67,31 @@ def compiled_decode_step(model: CausalLM) -> Any:
     buffers), so every engine of the same shapes reuses the graph instead of recompiling."""
     fn = getattr(model, "_rotary_compiled_decode", None)
     if fn is None:
+        flags = SlotCache.kind(model.config)
+
         def step(tokens: torch.Tensor, k: list[torch.Tensor], v: list[torch.Tensor],
                  lengths: torch.Tensor) -> torch.Tensor:
-            return decode_step(model, tokens, SlotCache.of(k, v, lengths))
+            return decode_step(model, tokens, SlotCache.of(k, v, lengths, **flags))
 
         fn = torch.compile(step, dynamic=False)
         object.__setattr__(model, "_rotary_compiled_decode", fn)  # not a submodule: no state_dict entry
     return fn
+
+
+def decode(model: CausalLM, requests: Sequence[Request], *, tokenizer: Any = None,
+           compile: bool = False) -> Iterator[list[Event]]:
+    """Decode ``requests`` together in an engine of their size: yields each step's events until
+    every sequence has ended, then restores the model's training mode."""
+    was_training = model.training
+    engine = Engine(model, slots=len(requests), max_len=max(len(r.prompt) + r.max_new_tokens for r in requests),
+                    tokenizer=tokenizer, compile=compile)
+    try:
+        events = engine.start(requests)
+        while events:
+            yield events
+            events = engine.step()
+    finally:
+        model.train(was_training)
 
 
 class _Row:
@@ -110,8 +128,8 @@ class Engine:
         self.device = model.device
         self.slots = slots
         self.max_len = max_len
-        dtype = dtype or model.backbone.embed_tokens.weight.dtype
-        self.cache = SlotCache(cfg, slots, max_len, device=self.device, dtype=dtype)
+        self.dtype = dtype or model.backbone.embed_tokens.weight.dtype
+        self.cache = SlotCache(cfg, slots, max_len, device=self.device, dtype=self.dtype)
         if model.backbone.rope is not None:
             model.backbone.rope.ensure(max_len)
         pos = model.backbone.embed_positions
@@ -131,8 +149,9 @@ class Engine:
     def _decode(self, tokens: torch.Tensor, cache: SlotCache) -> torch.Tensor:
         """(n, 1) ids -> (n, vocab) logits; writes each row's key/value at its length."""
         if self._compiled is not None:
-            for t in (*cache.k, *cache.v):  # one graph for every window length, not one per length
-                torch._dynamo.mark_dynamic(t, 2)
+            if not cache.linear:  # one graph for every window length, not one per length
+                for t in (*cache.k, *cache.v):
+                    torch._dynamo.mark_dynamic(t, 2)
             return self._compiled(tokens, cache.k, cache.v, cache.lengths)
         return decode_step(self.model, tokens, cache)
 
@@ -161,7 +180,7 @@ class Engine:
             ids[i, :len(p)] = torch.as_tensor(p, dtype=torch.long)
             mask[i, :len(p)] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        tmp = SlotCache(self.model.config, n, T, device=self.device, dtype=self.cache.k[0].dtype)
+        tmp = SlotCache(self.model.config, n, T, device=self.device, dtype=self.dtype)
         h = self.model.backbone.forward_slots(ids, tmp, new_mask=mask if not bool(mask.all()) else None, empty=True)
         last = (mask.sum(-1) - 1)  # (n,) each row's last real position
         h_last = h[torch.arange(n, device=self.device), last]  # (n, d)
@@ -203,10 +222,7 @@ class Engine:
         with torch.no_grad():
             logits, tmp = self._prefill([s.prompt for s in seqs])
             index = torch.tensor(slots, device=self.device)
-            T = tmp.max_len
-            for layer in range(len(tmp.k)):
-                self.cache.k[layer][index, :, :T] = tmp.k[layer]
-                self.cache.v[layer][index, :, :T] = tmp.v[layer]
+            self.cache.put_rows(index, tmp)
             self.seen[index] = False
             for slot, seq in zip(slots, seqs):
                 self.lengths[slot] = len(seq.prompt)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rotary.errors import RotaryError
 from rotary.model import RotaryModel
+from rotary.sampling import SamplingParams, check_sampling, sampling_params
+
+DEFAULT_SAMPLING = SamplingParams(temperature=0.8)  # the Python API's and the CLI's
 
 
 @dataclass
@@ -62,31 +65,24 @@ class Pretrained:
         RoPE scaling at inference)."""
         return int(self.model.config.max_seq_len)
 
-    def check_generate(
-        self,
-        prompt: str | Sequence[str],
-        max_new_tokens: int = 100,
-        *,
-        temperature: float = 0.8,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        repetition_penalty: float | None = None,
-        stop: Sequence[str] = (),
-        seed: int | None = None,
-        num_samples: int = 1,
-        truncate: str | None = None,
-    ) -> list[list[int]]:
+    def sampling(self, sampling: SamplingParams | None = None, **options: Any) -> SamplingParams:
+        """The settings a call samples with: ``sampling`` (default: temperature 0.8, as the CLI)
+        with ``options`` (``SamplingParams`` field names: temperature, top_k, top_p, min_p,
+        repetition_penalty, seed, stop, logprobs) replaced."""
+        return sampling_params(sampling if sampling is not None else DEFAULT_SAMPLING, **options)
+
+    def check_generate(self, prompt: str | Sequence[str], max_new_tokens: int = 100, *,
+                       sampling: SamplingParams | None = None, num_samples: int = 1, truncate: str | None = None,
+                       **options: Any) -> list[list[int]]:
         """RotaryError for anything :meth:`generate` would refuse, before any output; returns the
         encoded prompts (cut from the left when ``truncate="left"`` and they would not fit)."""
         from rotary.generate import check_generation
-        from rotary.sampling import check_sampling
 
-        check_generation(self.model, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                         min_p=min_p, repetition_penalty=repetition_penalty)
-        check_sampling(stop=tuple(stop), seed=seed, samples=num_samples)
+        params = self.sampling(sampling, **options)
+        check_generation(self.model, max_new_tokens)
         if num_samples < 1:
             raise RotaryError(f"num_samples must be >= 1, got {num_samples}")
+        check_sampling(seed=params.seed, samples=num_samples)  # sample j uses seed + j
         if truncate not in (None, "left"):
             raise RotaryError(f"truncate must be left (keep the prompt's end) or unset, got '{truncate}'")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -109,167 +105,66 @@ class Pretrained:
                               "with --rope-scaling yarn --factor 4")
         return encoded
 
-    def complete(
-        self,
-        prompt: str | Sequence[str],
-        max_new_tokens: int = 100,
-        *,
-        temperature: float = 0.8,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        repetition_penalty: float | None = None,
-        stop: Sequence[str] = (),
-        seed: int | None = None,
-        num_samples: int = 1,
-        logprobs: bool = False,
-        truncate: str | None = None,
-        stop_at_eos: bool = True,
-        compile: bool = False,
-    ) -> list[Completion]:
+    def complete(self, prompt: str | Sequence[str], max_new_tokens: int = 100, *,
+                 sampling: SamplingParams | None = None, num_samples: int = 1, truncate: str | None = None,
+                 stop_at_eos: bool = True, compile: bool = False, **options: Any) -> list[Completion]:
         """Continue each prompt ``num_samples`` times (prompt-major order): text, token ids,
-        log-probabilities of the chosen tokens (with ``logprobs``) and why each ended. Sample j
-        of a prompt uses seed ``seed + j``, whatever else shares the batch."""
-        from rotary.engine import Engine, Request
-        from rotary.sampling import SamplingParams
+        log-probabilities of the chosen tokens (with ``logprobs=True``) and why each ended.
+        Sample j of a prompt uses seed ``seed + j``, whatever else shares the batch."""
+        from rotary.engine import Request, decode
 
+        params = self.sampling(sampling, **options)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        encoded = self.check_generate(prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                      min_p=min_p, repetition_penalty=repetition_penalty, stop=stop,
-                                      num_samples=num_samples, truncate=truncate)
+        encoded = self.check_generate(prompts, max_new_tokens, sampling=params, num_samples=num_samples,
+                                      truncate=truncate)
         eos = self.tokenizer.eos_id if stop_at_eos else None
         full = [len(self.tokenizer.encode(p)) for p in prompts]
-        requests = []
-        for ids in encoded:
-            for j in range(num_samples):
-                params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                        repetition_penalty=repetition_penalty,
-                                        seed=None if seed is None else seed + j, stop=tuple(stop), logprobs=logprobs)
-                requests.append(Request(ids, max_new_tokens, params, eos_id=eos, tag=len(requests)))
-        out = [Completion("", [], [] if logprobs else None, "length", len(r.prompt), full[i // num_samples] -
-                          len(r.prompt)) for i, r in enumerate(requests)]
-        if self._uses_kvcache:
-            return self._complete_kvcache(requests, out, logprobs)
-        was_training = self.model.training
-        engine = Engine(self.model, slots=len(requests), max_len=max(len(r.prompt) for r in requests) + max_new_tokens,
-                        tokenizer=self.tokenizer, compile=compile)
-        try:
-            events = engine.start(requests)
-            while events:
-                for e in events:
-                    c = out[e.tag]
-                    c.text += e.text
-                    if e.token != eos:
-                        c.token_ids.append(e.token)
-                        if c.logprobs is not None:
-                            c.logprobs.append(e.logprob)
-                    if e.finish_reason is not None:
-                        c.finish_reason = e.finish_reason
-                events = engine.step()
-        finally:
-            self.model.train(was_training)
+        requests = [Request(ids, max_new_tokens, replace(params, seed=None if params.seed is None else params.seed + j),
+                            eos_id=eos, tag=i * num_samples + j)
+                    for i, ids in enumerate(encoded) for j in range(num_samples)]
+        out = [Completion("", [], [] if params.logprobs else None, "length", len(r.prompt),
+                          full[i // num_samples] - len(r.prompt)) for i, r in enumerate(requests)]
+        for events in decode(self.model, requests, tokenizer=self.tokenizer, compile=compile):
+            for e in events:
+                c = out[e.tag]
+                c.text += e.text
+                if e.token != eos:
+                    c.token_ids.append(e.token)
+                    if c.logprobs is not None:
+                        c.logprobs.append(e.logprob)
+                if e.finish_reason is not None:
+                    c.finish_reason = e.finish_reason
         return out
 
-    @property
-    def _uses_kvcache(self) -> bool:
-        return self.model.config.decodes_with_kvcache
-
-    def _complete_kvcache(self, requests: list[Any], out: list[Completion], logprobs: bool) -> list[Completion]:
-        """Dynamic NTK and linear-attention models (what their cache holds is not the engine's slot
-        cache of keys and values): one prompt at a time on the left-padded KVCache path."""
-        from rotary.generate import generate
-        from rotary.text_stream import TextStream
-
-        if logprobs:
-            raise RotaryError("logprobs need the decode engine, which dynamic NTK and linear-attention models "
-                              "do not use")
-        for r, c in zip(requests, out):
-            p = r.params
-            (ids,) = generate(self.model, [r.prompt], r.max_new_tokens, temperature=p.temperature, top_k=p.top_k,
-                              top_p=p.top_p, eos_id=r.eos_id, seed=p.seed)
-            stream = TextStream(self.tokenizer, p.stop)
-            for token in ids:
-                if token == r.eos_id:
-                    c.finish_reason = "stop"
-                    break
-                c.token_ids.append(token)
-                c.text += stream.push(token)
-                if stream.stopped:
-                    c.finish_reason = "stop"
-                    break
-            c.text += stream.finish()
-        return out
-
-    def generate(
-        self,
-        prompt: str | Sequence[str],
-        max_new_tokens: int = 100,
-        *,
-        temperature: float = 0.8,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        repetition_penalty: float | None = None,
-        stop: Sequence[str] = (),
-        seed: int | None = None,
-        truncate: str | None = None,
-        stop_at_eos: bool = True,
-        compile: bool = False,
-    ) -> str | list[str]:
+    def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 100, *,
+                 sampling: SamplingParams | None = None, truncate: str | None = None, stop_at_eos: bool = True,
+                 compile: bool = False, **options: Any) -> str | list[str]:
         """Continue ``prompt`` (or each of a list of prompts); returns the continuation text (a
-        stop string, when one is met, and what follows it are not returned)."""
-        done = self.complete(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                             repetition_penalty=repetition_penalty, stop=stop, seed=seed, truncate=truncate,
-                             stop_at_eos=stop_at_eos, compile=compile)
+        stop string, when one is met, and what follows it are not returned). ``options`` are
+        sampling settings (``temperature=0``, ``top_p=0.9``, ``stop=["\\n"]``, ``seed=1``, ...)."""
+        done = self.complete(prompt, max_new_tokens, sampling=sampling, truncate=truncate, stop_at_eos=stop_at_eos,
+                             compile=compile, **options)
         texts = [c.text for c in done]
         return texts[0] if isinstance(prompt, str) else texts
 
-    def stream(
-        self,
-        prompt: str,
-        max_new_tokens: int = 100,
-        *,
-        temperature: float = 0.8,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        repetition_penalty: float | None = None,
-        stop: Sequence[str] = (),
-        seed: int | None = None,
-        truncate: str | None = None,
-        stop_at_eos: bool = True,
-        compile: bool = False,
-    ) -> Iterator[str]:
+    def stream(self, prompt: str, max_new_tokens: int = 100, *, sampling: SamplingParams | None = None,
+               truncate: str | None = None, stop_at_eos: bool = True, compile: bool = False,
+               **options: Any) -> Iterator[str]:
         """Continue ``prompt``, yielding the text as it is generated (``for piece in
         pre.stream("ROMEO:"): print(piece, end="")``). The pieces join to :meth:`generate`'s text
         with the same arguments; a multi-byte character is held back until it is complete, and
         text that may begin a stop string until it is ruled out."""
-        from rotary.engine import Engine, Request
-        from rotary.sampling import SamplingParams
+        from rotary.engine import Request, decode
 
-        if self._uses_kvcache:  # no engine (see _complete_kvcache): the text arrives in one piece
-            yield self.generate(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                stop=stop, seed=seed, truncate=truncate, stop_at_eos=stop_at_eos)
-            return
         # checked before the first piece: a stream never stops half-way on a bad setting
-        (encoded,) = self.check_generate([prompt], max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                         min_p=min_p, repetition_penalty=repetition_penalty, stop=stop,
-                                         truncate=truncate)
-        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop))
+        params = self.sampling(sampling, **options)
+        (encoded,) = self.check_generate([prompt], max_new_tokens, sampling=params, truncate=truncate)
         eos = self.tokenizer.eos_id if stop_at_eos else None
-        was_training = self.model.training
-        engine = Engine(self.model, slots=1, max_len=len(encoded) + max_new_tokens, tokenizer=self.tokenizer,
-                        compile=compile)
-        try:
-            events = engine.start([Request(encoded, max_new_tokens, params, eos_id=eos)])
-            while events:
-                for e in events:
-                    if e.text:
-                        yield e.text
-                events = engine.step()
-        finally:
-            self.model.train(was_training)
+        for events in decode(self.model, [Request(encoded, max_new_tokens, params, eos_id=eos)],
+                             tokenizer=self.tokenizer, compile=compile):
+            for e in events:
+                if e.text:
+                    yield e.text
 
     def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
                  batch_size: int = 32) -> list[dict[str, Any]]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 
@@ -37,12 +38,26 @@ class SamplingParams:
     logprobs: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.stop, str):
+            object.__setattr__(self, "stop", tuple(self.stop))  # a list from the CLI or JSON; frozen: hashable
         check_sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
                        repetition_penalty=self.repetition_penalty, stop=self.stop, seed=self.seed)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def sampling_params(base: SamplingParams | None = None, **options: Any) -> SamplingParams:
+    """``base`` (default ``SamplingParams()``) with ``options`` (its field names) replaced: what
+    the Python API's keyword arguments become. An unknown option is a RotaryError naming the
+    known ones."""
+    base = base if base is not None else SamplingParams()
+    unknown = sorted(set(options) - {f.name for f in fields(SamplingParams)})
+    if unknown:
+        known = ", ".join(f.name for f in fields(SamplingParams))
+        raise RotaryError(f"unknown sampling option '{unknown[0]}': the options are {known}")
+    return replace(base, **options) if options else base
 
 
 def check_sampling(*, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,

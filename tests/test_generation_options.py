@@ -15,16 +15,21 @@ from rotary.errors import RotaryError
 from rotary.generate import generate
 from rotary.model import CausalLM
 from rotary.model.config import ModelConfig
+from rotary.ops import inductor
 from rotary.sampling import SamplingParams, apply_repetition_penalty, filter_logits
 from rotary.text_stream import TextStream
 
 
+def small_lm(**kw) -> CausalLM:
+    torch.manual_seed(0)
+    base = dict(vocab_size=50, max_seq_len=64, n_layer=2, n_head=4, d_model=32, d_ff=64, n_kv_head=2,
+                initializer_range=0.3, tie_embeddings=False)
+    return CausalLM(ModelConfig(**{**base, **kw})).eval()
+
+
 @pytest.fixture(scope="module")
 def lm() -> CausalLM:
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=50, max_seq_len=64, n_layer=2, n_head=4, d_model=32, d_ff=64,
-                      n_kv_head=2, initializer_range=0.3, tie_embeddings=False)
-    return CausalLM(cfg).eval()
+    return small_lm()
 
 
 def full_forward_logits(model: CausalLM, seq: list[int]) -> torch.Tensor:
@@ -35,10 +40,27 @@ def full_forward_logits(model: CausalLM, seq: list[int]) -> torch.Tensor:
 # -- the engine: rows joining a running batch ----------------------------------------------------
 
 
-def test_a_row_joining_a_running_batch_decodes_as_if_alone(lm):
+# Every causal model decodes through the engine. Dynamic NTK from a trained context of 8 (so the
+# longer sequences below pass it and their base moves each step) with one layer, where caching unrotated
+# keys is exact (deeper layers cache hidden states of an earlier base, as transformers does);
+# linear attention's running sums are exact at any depth.
+ENGINE_MODELS = {
+    "dynamic_ntk": dict(n_layer=1, rope_scaling="dynamic_ntk", rope_scaling_factor=2.0,
+                        rope_original_max_seq_len=8),
+    "linear_attention": dict(attention="linear", initializer_range=0.1),
+}
+
+
+@pytest.fixture(scope="module", params=["softmax", *ENGINE_MODELS])
+def any_lm(request, lm) -> CausalLM:
+    return lm if request.param == "softmax" else small_lm(**ENGINE_MODELS[request.param])
+
+
+def test_a_row_joining_a_running_batch_decodes_as_if_alone(any_lm):
     """Continuous batching: sequences start while others are mid-generation, in the slots others
     freed; each one's greedy tokens equal argmax over repeated full forwards (steps with a top-2
     margin under 1e-3 are where float rounding may legitimately differ, and are not compared)."""
+    lm = any_lm
     prompts = {"a": [5, 17, 3, 42, 8], "b": [7], "c": [13, 2, 44], "d": [9, 9, 1]}
     budget = {"a": 12, "b": 3, "c": 9, "d": 6}
     engine = Engine(lm, slots=2, max_len=32)
@@ -65,6 +87,27 @@ def test_a_row_joining_a_running_batch_decodes_as_if_alone(lm):
             if top2[0] - top2[1] > 1e-3:
                 assert token == int(logits.argmax()), (k, seq)
             seq.append(token)
+
+
+@pytest.mark.skipif(not inductor.available, reason="Inductor's CPU backend needs a C++ compiler")
+@pytest.mark.parametrize("kind", list(ENGINE_MODELS))
+def test_the_compiled_decode_step_decodes_as_the_eager_one(kind):
+    """``compile=True`` (``rotary serve --compile``) for the models whose cache is not plain keys
+    and values: the same greedy tokens and log-probabilities as eager steps, rows of different
+    lengths in one batch, the cache growing past the trained context."""
+    model = small_lm(**{**ENGINE_MODELS[kind], "n_layer": 1})  # one layer: a quicker compilation
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
+    runs = []
+    for compiled in (False, True):
+        engine = Engine(model, slots=4, max_len=32, compile=compiled)
+        events = engine.start([Request(p, 16, SamplingParams(temperature=0, logprobs=True), tag=i)
+                               for i, p in enumerate(prompts)])
+        while engine.active:
+            events += engine.step()
+        runs.append(events)
+    eager, compiled = runs
+    assert [(e.tag, e.token) for e in compiled] == [(e.tag, e.token) for e in eager]
+    assert [e.logprob for e in compiled] == pytest.approx([e.logprob for e in eager], abs=1e-4)
 
 
 def test_the_engine_adds_a_causal_lms_output_bias():
@@ -309,6 +352,26 @@ def test_rope_scaling_at_inference_extends_the_context_exactly_as_the_config_say
         load(lm_run, device="cpu", rope_factor=4)
     with pytest.raises(RotaryError, match="must be > 1"):
         load(lm_run, device="cpu", rope_scaling="linear", rope_factor=0.5)
+
+
+def test_one_sampling_object_or_its_field_names_and_a_misspelt_one_is_named(lm_run, lm):
+    """``sampling=SamplingParams(...)`` is what the CLI and the server hand down; keyword
+    arguments with its field names replace its values; a misspelt one is an error, not ignored."""
+    from rotary import SamplingParams
+    from rotary.pretrained import load
+
+    pre = load(lm_run, device="cpu")
+    params = SamplingParams(temperature=0.9, top_k=5, seed=3)
+    sampled = pre.generate("To be", 12, sampling=params)
+    assert sampled == pre.generate("To be", 12, temperature=0.9, top_k=5, seed=3)
+    assert pre.generate("To be", 12, sampling=params, temperature=0) == pre.generate("To be", 12, temperature=0)
+    (c,) = pre.complete("To be", 12, sampling=params, logprobs=True)
+    assert c.text == sampled and len(c.logprobs) == len(c.token_ids)
+    assert generate(lm, [[5, 17, 3]], 10, sampling=params) == generate(lm, [[5, 17, 3]], 10, temperature=0.9,
+                                                                       top_k=5, seed=3)
+    for call in (lambda: pre.generate("To be", 12, topk=5), lambda: generate(lm, [[5]], 4, topk=5)):
+        with pytest.raises(RotaryError, match="unknown sampling option 'topk': the options are temperature, top_k"):
+            call()
 
 
 def test_generate_cli_json_num_samples_stop_and_logprobs(lm_run, capsys):

@@ -704,3 +704,73 @@ def test_echo_offsets_index_the_text_when_byte_tokens_split_a_character(server, 
     text = out["choices"][0]["text"]
     assert text.startswith(prompt) and all(o <= len(text) for o in lp["text_offset"])
     assert lp["text_offset"][n] == len(prompt)  # the first generated token starts right after the prompt
+
+
+# -- every causal model is served: dynamic NTK and linear attention ---------------------------------
+
+
+def cached_logprobs(model, prompt: list[int], tokens: list[int]) -> list[float]:
+    """Each token's log-probability as the model's own KV cache decodes it (``model(...,
+    kv_cache=...)``, a token at a time). For linear attention this is exactly a full forward; for
+    dynamic NTK it is transformers' approximation: the cache rotates every key with the current
+    base, but deeper layers' cached keys came from hidden states of an earlier base."""
+    cache = model.new_kv_cache(1, len(prompt) + len(tokens))
+    out = []
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt]), kv_cache=cache)[0, -1]
+        for t in tokens:
+            out.append(float(logits.double().log_softmax(-1)[t]))
+            logits = model(torch.tensor([[t]]), kv_cache=cache)[0, -1]
+    return out
+
+
+@pytest.fixture(scope="module", params=["dynamic_ntk", "linear_attention"])
+def variant(request, run_dir, pre):
+    """The sonnet model with dynamic NTK to twice its context, or its weights in linear attention
+    (the same projections: a different, deterministic function)."""
+    import dataclasses
+
+    from rotary.model import CausalLM
+    from rotary.pretrained import Pretrained, load
+
+    if request.param == "dynamic_ntk":
+        return load(run_dir, device="cpu", rope_scaling="dynamic_ntk", rope_factor=2)
+    model = CausalLM(dataclasses.replace(pre.model.config, attention="linear", max_seq_len=128)).eval()
+    model.load_state_dict(pre.model.state_dict())
+    return Pretrained(model, pre.tokenizer, pre.path, pre.config)
+
+
+def test_dynamic_ntk_and_linear_attention_are_served_with_every_option(variant):
+    """They decode through the engine like any model: streamed text (from the server and from
+    ``Pretrained.stream``) equals the whole answer and offline generation, logprobs are the
+    model's own, min-p and seeds apply (n samples are seeds seed + j), and dynamic NTK's base
+    moves past the trained context of 64 within the answer."""
+    prompt = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate: "
+    n_prompt = len(variant.tokenizer.encode(prompt))
+    max_tokens = 80 - n_prompt  # past 64: dynamic NTK rescales during the answer
+    sample = dict(model=MODEL, prompt=prompt, max_tokens=max_tokens, temperature=0.9, seed=11,
+                  extra_body={"min_p": 0.05})
+    with live(create_app(variant, slots=4, model_name=MODEL, max_len=128)) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        whole = client.completions.create(logprobs=0, **sample)
+        chunks = list(client.completions.create(stream=True, **sample))
+        many = client.completions.create(n=2, **{**sample, "seed": 20})
+        second = client.completions.create(**{**sample, "seed": 21})
+    (offline,) = variant.complete(prompt, max_tokens, temperature=0.9, min_p=0.05, seed=11, logprobs=True)
+    text = whole.choices[0].text
+    assert text == offline.text and "".join(c.choices[0].text for c in chunks if c.choices) == text
+    assert "".join(variant.stream(prompt, max_tokens, temperature=0.9, min_p=0.05, seed=11)) == text
+    assert whole.usage.completion_tokens == len(offline.token_ids) and len(offline.token_ids) > 64 - n_prompt
+    want = cached_logprobs(variant.model, variant.tokenizer.encode(prompt), offline.token_ids)
+    assert whole.choices[0].logprobs.token_logprobs == pytest.approx(want, abs=1e-4)
+    assert offline.logprobs == pytest.approx(want, abs=1e-4)
+    if variant.model.config.attention == "linear":  # exact: the running sums are a full forward's
+        ids = variant.tokenizer.encode(prompt)
+        assert want == pytest.approx(model_logprobs(variant, ids, offline.token_ids), abs=1e-4)
+    assert many.choices[1].text == second.choices[0].text != many.choices[0].text
+    # min-p: every drawn token kept at least 5% of the most likely one's probability
+    with torch.no_grad():
+        ids = variant.tokenizer.encode(prompt)
+        for i, t in enumerate(offline.token_ids):
+            p = variant.model(torch.tensor([ids + offline.token_ids[:i]]))[0, -1].softmax(-1)
+            assert p[t] >= 0.05 * p.max() - 1e-6

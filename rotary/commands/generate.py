@@ -64,23 +64,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rotary.pretrained import load
+    from rotary.sampling import SamplingParams
 
     pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify,
                rope_scaling=args.rope_scaling, rope_factor=args.factor, precision=args.precision)
-    kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                  repetition_penalty=args.repetition_penalty, stop=[unescape(s) for s in args.stop],
-                  seed=args.seed, truncate=args.truncate)
     # every check before the first byte of output: an error never follows a printed prompt
-    pre.check_generate(args.prompt, args.max_new_tokens, num_samples=args.num_samples, **kwargs)
+    sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                              repetition_penalty=args.repetition_penalty, seed=args.seed,
+                              stop=tuple(unescape(s) for s in args.stop), logprobs=args.logprobs)
+    pre.check_generate(args.prompt, args.max_new_tokens, sampling=sampling, num_samples=args.num_samples,
+                       truncate=args.truncate)
     streams = len(args.prompt) == 1 and args.num_samples == 1 and not (args.no_stream or args.json or args.logprobs)
     if streams:
         print(args.prompt[0], end="", flush=True)
-        for piece in pre.stream(args.prompt[0], args.max_new_tokens, compile=args.compile, **kwargs):
+        for piece in pre.stream(args.prompt[0], args.max_new_tokens, sampling=sampling, truncate=args.truncate,
+                                compile=args.compile):
             print(piece, end="", flush=True)
         print()
         return 0
-    done = pre.complete(args.prompt, args.max_new_tokens, num_samples=args.num_samples, logprobs=args.logprobs,
-                        compile=args.compile, **kwargs)
+    done = pre.complete(args.prompt, args.max_new_tokens, sampling=sampling, num_samples=args.num_samples,
+                        truncate=args.truncate, compile=args.compile)
     for i, c in enumerate(done):
         prompt = args.prompt[i // args.num_samples]
         if args.json:

@@ -100,46 +100,58 @@ class KVCache:
 
 
 class SlotCache:
-    """A KV cache of independent rows ("slots") for continuous batching: each row has its own
+    """A cache of independent rows ("slots") for continuous batching: each row has its own
     length, so a sequence can start in a free row while the others keep decoding.
 
-    One buffer per layer (B, KV, S, hd), so that a compiled step updates each in place (a slice
-    of one big buffer would make the compiler copy all of it every step). ``lengths`` (B,)
-    counts each row's filled positions; the caller (``rotary.engine``) sets it and keeps a host
-    copy, so no pass needs a host sync. A row's new tokens are written at positions
-    ``lengths[row]`` onwards; positions past a row's length hold stale values that the mask hides
-    and later tokens overwrite. :meth:`window` gives a pass only the rows and positions in use.
+    One buffer per layer, so that a compiled step updates each in place (a slice of one big
+    buffer would make the compiler copy all of it every step): keys and values (B, KV, S, hd),
+    or for linear attention its running sums, the state (B, KV, hd, hd) and the key sum (B, KV,
+    hd) in fp32, whatever the length. ``lengths`` (B,) counts each row's filled positions; the
+    caller (``rotary.engine``) sets it and keeps a host copy, so no pass needs a host sync. A
+    row's new tokens are written at positions ``lengths[row]`` onwards; positions past a row's
+    length hold stale values that the mask hides and later tokens overwrite. :meth:`window`
+    gives a pass only the rows and positions in use.
+
+    With dynamic NTK the keys are stored before rotation (``stores_unrotated_keys``) and every
+    pass rotates them with each row's base for its own length, as ``KVCache`` does.
     """
 
     per_row = True
-    stores_unrotated_keys = False
 
     def __init__(self, cfg: ModelConfig, slots: int, max_len: int, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32) -> None:
-        if cfg.attention == "linear":
-            raise RotaryError("linear attention keeps running sums, not keys and values: it decodes through "
-                              "KVCache, not a slot cache")
-        if cfg.position == "rope" and cfg.rope_scaling == "dynamic_ntk":
-            raise RotaryError("dynamic NTK changes every cached key's rotation with the length, which a slot "
-                              "cache cannot hold: use rope scaling linear or yarn, or the KVCache path")
-        shape = (slots, cfg.kv_heads, max_len, cfg.head_dim)  # (B, KV, S, hd) per layer
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        flags = self.kind(cfg)
+        self.linear, self.stores_unrotated_keys = flags["linear"], flags["unrotated_keys"]
+        L, KV, hd = cfg.n_layer, cfg.kv_heads, cfg.head_dim
+        if self.linear:
+            work = torch.float64 if dtype == torch.float64 else torch.float32
+            self.k = [torch.zeros(slots, KV, hd, hd, device=device, dtype=work) for _ in range(L)]  # sum R phi(k) v^T
+            self.v = [torch.zeros(slots, KV, hd, device=device, dtype=work) for _ in range(L)]  # sum phi(k)
+        else:
+            self.k = [torch.zeros(slots, KV, max_len, hd, device=device, dtype=dtype) for _ in range(L)]
+            self.v = [torch.zeros(slots, KV, max_len, hd, device=device, dtype=dtype) for _ in range(L)]
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
         self.max_len = max_len
         self.key_positions = torch.arange(max_len, device=device)
         self.full_rows = False  # True: every row's keys fill the window (then no mask is needed)
         self._index = None  # where this pass writes, computed by its first layer
 
+    @staticmethod
+    def kind(cfg: ModelConfig) -> dict[str, bool]:
+        """What a cache for ``cfg`` holds: linear attention's running sums, and unrotated keys."""
+        return dict(linear=cfg.attention == "linear",
+                    unrotated_keys=cfg.position == "rope" and cfg.rope_scaling == "dynamic_ntk")
+
     @classmethod
-    def of(cls, k: list[torch.Tensor], v: list[torch.Tensor], lengths: torch.Tensor,
-           full_rows: bool = False) -> SlotCache:
-        """A cache over existing per-layer buffers (B, KV, S, hd) and lengths (B,): a pass writes
-        into them."""
+    def of(cls, k: list[torch.Tensor], v: list[torch.Tensor], lengths: torch.Tensor, *, linear: bool = False,
+           unrotated_keys: bool = False, full_rows: bool = False, max_len: int | None = None) -> SlotCache:
+        """A cache over existing per-layer buffers (keys and values, or linear attention's state
+        and key sum) and lengths (B,): a pass writes into them."""
         cache = object.__new__(cls)
         cache.k, cache.v, cache.lengths = list(k), list(v), lengths
-        cache.max_len = k[0].shape[2]
-        cache.key_positions = torch.arange(cache.max_len, device=k[0].device)
+        cache.linear, cache.stores_unrotated_keys = linear, unrotated_keys
+        cache.max_len = (max_len or 0) if linear else k[0].shape[2]  # linear attention reads no positions
+        cache.key_positions = torch.arange(cache.max_len, device=lengths.device)
         cache.full_rows = full_rows
         cache._index = None
         return cache
@@ -154,8 +166,23 @@ class SlotCache:
         ``positions - 1`` tokens, so a one-token pass attends to everything and needs no mask."""
         if rows == self.batch_size and positions == self.max_len and not full_rows:
             return self
+        flags = dict(linear=self.linear, unrotated_keys=self.stores_unrotated_keys, full_rows=full_rows)
+        if self.linear:  # running sums have no positions
+            return SlotCache.of([s[:rows] for s in self.k], [z[:rows] for z in self.v], self.lengths[:rows],
+                                max_len=positions, **flags)
         return SlotCache.of([k[:rows, :, :positions] for k in self.k], [v[:rows, :, :positions] for v in self.v],
-                            self.lengths[:rows], full_rows)
+                            self.lengths[:rows], **flags)
+
+    def put_rows(self, rows: torch.Tensor, other: SlotCache) -> None:
+        """Copy every row of ``other`` (a prefill's cache) into rows ``rows`` (n,) of this one."""
+        for layer in range(len(self.k)):
+            if self.linear:
+                self.k[layer][rows] = other.k[layer]
+                self.v[layer][rows] = other.v[layer]
+            else:
+                T = other.max_len
+                self.k[layer][rows, :, :T] = other.k[layer]
+                self.v[layer][rows, :, :T] = other.v[layer]
 
     def check_room(self, new_tokens: int) -> None:  # the engine checks lengths on the host
         return None
@@ -170,8 +197,9 @@ class SlotCache:
     def mask(self, new_tokens: int, new_mask: torch.Tensor | None) -> torch.Tensor | None:
         """bool (B, 1, T, S): a new token sees its row's cached keys and the new ones up to itself,
         minus new positions that ``new_mask`` (B, T) marks as padding; always itself. None when
-        nothing needs hiding (one new token per row, every row filling the window)."""
-        if self.full_rows and new_tokens == 1 and new_mask is None:
+        nothing needs hiding (one new token per row, every row filling the window), and for
+        linear attention, which takes the padding as ``key_padding`` instead."""
+        if self.linear or (self.full_rows and new_tokens == 1 and new_mask is None):
             return None
         j = self.key_positions[None, None, :]  # (1, 1, S)
         q = self.positions(new_tokens)[:, :, None]  # (B, T, 1)
@@ -193,6 +221,14 @@ class SlotCache:
         self.k[layer].scatter_(2, idx, k)
         self.v[layer].scatter_(2, idx, v)
         return self.k[layer], self.v[layer]
+
+    def linear_state(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Linear attention's running sums of ``layer`` (zeros for a row that has no tokens yet)."""
+        return self.k[layer], self.v[layer]
+
+    def set_linear_state(self, layer: int, state: torch.Tensor, key_sum: torch.Tensor) -> None:
+        self.k[layer].copy_(state)  # in place: the buffers may be views of the engine's cache
+        self.v[layer].copy_(key_sum)
 
 
 class AttentionContext:

@@ -149,12 +149,6 @@ class ModelConfig:
         return self.rope_original_max_seq_len or self.max_seq_len
 
     @property
-    def decodes_with_kvcache(self) -> bool:
-        """True when generation cannot use the slot cache of the decode engine: dynamic NTK (cached
-        keys change rotation with the length) and linear attention (running sums, not keys)."""
-        return (self.position == "rope" and self.rope_scaling == "dynamic_ntk") or self.attention == "linear"
-
-    @property
     def head_act(self) -> str:
         if self.hidden_act is not None:
             return self.hidden_act

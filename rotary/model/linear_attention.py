@@ -12,8 +12,9 @@ so attention dropout has nothing to drop (the config refuses it).
 Causal attention runs in chunks: inside a chunk of C tokens the C x C products are masked
 directly, and the earlier chunks arrive through a running state S = sum_n (R_n phi(k_n)) v_n^T
 (hd x hd per KV head) and z = sum_n phi(k_n): O(T C hd + T hd^2) time and no T x T matrix. The
-same state is the KV cache for decoding (``KVCache`` holds it per layer), so a token generated
-one at a time sees exactly the sums a full forward pass computes.
+same state is the cache for decoding (``KVCache`` and the decode engine's ``SlotCache`` hold it
+per layer and row), so a token generated one at a time sees exactly the sums a full forward pass
+computes.
 
 Everything runs in fp32 (fp64 for an fp64 model), even under bf16 autocast: the state is a sum over the whole prefix.
 """

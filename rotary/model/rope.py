@@ -55,6 +55,18 @@ def _dynamic_ntk(cfg: ModelConfig, seq_len: int) -> RopeParams:
     return base_inv_freq(cfg.rotary_dim, dynamic_ntk_base(cfg, seq_len)), 1.0
 
 
+def dynamic_ntk_inv_freq(cfg: ModelConfig, lengths: torch.Tensor) -> torch.Tensor:
+    """Each row's inverse frequencies (B, rotary_dim/2) float64 for its length (B,): the tensor
+    form of :func:`dynamic_ntk_base`, with no host sync (the decode engine's compiled step)."""
+    orig, factor, dim = cfg.original_max_seq_len, cfg.rope_scaling_factor, cfg.rotary_dim
+    n = lengths.to(torch.float64)
+    # rows within the original context keep the plain base (the scaled one is NaN for short rows)
+    scaled = cfg.rope_theta * ((factor * n / orig) - (factor - 1)) ** (dim / (dim - 2))
+    base = torch.where((n > orig) & (factor != 1.0), scaled, torch.full_like(n, cfg.rope_theta))
+    exponents = torch.arange(0, dim, 2, dtype=torch.float64, device=lengths.device) / dim
+    return 1.0 / base[:, None] ** exponents  # (B, dim/2)
+
+
 def yarn_attention_scale(factor: float) -> float:
     return 0.1 * math.log(factor) + 1.0 if factor > 1.0 else 1.0
 
@@ -181,6 +193,17 @@ class RotaryEmbedding(nn.Module):
         not for dynamic NTK, whose base follows the length."""
         return self.cos_table[positions], self.sin_table[positions]
 
+    def for_rows(self, positions: torch.Tensor, lengths: torch.Tensor, key_positions: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Dynamic NTK for rows of a slot cache: (cos, sin) (B, T, r) of the new tokens at
+        ``positions`` (B, T) and (key_cos, key_sin) (B, S, r) of every key at ``key_positions``
+        (S,), each row with the base of its own length ``lengths`` (B,) (cached + new tokens).
+        The cache holds unrotated keys, so every key takes this pass's base, as in ``for_pass``."""
+        inv_freq = dynamic_ntk_inv_freq(self.cfg, lengths)[:, None, :]  # (B, 1, r/2): broadcasts over T
+        cos, sin = cos_sin(positions, inv_freq)
+        key_cos, key_sin = cos_sin(key_positions.expand(len(lengths), -1), inv_freq)  # (B, S, r)
+        return cos, sin, key_cos, key_sin
+
     def uses_length(self, seq_len: int) -> bool:
         """True when cos/sin depend on the total length (dynamic NTK past the original context)."""
         return self.dynamic and dynamic_ntk_base(self.cfg, seq_len) != self.cfg.rope_theta
@@ -232,7 +255,7 @@ class RotaryEmbedding(nn.Module):
         """
         if self.dynamic and lengths is not None:
             if self.uses_length(int(lengths.max())):
-                inv_freq = torch.stack([_dynamic_ntk(self.cfg, n)[0] for n in lengths.tolist()])
+                inv_freq = dynamic_ntk_inv_freq(self.cfg, lengths)
                 pos = positions
                 if pos is None:
                     pos = torch.arange(start, seq_len, device=lengths.device)

@@ -274,9 +274,17 @@ class Backbone(nn.Module):
         x = self._finish_embedding(x)
         ctx = AttentionContext()
         ctx.kv_cache = cache
-        if self.rope is not None:
+        if self.rope is not None and cache.stores_unrotated_keys:  # dynamic NTK: each row's base, every key
+            lengths = cache.lengths + (new_mask.sum(-1) if new_mask is not None else input_ids.shape[1])  # (B,)
+            cos, sin, key_cos, key_sin = self.rope.for_rows(positions, lengths, cache.key_positions)
+            ctx.cos, ctx.sin = rope_factors(cos, sin)
+            ctx.key_cos, ctx.key_sin = rope_factors(key_cos, key_sin)
+        elif self.rope is not None:
             ctx.cos, ctx.sin = rope_factors(*self.rope.at(positions))
+        if self.rope is not None:
             ctx.rope_scale = self.rope.attention_scale
+        if cache.linear:
+            ctx.key_padding = new_mask
         if empty and new_mask is None and input_ids.shape[1] == cache.max_len:
             ctx.is_causal = True
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -135,9 +136,8 @@ def check_common(body: _Body) -> None:
     if body.logit_bias:
         raise _unsupported("logit_bias", "it is not implemented")
     try:
-        check_sampling(temperature=1.0 if body.temperature is None else body.temperature, top_k=body.top_k,
-                       top_p=body.top_p, min_p=body.min_p, repetition_penalty=body.repetition_penalty,
-                       stop=stops(body), seed=body.seed, samples=body.n)
+        body_sampling(body, stops(body))
+        check_sampling(seed=body.seed, samples=body.n)  # sample j uses seed + j
     except RotaryError as err:
         param = str(err).split(" ", 1)[0]
         raise APIError(400, str(err), param=param if param in _Body.model_fields else None) from None
@@ -199,7 +199,7 @@ def build_rows(prompts: Sequence[list[int]], body: _Body, *, max_tokens: int | N
                prompt_param: str = "prompt") -> list[Request]:
     """One engine row per (prompt, sample): row ``p * n + j`` is sample ``j`` of prompt ``p``,
     seeded ``seed + j`` when a seed is given (so sample j does not depend on n)."""
-    stop = tuple(dict.fromkeys(stops(body) + tuple(extra_stop)))
+    params = body_sampling(body, tuple(dict.fromkeys(stops(body) + tuple(extra_stop))), logprobs)
     rows = []
     for ids in prompts:
         if len(ids) >= max_len:
@@ -215,12 +215,16 @@ def build_rows(prompts: Sequence[list[int]], body: _Body, *, max_tokens: int | N
                                 f"{len(ids) + new} ({len(ids)} in the prompt, {new} for the completion)",
                            param="max_tokens", code="context_length_exceeded")
         for j in range(body.n):
-            params = SamplingParams(
-                temperature=1.0 if body.temperature is None else body.temperature, top_k=body.top_k,
-                top_p=body.top_p, min_p=body.min_p, repetition_penalty=body.repetition_penalty,
-                seed=None if body.seed is None else body.seed + j, stop=stop, logprobs=logprobs)
-            rows.append(Request(list(ids), new, params, eos_id))
+            seed = None if body.seed is None else body.seed + j
+            rows.append(Request(list(ids), new, replace(params, seed=seed), eos_id))
     return rows
+
+
+def body_sampling(body: _Body, stop: tuple[str, ...], logprobs: bool = False) -> SamplingParams:
+    """A request's sampling settings (OpenAI's default temperature is 1)."""
+    return SamplingParams(temperature=1.0 if body.temperature is None else body.temperature, top_k=body.top_k,
+                          top_p=body.top_p, min_p=body.min_p, repetition_penalty=body.repetition_penalty,
+                          seed=body.seed, stop=stop, logprobs=logprobs)
 
 
 # -- responses -----------------------------------------------------------------------------------
