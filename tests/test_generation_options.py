@@ -144,6 +144,27 @@ def test_the_engine_refuses_what_does_not_fit(lm):
         engine.start([Request([2], 5)])
 
 
+def test_a_reused_slot_forgets_the_previous_rows_penalised_tokens(lm):
+    """A slot freed by one sequence and reused by the next starts with an empty seen-set: the
+    second sequence's repetition-penalised greedy tokens equal those of a fresh engine. The first
+    row's prompt holds the tokens the second row picks unpenalised, so a seen-set left over from
+    it would push the second row elsewhere."""
+    params = SamplingParams(temperature=0, repetition_penalty=2.0)
+
+    def run(engine: Engine, prompt: list[int]) -> list[int]:
+        events = engine.start([Request(prompt, 6, params)])
+        tokens = [e.token for e in events]
+        while engine.active:
+            tokens += [e.token for e in engine.step()]
+        return tokens
+
+    second = [13, 2, 44]
+    fresh = run(Engine(lm, slots=1, max_len=32), second)
+    engine = Engine(lm, slots=1, max_len=32)
+    run(engine, fresh + [5, 17])  # the first row has seen every token the second one will pick
+    assert run(engine, second) == fresh
+
+
 # -- logits processing, against transformers ---------------------------------------------------
 
 
@@ -442,3 +463,4 @@ def test_the_readme_stop_line_stops_at_a_blank_line(tmp_path, capsys):
     assert main([*argv, "--seed", "0", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["finish_reason"] == "stop" and "\n\n" not in record["text"], record
+
