@@ -471,6 +471,39 @@ def test_a_client_leaving_before_its_whole_answer_frees_its_slot(server):
     assert server.scheduler.rows_cancelled == cancelled + 1
 
 
+
+def test_a_row_cancelled_while_it_waits_never_reaches_the_engine():
+    """A cancelled ticket's pending rows leave the queue: with one slot busy (A), B is queued and
+    cancelled, then C is queued. When C has finished, only A and C were ever started, and B's
+    queue got nothing. (Rows are admitted in order, so a B left in the queue would start before
+    C; the thread starts only after the three calls, so nothing here races.)"""
+    import asyncio
+
+    from rotary.model import CausalLM
+    from rotary.model.config import ModelConfig
+    from rotary.serve.scheduler import Scheduler
+
+    torch.manual_seed(0)
+    model = CausalLM(ModelConfig(vocab_size=32, max_seq_len=16, n_layer=1, n_head=2, d_model=16)).eval()
+    scheduler = Scheduler(Engine(model, slots=1, max_len=16), max_queue=4)
+
+    def row() -> Request:
+        return Request([1, 2, 3], 3, SamplingParams(temperature=0))
+
+    async def main() -> tuple[int, bool]:
+        a, b, c = (scheduler.submit([row()]) for _ in range(3))
+        scheduler.cancel(b)
+        scheduler.start()
+        try:
+            for ticket in (a, c):
+                assert [e.index async for e in ticket.events()] == [1, 2, 3]
+            await asyncio.sleep(0)  # let any event the thread pushed for B land in its queue
+            return scheduler.rows_started, b.queue.empty()
+        finally:
+            scheduler.stop()
+
+    assert asyncio.run(main()) == (2, True)
+
 # -- the verb -----------------------------------------------------------------------------------------
 def test_the_verb_passes_its_options_and_reads_the_key_from_the_environment(run_dir, monkeypatch, capsys):
     import rotary.commands.serve
