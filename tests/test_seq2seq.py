@@ -406,6 +406,31 @@ def test_beam_search_default_is_transformers_default_stopping():
     assert beam_core(markov_step(table), 1, 2, 1, 0, 8, force_eos=False, pad_id=7).tokens == [[3, 5, 6, 0]]
 
 
+
+def test_only_the_k_best_continuations_may_finish():
+    """An EOS continuation ranked K+1 or lower among the 2K candidates is dropped, as in
+    transformers, even when it would win (K = 2). At step two the candidates rank [3 5] (0.36),
+    [2 4] (0.33), [2 0] (0.27), [3 0] (0.04): [2 0] scores log 0.27 / 2 = -0.65, better than
+    anything that finishes later (after 4, 5, 6 every step keeps two non-EOS tokens ahead of EOS,
+    so beams run to the length limit: -0.71), yet it is third, so it never finishes."""
+    p = 1e-6 * (1 + torch.rand(8, 8, generator=torch.Generator().manual_seed(0)))  # no ties among the rest
+    p[1, 2], p[1, 3] = 0.6, 0.4
+    p[2, 4], p[2, 0] = 0.55, 0.45
+    p[3, 5], p[3, 0] = 0.9, 0.1
+    p[4, 5], p[4, 6], p[4, 0] = 0.46, 0.44, 0.1
+    p[5, 6], p[5, 4], p[5, 0] = 0.46, 0.44, 0.1
+    p[6, 4], p[6, 5], p[6, 0] = 0.46, 0.44, 0.1
+    table = p.log()
+    hf = MarkovLM(MarkovConfig(vocab_size=8, eos_token_id=0, bos_token_id=1, pad_token_id=7), table).eval()
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([[1]]), attention_mask=torch.ones(1, 1, dtype=torch.long), num_beams=2,
+                          max_new_tokens=8, do_sample=False, use_cache=False, output_scores=True,
+                          return_dict_in_generate=True)
+    got = beam_core(markov_step(table), 1, 2, 1, 0, 8, force_eos=False, pad_id=7)
+    assert got.tokens == [out.sequences[0, 1:].tolist()] == [[3, 5, 6, 4, 5, 6, 4, 5]]
+    assert got.scores[0] == pytest.approx(float(out.sequences_scores[0]), abs=1e-5)
+    assert got.scores[0] < math.log(0.27) / 2  # the dropped [2 0] would have won
+
 START = 5  # a decoder start token that is not the pad id (Marian uses one id for both)
 
 
