@@ -265,6 +265,32 @@ def test_labels_follow_the_transformers_convention():
         translate_ids(torch.nn.Linear(2, 2), torch.tensor([[1]]))
 
 
+
+def test_label_smoothing_smooths_the_training_loss_only():
+    """With label_smoothing set, the training loss is cross-entropy with smoothing over the
+    scored labels (-100 ignored) and the evaluation loss stays plain cross-entropy (perplexity is
+    that of the model, not of the smoothed targets); both checked against F.cross_entropy on the
+    model's own logits. Dropout is 0, so train and eval logits are the same."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(8)
+    cfg = ModelConfig(vocab_size=V, max_seq_len=16, n_layer=1, n_head=2, d_model=16, pad_token_id=PAD,
+                      initializer_range=0.3, logits_bias=True)
+    model = Seq2SeqLM(cfg)
+    with torch.no_grad():
+        model.final_logits_bias.copy_(torch.randn(V))
+    model.label_smoothing = 0.1
+    src, mask = padded_sources()
+    labels = torch.randint(2, V, (4, 6))
+    labels[1, 3:] = labels[3, 5:] = -100
+    with torch.no_grad():
+        logits = model.eval()(src, mask, decoder_input_ids=model.shift_right(labels)).reshape(-1, V)
+        plain = F.cross_entropy(logits, labels.reshape(-1), ignore_index=-100)
+        smoothed = F.cross_entropy(logits, labels.reshape(-1), ignore_index=-100, label_smoothing=0.1)
+        assert abs(float(smoothed - plain)) > 0.02  # far enough apart to tell which one was computed
+        torch.testing.assert_close(model.eval()(src, mask, labels=labels), plain, rtol=0, atol=1e-5)
+        torch.testing.assert_close(model.train()(src, mask, labels=labels), smoothed, rtol=0, atol=1e-5)
+
 @pytest.mark.parametrize("name,change", [("transformer-small", {}), ("transformer-small-rope", {}),
                                          ("transformer-small", dict(position="learned", n_kv_head=2, pre_norm=True,
                                                                     logits_bias=True, share_embeddings=False)),
