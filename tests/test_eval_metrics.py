@@ -226,6 +226,18 @@ def test_document_bits_per_byte_divide_by_utf8_bytes_and_separators(data_bpe_dir
     m = causal_documents_metrics(SimpleNamespace(tokenizer=tok, model=model), docs, seq_len=16)
     n_bytes = sum(len(d.encode("utf-8")) for d in docs) + len(docs)
     assert m["bits_per_byte"] == pytest.approx(m["loss"] * m["tokens_scored"] / math.log(2) / n_bytes, rel=1e-9)
+    # every byte counted is predicted: each token of the split is a target, its first one too
+    # (a separator precedes it as context), so the loss is one full forward's over [sep] + tokens
+    from rotary.data.encode import encode_documents
+
+    tokens, _ = encode_documents(tok, docs, "int64", False)
+    assert m["tokens_scored"] == len(tokens)
+    ids = torch.tensor([[tok.eos_id, *tokens.tolist()]])
+    assert ids.shape[1] <= 33  # one window (32 inputs, the model's max_seq_len) holds the whole split
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0].float(), ids[0, 1:])
+    whole = causal_documents_metrics(SimpleNamespace(tokenizer=tok, model=model), docs, seq_len=32)
+    assert whole["windows"] == 1 and whole["loss"] == pytest.approx(float(want), rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
