@@ -274,3 +274,27 @@ def test_confusion_matrix_rows_are_true_labels_and_columns_predictions():
         assert per[name]["f1"] == pytest.approx(f[k]) and per[name]["support"] == s[k]
     assert report["macro_f1"] == pytest.approx(sklearn.f1_score(labels, preds, average="macro"))
     assert report["accuracy"] == pytest.approx(0.6)
+
+
+def test_macro_f1_averages_over_the_classes_of_the_truth_only():
+    """A class that is predicted but never true (c here) has F1 0 and no support: the macro
+    average is over the true classes (scikit-learn's, restricted to them), not dragged down by
+    it. Both ways in: the report, and the trainer's metrics from summed statistics."""
+    import numpy as np
+    import torch
+
+    from rotary.evaluation import classification_report
+    from rotary.tasks import get_task
+
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    preds = np.array([0, 0, 2, 1, 1, 0])
+    report = classification_report(labels, preds, ["a", "b", "c"])
+    # a: precision 2/3, recall 2/3; b: precision 1, recall 2/3 (F1 0.8); c: never true
+    want = (2 / 3 + 0.8) / 2
+    assert report["macro_f1"] == pytest.approx(want)
+    sklearn = pytest.importorskip("sklearn.metrics")
+    assert want == pytest.approx(sklearn.f1_score(labels, preds, labels=[0, 1], average="macro"))
+    confusion = torch.tensor(report["confusion"], dtype=torch.float64).flatten()
+    totals = torch.cat([torch.tensor([0.0, 6.0, 4.0], dtype=torch.float64), confusion])  # loss, count, correct
+    metrics = get_task("classification").metrics(totals, None)
+    assert metrics == {"accuracy": pytest.approx(4 / 6), "macro_f1": pytest.approx(want)}
