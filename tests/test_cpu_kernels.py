@@ -78,6 +78,11 @@ def test_attention_is_used_only_where_it_pays(kernels):
     assert not training_attention.applies(q, k[:, :, :4])  # keys from a cache
     long_q = torch.empty(8, 16, 1024, 4, dtype=torch.bfloat16, requires_grad=True)  # 512 MB of scores
     assert not training_attention.applies(long_q, torch.empty(8, 16, 1024, 4, dtype=torch.bfloat16))
+    # the bound is on fp32 scores (4 bytes each): exactly MAX_SCORE_BYTES applies, twice that does not
+    for batch, fits in ((1, True), (2, False)):
+        heads = training_attention.MAX_SCORE_BYTES // (4 * 1024 * 1024)  # 16 heads of 1024 x 1024
+        at = torch.empty(batch, heads, 1024, 1, dtype=torch.bfloat16, requires_grad=True)
+        assert training_attention.applies(at, at.detach()) == fits, batch
     kernels(False)
     assert not training_attention.applies(q, k)
 
