@@ -73,6 +73,51 @@ def test_hand_computed_unigram_and_bigram():
 
 
 
+
+def reference_kneser_ney(text: str, order: int):
+    """Interpolated modified Kneser-Ney written from Chen & Goodman with dictionaries over strings,
+    independent of the model's array layout: returns P(char | context) (char None: unknown)."""
+    alphabet = sorted(set(text))
+    levels = []
+    for k in range(1, order + 1):
+        if k == order:  # raw counts
+            counts = Counter(text[i - k + 1: i + 1] for i in range(k - 1, len(text)))
+        else:  # continuation counts: distinct left neighbours
+            counts = Counter(g[1:] for g in {text[i - k: i + 1] for i in range(k, len(text))})
+        d = (0.0, *discounts(*count_of_counts(counts)))
+        total: Counter = Counter()
+        gamma: Counter = Counter()
+        for g, c in counts.items():
+            total[g[:-1]] += c
+            gamma[g[:-1]] += d[min(c, 3)]
+        levels.append((counts, d, total, gamma))
+
+    def prob(ch: str | None, context: str) -> float:
+        p = 1.0 / (len(alphabet) + 1)  # order 0: uniform over the alphabet and the unknown bucket
+        for k, (counts, d, total, gamma) in enumerate(levels, start=1):
+            h = context[len(context) - k + 1:] if k > 1 else ""
+            if len(h) < k - 1 or not total[h]:  # no such history, or an unseen context: pass P_{k-1} on
+                continue
+            c = counts[h + ch] if ch is not None else 0
+            p = (max(c - d[min(c, 3)], 0.0) + gamma[h] * p) / total[h]
+        return p
+
+    return alphabet, prob
+
+
+@pytest.mark.parametrize("order", [2, 3, 5])
+def test_probabilities_equal_a_dictionary_reference(order):
+    """Every level's discounted count and back-off mass, against a direct implementation: a
+    dropped or misrouted term (the lower order replaced by the uniform, a discount of the wrong
+    bucket, the wrong context) changes some of these numbers while each distribution still sums to 1."""
+    model = KneserNey(order).fit(SMALL)
+    alphabet, prob = reference_kneser_ney(SMALL, order)
+    contexts = {SMALL[max(0, i - order + 1): i] for i in range(0, len(SMALL), 3)} | {"", "q", "zz", "tac "}
+    for ctx in sorted(contexts):
+        got = model.next_char_probs(ctx)
+        want = {ch: prob(ch, ctx) for ch in [None, *alphabet]}
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-15), repr(ctx)
+
 @pytest.mark.parametrize("order", [0, -1])
 def test_order_below_one_is_refused_when_built(order):
     # an order-0 model has no levels at all: it must be refused up front, not fail later as "fit first"
