@@ -394,7 +394,7 @@ def test_output_bias_starts_at_the_training_unigram_and_a_resume_keeps_it(train_
     counts = np.bincount(np.asarray(shards["train"]).astype(np.int64), minlength=len(bias))[: len(bias)]
     unigram = torch.from_numpy(np.log((counts + 1.0) / (counts.sum() + len(bias)))).float()
     # six AdamW steps at lr 1e-3 move it by < 0.01 from where it started; the unigram spans nats
-    assert (bias - unigram).abs().max() < 0.02 and unigram.max() - unigram.min() > 3
+    assert (bias - unigram).abs().max() < 0.01 and unigram.max() - unigram.min() > 3
 
     part = train_recipe(output_dir=str(tmp_path / "part"), **common)
     train_interrupted_at(part, 4, monkeypatch)
