@@ -184,9 +184,11 @@ def per_class(confusion: list[list[int]]) -> list[dict[str, float]]:
 
 
 def macro_f1(confusion: list[list[int]]) -> float:
-    """The mean F1 over the classes present in the true labels (scikit-learn's macro average when
-    every predicted class also occurs in the truth, as in a split that covers all labels)."""
-    scores = [c["f1"] for c in per_class(confusion) if c["support"] > 0]
+    """The mean F1 over the classes that occur in the truth or the predictions: scikit-learn's
+    ``f1_score(average="macro")`` (a class predicted but never true counts with F1 0; a class of
+    the label set that is neither is left out). The baselines score with this function too."""
+    scores = [c["f1"] for k, c in enumerate(per_class(confusion))
+              if c["support"] > 0 or any(row[k] for row in confusion)]
     return sum(scores) / len(scores) if scores else 0.0
 
 

@@ -276,24 +276,27 @@ def test_confusion_matrix_rows_are_true_labels_and_columns_predictions():
     assert report["accuracy"] == pytest.approx(0.6)
 
 
-def test_macro_f1_averages_over_the_classes_of_the_truth_only():
-    """A class that is predicted but never true (c here) has F1 0 and no support: the macro
-    average is over the true classes (scikit-learn's, restricted to them), not dragged down by
-    it. Both ways in: the report, and the trainer's metrics from summed statistics."""
+def test_macro_f1_is_scikit_learns_in_the_report_the_trainer_and_the_baseline():
+    """One definition everywhere: scikit-learn's macro average over the classes that occur in the
+    truth or the predictions. Class c is predicted but never true (F1 0, counted); class d is
+    neither (left out). Three ways in: the report, the trainer's metrics from summed statistics,
+    and the classical baseline's scorer."""
     import numpy as np
     import torch
 
+    from rotary.baselines import macro_f1_of
     from rotary.evaluation import classification_report
     from rotary.tasks import get_task
 
     labels = np.array([0, 0, 0, 1, 1, 1])
     preds = np.array([0, 0, 2, 1, 1, 0])
-    report = classification_report(labels, preds, ["a", "b", "c"])
-    # a: precision 2/3, recall 2/3; b: precision 1, recall 2/3 (F1 0.8); c: never true
-    want = (2 / 3 + 0.8) / 2
+    report = classification_report(labels, preds, ["a", "b", "c", "d"])
+    # a: precision 2/3, recall 2/3; b: precision 1, recall 2/3 (F1 0.8); c: F1 0; d: absent
+    want = (2 / 3 + 0.8 + 0.0) / 3
     assert report["macro_f1"] == pytest.approx(want)
     sklearn = pytest.importorskip("sklearn.metrics")
-    assert want == pytest.approx(sklearn.f1_score(labels, preds, labels=[0, 1], average="macro"))
+    assert want == pytest.approx(sklearn.f1_score(labels, preds, average="macro"))
+    assert macro_f1_of(labels.tolist(), preds.tolist(), 4) == pytest.approx(want)
     confusion = torch.tensor(report["confusion"], dtype=torch.float64).flatten()
     totals = torch.cat([torch.tensor([0.0, 6.0, 4.0], dtype=torch.float64), confusion])  # loss, count, correct
     metrics = get_task("classification").metrics(totals, None)
