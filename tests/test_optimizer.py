@@ -165,6 +165,21 @@ def test_muon_step_on_a_known_case():
     torch.testing.assert_close(gram / gram.diag().mean(), torch.eye(n), atol=0.05, rtol=0)
 
 
+def test_zero_grad_clears_both_halves_of_muon_adamw():
+    """The trainer calls only ``zero_grad`` on the pair: AdamW's parameters (embeddings, norms)
+    must lose their gradients too, or every step would add the last one's again."""
+    model = build("causal-untied")
+    opt = muon_for(model)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+
+
 def test_muon_state_round_trips_and_refuses_an_adamw_state():
     model = build("causal-untied")
     opt = muon_for(model)
