@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ from torch import nn
 
 from rotary import __version__
 from rotary import checkpoint as ckpt
-from rotary.config import save_yaml, to_dict
 from rotary.device import keep_freed_cpu_memory
 from rotary.errors import RotaryError
 from rotary.model.transformer import compile_blocks
@@ -45,8 +45,9 @@ from rotary.train.distributed import (
     wrap_model,
 )
 from rotary.train.evaluate import evaluate
-from rotary.train.logging import RunLogger, format_eta, plot_losses, truncate_metrics
-from rotary.train.metrics import CountedBatches, LogWindow, measure_matmul_peak
+from rotary.train.logging import RunLogger, format_eta, plot_losses
+from rotary.train.metrics import CountedBatches, measure_matmul_peak
+from rotary.train.run_directory import Progress, RunDirectory, Training, checkpoint_due, torch_dtype
 from rotary.train.schedule import lr_at, make_optimizer
 from rotary.train.setup import (
     apply_init_from,
@@ -56,7 +57,7 @@ from rotary.train.setup import (
     start_output_bias,
 )
 from rotary.train.signals import StopRequest
-from rotary.train.state import full_state_dicts, gather_rng, load_optimizer_state, set_rng_state
+from rotary.train.state import set_rng_state
 from rotary.train.step import train_step
 
 
@@ -170,24 +171,86 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
     """Train ``raw_model`` on ``data``'s batches as ``task`` says, from ``latest`` if given.
 
     ``data`` provides ``train_batches(start_step, accum, info)``, ``eval_batches(max_batches,
-    info)`` and ``tokenizer_dir``; the run directory, logging, evaluation, early stopping,
-    checkpoints (keep-N + best), signals and exact resume are the loop's.
+    info)`` and ``tokenizer_dir``; the run directory (``RunDirectory``: resume, checkpoints,
+    keep-N, best/), logging, evaluation, early stopping, signals and exact resume are the loop's.
     """
-    run_dir = cfg.run_dir
-    model_cfg = raw_model.config
     accum = _grad_accum_steps(cfg, seq_len, info)
-    start_step, trainer_state, resume_rng = 0, {}, None
-    if latest is not None:
-        ckpt.load_weights(raw_model, latest / "model.safetensors")
-        trainer_state = ckpt.read_trainer_state(latest / "trainer_state.json")
-        start_step = trainer_state["step"]
-        global_rows = cfg.batch_size * info.world_size * accum
-        if trainer_state.get("global_rows", global_rows) != global_rows:
-            raise RotaryError(
-                f"{latest} was trained with {trainer_state['global_rows']} sequences per step, this run "
-                f"has {global_rows}: keep batch_size x processes x grad_accum_steps the same to resume"
-            )
+    tokens_per_step = cfg.batch_size * seq_len * accum * info.world_size  # at most: padded batches are shorter
+    head = {k: getattr(raw_model, k) for k in task.head_keys if hasattr(raw_model, k)} | getattr(data, "head_settings",
+                                                                                                 {})
+    run = RunDirectory(cfg, info, task.name, raw_model, head=head, tokenizer_dir=data.tokenizer_dir, accum=accum,
+                       tokens_per_step=tokens_per_step)
+    progress = run.load_weights(latest)
+    start_step = progress.step
+    training, how = build_training(cfg, info, task, raw_model)
+    resume_rng = run.load_training_state(training, latest)
+    run.begin(start_step)
+    logger = RunLogger(run.path, enabled=info.is_main, tensorboard=cfg.tensorboard, progress=cfg.progress,
+                       total_steps=cfg.max_steps, start_step=start_step)
+    result = TrainResult(run_dir=run.path, step=start_step, stopped="max_steps")
+    peak = measure_matmul_peak(info.device, torch_dtype(training.precision))  # MFU's denominator
+    _log_start(logger, cfg, info, run, latest, progress, notes,
+               f"rotary {__version__} | {task.name} | {raw_model.num_parameters() / 1e6:.2f}M parameters | device "
+               f"{info.device} x{info.world_size} | {tokens_per_step} tokens/step (batch {cfg.batch_size} x seq "
+               f"{seq_len} x accum {accum} x {info.world_size} proc) | {how}")
+    if start_step >= cfg.max_steps:
+        result.stopped = "resumed_finished"
+        logger.line(f"{latest} already reached max_steps={cfg.max_steps}: nothing to train")
+        logger.close()
+        return _finish(result, progress)
+    if resume_rng is not None:  # last, so that nothing in the setup consumes the dropout stream
+        set_rng_state(resume_rng)
+    batches = CountedBatches(data.train_batches(start_step, accum, info), raw_model.flops_per_token)
+    training.model.train()
+    if training.compiled != "none":  # else the bar sits silent at step 0 while Inductor works
+        logger.line(f"compiling the {'model' if training.compiled == 'model' else 'Transformer blocks'} "
+                    "(torch.compile): the first step takes a while, the next ones are fast")
+    run_t0 = time.perf_counter()
+    with StopRequest() as stop:
+        while progress.step < cfg.max_steps:
+            lr = set_lr(training.optimizer, cfg, progress.step)
+            loss_sum, grad_norm = train_step(training.model, training.forward, task, batches,
+                                             optimizer=training.optimizer, scaler=training.scaler, accum=accum,
+                                             precision=training.precision, grad_clip=cfg.grad_clip, device=info.device)
+            progress.step += 1
+            step = progress.step
+            loss_value, signalled = _agree(loss_sum, stop, info, logger, run.path, step)
+            result.train_losses.append((step, loss_value))
+            positions, flops = batches.take()  # this rank's; the other ranks' batches are alike
+            progress.window.add(loss_value, positions * info.world_size, flops * info.world_size)
+            _log_train(logger, result, progress, cfg, lr, grad_norm, peak * info.world_size, tokens_per_step,
+                       loss_value)
+            best = stopping = False
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                metrics = evaluate(training.forward, data, cfg, info, cfg.eval_batches)
+                logger.metrics("eval", step, metrics)
+                logger.line("eval   " + " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                   for k, v in metrics.items()))
+                best, stopping = progress.record_eval(metrics, cfg)
+                if stopping:
+                    result.stopped = "early_stopping"
+                    logger.line(f"early stopping: no improvement in {progress.bad_evals} evaluations")
+            interrupted = signalled or stop.signal is not None  # a signal during this step's logging too
+            if checkpoint_due(cfg, step) or stopping or interrupted or best:
+                run.save(training, progress, best=best)
+            if interrupted:
+                result.stopped, result.signal = "interrupted", stop.signal
+                logger.line(f"interrupted: checkpoint saved at step {step}; continue with --resume")
+                break
+            if stopping:
+                break
+    trained = progress.step - start_step
+    logger.line(f"trained {trained} step{'' if trained == 1 else 's'} in {time.perf_counter() - run_t0:.1f}s; "
+                f"run directory: {run.path}")
+    logger.close()
+    if info.is_main:
+        plot_losses(run.path)
+    return _finish(result, progress)
 
+
+def build_training(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module) -> tuple[Training, str]:
+    """The wrapped model, its precision and compilation, the optimiser and scaler; and how the
+    run trains, for its first log line."""
     if info.device.type == "cpu":
         keep_freed_cpu_memory()  # no page faults on every step's fresh activations
     model = wrap_model(raw_model, info, cfg.distributed)
@@ -202,197 +265,76 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
                                eps=cfg.eps, device=info.device, kind=cfg.optimizer,
                                muon_momentum=cfg.muon_momentum, layer_decay=cfg.layer_lr_decay)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    if latest is not None:
-        state = ckpt.load_training_state(latest / "training_state.pt")
-        load_optimizer_state(model, optimizer, state["optimizer"], cfg.distributed, info)
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        resume_rng = state.get("rng", {}).get(str(info.rank))
+    cpu = info.device.type == "cpu"
+    how = (precision + (f" (CPU GEMM: {gemm.cpu_gemm()})" if cpu and precision == "fp32" else "")
+           + (f" (CPU kernels: {inductor.describe()})" if cpu and precision == "bf16" else "")
+           + (f" ({why})" if cfg.precision == "auto" else "")
+           + f" | compile: {compiled}" + (f" ({compile_why})" if cfg.compile == "auto" else ""))
+    return Training(model, forward, optimizer, scaler, precision, compiled), how
 
-    if info.is_main:
-        save_yaml(to_dict(cfg), run_dir / "recipe.yaml")
-        truncate_metrics(run_dir, start_step)  # steps after the checkpoint are redone: no duplicates
-    logger = RunLogger(run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, progress=cfg.progress,
-                       total_steps=cfg.max_steps, start_step=start_step)
-    result = TrainResult(run_dir=run_dir, step=start_step, stopped="max_steps")
-    # the best value of best_metric so far (older checkpoints recorded only the loss)
-    best_value = trainer_state.get("best_value", trainer_state.get("best_val_loss"))
-    if trainer_state.get("best_metric", "loss") != cfg.best_metric:  # another metric's best: start afresh
-        best_value = None
-        trainer_state["evals_without_improvement"] = 0
-    bad_evals = int(trainer_state.get("evals_without_improvement", 0))
-    result.best_eval = trainer_state.get("best_eval", {})
-    result.last_eval = trainer_state.get("last_eval", {})
 
-    tokens_per_step = cfg.batch_size * seq_len * accum * info.world_size  # at most: padded batches are shorter
-    # MFU's denominator: the peak of the dtype the GEMMs run in (bf16 on AMX is ~6x fp32)
-    peak_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    peak = measure_matmul_peak(info.device, peak_dtype)
-    n_params = raw_model.num_parameters()
+def set_lr(optimizer: Any, cfg: TrainConfig, step: int) -> float:
+    """The schedule's learning rate for ``step`` on every group (times layer_lr_decay's factor)."""
+    lr = lr_at(step, peak=cfg.lr, final=cfg.final_lr(), warmup=cfg.warmup(), total=cfg.max_steps,
+               kind=cfg.lr_schedule)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    return lr
+
+
+def _log_start(logger: RunLogger, cfg: TrainConfig, info: DistInfo, run: RunDirectory, latest: Path | None,
+               progress: Progress, notes: Sequence[str], header: str) -> None:
     if info.is_main and (asked := launcher_asked_for()) is not None:
         logger.line(f"warning: accelerate launch was asked for {asked or 'several'} processes; this run has 1")
     if latest is not None:
-        logger.line(f"resumed from {latest} at step {start_step}")
-        if info.is_main and result.best_eval.get("step") == start_step and not _holds_step(run_dir / ckpt.BEST,
-                                                                                            start_step):
-            # the save of this step succeeded and publishing it as best/ failed (a full disk)
-            ckpt.publish_best(run_dir, latest)
-            logger.line(f"best/ updated to step {start_step}, the best evaluation so far")
+        logger.line(f"resumed from {latest} at step {progress.step}")
+        if run.repair_best(latest, progress):
+            logger.line(f"best/ updated to step {progress.step}, the best evaluation so far")
     for note in notes:
         logger.line(note)
-    logger.line(
-        f"rotary {__version__} | {task.name} | {n_params / 1e6:.2f}M parameters | device {info.device} "
-        f"x{info.world_size} | {tokens_per_step} tokens/step (batch {cfg.batch_size} x seq {seq_len} x "
-        f"accum {accum} x {info.world_size} proc) | {precision}"
-        + (f" (CPU GEMM: {gemm.cpu_gemm()})" if info.device.type == "cpu" and precision == "fp32" else "")
-        + (f" (CPU kernels: {inductor.describe()})" if info.device.type == "cpu" and precision == "bf16" else "")
-        + (f" ({why})" if cfg.precision == "auto" else "")
-        + f" | compile: {compiled}" + (f" ({compile_why})" if cfg.compile == "auto" else "")
-    )
-    if start_step >= cfg.max_steps:
-        result.stopped = "resumed_finished"
-        logger.line(f"{latest} already reached max_steps={cfg.max_steps}: nothing to train")
+    logger.line(header)
+
+
+def _agree(loss_sum: torch.Tensor, stop: StopRequest, info: DistInfo, logger: RunLogger, run_dir: Path,
+           step: int) -> tuple[float, bool]:
+    """The loss averaged over ranks, and whether any rank has been signalled so far; all ranks
+    agree on stopping: a NaN anywhere stops everyone (an error), a signal anywhere saves and stops."""
+    loss_value = loss_sum.item()
+    if info.enabled:
+        t = torch.tensor([loss_value], dtype=torch.float64)
+        all_reduce_sum(t, info)
+        loss_value = float(t.item()) / info.world_size
+    flags = all_reduce_max(float(not math.isfinite(loss_value)) * 2 + float(stop.signal is not None), info)
+    if flags >= 2:
+        logger.line(f"loss is {loss_value} at step {step}: training diverged and was stopped; the last good "
+                    f"checkpoint is kept in {run_dir / ckpt.CHECKPOINTS}. Lower lr or enable grad_clip.")
         logger.close()
-        return result
-    window = LogWindow(trainer_state.get("log_window"))
-    head = {k: getattr(raw_model, k) for k in task.head_keys if hasattr(raw_model, k)}
-    head.update(getattr(data, "head_settings", {}))
+        raise RotaryError(f"non-finite loss ({loss_value}) at step {step}: lower lr or set grad_clip")
+    return loss_value, flags >= 1
 
-    def save(step: int) -> Path | None:
-        model_sd, optim_sd = full_state_dicts(model, optimizer, cfg.distributed, info)
-        # RNG state of every rank, so each resumes its own dropout stream.
-        rng_all = gather_rng(info)
-        if not info.is_main:
-            barrier(info)
-            return None
-        if cfg.distributed == "fsdp" and info.enabled:
-            state_for_file = {k: v.contiguous() for k, v in ckpt.strip_wrappers(model_sd).items()}
-            if model_cfg.tie_embeddings:  # stored once, as in unsharded checkpoints
-                state_for_file.pop("lm_head.weight", None)
-        else:
-            state_for_file = ckpt.model_state_for_saving(raw_model)
-        training_state = {"optimizer": optim_sd, "rng": rng_all}
-        if scaler is not None:
-            training_state["scaler"] = scaler.state_dict()
-        content = ckpt.CheckpointContent(
-            config=ckpt.checkpoint_config(task.name, model_cfg, head),
-            model_state=state_for_file,
-            trainer_state={
-                "step": step, "tokens_seen": step * tokens_per_step, "micro_batches": step * accum,
-                "grad_accum_steps": accum, "global_rows": cfg.batch_size * info.world_size * accum,
-                "best_metric": cfg.best_metric, "best_value": best_value,
-                "evals_without_improvement": bad_evals, "best_eval": result.best_eval,
-                "last_eval": result.last_eval, "seed": cfg.seed, "rotary_version": __version__,
-                # the open log window, so the first line after a resume averages the same steps
-                "log_window": window.state(),
-            },
-            training_state=training_state,
-            tokenizer_dir=data.tokenizer_dir,
-        )
-        path = ckpt.write_checkpoint_dir(run_dir / ckpt.CHECKPOINTS / ckpt.step_dir_name(step), content)
-        ckpt.prune_checkpoints(run_dir, cfg.keep_checkpoints)
-        barrier(info)
-        return path
 
-    # -- the loop ---------------------------------------------------------------------------
-    if resume_rng is not None:  # last, so that nothing in the setup consumes the dropout stream
-        set_rng_state(resume_rng)
-    batches = CountedBatches(data.train_batches(start_step, accum, info), raw_model.flops_per_token)
-    model.train()
-    step = start_step
-    if compiled != "none":  # else the bar sits silent at step 0 while Inductor works
-        logger.line(f"compiling the {'model' if compiled == 'model' else 'Transformer blocks'} (torch.compile): "
-                    "the first step takes a while, the next ones are fast")
-    run_t0 = time.perf_counter()
-    pending_best = False
-    with StopRequest() as stop:
-        while step < cfg.max_steps:
-            lr = lr_at(step, peak=cfg.lr, final=cfg.final_lr(), warmup=cfg.warmup(), total=cfg.max_steps,
-                       kind=cfg.lr_schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)  # layer_lr_decay's per-depth factor
-            loss_sum, grad_norm = train_step(model, forward, task, batches, optimizer=optimizer, scaler=scaler,
-                                             accum=accum, precision=precision, grad_clip=cfg.grad_clip,
-                                             device=info.device)
-            step += 1
+def _log_train(logger: RunLogger, result: TrainResult, progress: Progress, cfg: TrainConfig, lr: float,
+               grad_norm: Any, peak: float, tokens_per_step: int, loss_value: float) -> None:
+    """The log line every log_interval steps (the window's means), and the bar every step."""
+    step, window = progress.step, progress.window
+    if step % cfg.log_interval == 0 or step == cfg.max_steps:
+        tok_s = window.rate()
+        mfu = window.flops_rate() / peak
+        values = {"loss": window.mean_loss(), "lr": lr, "tokens_per_s": tok_s, "mfu": mfu,
+                  "tokens": step * tokens_per_step}
+        if grad_norm is not None:
+            values["grad_norm"] = float(grad_norm)
+        logger.metrics("train", step, values)
+        eta = (cfg.max_steps - step) * window.seconds_per_step()
+        logger.line(f"step {step:>6}/{cfg.max_steps} | loss {values['loss']:.4f} | lr {lr:.2e} | "
+                    f"{tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | ETA {format_eta(eta)}")
+        result.tokens_per_second = tok_s
+        window.reset()
+    # the bar's rate: the current log window so far (the last full window right after a log)
+    live = window.rate() if window.tokens else result.tokens_per_second
+    logger.progress(step, {"loss": f"{loss_value:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{live:,.0f}"})
 
-            loss_value = loss_sum.item()
-            if info.enabled:  # the logged loss is the mean over ranks
-                t = torch.tensor([loss_value], dtype=torch.float64)
-                all_reduce_sum(t, info)
-                loss_value = float(t.item()) / info.world_size
-            # All ranks agree on stopping: a NaN anywhere or a signal anywhere stops everyone.
-            flags = all_reduce_max(float(not math.isfinite(loss_value)) * 2 + float(stop.signal is not None), info)
-            if flags >= 2:
-                logger.line(
-                    f"loss is {loss_value} at step {step}: training diverged and was stopped; the last "
-                    f"good checkpoint is kept in {run_dir / ckpt.CHECKPOINTS}. Lower lr or enable grad_clip."
-                )
-                logger.close()
-                raise RotaryError(f"non-finite loss ({loss_value}) at step {step}: lower lr or set grad_clip")
-            result.train_losses.append((step, loss_value))
-            positions, flops = batches.take()  # this rank's; the other ranks' batches are alike
-            window.add(loss_value, positions * info.world_size, flops * info.world_size)
 
-            if step % cfg.log_interval == 0 or step == cfg.max_steps:
-                tok_s = window.rate()
-                mfu = window.flops_rate() / (peak * info.world_size)
-                eta = (cfg.max_steps - step) * window.seconds_per_step()
-                values = {"loss": window.mean_loss(), "lr": lr, "tokens_per_s": tok_s, "mfu": mfu,
-                          "tokens": step * tokens_per_step}
-                if grad_norm is not None:
-                    values["grad_norm"] = float(grad_norm)
-                logger.metrics("train", step, values)
-                logger.line(
-                    f"step {step:>6}/{cfg.max_steps} | loss {values['loss']:.4f} | lr {lr:.2e} | "
-                    f"{tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | ETA {format_eta(eta)}"
-                )
-                result.tokens_per_second = tok_s
-                window.reset()
-            # the bar's rate: the current log window so far (the last full window right after a log)
-            live = window.rate() if window.tokens else result.tokens_per_second
-            logger.progress(step, {"loss": f"{loss_value:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{live:,.0f}"})
-
-            is_last = step == cfg.max_steps
-            stopping = False
-            if step % cfg.eval_interval == 0 or is_last:
-                metrics = evaluate(forward, data, cfg, info, cfg.eval_batches)
-                result.last_eval = metrics
-                logger.metrics("eval", step, metrics)
-                logger.line("eval   " + " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                                   for k, v in metrics.items()))
-                value = metrics[cfg.best_metric]
-                if math.isfinite(value) and cfg.better(value, best_value):
-                    best_value, bad_evals, pending_best = value, 0, True
-                    result.best_eval = {**metrics, "step": step}
-                else:
-                    bad_evals += 1
-                    if cfg.early_stopping_patience is not None and bad_evals >= cfg.early_stopping_patience:
-                        stopping = True
-                        result.stopped = "early_stopping"
-                        logger.line(f"early stopping: no improvement in {bad_evals} evaluations")
-            interrupted = stop.signal is not None or flags >= 1
-            if step % cfg.checkpoint_interval == 0 or is_last or stopping or interrupted or pending_best:
-                path = save(step)
-                if pending_best and info.is_main and path is not None:
-                    ckpt.publish_best(run_dir, path)
-                pending_best = False
-            if interrupted:
-                result.stopped = "interrupted"
-                result.signal = stop.signal
-                logger.line(f"interrupted: checkpoint saved at step {step}; continue with --resume")
-                break
-            if stopping:
-                break
-    result.step = step
-    elapsed = time.perf_counter() - run_t0
-    trained = step - start_step
-    logger.line(f"trained {trained} step{'' if trained == 1 else 's'} in {elapsed:.1f}s; run directory: {run_dir}")
-    logger.close()
-    if info.is_main:
-        plot_losses(run_dir)
+def _finish(result: TrainResult, progress: Progress) -> TrainResult:
+    result.step, result.best_eval, result.last_eval = progress.step, progress.best_eval, progress.last_eval
     return result
-
-
-def _holds_step(path: Path, step: int) -> bool:
-    return ckpt.is_complete(path) and ckpt.read_json(path / "trainer_state.json").get("step") == step
