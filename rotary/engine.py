@@ -1,7 +1,7 @@
 """The decode engine: continuous batching over a slot KV cache, shared by offline generation and
 ``rotary serve``.
 
-A sequence occupies one slot (row) of a :class:`~rotary.model.attention.SlotCache` from its
+A sequence occupies one slot (row) of a :class:`~rotary.model.cache.SlotCache` from its
 prefill to its last token. :meth:`Engine.start` prefills new sequences (right-padded together)
 into free slots while others are mid-generation; :meth:`Engine.step` runs one forward pass of a
 single token for every slot (a fixed shape: free slots compute too and are ignored), samples each
@@ -27,7 +27,7 @@ import torch
 
 from rotary.errors import RotaryError
 from rotary.model import CausalLM
-from rotary.model.attention import SlotCache
+from rotary.model.cache import SlotCache
 from rotary.sampling import SamplingParams, apply_repetition_penalty, draw, filter_logits, row_generator
 from rotary.text_stream import TextStream
 

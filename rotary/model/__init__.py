@@ -14,7 +14,7 @@ _LAZY = {
     "ModelConfig": "config",
     "PRESETS": "config",
     "get_preset": "config",
-    "KVCache": "attention",
+    "KVCache": "cache",
     "RotaryModel": "heads",
     "CausalLM": "heads",
     "MaskedLM": "heads",

@@ -15,7 +15,7 @@ from torch import nn
 
 from rotary.errors import RotaryError
 from rotary.labels import IGNORE_INDEX
-from rotary.model.attention import KVCache
+from rotary.model.cache import KVCache
 from rotary.model.config import ModelConfig
 from rotary.model.positions import LearnedPositions
 from rotary.model.transformer import ACTIVATIONS, Backbone, make_norm

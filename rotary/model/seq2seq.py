@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from rotary.errors import RotaryError
 from rotary.labels import IGNORE_INDEX
-from rotary.model.attention import KVCache
+from rotary.model.cache import KVCache
 from rotary.model.config import ModelConfig
 from rotary.model.heads import RotaryModel
 from rotary.model.transformer import Backbone

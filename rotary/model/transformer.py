@@ -13,14 +13,8 @@ from torch import nn
 
 from rotary.errors import RotaryError
 from rotary.model.alibi import alibi_mask, alibi_slopes
-from rotary.model.attention import (
-    Attention,
-    AttentionContext,
-    CrossAttention,
-    KVCache,
-    SlotCache,
-    build_attention_mask,
-)
+from rotary.model.attention import Attention, AttentionContext, CrossAttention, build_attention_mask
+from rotary.model.cache import KVCache, SlotCache
 from rotary.model.config import ModelConfig
 from rotary.model.linear_attention import LinearAttention
 from rotary.model.positions import make_absolute_positions
