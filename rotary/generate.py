@@ -13,7 +13,7 @@ arguments named after its fields (``temperature=0``, ``top_k=5``, ...) replace i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -23,7 +23,7 @@ from rotary.errors import RotaryError
 from rotary.model import CausalLM, MaskedLM
 from rotary.sampling import SamplingParams, check_sampling, sampling_params
 
-__all__ = ["check_generation", "check_sampling", "generate", "iter_tokens"]
+__all__ = ["check_generation", "check_sampling", "generate"]
 
 
 def check_generation(model: torch.nn.Module, max_new_tokens: int) -> None:
@@ -49,43 +49,6 @@ def _rows(prompts: Sequence[Sequence[int]] | torch.Tensor) -> list[list[int]]:
     return rows
 
 
-def iter_tokens(
-    model: CausalLM,
-    prompts: Sequence[Sequence[int]] | torch.Tensor,
-    max_new_tokens: int,
-    *,
-    sampling: SamplingParams | None = None,
-    eos_id: int | None = None,
-    seeds: Sequence[int | None] | None = None,
-    compile: bool = False,
-    **options: Any,
-) -> Iterator[torch.Tensor]:
-    """Continue each prompt, yielding each step's (B,) new ids as they are sampled.
-
-    A row that reached ``eos_id`` keeps yielding ``eos_id``; the iteration ends after
-    ``max_new_tokens`` steps or when every row has ended. The sampling ``seed`` seeds every row's
-    own generator (so a prompt samples the same alone or in a batch); ``seeds`` gives one per row.
-    """
-    from rotary.engine import Request, decode
-
-    params = sampling_params(sampling, **options)
-    check_generation(model, max_new_tokens)
-    if max_new_tokens == 0:
-        return
-    rows = _rows(prompts)
-    seeds = list(seeds) if seeds is not None else [params.seed] * len(rows)
-    if len(seeds) != len(rows):
-        raise RotaryError(f"{len(seeds)} seeds for {len(rows)} prompts")
-    requests = [Request(r, max_new_tokens, replace(params, seed=s), eos_id=eos_id, tag=i)
-                for i, (r, s) in enumerate(zip(rows, seeds))]
-    fill = eos_id if eos_id is not None else 0
-    for events in decode(model, requests, compile=compile):
-        step = torch.full((len(rows),), fill, dtype=torch.long)
-        for e in events:
-            step[e.tag] = e.token
-        yield step
-
-
 def generate(
     model: CausalLM,
     prompts: Sequence[Sequence[int]] | torch.Tensor,
@@ -100,17 +63,30 @@ def generate(
 ) -> list[list[int]]:
     """Continue each prompt by up to ``max_new_tokens`` tokens; returns only the new tokens.
 
-    Collects :func:`iter_tokens`; ``on_tokens`` receives each step's (B,) new ids as they are
-    sampled. A row stops at ``eos_id`` (which is kept in its output).
+    ``on_tokens`` receives each step's (B,) new ids as they are sampled (a row that has ended
+    shows ``eos_id``). A row stops at ``eos_id``, which is kept in its output. The sampling
+    ``seed`` seeds every row's own generator (so a prompt samples the same alone or in a batch);
+    ``seeds`` gives one per row.
     """
-    steps = []
-    for nxt in iter_tokens(model, prompts, max_new_tokens, sampling=sampling, eos_id=eos_id, seeds=seeds,
-                           compile=compile, **options):
-        steps.append(nxt)
+    from rotary.engine import Request, decode
+
+    params = sampling_params(sampling, **options)
+    check_generation(model, max_new_tokens)
+    if max_new_tokens == 0:
+        return [[] for _ in range(len(prompts))]
+    rows = _rows(prompts)
+    seeds = list(seeds) if seeds is not None else [params.seed] * len(rows)
+    if len(seeds) != len(rows):
+        raise RotaryError(f"{len(seeds)} seeds for {len(rows)} prompts")
+    requests = [Request(r, max_new_tokens, replace(params, seed=s), eos_id=eos_id, tag=i)
+                for i, (r, s) in enumerate(zip(rows, seeds))]
+    out: list[list[int]] = [[] for _ in rows]
+    fill = eos_id if eos_id is not None else 0
+    for events in decode(model, requests, compile=compile):
+        step = torch.full((len(rows),), fill, dtype=torch.long)
+        for e in events:
+            out[e.tag].append(e.token)
+            step[e.tag] = e.token
         if on_tokens is not None:
-            on_tokens(nxt)
-    B = len(prompts)
-    rows = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(B)]  # (B, steps)
-    if eos_id is not None:  # cut each row after its first EOS
-        rows = [r[: r.index(eos_id) + 1] if eos_id in r else r for r in rows]
-    return rows
+            on_tokens(step)
+    return out
