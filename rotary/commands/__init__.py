@@ -17,6 +17,16 @@ class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def add_loading_options(p: argparse.ArgumentParser) -> None:
+    """The options of every verb that loads a run: which device, which checkpoint, and whether
+    to check its sha256 sums."""
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                   help="which checkpoint of a run directory: best/ (lowest validation loss) or the latest step")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of the checkpoint's files (sizes are still checked)")
+
+
 def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``--key value`` recipe overrides of a verb, with ``--output-dir`` folded in."""
     from rotary.config import parse_overrides

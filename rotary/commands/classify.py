@@ -7,7 +7,7 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from rotary.batch_io import FORMATS
-    from rotary.commands import DefaultsHelp
+    from rotary.commands import DefaultsHelp, add_loading_options
 
     p = subparsers.add_parser(
         "classify", help="classify texts with a fine-tuned run",
@@ -26,11 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="write the JSON rows here (.jsonl, written whole); an --input batch "
                                     "without it prints them")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
-                   help="which checkpoint of a run directory: best/ or the latest step")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip the sha256 check of the checkpoint's files (sizes are still checked)")
+    add_loading_options(p)
     p.set_defaults(func=run)
 
 

@@ -7,7 +7,7 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from rotary.batch_io import FORMATS
-    from rotary.commands import DefaultsHelp
+    from rotary.commands import DefaultsHelp, add_loading_options
 
     p = subparsers.add_parser(
         "fill-mask", help="predict the tokens at each [MASK] of a text with a masked LM",
@@ -25,11 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="write JSON rows (with the input's id) here, written whole, instead of stdout")
     p.add_argument("--top-k", type=int, default=5, help="candidates shown per [MASK]")
     p.add_argument("--json", action="store_true", help="one JSON object per text: tokens with probabilities")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
-                   help="which checkpoint of a run directory: best/ or the latest step")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip the sha256 check of the checkpoint's files (sizes are still checked)")
+    add_loading_options(p)
     p.set_defaults(func=run)
 
 

@@ -16,7 +16,7 @@ INSTALL_HINT = "rotary: error: rotary serve needs FastAPI and uvicorn: pip insta
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rotary.commands import DefaultsHelp
+    from rotary.commands import DefaultsHelp, add_loading_options
 
     p = subparsers.add_parser(
         "serve", help="serve a causal LM over HTTP with the OpenAI API",
@@ -38,13 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="weights in bf16: half the bytes per token (AMX / AVX512-BF16 CPUs, GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (compiled at startup)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
-                   help="which checkpoint of a run directory: best/ (lowest validation loss) or the latest step")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip the sha256 check of the checkpoint's files (sizes are still checked)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's and rotary.serve's log level (debug logs every decode step's batch size)")
+    add_loading_options(p)
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rotary.commands import DefaultsHelp
+    from rotary.commands import DefaultsHelp, add_loading_options
 
     p = subparsers.add_parser(
         "translate", help="translate texts with an encoder-decoder (seq2seq) run",
@@ -23,11 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="hypothesis score = log-probability / length ** this (0 = none)")
     p.add_argument("--max-new-tokens", type=int, help="longest translation in tokens (default: 2 x source + 10)")
     p.add_argument("--batch-size", type=int, default=32, help="sentences decoded together")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
-                   help="which checkpoint of a run directory: best/ or the latest step")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip the sha256 check of the checkpoint's files (sizes are still checked)")
+    add_loading_options(p)
     p.set_defaults(func=run)
 
 
