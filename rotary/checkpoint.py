@@ -390,36 +390,3 @@ def checkpoint_config(task: str, model_cfg: Any, extra: dict[str, Any] | None = 
     """``config.json`` of a checkpoint directory: enough to rebuild the model."""
     return {"model_type": "rotary", "rotary_version": __version__, "task": task,
             "model": model_cfg.to_dict(), **(extra or {})}
-
-
-# -- loading a model from a run or checkpoint directory ---------------------------------------------
-
-
-def build_model(config: dict[str, Any], where: str | Path = "config.json") -> torch.nn.Module:
-    """The model a checkpoint's config.json describes, with fresh weights."""
-    if config.get("model_type") != "rotary":
-        if config.get("model_type"):
-            raise RotaryError(f"{where} is a transformers checkpoint (model_type "
-                              f"{config['model_type']!r}), not a rotary one: convert it first with "
-                              f"`rotary convert DIR --from-hf OUT`")
-        raise RotaryError(f"{where} is not a rotary checkpoint config (no model_type 'rotary'): "
-                          "give a run directory or a checkpoint that rotary wrote")
-    if not isinstance(config.get("model"), dict):
-        raise RotaryError(f"{where} has no 'model' section: the checkpoint is damaged")
-    from rotary.model.config import ModelConfig
-    from rotary.tasks import TASKS, head_settings
-
-    task = TASKS.get(config.get("task"))
-    if task is None:
-        raise RotaryError(f"unknown task {config.get('task')!r} in {where} (rotary knows {', '.join(TASKS)})")
-    return task.build_model(ModelConfig.from_dict(config["model"]), head_settings(task, config))
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu", which: str = "best", *,
-               verify: bool = True) -> tuple[torch.nn.Module, Path]:
-    """The model of a run or checkpoint directory, on ``device`` in eval mode, and where it came
-    from. ``verify=False`` skips the manifest's sha256 sums (sizes are still checked)."""
-    ckpt_dir = resolve_checkpoint(path, which, checksums=verify)
-    model = build_model(read_json(ckpt_dir / "config.json"), ckpt_dir / "config.json")
-    load_weights(model, ckpt_dir / "model.safetensors")
-    return model.to(device).eval(), ckpt_dir

@@ -155,14 +155,15 @@ def task_adaptive_pretraining(cfg: Any, *, overwrite: bool = False, verify: bool
     test text), with the pretraining run's masking; returns that run's directory. A finished one
     is reused, an interrupted one resumed, ``overwrite`` starts it afresh."""
     from rotary import checkpoint as ckpt
+    from rotary.run_source import open_run
     from rotary.train.config import load_recipe
     from rotary.train.loop import train
 
     if cfg.init_from in (None, "none"):
         raise RotaryError("tapt_steps continues a pretrained masked LM on the task's texts: give --from RUN "
                           "(a masked_lm run), or set tapt_steps 0")
-    source = ckpt.resolve_checkpoint(Path(cfg.init_from), "best", verify=verify)
-    kind = ckpt.read_json(source / "config.json").get("task")
+    source = open_run(cfg.init_from, "best", verify=verify)
+    kind = source.task
     if kind != "masked_lm":
         raise RotaryError(f"tapt_steps continues a masked LM's pretraining; --from {cfg.init_from} is a {kind} run: "
                           "set tapt_steps 0")
@@ -172,7 +173,7 @@ def task_adaptive_pretraining(cfg: Any, *, overwrite: bool = False, verify: bool
     if done is not None and not overwrite and reached >= cfg.tapt_steps:
         return out
     # the pretraining's own masking (whole words for a jieba tokenizer), when its recipe is beside it
-    recipes = [p / "recipe.yaml" for p in (source, source.parent, source.parent.parent)
+    recipes = [p / "recipe.yaml" for p in (source.path, source.path.parent, source.path.parent.parent)
                if (p / "recipe.yaml").is_file()]
     pretrained = load_recipe(recipes[0]).data if recipes else None
     d = cfg.data
@@ -195,8 +196,8 @@ def task_adaptive_pretraining(cfg: Any, *, overwrite: bool = False, verify: bool
 
 def _source(cfg: Any) -> dict[str, Any]:
     """The model config, tokenizer and weights a fine-tune starts from."""
-    from rotary import checkpoint as ckpt
     from rotary.model.config import ModelConfig
+    from rotary.run_source import open_run
 
     if cfg.init_from in (None, "none"):
         if cfg.data.tokenizer.path is None:
@@ -215,27 +216,15 @@ def _source(cfg: Any) -> dict[str, Any]:
             spec["dropout"] = cfg.dropout
         return {"model_config": ModelConfig.from_dict(spec), "tokenizer_dir": tok_dir, "weights": None,
                 "note": "from scratch: no pretrained weights (init_from none)"}
-    path = Path(cfg.init_from)
-    if path.is_dir() and (path / "config.json").is_file():
-        model_type = ckpt.read_json(path / "config.json").get("model_type")
-        if model_type not in (None, "rotary"):
-            raise RotaryError(f"{path} is a transformers checkpoint ({model_type}): convert it first with "
-                              f"`rotary convert {path} --from-hf OUT`, then fine-tune --from OUT")
-    ckpt_dir = ckpt.resolve_checkpoint(path, "best")
-    config = ckpt.read_json(ckpt_dir / "config.json")
-    if config.get("task") not in ("masked_lm", "electra", "causal_lm", "classification"):
-        raise RotaryError(f"--from {path} is a {config.get('task')} run: a classifier's backbone comes from a "
+    source = open_run(cfg.init_from, "best")
+    if source.task not in ("masked_lm", "electra", "causal_lm", "classification"):
+        raise RotaryError(f"--from {cfg.init_from} is a {source.task} run: a classifier's backbone comes from a "
                           "masked_lm, electra or causal_lm run (or a converted RoFormer / Llama)")
-    spec = dict(config["model"])
-    if cfg.dropout is not None:
-        spec["dropout"] = cfg.dropout
-    if not (ckpt_dir / "tokenizer").is_dir():
-        raise RotaryError(f"{ckpt_dir} has no tokenizer/: fine-tuning needs the tokenizer the model was trained with")
-    model_config = ModelConfig.from_dict(spec)
+    model_config = ModelConfig.from_dict(source.model_spec({"dropout": cfg.dropout} if cfg.dropout is not None
+                                                           else None))
     kind = "decoder" if model_config.causal else "encoder"
-    return {"model_config": model_config, "tokenizer_dir": ckpt_dir / "tokenizer",
-            "weights": ckpt_dir / "model.safetensors",
-            "note": f"{kind} backbone from {ckpt_dir}; a fresh classification head"}
+    return {"model_config": model_config, "tokenizer_dir": source.tokenizer_dir("fine-tuning"),
+            "weights": source.weights, "note": f"{kind} backbone from {source.path}; a fresh classification head"}
 
 
 def load_backbone(model: Any, weights: Path) -> None:

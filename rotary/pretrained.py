@@ -191,15 +191,16 @@ def load(path: str | Path, device: str = "auto", which: str = "best", *, verify:
     ``precision="bf16"`` casts the weights (half the bytes per token, and AMX / AVX512-BF16 GEMMs
     on CPUs that have them; outputs differ from fp32 by bf16 rounding).
     """
-    from rotary import checkpoint as ckpt
     from rotary.device import pick_device
+    from rotary.run_source import open_run
     from rotary.tokenizer import load_tokenizer
 
     if (rope_scaling is None) != (rope_factor is None):
         raise RotaryError("rope scaling at inference needs both a method (--rope-scaling) and a factor (--factor)")
     if precision not in ("fp32", "bf16"):
         raise RotaryError(f"precision must be fp32 or bf16, got '{precision}'")
-    model, ckpt_dir = ckpt.load_model(path, pick_device(device), which, verify=verify)
+    source = open_run(path, which, verify=verify)
+    model = source.load(pick_device(device))
     if precision == "bf16":
         import torch
 
@@ -208,9 +209,5 @@ def load(path: str | Path, device: str = "auto", which: str = "best", *, verify:
         from rotary.model.rope import extend_context
 
         extend_context(model, rope_scaling, float(rope_factor))
-    config = ckpt.read_json(ckpt_dir / "config.json")
-    tok_dir = ckpt_dir / "tokenizer"
-    if not tok_dir.is_dir():
-        raise RotaryError(f"{ckpt_dir} has no tokenizer/ directory: copy the tokenizer the model was "
-                          "trained with into it (a directory with tokenizer.json)")
-    return Pretrained(model, load_tokenizer(tok_dir), ckpt_dir, config)
+    tokenizer = load_tokenizer(source.tokenizer_dir("using the model"))
+    return Pretrained(model, tokenizer, source.path, source.config)

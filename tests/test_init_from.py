@@ -1,6 +1,8 @@
 """``rotary train`` with ``init_from``: continued training from a run's weights and tokenizer,
 with the recipe's model keys over the run's config (a RoPE context-extension fine-tune)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -52,3 +54,37 @@ def test_another_task_or_shape_is_refused(base_run, tmp_path):
     with pytest.raises(RotaryError, match="no checkpoint|not found|does not exist|no such"):
         train(make_recipe(tmp_path / "gone", corpus, init_from=str(tmp_path / "nowhere")))
     assert not (tmp_path / "gone").exists()
+
+
+def test_every_way_of_starting_from_a_run_refuses_alike(base_run, tmp_path):
+    """``rotary.load``, ``init_from`` and ``finetune --from`` open runs through one function
+    (``rotary.run_source.open_run``): a transformers checkpoint is told to be converted, and a
+    checkpoint without its tokenizer is named, by each of them in the same words."""
+    import shutil
+
+    import rotary
+    from rotary.finetune import _source
+    from rotary.manifest import write_manifest
+    from rotary.train.config import TrainConfig
+
+    root, corpus = base_run
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "llama"}')
+    bare = tmp_path / "bare"
+    shutil.copytree(ckpt.resolve_checkpoint(root / "base", "best"), bare)
+    shutil.rmtree(bare / "tokenizer")
+    write_manifest(bare)  # sealed without it: a checkpoint written by hand, say
+    finetune_cfg = TrainConfig.from_dict({"task": "classification", "output_dir": str(tmp_path / "ft")})
+    starts = {
+        "load": lambda src: rotary.load(src, device="cpu", verify=False),
+        "init_from": lambda src: train(make_recipe(tmp_path / "cont", corpus, init_from=str(src))),
+        "finetune": lambda src: _source(dataclasses.replace(finetune_cfg, init_from=str(src))),
+    }
+    for name, start in starts.items():
+        with pytest.raises(RotaryError, match=rf"{hf} is a transformers checkpoint \(llama\): convert it first"):
+            start(hf)
+        with pytest.raises(RotaryError, match=rf"{bare} has no tokenizer/: .* needs the tokenizer the model was "
+                                              r"trained with"):
+            start(bare)
+        assert not (tmp_path / "cont").exists(), name

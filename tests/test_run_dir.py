@@ -167,8 +167,8 @@ def test_broken_newest_checkpoint_blocks_resume_and_names_the_older_one(trained_
 
 
 def test_skipping_checksums_still_checks_sizes(trained_run, tmp_path):
-    from rotary.checkpoint import load_model
     from rotary.errors import RotaryError
+    from rotary.run_source import load_model
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

@@ -29,7 +29,7 @@ def copy_task():
 
 
 def test_a_new_task_is_one_row_and_trains_through_the_unchanged_loop(copy_task, tmp_path):
-    from rotary.checkpoint import load_model
+    from rotary.run_source import load_model
     from rotary.train.loop import train
 
     cfg = make_recipe(tmp_path / "run", write_corpus(tmp_path / "corpus", 30), task="copy_lm", max_steps=40,

@@ -98,7 +98,9 @@ def test_readme_workflow_on_your_own_text(tmp_path):
         diff = (hf(ids).logits - pre.model(ids)).abs().max().item()
     assert diff <= 1e-4
     rotary("convert", "hf_out", "back", "--from-hf", cwd=tmp_path)
-    back = rt.checkpoint.load_model(tmp_path / "back")[0]
+    from rotary.run_source import load_model
+
+    back = load_model(tmp_path / "back")[0]
     with torch.no_grad():
         assert (back(ids) - pre.model(ids)).abs().max().item() <= 1e-4
     assert json.loads((tmp_path / "back" / "config.json").read_text())["task"] == "causal_lm"

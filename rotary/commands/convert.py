@@ -46,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _to_hf(source, out, *, verify: bool) -> int:
-    from rotary.checkpoint import load_model
     from rotary.hf import save_hf
     from rotary.io import apply_umask, replace_dir
+    from rotary.run_source import load_model
     from rotary.tokenizer import load_tokenizer
 
     model, ckpt_dir = load_model(source, verify=verify)

@@ -13,6 +13,7 @@ from rotary import checkpoint
 from rotary.config import to_dict
 from rotary.errors import RotaryError
 from rotary.model.config import ModelConfig
+from rotary.run_source import open_run
 from rotary.tasks import get_task
 from rotary.train.config import TrainConfig
 
@@ -126,25 +127,19 @@ def apply_init_from(cfg: TrainConfig) -> Path | None:
     Reads only, so a bad path leaves nothing behind."""
     if cfg.init_from in (None, "none"):
         return None
-    ckpt_dir = checkpoint.resolve_checkpoint(Path(cfg.init_from), "best")
-    config = checkpoint.read_json(ckpt_dir / "config.json")
-    if config.get("task") != cfg.task:
-        raise RotaryError(f"init_from {cfg.init_from} is a {config.get('task')} run and this recipe trains "
+    source = open_run(cfg.init_from, "best")
+    if source.task != cfg.task:
+        raise RotaryError(f"init_from {cfg.init_from} is a {source.task} run and this recipe trains "
                           f"{cfg.task}: continue a run of the same task (a classifier: rotary finetune --from)")
-    if not (ckpt_dir / "tokenizer").is_dir():
-        raise RotaryError(f"{ckpt_dir} has no tokenizer/: continued training needs the run's tokenizer")
+    tok = source.tokenizer_dir("continued training")
     if cfg.data.target_tokenizer is not None:
-        raise RotaryError(f"init_from brings its own tokenizers ({ckpt_dir / 'tokenizer'}): "
-                          "remove data.target_tokenizer")
-    if cfg.data.tokenizer.path not in (None, str(ckpt_dir / "tokenizer")):
-        raise RotaryError(f"init_from brings its own tokenizer ({ckpt_dir / 'tokenizer'}): remove data.tokenizer.path")
-    spec = dict(config["model"])
-    spec.update({k: v for k, v in cfg.model.items() if k != "preset"})
-    cfg.model = spec
-    cfg.data.tokenizer.path = str(ckpt_dir / "tokenizer")
-    weights = ckpt_dir / "model.safetensors"
-    _check_shapes(cfg, weights)
-    return weights
+        raise RotaryError(f"init_from brings its own tokenizers ({tok}): remove data.target_tokenizer")
+    if cfg.data.tokenizer.path not in (None, str(tok)):
+        raise RotaryError(f"init_from brings its own tokenizer ({tok}): remove data.tokenizer.path")
+    cfg.model = source.model_spec({k: v for k, v in cfg.model.items() if k != "preset"})
+    cfg.data.tokenizer.path = str(tok)
+    _check_shapes(cfg, source.weights)
+    return source.weights
 
 
 def _check_shapes(cfg: TrainConfig, weights: Path) -> None:
