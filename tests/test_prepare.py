@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from rotary.cli import main
-from rotary.data import encode
-from rotary.data import prepare as prep
+from rotary.data import encode, write_shards
 from rotary.data.encode import split_document
 from rotary.data.prepare import prepare
 from rotary.data.shards import PREPARE_FORMAT_VERSION, choose_dtype, open_shards, open_word_starts
@@ -110,7 +109,7 @@ def test_interrupted_prepare_leaves_no_complete_looking_dir(data_bpe_dir: Path, 
     for i in range(30):
         (src / f"{i}.txt").write_text(f"document {i} " * 50)
     calls = {"n": 0}
-    real = prep.encode_documents
+    real = write_shards.encode_documents
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -118,14 +117,14 @@ def test_interrupted_prepare_leaves_no_complete_looking_dir(data_bpe_dir: Path, 
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prep, "encode_documents", failing)
+    monkeypatch.setattr(write_shards, "encode_documents", failing)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         prepare(str(src), data_bpe_dir, out, progress=False, batch_docs=5)
     assert sorted(p.name for p in out.iterdir()) == []  # no shard, no temp file, no meta.json
     with pytest.raises(RotaryError, match="no meta.json"):
         open_shards(out)
-    monkeypatch.setattr(prep, "encode_documents", real)
+    monkeypatch.setattr(write_shards, "encode_documents", real)
     info = prepare(str(src), data_bpe_dir, out, progress=False, batch_docs=5)
     assert info.meta["splits"]["train"]["documents"] + info.meta["splits"]["val"]["documents"] == 30
 
@@ -463,9 +462,9 @@ def test_the_progress_bar_ends_at_100_percent_also_with_max_documents(data_bpe_d
 
 KILLED_AFTER_TRAIN = r"""
 import os, signal, sys
-from rotary.data import prepare as prep
+from rotary.data import prepare as prep, write_shards
 
-real = prep._write_split
+real = write_shards._write_split
 
 def write_then_die(split, *args, **kwargs):
     stats = real(split, *args, **kwargs)
@@ -473,7 +472,7 @@ def write_then_die(split, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return stats
 
-prep._write_split = write_then_die
+write_shards._write_split = write_then_die
 prep.prepare(sys.argv[1], sys.argv[2], sys.argv[3], progress=False, corpus_opts={"split_by": "paragraph"})
 """
 

@@ -12,23 +12,15 @@ different tokenizer is an error.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import json
-import multiprocessing as mp
 import os
-import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import numpy as np
-
-from rotary.data.encode import encode_documents, init_worker, worker_encode
 from rotary.data.shards import (
     PREPARE_FORMAT_VERSION,
     SPLITS,
@@ -37,12 +29,9 @@ from rotary.data.shards import (
     shard_path,
     shards_complete,
 )
+from rotary.data.write_shards import jieba_pool, partial_path, write_splits
 from rotary.errors import RotaryError
 from rotary.io import atomic_write_text, fsync_dir
-
-# A batch is flushed to the tokenizer when it holds this many characters (or batch_docs documents).
-BATCH_CHARS = 1 << 21
-
 
 # ---------------------------------------------------------------------------------------------
 # The result
@@ -93,117 +82,8 @@ class PreparedInfo:
         return "\n".join(lines)
 
 
-class _Progress:
-    """Feeds the progress bar: MB/s from the bar itself, tokens/s in its postfix."""
-
-    def __init__(self, bar: Any, start_time: float) -> None:
-        self.bar, self.start_time, self.tokens = bar, start_time, 0
-
-    def update(self, split: str, nbytes: int, ntokens: int) -> None:
-        self.tokens += ntokens
-        if self.bar is not None:
-            self.bar.update(nbytes)
-            elapsed = max(time.perf_counter() - self.start_time, 1e-9)
-            self.bar.set_postfix_str(f"{split}, {self.tokens / elapsed:,.0f} tok/s", refresh=False)
-
-
-def _write_split(split: str, corpus: Any, tok: Any, out: Path, dtype: str, word_starts: bool, batch_docs: int,
-                 pool: Any, workers: int, progress: _Progress) -> dict[str, Any]:
-    """Encode one split into its shard(s) under hidden partial names (:func:`partial_path`): the
-    caller renames every split's shards together, once all are written, just before meta.json."""
-    stats = {"documents": 0, "characters": 0, "bytes": 0, "tokens": 0}
-    with contextlib.ExitStack() as stack:
-        f = stack.enter_context(_partial_open(shard_path(out, split)))
-        fw = stack.enter_context(_partial_open(shard_path(out, split, True))) if word_starts else None
-
-        def consume(batch: list[str], result: tuple[np.ndarray, np.ndarray | None]) -> None:
-            ids, flags = result
-            f.write(memoryview(ids))
-            if fw is not None and flags is not None:
-                fw.write(memoryview(flags))
-            nbytes = sum(len(d.encode("utf-8", "surrogatepass")) for d in batch)
-            stats["documents"] += len(batch)
-            stats["characters"] += sum(len(d) for d in batch)
-            stats["bytes"] += nbytes
-            stats["tokens"] += len(ids)
-            progress.update(split, nbytes, len(ids))
-
-        pending: collections.deque = collections.deque()
-        if pool is None:
-            # One encoding thread: while it is inside the Rust tokenizer (which releases the
-            # GIL and uses every core) this thread reads and decodes the next batch.
-            executor = stack.enter_context(ThreadPoolExecutor(max_workers=1))
-            window = 2
-            for batch in _batches(corpus.documents(split), batch_docs):
-                pending.append((batch, executor.submit(encode_documents, tok, batch, dtype, word_starts)))
-                if len(pending) >= window:
-                    done, fut = pending.popleft()
-                    consume(done, fut.result())
-        else:
-            # Smaller batches keep every process busy; a bounded window of jobs in flight
-            # keeps memory flat (Pool.imap would read the whole corpus ahead).
-            window = 2 * workers
-            for batch in _batches(corpus.documents(split), max(1, min(batch_docs, 64))):
-                pending.append((batch, _AsyncResult(pool.apply_async(worker_encode, ((batch, dtype, word_starts),)))))
-                if len(pending) >= window:
-                    done, fut = pending.popleft()
-                    consume(done, fut.result())
-        while pending:
-            done, fut = pending.popleft()
-            consume(done, fut.result())
-    stats["undecodable_replacements"] = corpus.replacements[split]
-    return stats
-
-
-def partial_path(final: Path) -> Path:
-    """Where a shard is written until the whole dataset is: ``.train.bin.partial``."""
-    return final.parent / f".{final.name}.partial"
-
-
-@contextlib.contextmanager
-def _partial_open(final: Path) -> Iterator[IO]:
-    path = partial_path(final)
-    try:
-        with open(path, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        raise
-
-
-class _AsyncResult:
-    """multiprocessing's AsyncResult with the Future method name."""
-
-    def __init__(self, result: Any) -> None:
-        self._result = result
-
-    def result(self) -> Any:
-        return self._result.get()
-
-
-# ---------------------------------------------------------------------------------------------
-# prepare
-# ---------------------------------------------------------------------------------------------
-
-
 def _inputs_hash(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _batches(docs: Iterator[str], batch_docs: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    chars = 0
-    for d in docs:
-        batch.append(d)
-        chars += len(d)
-        if len(batch) >= batch_docs or chars >= BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
 
 
 def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_fraction: float | None = None,
@@ -232,86 +112,94 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
     tok = load_tokenizer(tokenizer_dir)
     corpus = load_corpus(corpus, val_fraction=val_fraction, **(corpus_opts or {}))
     dtype = choose_dtype(tok.vocab_size, dtype)
-    word_starts = tok.jieba
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise RotaryError(f"--out {out} exists and is not a directory")
-
     inputs = {"version": PREPARE_FORMAT_VERSION, "tokenizer_hash": tok.hash, "corpus": corpus.fingerprint(),
-              "dtype": dtype, "word_starts": word_starts}
-    inputs_hash = _inputs_hash(inputs)
-    existing = read_meta_if_any(out)
+              "dtype": dtype, "word_starts": tok.jieba}
     notes: list[str] = []
-    if existing is not None and not overwrite:
-        if existing.get("tokenizer_hash") != tok.hash:
-            raise RotaryError(
-                f"{out} was prepared with another tokenizer (hash {existing.get('tokenizer_hash')}, "
-                f"from {existing.get('tokenizer_dir')}) but {tokenizer_dir} has hash {tok.hash}: "
-                "use a new --out or pass --overwrite")
-        if existing.get("source") != corpus.name:
-            raise RotaryError(f"{out} holds corpus '{existing.get('source')}', not '{corpus.name}': "
-                              "use a new --out or pass --overwrite")
-        if existing.get("inputs_hash") == inputs_hash and shards_complete(out, existing):
-            info = PreparedInfo(out, existing, skipped=True,
-                                notes=[f"nothing to do: {out} is up to date (same corpus, tokenizer and options)"])
-            if print_summary:
-                print(info.notes[0])
-            return info
-        notes.append("inputs changed since the last run: rebuilt")
+    done = _up_to_date(out, tok, tokenizer_dir, corpus, _inputs_hash(inputs), overwrite, notes)
+    if done is not None:
+        if print_summary:
+            print(done.notes[0])
+        return done
+    _clear(out)
+    with jieba_pool(tok.jieba, workers, tokenizer_dir) as pool:
+        splits = write_splits(corpus, tok, out, dtype, batch_docs, pool, workers, progress, start_time)
+    _check_splits(splits, corpus, out, notes)
+    meta = {
+        "version": PREPARE_FORMAT_VERSION,
+        "source": corpus.name,
+        "source_options": {**({"val_fraction": val_fraction} if val_fraction is not None else {}),
+                           **(corpus_opts or {})},  # to read the same documents back (rotary demo)
+        "source_description": corpus.description,
+        "tokenizer_hash": tok.hash,
+        "tokenizer_dir": str(Path(tokenizer_dir).resolve()),
+        "tokenizer_kind": tok.kind,
+        "pre_tokenizer": "jieba" if tok.jieba else None,
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype,
+        "eos_id": tok.eos_id,
+        "special_ids": tok.special_ids,
+        "pad_id": tok.pad_id,
+        "mask_id": tok.mask_id,
+        "cls_id": tok.cls_id,
+        "sep_id": tok.sep_id,
+        "separator": "eos after every document",
+        "word_starts": tok.jieba,
+        "splits": splits,
+        # Flat copies of the per-split numbers, for readers that want one key per number.
+        **{f"{k}_{s}": splits[s][k] for s in SPLITS for k in ("tokens", "documents", "characters", "bytes")},
+        "undecodable_replacements": sum(splits[s]["undecodable_replacements"] for s in SPLITS),
+        "inputs_hash": _inputs_hash(inputs),
+        "inputs": inputs,
+    }
+    _publish(out, meta)
+    info = PreparedInfo(out, meta, seconds=time.perf_counter() - start_time, notes=notes)
+    if print_summary:
+        print(info.summary_table())
+    return info
 
+
+def _up_to_date(out: Path, tok: Any, tokenizer_dir: str | Path, corpus: Any, inputs_hash: str, overwrite: bool,
+                notes: list[str]) -> PreparedInfo | None:
+    """The existing shards when they are complete and made from the same inputs (nothing to do);
+    shards of another tokenizer or corpus are an error without ``overwrite``."""
+    existing = read_meta_if_any(out)
+    if existing is None or overwrite:
+        return None
+    if existing.get("tokenizer_hash") != tok.hash:
+        raise RotaryError(
+            f"{out} was prepared with another tokenizer (hash {existing.get('tokenizer_hash')}, "
+            f"from {existing.get('tokenizer_dir')}) but {tokenizer_dir} has hash {tok.hash}: "
+            "use a new --out or pass --overwrite")
+    if existing.get("source") != corpus.name:
+        raise RotaryError(f"{out} holds corpus '{existing.get('source')}', not '{corpus.name}': "
+                          "use a new --out or pass --overwrite")
+    if existing.get("inputs_hash") == inputs_hash and shards_complete(out, existing):
+        return PreparedInfo(out, existing, skipped=True,
+                            notes=[f"nothing to do: {out} is up to date (same corpus, tokenizer and options)"])
+    notes.append("inputs changed since the last run: rebuilt")
+    return None
+
+
+def _clear(out: Path) -> None:
+    """From here on the directory is incomplete until the new meta.json lands: remove the old one,
+    what a run killed outright left (partial shards, temp files) and the shards of an earlier
+    run, which no meta.json describes any more; nothing in ``out`` may look like usable shards."""
     out.mkdir(parents=True, exist_ok=True)
-    # From here on the directory is incomplete until the new meta.json lands.
     with contextlib.suppress(FileNotFoundError):
         (out / "meta.json").unlink()
-    # What a run killed outright left (partial shards, temp files), and the shards of an earlier
-    # run, which no meta.json describes any more: nothing in --out may look like usable shards.
     stale_files = [*out.glob(".*.bin.*.tmp"), *out.glob(".*.bin.partial"), *out.glob(".meta.json.*.tmp"),
                    *(shard_path(out, s, w) for s in SPLITS for w in (False, True))]
     for stale in stale_files:
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
 
-    pool = None
-    if word_starts and workers > 1:
-        # jieba is Python: run it (and the tokenizer) in processes. TOKENIZERS_PARALLELISM is
-        # set while forking so that the children do not warn about (or deadlock on) the Rust
-        # pool; the parent's own setting comes back right after.
-        saved = os.environ.get("TOKENIZERS_PARALLELISM")
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        try:
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            pool = ctx.Pool(workers, initializer=init_worker, initargs=(str(tokenizer_dir),))
-        finally:
-            if saved is None:
-                os.environ.pop("TOKENIZERS_PARALLELISM", None)
-            else:
-                os.environ["TOKENIZERS_PARALLELISM"] = saved
 
-    splits: dict[str, dict[str, Any]] = {}
-    bar = None
-    try:
-        if progress:
-            from tqdm.auto import tqdm
-
-            # With max_documents the corpus's size says nothing about how much will be read: no
-            # percentage then (bytes and rates only), rather than a bar that stops at 17%.
-            capped = getattr(corpus, "max_documents", None) is not None
-            bar = tqdm(total=None if capped else corpus.size_hint(), unit="B", unit_scale=True, unit_divisor=1000,
-                       desc=f"prepare {corpus.name}", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-        progress_state = _Progress(bar, start_time)
-        for split in SPLITS:
-            splits[split] = _write_split(split, corpus, tok, out, dtype, word_starts, batch_docs, pool,
-                                         workers, progress_state)
-        if bar is not None:  # done: the last line says 100%, whatever the estimate was
-            bar.total = bar.n
-            bar.refresh()
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-        if bar is not None:
-            bar.close()
-
+def _check_splits(splits: dict[str, dict[str, Any]], corpus: Any, out: Path, notes: list[str]) -> None:
+    """An empty training split, or an empty validation split the corpus did not ask for, is an
+    error (the partial shards go)."""
     def remove_shards() -> None:
         for s in SPLITS:
             for words in (False, True):
@@ -333,40 +221,12 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
                 "(--val-fraction, data.val_fraction)")
         notes.append("warning: the validation split is empty (--val-fraction 0)")
 
-    meta = {
-        "version": PREPARE_FORMAT_VERSION,
-        "source": corpus.name,
-        "source_options": {**({"val_fraction": val_fraction} if val_fraction is not None else {}),
-                           **(corpus_opts or {})},  # to read the same documents back (rotary demo)
-        "source_description": corpus.description,
-        "tokenizer_hash": tok.hash,
-        "tokenizer_dir": str(Path(tokenizer_dir).resolve()),
-        "tokenizer_kind": tok.kind,
-        "pre_tokenizer": "jieba" if tok.jieba else None,
-        "vocab_size": tok.vocab_size,
-        "dtype": dtype,
-        "eos_id": tok.eos_id,
-        "special_ids": tok.special_ids,
-        "pad_id": tok.pad_id,
-        "mask_id": tok.mask_id,
-        "cls_id": tok.cls_id,
-        "sep_id": tok.sep_id,
-        "separator": "eos after every document",
-        "word_starts": word_starts,
-        "splits": splits,
-        # Flat copies of the per-split numbers, for readers that want one key per number.
-        **{f"{k}_{s}": splits[s][k] for s in SPLITS for k in ("tokens", "documents", "characters", "bytes")},
-        "undecodable_replacements": sum(splits[s]["undecodable_replacements"] for s in SPLITS),
-        "inputs_hash": inputs_hash,
-        "inputs": inputs,
-    }
-    for s in SPLITS:  # every shard is whole: they take their names together, then meta.json says so
-        for words in (False, True) if word_starts else (False,):
+
+def _publish(out: Path, meta: dict[str, Any]) -> None:
+    """Every shard is whole: they take their names together, then meta.json says so."""
+    for s in SPLITS:
+        for words in (False, True) if meta["word_starts"] else (False,):
             os.replace(partial_path(shard_path(out, s, words)), shard_path(out, s, words))
     fsync_dir(out)
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     fsync_dir(out)
-    info = PreparedInfo(out, meta, seconds=time.perf_counter() - start_time, notes=notes)
-    if print_summary:
-        print(info.summary_table())
-    return info
