@@ -13,7 +13,7 @@ from rotary.ops import inductor
 # The processes tests start (CLI runs, DDP workers, studies) train a few steps each, where
 # compiling the CPU kernels (seconds per process) costs more than it saves: they run eager.
 # The test processes themselves keep the kernels as the user's environment set them
-# (tests/test_cpu_kernels.py switches them on and off itself); pytest-xdist's workers inherit
+# (tests/ops/test_cpu_kernels.py switches them on and off itself); pytest-xdist's workers inherit
 # this process's environment, so the user's setting travels to them under another name.
 _KERNELS_IN_TESTS = "ROTARY_TESTS_INDUCTOR_KERNELS"
 os.environ.setdefault(_KERNELS_IN_TESTS, os.environ.get(inductor.ENV, "1"))

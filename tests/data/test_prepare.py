@@ -97,7 +97,7 @@ def test_overwrite_and_progress_output(data_bpe_dir: Path, tmp_path: Path, capsy
     info = prepare(str(text), data_bpe_dir, out, progress=False)
     assert not info.skipped and "rebuilt" in info.summary_table()
     # ... as `rotary prepare --help` says: --overwrite is for another corpus or tokenizer only
-    from tests.test_cli import subcommand_help
+    from tests.cli.test_cli import subcommand_help
 
     assert "are rebuilt without it when its text or options changed" in subcommand_help("prepare")
 

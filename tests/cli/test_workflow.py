@@ -13,7 +13,7 @@ import torch
 
 from tests.train_support import write_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--model.preset", "tiny", "--model.max_seq_len", "32", "--seq-len", "32", "--batch-size", "2",
         "--eval-batches", "2", "--progress", "false"]
 
@@ -147,7 +147,7 @@ def test_demo_command_on_a_tiny_budget(tmp_path):
 def test_demo_sweep_quick_scores_on_tuning_works(tmp_path):
     """experiments/demo_sweep.py --quick: the recorded sweep's code on a tiny budget. Its rows are
     scored on the tuning works (the demo's own validation works are never seen)."""
-    script = Path(__file__).resolve().parent.parent / "experiments" / "demo_sweep.py"
+    script = Path(__file__).resolve().parents[2] / "experiments" / "demo_sweep.py"
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(script), "--quick", "--rows", "bf16-muon", "--runs-dir",
                            str(tmp_path / "runs"), "--out", str(out)], capture_output=True, text=True, timeout=400)

@@ -5,32 +5,23 @@ cause (the naive dynamic-NTK cache below differs by ~1e-3).
 """
 
 import math
+from functools import partial
 
 import pytest
 import torch
 
 from rotary.errors import RotaryError
-from rotary.model import CausalLM, MaskedLM, ModelConfig
+from rotary.model import CausalLM, MaskedLM
 from rotary.model.attention import Attention, AttentionContext, build_attention_mask
 from rotary.model.rope import RotaryEmbedding, rope_factors
+from tests.tiny import build, tiny_config
 
 TOL = dict(rtol=0, atol=1e-10)
 VOCAB = 50
 TOTAL = 40  # tokens decoded: well past the original context of 16
 
 
-def tiny(**kw) -> ModelConfig:
-    base = dict(
-        vocab_size=VOCAB, max_seq_len=16, n_layer=2, n_head=4, d_model=32, d_ff=64,
-        initializer_range=0.1,  # larger than 0.02 so that position effects are not tiny
-    )
-    base.update(kw)
-    return ModelConfig(**base)
-
-
-def build(cls, cfg, seed=0, **kw):
-    torch.manual_seed(seed)
-    return cls(cfg, **kw).double().eval()
+tiny = partial(tiny_config, vocab_size=VOCAB, initializer_range=0.1)  # larger than 0.02: position effects show
 
 
 def padded_batch(total=TOTAL, pads=(0, 5, 12), seed=1):

@@ -2,6 +2,8 @@
 computed directly, the running state decodes exactly like a full forward, padding and GQA are
 honoured, and RoPE still makes the numerator depend on relative positions only."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -10,21 +12,13 @@ from rotary.generate import generate
 from rotary.model import CausalLM, MaskedLM, ModelConfig
 from rotary.model.linear_attention import causal_numerator, feature_map
 from rotary.model.rope import apply_rope, base_inv_freq, cos_sin
+from tests.tiny import build, tiny_config
 
 VOCAB = 50
 TOL = dict(rtol=0, atol=1e-10)
 
 
-def tiny(**kw) -> ModelConfig:
-    base = dict(vocab_size=VOCAB, max_seq_len=16, n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_ff=64,
-                attention="linear", initializer_range=0.1)
-    base.update(kw)
-    return ModelConfig(**base)
-
-
-def build(cls, cfg, seed=0):
-    torch.manual_seed(seed)
-    return cls(cfg).double().eval()
+tiny = partial(tiny_config, vocab_size=VOCAB, n_kv_head=2, attention="linear", initializer_range=0.1)
 
 
 def equation_19(q, k, v, positions, causal, rope=True):
@@ -123,7 +117,6 @@ def test_left_padding_gives_each_row_its_own_result():
         for r, row in enumerate(rows):
             alone = model(row[None])
             torch.testing.assert_close(batch[r, 20 - len(row):], alone[0], **TOL)
-
 
 
 def test_left_padded_decode_through_the_running_state_gives_each_row_its_own_logits():

@@ -586,7 +586,7 @@ def test_other_verbs_do_not_import_fastapi():
 
 def test_the_readmes_client_snippet_runs_against_the_server(server, capsys):
     """README.md's `openai` example, as written, with this server's address and model id."""
-    from tests.test_readme import code_blocks
+    from tests.cli.test_readme import code_blocks
 
     (snippet,) = [b for b in code_blocks("python") if "from openai import OpenAI" in b]
     assert "http://127.0.0.1:8000/v1" in snippet and 'model="demo"' in snippet

@@ -54,7 +54,7 @@ def test_info_lists_presets():
 @pytest.mark.parametrize("verb", ["info", "train"])
 def test_a_bad_cpu_gemm_setting_is_one_line_and_exit_2_before_any_output(verb, monkeypatch, tmp_path):
     monkeypatch.setenv("ROTARY_CPU_GEMM", "fastest")
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
     args = ["train", str(recipe), "--output-dir", str(tmp_path / "run")] if verb == "train" else [verb]
     proc = run_module(*args)
     assert proc.returncode == 2

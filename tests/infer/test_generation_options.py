@@ -445,7 +445,7 @@ def test_the_readme_stop_line_stops_at_a_blank_line(tmp_path, capsys):
     from rotary.cli import main
     from rotary.commands.generate import unescape
     from rotary.train.loop import train
-    from tests.test_readme import readme_commands
+    from tests.cli.test_readme import readme_commands
     from tests.train_support import LINES, make_recipe
 
     (line,) = [argv for argv in readme_commands() if argv[0] == "generate" and "--stop" in argv]

@@ -19,7 +19,7 @@ from rotary.train.loop import train
 from tests.train_support import make_recipe, train_interrupted_at, write_corpus
 from tests.train_support import train_losses as losses
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ blocks, tables and inline code) is checked: the README's "training on your own t
 (training shrunk by appended overrides); the others train or tokenize at full size, so they are
 parsed and their recipe with its overrides is resolved and validated, which is what fails first
 when an option or a recipe key is renamed. The Python snippets run as written against a tiny
-run at ``runs/demo`` (the ``openai`` client's runs against a server in tests/test_serve.py).
+run at ``runs/demo`` (the ``openai`` client's runs against a server in tests/infer/test_serve.py).
 The README stays a guide (at most 250 lines), every relative link of the pages resolves to a
 file of the repository (and a heading, where it names one), every guide is linked from the
 README, and the scripts the pages name exist.
@@ -29,7 +29,7 @@ from rotary.finetune import finetune_defaults
 from rotary.train.config import load_recipe
 from tests.train_support import write_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 TEXT = README.read_text(encoding="utf-8")
 GUIDES = sorted((ROOT / "docs" / "guides").glob("*.md"))
@@ -156,7 +156,7 @@ def test_the_python_snippet_and_the_own_text_commands_run(tmp_path, monkeypatch,
     first = snippet(snippets, "README.md", "rotary.CausalLM(")
     api = snippet(snippets, "docs/guides/python-api.md", "rotary.train_model(cfg)")
     conversion = snippet(snippets, "docs/guides/conversion.md", "rotary.hf.from_hf(")
-    client = snippet(snippets, "README.md", "from openai import OpenAI")  # tests/test_serve.py runs it
+    client = snippet(snippets, "README.md", "from openai import OpenAI")  # tests/infer/test_serve.py runs it
     assert len(snippets) == 4 and {first, api, conversion, client} == {b for _, b in snippets}
     assert len(code_blocks("python")) == 2  # the README's: the first one and the client
 
@@ -206,7 +206,7 @@ NOT_RUN = [(page, line.strip()) for page, text in PAGES.items() for body in code
 def test_commands_the_suite_does_not_run(page, line):
     if line.startswith(("torchrun", "accelerate")):
         assert " -m rotary " in line, line  # so test_every_readme_command_parses... parses it
-        pytest.skip("needs several processes (tests/test_distributed.py launches them); the "
+        pytest.skip("needs several processes (tests/train/test_distributed.py launches them); the "
                     "`-m rotary ...` part is parsed by test_every_readme_command_parses...")
     if line.startswith("make "):
         assert line.split()[1] in MAKE_TARGETS, line

@@ -1,6 +1,6 @@
 """The trainer's LM batches (rotary.data.lm) read from memory-mapped shards: windows, seeds,
 resume, evaluation coverage, and a memmap that is never copied whole. How a global batch is split
-over ranks is tests/test_batch_split.py; the masking itself is tests/test_masking.py."""
+over ranks is tests/data/test_batch_split.py; the masking itself is tests/data/test_masking.py."""
 
 from __future__ import annotations
 

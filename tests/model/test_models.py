@@ -2,6 +2,7 @@
 scheme can learn."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -10,12 +11,9 @@ import torch.nn.functional as F
 from rotary.errors import RotaryError
 from rotary.model import CausalLM, MaskedLM, ModelConfig, SequenceClassifier, get_preset
 from rotary.model.rope import rope_factors
+from tests.tiny import tiny_config
 
-
-def tiny(**kw) -> ModelConfig:
-    base = dict(vocab_size=100, max_seq_len=16, n_layer=2, n_head=4, d_model=32, d_ff=64)
-    base.update(kw)
-    return ModelConfig(**base)
+tiny = partial(tiny_config, vocab_size=100)
 
 
 def ids_of(B, T, vocab=100, seed=0):

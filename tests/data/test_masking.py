@@ -1,6 +1,6 @@
 """BERT masking (rotary.data.masking): rates, special tokens, whole words, word ids.
 
-The batches that use it on real shards are tests/test_lm_data.py."""
+The batches that use it on real shards are tests/data/test_lm_data.py."""
 
 from __future__ import annotations
 

@@ -3,28 +3,21 @@ computation, and the invariants every position scheme keeps here: KV-cache decod
 forward, left padding == the row alone, and the decode engine's slots == full forwards."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
 
 from rotary.errors import RotaryError
 from rotary.generate import generate
-from rotary.model import CausalLM, MaskedLM, ModelConfig
+from rotary.model import CausalLM, MaskedLM
 from rotary.model.alibi import alibi_slopes
+from tests.tiny import build, tiny_config
 
 VOCAB = 50
 
 
-def tiny(**kw) -> ModelConfig:
-    base = dict(vocab_size=VOCAB, max_seq_len=16, n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_ff=64,
-                position="alibi", initializer_range=0.1)
-    base.update(kw)
-    return ModelConfig(**base)
-
-
-def build(cls, cfg, seed=0):
-    torch.manual_seed(seed)
-    return cls(cfg).double().eval()
+tiny = partial(tiny_config, vocab_size=VOCAB, n_kv_head=2, position="alibi", initializer_range=0.1)
 
 
 @pytest.mark.parametrize("n_head", [1, 2, 3, 4, 5, 6, 8, 12, 16, 20])
@@ -134,7 +127,6 @@ def test_engine_generation_equals_greedy_full_forwards():
             for _ in range(12):
                 seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
         assert new == seq[len(prompt):]
-
 
 
 def test_engine_prefill_of_equal_length_prompts_stays_causal():

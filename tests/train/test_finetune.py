@@ -546,7 +546,7 @@ def test_the_seeds_study_runs_in_quick_mode_and_summarises_every_run(data_char_d
                       model={"preset": "tiny", "max_seq_len": 32}, max_steps=2, checkpoint_interval=2,
                       data={"corpus": "peoples-daily", "max_documents": 30, "tokenizer": {"path": str(data_char_dir)}})
     train(mlm)
-    script = Path(__file__).resolve().parent.parent / "experiments" / "finetune_seeds.py"
+    script = Path(__file__).resolve().parents[2] / "experiments" / "finetune_seeds.py"
     out = tmp_path / "results"
     cmd = [sys.executable, str(script), "--quick", "--pretrained", str(mlm.run_dir), "--tasks", "chinese-sentiment",
            "--runs-dir", str(tmp_path / "runs"), "--out", str(out), "--extra", "--data.corpus", str(sentiment_dir),
