@@ -67,6 +67,7 @@ def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify:
     from rotary.tokenizer import load_tokenizer
     from rotary.train.distributed import init_distributed, shutdown
     from rotary.train.loop import _grad_accum_steps, fit, prepare_run
+    from rotary.train.setting_up import setting_up
 
     if cfg.task != "classification":
         raise RotaryError(f"rotary finetune trains task: classification (the recipe says {cfg.task})")
@@ -74,7 +75,7 @@ def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify:
         raise RotaryError("the recipe names no labelled data: set data.corpus (chinese-sentiment, thucnews, or "
                           "a .jsonl/.csv/.parquet file with text and label)")
     task = get_task("classification")
-    # Everything that can fail is checked before prepare_run, which with --overwrite removes the old run.
+    # Everything that can fail is checked before prepare_run, which with --overwrite sets the old run aside.
     source = _resumed_source(cfg) if resume else None
     if source is None and cfg.tapt_steps:
         tapt = task_adaptive_pretraining(cfg, overwrite=overwrite, verify=verify)
@@ -98,16 +99,19 @@ def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify:
     try:
         rows = cfg.batch_size * info.world_size * _grad_accum_steps(cfg, seq_len, info)
         cfg = steps_for_epochs(cfg, len(data.train_set), rows)
-        # the backbone's config, not the recipe's model section, bounds seq_len here
-        latest, notes = prepare_run(cfg, info, resume=resume, overwrite=overwrite, verify=verify, check_model=False)
-        torch.manual_seed(cfg.seed)
-        model = task.build_model(model_cfg, {**data.head_settings, "pooling": cfg.pooling})
-        if source["weights"] is not None and latest is None:
-            load_backbone(model, source["weights"])
-        notes = [*notes, source["note"],
-                 f"labels: {', '.join(labelled.label_names)} | train {len(data.train_set)}, val {len(data.val_set)} "
-                 f"examples | reached max_len {seq_len} (truncated): train {data.truncated['train']}, "
-                 f"val {data.truncated['val']}"]
+        # the backbone's config, not the recipe's model section, bounds seq_len here; a failure
+        # before the first step leaves the directory as it was (see rotary.train.setting_up)
+        with setting_up(cfg.run_dir, enabled=info.is_main, overwrite=overwrite) as setup:
+            latest, notes = prepare_run(cfg, info, resume=resume, overwrite=overwrite, verify=verify,
+                                        check_model=False, setup=setup)
+            torch.manual_seed(cfg.seed)
+            model = task.build_model(model_cfg, {**data.head_settings, "pooling": cfg.pooling})
+            if source["weights"] is not None and latest is None:
+                load_backbone(model, source["weights"])
+            notes = [*notes, source["note"],
+                     f"labels: {', '.join(labelled.label_names)} | train {len(data.train_set)}, "
+                     f"val {len(data.val_set)} examples | reached max_len {seq_len} (truncated): "
+                     f"train {data.truncated['train']}, val {data.truncated['val']}"]
         result = fit(cfg, info, task, model.to(info.device), data, seq_len=seq_len, latest=latest, notes=notes)
     finally:
         if info.enabled:

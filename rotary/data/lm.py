@@ -60,7 +60,7 @@ class TrainData:
         self.masked = task in MASKED_TASKS
         if self.masked and self.tokenizer.mask_id is None:
             raise RotaryError(f"masked LM needs a [MASK] token, but {self.tokenizer_dir} has none: "
-                              "train a wordpiece or char tokenizer")
+                              "train one that has (--data.tokenizer.kind wordpiece or char)")
         self.seq_len = self.batch_size = self.seed = 0
         self.start_table = None
         if self.masked and whole_word_mask and not self.meta.get("word_starts"):
@@ -240,7 +240,11 @@ def _given_shards(cfg: RunSpec) -> TrainData:
         if not tok_dir.is_dir() and recorded is not None and recorded.is_dir():
             tok_dir = recorded
     if not tok_dir.is_dir():
-        raise RotaryError(f"tokenizer for {shards} not found: set data.tokenizer.path")
+        if d.tokenizer.path:
+            raise RotaryError(f"data.tokenizer.path {tok_dir} is not a directory: give the tokenizer directory "
+                              "(it holds tokenizer.json), or remove data.tokenizer.path to use the shards' own")
+        raise RotaryError(f"tokenizer for {shards} not found (neither {shards / 'tokenizer'} nor the one prepare "
+                          "recorded): set data.tokenizer.path")
     data = TrainData(cfg.task, shards, tok_dir, d.mlm_probability, d.whole_word_mask)
     tok = data.tokenizer
     d.corpus = meta.get("source", d.corpus)

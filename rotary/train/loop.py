@@ -49,6 +49,7 @@ from rotary.train.logging import RunLogger, format_eta, plot_losses
 from rotary.train.metrics import CountedBatches, measure_matmul_peak
 from rotary.train.run_directory import Progress, RunDirectory, Training, checkpoint_due, torch_dtype
 from rotary.train.schedule import lr_at, make_optimizer
+from rotary.train.setting_up import RunSetup, setting_up
 from rotary.train.setup import (
     apply_init_from,
     check_run_dir,
@@ -88,24 +89,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     start_weights = apply_init_from(cfg)
     info = init_distributed(cfg.device, cfg.dist_timeout_s)
     try:
-        latest, notes = prepare_run(cfg, info, resume=resume, overwrite=overwrite, verify=verify)
-        data = task.make_data(cfg, info)
-        model_cfg = resolve_model_config(cfg, data.vocab_size, data.pad_id, getattr(data, "model_settings", None))
-        seq_len = cfg.seq_len or model_cfg.max_seq_len
-        sizes = {"model_vocab": model_cfg.vocab_size}
-        if task.name == "seq2seq":
-            sizes["model_target_vocab"] = model_cfg.target_vocab_size
-        data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, **sizes)
-        torch.manual_seed(cfg.seed)
-        model = task.build_model(model_cfg, {}).to(info.device)
-        notes.extend(getattr(data, "notes", []))
-        if cfg.label_smoothing:
-            model.label_smoothing = cfg.label_smoothing
-        if start_weights is not None and latest is None:
-            ckpt.load_weights(model, start_weights)
-            notes.append(f"weights from {start_weights.parent} (init_from)")
-        if latest is None and (note := start_output_bias(model, getattr(data, "train_tokens", []))):
-            notes.append(note)  # a fresh run or an init_from one: this data's unigram; a resume keeps its own
+        # a failure before the first step leaves the directory as it was (tokenizer, shards, the run replaced)
+        with setting_up(cfg.run_dir, enabled=info.is_main, overwrite=overwrite) as setup:
+            latest, notes = prepare_run(cfg, info, resume=resume, overwrite=overwrite, verify=verify, setup=setup)
+            model, data, seq_len = _build(cfg, info, task, start_weights, latest, notes)
         return fit(cfg, info, task, model, data, seq_len=seq_len, latest=latest, notes=notes)
     finally:
         if info.enabled:
@@ -116,10 +103,34 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         shutdown(info)
 
 
-def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool,
-                verify: bool, check_model: bool = True) -> tuple[Path | None, list[str]]:
+def _build(cfg: TrainConfig, info: DistInfo, task: Task, start_weights: Path | None, latest: Path | None,
+           notes: list[str]) -> tuple[nn.Module, Any, int]:
+    """The data (tokenizer and shards made when missing) and the model it sizes; adds to ``notes``."""
+    data = task.make_data(cfg, info)
+    model_cfg = resolve_model_config(cfg, data.vocab_size, data.pad_id, getattr(data, "model_settings", None))
+    seq_len = cfg.seq_len or model_cfg.max_seq_len
+    sizes = {"model_vocab": model_cfg.vocab_size}
+    if task.name == "seq2seq":
+        sizes["model_target_vocab"] = model_cfg.target_vocab_size
+    data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, **sizes)
+    torch.manual_seed(cfg.seed)
+    model = task.build_model(model_cfg, {}).to(info.device)
+    notes.extend(getattr(data, "notes", []))
+    if cfg.label_smoothing:
+        model.label_smoothing = cfg.label_smoothing
+    if start_weights is not None and latest is None:
+        ckpt.load_weights(model, start_weights)
+        notes.append(f"weights from {start_weights.parent} (init_from)")
+    if latest is None and (note := start_output_bias(model, getattr(data, "train_tokens", []))):
+        notes.append(note)  # a fresh run or an init_from one: this data's unigram; a resume keeps its own
+    return model, data, seq_len
+
+
+def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool, verify: bool,
+                check_model: bool = True, setup: RunSetup | None = None) -> tuple[Path | None, list[str]]:
     """Every check that needs no data, before the first file is written, so a mistake never
-    leaves a run directory that blocks the corrected rerun. Returns the checkpoint to resume."""
+    leaves a run directory that blocks the corrected rerun; then ``--overwrite`` sets the previous
+    run aside (``setup``). Returns the checkpoint to resume."""
     if cfg.optimizer == "muon" and info.enabled and cfg.distributed == "fsdp":
         raise RotaryError("optimizer: muon needs whole matrices and FSDP shards them: use distributed: ddp "
                           "or optimizer: adamw")
@@ -146,7 +157,9 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bo
     # the model section's keys and values (the vocabulary comes from the data later)
     if check_model:
         resolve_model_config(cfg, vocab_size=int(cfg.model.get("vocab_size", 2**16)), pad_id=None)
-    had_run = check_run_dir(cfg, resume=resume, overwrite=overwrite, remove=info.is_main)
+    had_run = check_run_dir(cfg, resume=resume, overwrite=overwrite)
+    if overwrite and setup is not None:
+        setup.set_aside()
     latest = resume_checkpoint(cfg.run_dir, verify=verify) if resume else None
     barrier(info)
     if info.is_main:

@@ -1,7 +1,7 @@
 """Before the first step: the run directory's state, the checkpoint to resume, the model config.
 
-Everything here only reads: a mistake found here leaves no file behind (``--overwrite`` is the
-one exception, and it removes only the previous run's own files).
+Everything here only reads: a mistake found here leaves no file behind (``--overwrite``'s
+replacement of the previous run is ``rotary.train.setting_up``'s).
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int, pad_id: int | None,
     return model_cfg
 
 
-def check_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool, remove: bool = True) -> bool:
+def check_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> bool:
     """Refuse to mix two runs in one directory; returns whether it already holds a run.
 
-    ``overwrite`` removes the previous run's own files (never anything else in the directory)
-    when ``remove`` is true (rank 0 only: every rank checks, one deletes).
+    With ``overwrite`` the previous run is replaced, but not here: ``RunSetup.set_aside`` moves
+    it out of the way once every check has passed, and deletes it once the new run is set up.
     """
     run_dir = cfg.run_dir
     if resume and overwrite:
@@ -76,15 +76,6 @@ def check_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool, remove: bo
             if path not in (None, "none") and Path(path).resolve().is_relative_to(here):
                 raise RotaryError(f"--overwrite would delete {path}, which this run reads ({key}): choose another "
                                   "--output-dir, or copy it out of the run first (nothing was deleted)")
-        if remove:
-            import shutil
-
-            for name in checkpoint.RUN_ENTRIES:
-                p = run_dir / name
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
         return True
     if not resume:
         raise RotaryError(

@@ -388,3 +388,73 @@ def test_a_loss_plot_without_losses_warns_nothing(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert plot_losses(tmp_path).stat().st_size > 1000
+
+
+# -- a failed setup leaves the directory as it was --------------------------------------------------
+
+
+def test_overwrite_with_a_failing_recipe_keeps_the_old_run(trained_run, tmp_path, capsys):
+    """--overwrite sets the old run aside and deletes it only once the new run is set up: a recipe
+    whose data fails (a masked LM on a BPE tokenizer, found after the tokenizer is trained) keeps it."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = tree_digest(run)
+    code, err = run_cli(["train", str(run / "recipe.yaml"), "--task", "masked_lm", "--overwrite", "--output-dir",
+                         str(run)], capsys)
+    assert_one_line_error(code, err, "[MASK]", "--data.tokenizer.kind wordpiece")
+    assert tree_digest(run) == before
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in trained_run.iterdir())
+
+
+def test_a_failed_first_run_leaves_nothing_the_corrected_rerun_reuses(trained_run, tmp_path, capsys):
+    run = tmp_path / "new"
+    code, err = run_cli(["train", str(trained_run / "recipe.yaml"), "--task", "masked_lm", "--output-dir",
+                         str(run)], capsys)
+    assert_one_line_error(code, err, "[MASK]")
+    assert not run.exists()  # no tokenizer/ nor data/ of the failed run
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    code, err = run_cli(["train", str(trained_run / "recipe.yaml"), "--task", "masked_lm", "--output-dir",
+                         str(run)], capsys)
+    assert code == 2
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # the user's own file stays
+
+
+def test_overwrite_replaces_a_failed_runs_leftovers(trained_run, tmp_path, capsys):
+    """A tokenizer and shards without a run (a setup killed before its first step) are not reused
+    silently by --overwrite: they are rebuilt, and the replaced files go once the run is set up."""
+    from rotary.train.loop import train
+
+    run = tmp_path / "run"
+    (run / "tokenizer").mkdir(parents=True)
+    (run / "tokenizer" / "tokenizer.json").write_text("{not a tokenizer")
+    cfg = make_recipe(run, write_corpus(tmp_path / "corpus", 30), max_steps=1, eval_interval=100,
+                      checkpoint_interval=100, tensorboard=False)
+    train(cfg, overwrite=True)
+    assert json.loads((run / "tokenizer" / "tokenizer.json").read_text())["model"]
+    assert not (run / ".replaced-run").exists()
+
+
+def test_interrupted_setup_of_an_overwrite_is_restored_or_named(trained_run, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the new run's data is made puts the old run back; a kill -9 there leaves it in
+    .replaced-run/, which the next run names instead of ignoring."""
+    import rotary.train.loop as loop
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = tree_digest(run)
+    cfg = make_recipe(run, write_corpus(tmp_path / "corpus", 30), max_steps=1, eval_interval=100, tensorboard=False)
+
+    def interrupted(*args, **kwargs):
+        (run / "data").mkdir(exist_ok=True)
+        (run / "data" / "half-written.bin").write_bytes(b"\0")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_build", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, overwrite=True)
+    assert tree_digest(run) == before and not (run / ".replaced-run").exists()
+
+    (run / ".replaced-run").mkdir()  # as a kill -9 after the set-aside leaves it
+    code, err = run_cli(["train", str(run / "recipe.yaml"), "--resume", "--output-dir", str(run)], capsys)
+    assert_one_line_error(code, err, ".replaced-run", "--overwrite")
