@@ -106,11 +106,17 @@ def run_demo(recipe: str | Path | None = None, overrides: dict[str, Any] | None 
 
     t0 = time.perf_counter()
     cfg = load_recipe(recipe or DEFAULT_RECIPE, overrides)
+    if cfg.task != "causal_lm":  # its table is bits per byte of a next-token model
+        raise RotaryError(f"rotary demo trains and scores a causal LM; the recipe {recipe} trains {cfg.task}: "
+                          f"run it with `rotary train {recipe}`")
     run_dir = cfg.run_dir
     resume = (run_dir / "recipe.yaml").exists() and not fresh
     if resume:
         print(f"[demo] {run_dir} exists: reusing its tokenizer and shards and resuming training")
-    result = train(cfg, resume=resume, overwrite=fresh)
+    try:
+        result = train(cfg, resume=resume, overwrite=fresh)
+    except RotaryError as err:  # the demo's names for train's --overwrite
+        raise RotaryError(str(err).replace("--overwrite", "--fresh")) from None
     if result.stopped == "resumed_finished":
         print(f"[demo] training already finished at step {result.step}: reusing it")
     elif result.stopped == "interrupted":

@@ -80,6 +80,8 @@ class Pretrained:
 
         params = self.sampling(sampling, **options)
         check_generation(self.model, max_new_tokens)
+        if max_new_tokens < 1:  # the decode engine's bound
+            raise RotaryError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if num_samples < 1:
             raise RotaryError(f"num_samples must be >= 1, got {num_samples}")
         check_sampling(seed=params.seed, samples=num_samples)  # sample j uses seed + j

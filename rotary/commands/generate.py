@@ -59,9 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rotary.errors import RotaryError
     from rotary.pretrained import load
     from rotary.sampling import SamplingParams
 
+    if args.max_new_tokens < 1:
+        raise RotaryError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify,
                rope_scaling=args.rope_scaling, rope_factor=args.factor, precision=args.precision)
     # every check before the first byte of output: an error never follows a printed prompt

@@ -64,7 +64,11 @@ def split_recipe(extra: list[str]) -> tuple[str | None, list[str]]:
             key = item[2:].replace("-", "_")
             takes_value = "=" not in item and i + 1 < len(extra) and not extra[i + 1].startswith("--")
             if takes_value and key in booleans and extra[i + 1].lower() not in booleans[key]:
-                takes_value = False
+                takes_value = not _names_a_recipe(extra[i + 1])
+                if takes_value:  # neither a recipe nor a value of this key: say so, not "two recipes"
+                    allowed = ", ".join([*sorted(booleans[key] - bool_words), "true", "false"])
+                    raise RotaryError(f"{item}: '{extra[i + 1]}' is not one of {allowed} (a recipe after it is a "
+                                      ".yaml file or a built-in recipe's name)")
             if key.startswith("no_") and key[3:] in booleans:
                 takes_value = False  # --no-progress is a flag: the word after it is the recipe
             if takes_value:
@@ -77,6 +81,15 @@ def split_recipe(extra: list[str]) -> tuple[str | None, list[str]]:
                               "overrides as --key value")
         i += 1
     return recipe, overrides
+
+
+def _names_a_recipe(word: str) -> bool:
+    """Whether ``word`` may be the recipe argument: a YAML path or a built-in recipe's name."""
+    from pathlib import Path
+
+    from rotary.train.config import builtin_recipes
+
+    return word in builtin_recipes() or word.endswith((".yaml", ".yml")) or Path(word).is_file()
 
 
 def recipe_from_args(args: argparse.Namespace, extra: dict | None = None, verb: str = "train",

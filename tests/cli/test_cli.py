@@ -146,6 +146,50 @@ def test_train_finds_the_recipe_among_overrides_in_both_spellings(argv, recipe, 
     assert got_recipe == recipe and parse_overrides(rest) == overrides
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["--compile", "maybe"], "--compile: 'maybe' is not one of auto, blocks, true, false"),
+    (["r.yaml", "--compile", "maybe"], "--compile: 'maybe' is not one of"),  # was "two recipes given"
+    (["--tensorboard", "maybe", "r.yaml"], "--tensorboard: 'maybe' is not one of true, false"),
+])
+def test_a_bad_value_after_a_boolean_flag_is_named_as_such(argv, says):
+    from rotary.commands.train import split_recipe
+
+    with pytest.raises(RotaryError, match=re.escape(says)):
+        split_recipe(argv)
+
+
+def test_a_recipe_that_is_not_utf8_or_gives_a_key_twice_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("name: x\nmax_steps: 3\nlr: 0.1\nmax_steps: 4\n")
+    for recipe, says in ((bad, "is not UTF-8 text"), (twice, "line 4: key 'max_steps' given twice")):
+        assert cli.main(["train", str(recipe), "--output-dir", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_demo_refuses_a_recipe_it_cannot_score_before_training(fake_train, tmp_path, capsys):
+    assert cli.main(["demo", "--recipe", "peoples-daily-mlm", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trains masked_lm: run it with `rotary train peoples-daily-mlm`" in err
+    assert not fake_train.calls  # was: trained for minutes, then KeyError 'bits_per_byte'
+
+
+def test_demo_errors_name_the_demos_own_flags(monkeypatch, tmp_path, capsys):
+    from rotary.train import loop
+
+    def refuses(cfg, **kwargs):
+        raise RotaryError(f"{cfg.run_dir} holds a different run (model differs from this recipe): use "
+                          "--output-dir for a new run or --overwrite to replace it")
+
+    monkeypatch.setattr(loop, "train", refuses)
+    assert cli.main(["demo", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "--fresh to replace it" in err and "--overwrite" not in err  # demo has no --overwrite
+
+
 class FakeTrain:
     """Stands in for the trainer: records the recipe and the flags it was given."""
 
@@ -231,7 +275,8 @@ class FakeTokenizer:
     ("masked", [], "generation needs a causal LM, and this model is a masked LM"),
     ("causal", ["--top-p", "2"], "top_p must be in (0, 1]"),
     ("causal", ["--temperature", "-1"], "temperature must be >= 0"),
-    ("causal", ["--max-new-tokens", "-1"], "max_new_tokens must be >= 0"),
+    ("causal", ["--max-new-tokens", "-1"], "--max-new-tokens must be >= 1"),
+    ("causal", ["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),  # streamed the prompt, then failed
     ("causal", ["--prompt", ""], "encodes to no tokens"),
 ])
 def test_generate_checks_everything_before_printing_the_prompt(kind, args, needle, monkeypatch, capsys):
@@ -248,6 +293,17 @@ def test_generate_checks_everything_before_printing_the_prompt(kind, args, needl
     assert out == "" and needle in err and err.count("\n") == 1
     # a verb named in an error exists
     assert ("rotary fill-mask" in err) == (kind == "masked") and "fill-mask" in cli.build_parser().format_help()
+
+
+def test_no_new_tokens_is_refused_before_the_first_piece_in_python_too():
+    from rotary import pretrained
+    from rotary.model import CausalLM
+
+    model = CausalLM(ModelConfig.from_dict({"preset": "tiny", "causal": True})).eval()
+    pre = pretrained.Pretrained(model, FakeTokenizer(), Path("runs/x"), {"task": "causal_lm"})
+    for call in (lambda: next(pre.stream("ROMEO:", 0)), lambda: pre.generate("ROMEO:", 0)):
+        with pytest.raises(RotaryError, match="max_new_tokens must be >= 1, got 0"):
+            call()
 
 
 def test_generate_help_explains_every_option_with_its_default():
