@@ -90,6 +90,10 @@ class TrainData:
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         need = seq_len + 1
         for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
+            if split == "val" and len(tokens) == 0:
+                raise RotaryError(f"the shards in {self.shards_dir} have an empty validation split (prepared with "
+                                  "--val-fraction 0?), and training evaluates on it: prepare them again with a val "
+                                  "fraction above 0")
             if len(tokens) < need:
                 raise RotaryError(
                     f"the {split} split has {len(tokens)} tokens, fewer than one window of {need}: "

@@ -218,8 +218,9 @@ def _check_splits(splits: dict[str, dict[str, Any]], corpus: Any, out: Path, not
             raise RotaryError(
                 f"corpus '{corpus.name}' gives an empty validation split ({splits['train']['characters']:,} "
                 f"characters in all{detail}): add text, or raise the val fraction "
-                "(--val-fraction, data.val_fraction)")
-        notes.append("warning: the validation split is empty (--val-fraction 0)")
+                "(rotary prepare --val-fraction, rotary train --data.val_fraction)")
+        notes.append("warning: the validation split is empty (--val-fraction 0): `rotary train` cannot use these "
+                      "shards, it evaluates on that split")
 
 
 def _publish(out: Path, meta: dict[str, Any]) -> None:

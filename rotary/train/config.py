@@ -8,6 +8,7 @@ be overridden on the command line: ``rotary train recipe.yaml --max-steps 200 --
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -294,7 +295,27 @@ def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None
         data = apply_overrides(data, overrides)
     for key, value in (defaults or {}).items():
         data.setdefault(key, value)
-    return TrainConfig.from_dict(data)
+    try:
+        return TrainConfig.from_dict(data)
+    except RotaryError as err:
+        unknown = re.match(r"(recipe[.\w]*): unknown key '(\w+)'", str(err))
+        if unknown and (home := _home_of(unknown[2])):
+            raise RotaryError(f"{unknown[1]}: unknown key '{unknown[2]}': it is {home} (on the command line "
+                              f"--{home} VALUE)") from None
+        raise
+
+
+# options of a labelled corpus's split, set through data.corpus_options
+CORPUS_SPLIT_OPTIONS = ("test_fraction",)
+
+
+def _home_of(key: str) -> str | None:
+    """The one dotted recipe key that ``key`` names at the wrong level (``val_fraction`` at the
+    top for ``data.val_fraction``); None when none or several do."""
+    if key in CORPUS_SPLIT_OPTIONS:
+        return f"data.corpus_options.{key}"
+    homes = [k for k, *_ in recipe_keys() if k.endswith(f".{key}")]
+    return homes[0] if len(homes) == 1 else None
 
 
 def _type_name(annotation: Any) -> str:

@@ -170,6 +170,17 @@ def test_a_recipe_that_is_not_utf8_or_gives_a_key_twice_is_one_line(tmp_path, ca
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("override, home", [
+    ("--val-fraction", "data.val_fraction"), ("--corpus", "data.corpus"), ("--n-layer", "model.n_layer"),
+    ("--test-fraction", "data.corpus_options.test_fraction"),
+    ("--data.test-fraction", "data.corpus_options.test_fraction"),  # a labelled corpus's option
+])
+def test_a_key_at_the_wrong_level_is_pointed_to_where_it_lives(override, home, tmp_path, capsys):
+    assert cli.main(["train", "demo", override, "0.2", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"it is {home} (on the command line --{home} VALUE)" in err, err
+
+
 def test_demo_refuses_a_recipe_it_cannot_score_before_training(fake_train, tmp_path, capsys):
     assert cli.main(["demo", "--recipe", "peoples-daily-mlm", "--output-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err

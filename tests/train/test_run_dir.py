@@ -458,3 +458,16 @@ def test_interrupted_setup_of_an_overwrite_is_restored_or_named(trained_run, tmp
     (run / ".replaced-run").mkdir()  # as a kill -9 after the set-aside leaves it
     code, err = run_cli(["train", str(run / "recipe.yaml"), "--resume", "--output-dir", str(run)], capsys)
     assert_one_line_error(code, err, ".replaced-run", "--overwrite")
+
+
+def test_shards_without_a_validation_split_are_refused_by_name(trained_run, tmp_path, capsys):
+    """prepare --val-fraction 0 is allowed (a warning); training on those shards said 'use a
+    shorter seq_len or more data', which fixes nothing."""
+    shards = tmp_path / "shards"
+    code = main(["prepare", "--corpus", str(write_corpus(tmp_path / "corpus", 30)), "--tokenizer",
+                 str(trained_run / "tokenizer"), "--out", str(shards), "--val-fraction", "0", "--no-progress"])
+    assert code == 0 and "`rotary train` cannot use these shards" in capsys.readouterr().out
+    code, err = run_cli(["train", "--data.shards", str(shards), "--model.preset", "tiny", "--seq-len", "32",
+                         "--output-dir", str(tmp_path / "run")], capsys)
+    assert_one_line_error(code, err, "empty validation split", "--val-fraction 0")
+    assert not (tmp_path / "run").exists()
