@@ -34,6 +34,11 @@ def finetune_defaults(recipe: str | None, overrides: dict[str, Any]) -> dict[str
     from rotary.train.config import resolve_recipe
 
     named = apply_overrides(load_yaml(resolve_recipe(recipe)) if recipe else {}, overrides)
+    if named.get("task", "classification") != "classification":
+        given = f"the recipe {recipe} trains {named['task']}: run it with `rotary train {recipe}`" if recipe else (
+            f"not {named['task']}: remove --task")
+        raise RotaryError(f"rotary finetune trains task classification; {given}, or fine-tune with a "
+                          "classification recipe (or with none and --data.corpus FILE)")
     out = dict(FINETUNE_DEFAULTS)
     if "max_steps" not in named:
         out["epochs"] = DEFAULT_EPOCHS
@@ -90,7 +95,8 @@ def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify:
     model_cfg = source["model_config"]
     seq_len = cfg.seq_len or model_cfg.max_seq_len
     if seq_len > model_cfg.max_seq_len:
-        raise RotaryError(f"seq_len {seq_len} is longer than the model's max_seq_len {model_cfg.max_seq_len}")
+        raise RotaryError(f"seq_len {seq_len} is longer than the model's max_seq_len {model_cfg.max_seq_len}: "
+                          f"pass --seq-len {model_cfg.max_seq_len} (or less)")
     tokenizer = load_tokenizer(source["tokenizer_dir"])
     data = ClassificationData(labelled.split("train"), labelled.split("val"), tokenizer, source["tokenizer_dir"],
                               labelled.label_names, max_len=seq_len, pair=labelled.pair)

@@ -101,10 +101,13 @@ class Pretrained:
             if max_new_tokens >= context:
                 raise RotaryError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
                                   f"context of {context} tokens: lower --max-new-tokens")
+            config = self.model.config
+            extend = (f"--rope-scaling {config.rope_scaling} with a --factor above {config.rope_scaling_factor:g}"
+                      if config.rope_scaling != "none" else "--rope-scaling yarn --factor 4")
             raise RotaryError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) = "
                               f"{len(ids) + max_new_tokens}, beyond the model's context of {context} tokens: lower "
-                              "--max-new-tokens, keep the prompt's end with --truncate left, or extend the context "
-                              "with --rope-scaling yarn --factor 4")
+                              f"--max-new-tokens, keep the prompt's end with --truncate left, or extend the context "
+                              f"with {extend}")
         return encoded
 
     def complete(self, prompt: str | Sequence[str], max_new_tokens: int = 100, *,

@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.to) == bool(args.from_hf):
         raise RotaryError("say which way: --to hf (rotary -> transformers) or --from-hf (transformers -> rotary)")
     source, out = Path(args.source), Path(args.out)
+    if source.is_file():
+        raise RotaryError(f"{source} is a file: give the run or checkpoint directory to convert")
     if not source.is_dir():
         raise RotaryError(f"no such directory: {source}")
     kind = "hf" if args.to else "checkpoint"

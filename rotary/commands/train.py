@@ -114,8 +114,14 @@ def recipe_from_args(args: argparse.Namespace, extra: dict | None = None, verb: 
         if run_dir is None:
             raise RotaryError("--resume without a recipe needs the run: --output-dir runs/NAME (or --name NAME)")
         recorded = Path(run_dir) / "recipe.yaml"
+        if Path(run_dir).is_file():
+            raise RotaryError(f"--resume: {run_dir} is a file: point --output-dir at the run directory")
+        if not Path(run_dir).is_dir():
+            raise RotaryError(f"--resume: {run_dir} does not exist: point --output-dir at the run to continue, "
+                              "or drop --resume to start one")
         if not recorded.is_file():
-            raise RotaryError(f"--resume: {recorded} does not exist; name the recipe: rotary {verb} RECIPE --resume")
+            raise RotaryError(f"--resume: {run_dir} holds no run ({recorded} does not exist): point --output-dir "
+                              f"at the run to continue, or drop --resume to start one")
         recipe = str(recorded)
     cfg = load_recipe(recipe, overrides, defaults(recipe, overrides) if defaults else None)
     if is_main_rank():

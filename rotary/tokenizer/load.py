@@ -28,6 +28,8 @@ def load_tokenizer(path: str | Path | Tokenizer) -> Tokenizer:
         raise RotaryError(f"tokenizer not found: {path} (train one with `rotary tokenizer train`)")
     file = path if path.is_file() else path / "tokenizer.json"
     if not file.is_file():
+        if (path / "tokenizer" / "tokenizer.json").is_file():  # a run directory: its tokenizer is inside
+            raise RotaryError(f"{path} has no tokenizer.json; its tokenizer is {path / 'tokenizer'}: give that")
         raise RotaryError(f"{path} has no tokenizer.json (train one with `rotary tokenizer train`)")
     text = file.read_text(encoding="utf-8")
     try:

@@ -118,7 +118,11 @@ def apply_init_from(cfg: TrainConfig) -> Path | None:
     Reads only, so a bad path leaves nothing behind."""
     if cfg.init_from in (None, "none"):
         return None
-    source = open_run(cfg.init_from, "best")
+    try:
+        source = open_run(cfg.init_from, "best")
+    except RotaryError as err:  # say which setting named it: a recipe's init_from is easy to forget
+        missing = "" if Path(cfg.init_from).exists() else " (train that run first, or set --init-from to another)"
+        raise RotaryError(f"init_from: {err}{missing}") from None
     if source.task != cfg.task:
         raise RotaryError(f"init_from {cfg.init_from} is a {source.task} run and this recipe trains "
                           f"{cfg.task}: continue a run of the same task (a classifier: rotary finetune --from)")

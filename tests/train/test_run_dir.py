@@ -471,3 +471,35 @@ def test_shards_without_a_validation_split_are_refused_by_name(trained_run, tmp_
                          "--output-dir", str(tmp_path / "run")], capsys)
     assert_one_line_error(code, err, "empty validation split", "--val-fraction 0")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["finetune", "shakespeare", "--from", "{run}"], ["trains task classification", "`rotary train shakespeare`"]),
+    (["finetune", "--from", "{run}", "--data.corpus", "{labelled}", "--seq-len", "64"], ["pass --seq-len 32"]),
+    (["train", "--init-from", "{tmp}/none"], ["init_from: no such run", "train that run first"]),
+    (["train", "--resume", "--output-dir", "{tmp}/none"], ["{tmp}/none does not exist", "drop --resume"]),
+    (["train", "--resume", "--output-dir", "{run}/train.log"], ["train.log is a file"]),
+    (["prepare", "--corpus", "{labelled}", "--tokenizer", "{run}", "--out", "{tmp}/out"],
+     ["its tokenizer is {run}/tokenizer"]),
+    (["convert", "{run}/train.log", "{tmp}/out", "--to", "hf"], ["train.log is a file"]),
+    (["generate", "{run}", "--prompt", "the " * 20, "--max-new-tokens", "60", "--rope-scaling", "linear",
+      "--factor", "2"], ["--rope-scaling linear with a --factor above 2"]),  # not the flags already given
+])
+def test_each_mistake_names_its_fix(argv, needles, trained_run, tmp_path, capsys):
+    labelled = tmp_path / "reviews.jsonl"
+    labelled.write_text("".join(json.dumps({"text": f"text {i}", "label": i % 2}) + "\n" for i in range(40)))
+    fill = {"{run}": str(trained_run), "{tmp}": str(tmp_path), "{labelled}": str(labelled)}
+
+    def filled(text: str) -> str:
+        for key, value in fill.items():
+            text = text.replace(key, value)
+        return text
+
+    argv = [filled(a) for a in argv]
+    if argv[0] in ("train", "finetune") and "--output-dir" not in argv:
+        argv += ["--output-dir", str(tmp_path / "run")]
+    before = tree_digest(trained_run)
+    code, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, *map(filled, needles))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reviews.jsonl"]  # nothing written
+    assert tree_digest(trained_run) == before
