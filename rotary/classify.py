@@ -17,7 +17,11 @@ def classify(pre: Any, texts: str | Sequence[str], text_pairs: str | Sequence[st
     from rotary.data.classification import ClassificationDataset, classification_batches
 
     if pre.task != "classification":
-        raise RotaryError(f"{pre.path} is a {pre.task} run, not a classifier: fine-tune one with `rotary finetune`")
+        from rotary.tasks import use_instead
+
+        use = use_instead(pre.task)
+        raise RotaryError(f"{pre.path} is a {pre.task} run, not a classifier{use} (to classify, fine-tune a "
+                          "backbone with `rotary finetune --from RUN`)")
     texts = [texts] if isinstance(texts, str) else list(texts)
     pairs = None if text_pairs is None else ([text_pairs] if isinstance(text_pairs, str) else list(text_pairs))
     if not texts:

@@ -40,8 +40,26 @@ class OneLineErrorParser(argparse.ArgumentParser):
     """argparse's usage errors as one ``rotary: error:`` line, like every other user mistake
     (argparse prints the whole usage block first); the verbs' parsers inherit the class."""
 
+    argv: Sequence[str] = ()  # what main() parses: a missing option may be a misspelt one
+
     def error(self, message: str) -> NoReturn:
+        if message.startswith("the following arguments are required"):
+            message = self._misspelt_option() or message
         self.exit(2, f"rotary: error: {message} (see `{self.prog} --help`)\n")
+
+    def _misspelt_option(self) -> str | None:
+        """'unrecognized argument --promt (did you mean --prompt?)' where a typo explains a
+        missing required option (argparse reports the missing one and never the typo)."""
+        import difflib
+
+        known = [flag for action in self._actions for flag in action.option_strings]
+        for word in OneLineErrorParser.argv:
+            flag = word.split("=", 1)[0]
+            if flag.startswith("--") and flag not in known:
+                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+                if close:
+                    return f"unrecognized argument {flag} (did you mean {close[0]}?)"
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,9 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # Verbs that take recipe overrides (`--max-steps 10`) receive the arguments argparse
     # does not know; every other verb refuses them.
+    OneLineErrorParser.argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        verb = _verb_parser(parser, args.command)
+        verb.error(verb._misspelt_option() or f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     if getattr(args, "func", None) is None:  # `rotary` alone is a usage error, as argparse's are
         parser.print_help(sys.stderr)
@@ -80,6 +100,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         warnings.showwarning = shown
     return int(code or 0)
+
+
+def _verb_parser(parser: argparse.ArgumentParser, verb: str | None) -> OneLineErrorParser:
+    """The parser of ``verb`` (its errors point at `rotary VERB --help`), else the top one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and verb in action.choices:
+            sub = action.choices[verb]
+            # `rotary tokenizer train`: the innermost verb given
+            return _verb_parser(sub, next((w for w in OneLineErrorParser.argv if w in _choices(sub)), None))
+    return parser  # type: ignore[return-value]
+
+
+def _choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep

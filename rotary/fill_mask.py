@@ -32,13 +32,11 @@ def check_fill_mask(model: Any, tokenizer: Any, text: str, top_k: int = 5) -> li
     """RotaryError for anything :func:`fill_mask` would refuse; returns the text's ids with
     the special tokens."""
     from rotary.model import MaskedLM
-    from rotary.tasks import task_of_model
+    from rotary.tasks import task_of_model, use_instead
 
     if not isinstance(model, MaskedLM):
         task = task_of_model(model).name
-        verb = {"causal_lm": "rotary generate", "classification": "rotary classify"}.get(task)
-        use = f": use `{verb}`" if verb else ""
-        raise RotaryError(f"fill-mask needs a masked LM (task masked_lm); this run is a {task}{use}")
+        raise RotaryError(f"fill-mask needs a masked LM (task masked_lm); this run is a {task}{use_instead(task)}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise RotaryError(f"top_k must be a positive integer, got {top_k!r}")
     mask = mask_token(tokenizer)

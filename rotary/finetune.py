@@ -40,6 +40,10 @@ def finetune_defaults(recipe: str | None, overrides: dict[str, Any]) -> dict[str
         raise RotaryError(f"rotary finetune trains task classification; {given}, or fine-tune with a "
                           "classification recipe (or with none and --data.corpus FILE)")
     out = dict(FINETUNE_DEFAULTS)
+    if "warmup_steps" in named:  # the user's warmup, not a default beside it
+        del out["warmup_fraction"]
+    if "dropout" in named.get("model", {}):  # the backbone's dropout comes from the top-level key
+        out["dropout"] = named["model"]["dropout"]
     if "max_steps" not in named:
         out["epochs"] = DEFAULT_EPOCHS
     if recipe is None and isinstance(corpus := named.get("data", {}).get("corpus"), str):

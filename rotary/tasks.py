@@ -224,6 +224,18 @@ register_task(Task("classification", _classifier, causal=False, metrics=_classif
                    help="sequence (pair) classification (trained by `rotary finetune`)"))
 
 
+# The verb that uses a run of each task: what a wrong-kind error tells the user to run instead.
+USED_BY = {"causal_lm": "`rotary generate` or `rotary serve`", "masked_lm": "`rotary fill-mask`",
+           "electra": "`rotary finetune --from RUN` (its discriminator)", "seq2seq": "`rotary translate`",
+           "classification": "`rotary classify`"}
+
+
+def use_instead(task: str | None) -> str:
+    """': use `rotary fill-mask` on it' for a run of ``task``, '' for an unknown task."""
+    verb = USED_BY.get(task or "")
+    return f": use {verb} on it" if verb else ""
+
+
 def head_settings(task: Task, config: Mapping[str, Any]) -> dict[str, Any]:
     """The head keys of ``task`` found in a checkpoint's config.json."""
     return {k: config[k] for k in task.head_keys if k in config}

@@ -46,8 +46,10 @@ def translate_texts(pre: Any, texts: Sequence[str], *, num_beams: int = 5, lengt
     from rotary.decoding import translate_ids
 
     if pre.task != "seq2seq":
-        raise RotaryError(f"{pre.path} is a {pre.task or 'unknown'} run, not a translation (seq2seq) run: "
-                          "translate needs an encoder-decoder")
+        from rotary.tasks import use_instead
+
+        use = use_instead(pre.task) or ": translate needs an encoder-decoder"
+        raise RotaryError(f"{pre.path} is a {pre.task or 'unknown'} run, not a translation (seq2seq) run{use}")
     if isinstance(texts, str):
         texts = [texts]
     if not texts or any(not t.strip() for t in texts):

@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.text) == bool(args.input):
         raise RotaryError("give texts with --text, or a batch file with --input")
+    if any(not text.strip() for text in args.text or []):  # a batch file's blank rows are reported per row
+        raise RotaryError("--text is empty: give the text to classify")
     if args.text_pair and len(args.text_pair) != len(args.text or []):
         raise RotaryError(f"{len(args.text or [])} --text but {len(args.text_pair)} --text-pair: one pair per text")
     if args.batch_size < 1:

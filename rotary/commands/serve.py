@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.slots < 1 or args.max_queue < 1:
         raise RotaryError(f"--slots and --max-queue must be >= 1 (got {args.slots}, {args.max_queue})")
+    if args.max_len is not None and args.max_len < 2:  # 0 meant "the model's" without a word
+        raise RotaryError(f"--max-len must be at least 2 (a prompt token and a completion token), got {args.max_len}")
     if not 0 < args.port < 65536:
         raise RotaryError(f"--port must be in 1..65535, got {args.port}")
     api_key = args.api_key or os.environ.get("ROTARY_API_KEY") or None
@@ -68,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     sock = listening_socket(args.host, args.port)  # a busy port fails now, not after loading and "serving ..."
     pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify, precision=args.precision)
     if not isinstance(pre.model, CausalLM):
-        raise RotaryError(f"rotary serve needs a causal LM, and {args.run} holds a {type(pre.model).__name__}")
+        from rotary.tasks import use_instead
+
+        raise RotaryError(f"rotary serve needs a causal LM, and {args.run} is a {pre.task} run{use_instead(pre.task)}")
     name = args.model_name or default_model_name(pre.path)
     app = create_app(pre, slots=args.slots, max_queue=args.max_queue, api_key=api_key, model_name=name,
                      compile=args.compile, max_len=args.max_len)

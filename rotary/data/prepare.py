@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,10 +124,16 @@ def prepare(corpus: Any, tokenizer_dir: str | Path, out_dir: str | Path, *, val_
         if print_summary:
             print(done.notes[0])
         return done
+    made = not out.exists()
     _clear(out)
-    with jieba_pool(tok.jieba, workers, tokenizer_dir) as pool:
-        splits = write_splits(corpus, tok, out, dtype, batch_docs, pool, workers, progress, start_time)
-    _check_splits(splits, corpus, out, notes)
+    try:
+        with jieba_pool(tok.jieba, workers, tokenizer_dir) as pool:
+            splits = write_splits(corpus, tok, out, dtype, batch_docs, pool, workers, progress, start_time)
+        _check_splits(splits, corpus, out, notes)
+    except BaseException:
+        if made:  # a failed first prepare leaves no directory that looks like output
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     meta = {
         "version": PREPARE_FORMAT_VERSION,
         "source": corpus.name,

@@ -181,6 +181,10 @@ def write_splits(corpus: Any, tok: Any, out: Path, dtype: str, batch_docs: int, 
         if bar is not None:  # done: the last line says 100%, whatever the estimate was
             bar.total = bar.n
             bar.refresh()
+    except BaseException:
+        if bar is not None:
+            bar.leave = False  # the error is the last word, not a bar stuck at 0% above it
+        raise
     finally:
         if bar is not None:
             bar.close()

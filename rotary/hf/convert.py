@@ -75,9 +75,8 @@ def load_hf_dir(path: str | os.PathLike[str]) -> Any:
         arch = FAMILIES[hfc.model_type].architectures[0].hf_class  # the family's usual head
     if arch not in ARCHITECTURES:
         supported = ", ".join(ARCHITECTURES)
-        raise RotaryError(
-            f"{path}: architecture {arch} is not convertible (supported: {supported})"
-        )
+        what = f"architecture {arch}" if arch is not None else f"a {hfc.model_type} model (model_type)"
+        raise RotaryError(f"{path}: {what} is not convertible (supported: {supported})")
     with no_progress_bars():
         # weights_only: a pytorch_model.bin (the published RoFormers') is unpickled without running code
         return getattr(tf, arch).from_pretrained(path, local_files_only=True, weights_only=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -156,7 +157,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         def bad(msg: str) -> None:
-            raise RotaryError(f"ModelConfig: {msg}")
+            raise RotaryError(f"model.{msg}" if re.match(r"[a-z_]+ ", msg) else f"model: {msg}")
 
         for name in ("vocab_size", "max_seq_len", "n_layer", "n_head", "d_model"):
             if getattr(self, name) <= 0:

@@ -50,7 +50,7 @@ def create_app(pre: Any, *, slots: int = 16, max_queue: int = 64, api_key: str |
     ``max_len`` positions (default: the model's ``max_seq_len``). With ``api_key`` every ``/v1/``
     request needs ``Authorization: Bearer <api_key>``; ``/health`` and ``/metrics`` stay open, as
     in vLLM, so that load balancers and scrapers need no secret."""
-    engine = Engine(pre.model, slots=slots, max_len=max_len or pre.model.config.max_seq_len,
+    engine = Engine(pre.model, slots=slots, max_len=pre.model.config.max_seq_len if max_len is None else max_len,
                     tokenizer=pre.tokenizer, compile=compile)
     server = _Server(pre, engine, Scheduler(engine, max_queue=max_queue, warmup=compile),
                      model_name or default_model_name(pre.path), max_body)

@@ -232,6 +232,13 @@ class TrainConfig:
         if self.warmup() >= self.max_steps:
             out.append(f"warmup ({self.warmup()} steps) is not shorter than max_steps ({self.max_steps}): "
                        "the learning rate never reaches its peak (lower warmup_steps or raise max_steps)")
+        if self.warmup_steps is not None and self.warmup_fraction is not None:
+            out.append(f"warmup_steps {self.warmup_steps} and warmup_fraction {self.warmup_fraction} are both set: "
+                       "warmup_steps is used (set warmup_fraction null to silence this)")
+        model_dropout = self.model.get("dropout")
+        if self.dropout is not None and model_dropout is not None and model_dropout != self.dropout:
+            out.append(f"dropout {self.dropout} replaces model.dropout {model_dropout} for training "
+                       "(remove one of them)")
         return out
 
     def final_lr(self) -> float:

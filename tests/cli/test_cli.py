@@ -257,7 +257,7 @@ def test_resume_without_a_recipe_uses_the_runs_recipe(fake_train, tmp_path, caps
     assert (cfg.name, cfg.batch_size, cfg.max_steps, cfg.output_dir) == ("earlier", 3, 9, str(run))
     assert resume and not overwrite
     assert cli.main(["train", "--resume", "--output-dir", str(tmp_path / "none")]) == 2
-    assert "recipe.yaml does not exist" in capsys.readouterr().err
+    assert "none does not exist: point --output-dir at the run" in capsys.readouterr().err
 
 
 def test_only_rank_0_prints_the_summary_and_warnings(fake_train, monkeypatch, capsys):
@@ -389,14 +389,20 @@ def test_bugs_keep_their_traceback(monkeypatch):
     (["generate", "runs/x"], "the following arguments are required: --prompt"),
     (["generate", "runs/x", "--prompt", "a", "--max-new-tokens", "many"], "invalid int value: 'many'"),
     (["tokenizer", "train", "--kind", "sentencepiece"], "invalid choice: 'sentencepiece'"),
-    (["info", "--bogus"], "unrecognized arguments: --bogus"),
+    (["info", "--bogus"], "unrecognized arguments: --bogus (see `rotary info --help`)"),  # the verb's own help
+    # a typo of a required option was reported as the option missing
+    (["generate", "runs/x", "--promt", "a"], "unrecognized argument --promt (did you mean --prompt?)"),
+    (["tokenizer", "train", "--corpus", "c", "--kind", "bpe", "--outt", "t"],
+     "unrecognized argument --outt (did you mean --out?) (see `rotary tokenizer train --help`)"),
+    (["fill-mask", "runs/x", "--text", "a", "--topk", "3"],
+     "unrecognized argument --topk (did you mean --top-k?) (see `rotary fill-mask --help`)"),
 ])
 def test_usage_errors_are_one_line_naming_the_verbs_help(argv, says, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1, err  # no usage block before it
-    assert err.startswith("rotary: error: ") and says in err and "--help`" in err
+    assert err.startswith("rotary: error: ") and says in err and "--help`" in err, err
 
 
 def test_unknown_verb_is_a_usage_error(capsys):
@@ -487,3 +493,29 @@ def test_batch_and_eval_outputs_that_are_the_wrong_kind_of_path_are_one_line_err
         assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
+
+
+def test_settings_of_which_one_is_ignored_are_warned_about():
+    from rotary.finetune import finetune_defaults
+    from rotary.train.config import load_recipe
+
+    both = load_recipe("shakespeare", {"warmup_steps": 5}).warnings()
+    assert any("warmup_steps 5 and warmup_fraction" in w and "warmup_steps is used" in w for w in both), both
+    dropped = load_recipe(None, {"dropout": 0.1, "model.dropout": 0.3}).warnings()
+    assert any("dropout 0.1 replaces model.dropout 0.3" in w for w in dropped), dropped
+    assert not load_recipe(None, {"warmup_steps": 5}).warnings()
+    # finetune's own defaults never stand beside what the user named
+    overrides = {"data.corpus": "x.jsonl", "warmup_steps": 5, "model.dropout": 0.3}
+    cfg = load_recipe(None, overrides, finetune_defaults(None, {"data": {"corpus": "x.jsonl"}, "warmup_steps": 5,
+                                                                "model": {"dropout": 0.3}}))
+    assert (cfg.warmup_fraction, cfg.dropout) == (None, 0.3) and not cfg.warnings()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["serve", "runs/none", "--max-len", "0"], "--max-len must be at least 2"),  # silently meant the model's
+    (["classify", "runs/none", "--text", " "], "--text is empty"),  # classified [CLS][SEP]
+])
+def test_values_that_meant_nothing_are_refused_before_loading(argv, says, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err

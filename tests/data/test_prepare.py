@@ -121,6 +121,11 @@ def test_interrupted_prepare_leaves_no_complete_looking_dir(data_bpe_dir: Path, 
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         prepare(str(src), data_bpe_dir, out, progress=False, batch_docs=5)
+    assert not out.exists()  # the directory it made goes with its partial shards
+    out.mkdir()
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        prepare(str(src), data_bpe_dir, out, progress=False, batch_docs=5)
     assert sorted(p.name for p in out.iterdir()) == []  # no shard, no temp file, no meta.json
     with pytest.raises(RotaryError, match="no meta.json"):
         open_shards(out)
@@ -331,7 +336,7 @@ def test_empty_validation_split_fails_at_prepare_with_the_fix(data_bpe_dir: Path
 @pytest.mark.parametrize("empty", ["train", "val"])
 def test_a_refused_split_leaves_no_partial_shard_behind(data_bpe_dir: Path, tmp_path: Path, empty: str) -> None:
     # an empty train or val split is an error after the shards were written under their hidden
-    # partial names: those must go too, the out dir holds nothing at all
+    # partial names: those must go too, and the out dir prepare made with them
     src = tmp_path / "src"
     src.mkdir()
     if empty == "val":  # two small files: the last one's val share is empty
@@ -340,6 +345,10 @@ def test_a_refused_split_leaves_no_partial_shard_behind(data_bpe_dir: Path, tmp_
     else:
         (src / "a.txt").write_text("\n")
     out = tmp_path / "out"
+    with pytest.raises(RotaryError, match="(empty validation split|no text in its training split)"):
+        prepare(str(src), data_bpe_dir, out, progress=False)
+    assert not out.exists()
+    out.mkdir()  # the user's own directory stays, empty
     with pytest.raises(RotaryError, match="(empty validation split|no text in its training split)"):
         prepare(str(src), data_bpe_dir, out, progress=False)
     assert sorted(p.name for p in out.iterdir()) == []
@@ -506,3 +515,19 @@ def test_prepare_killed_part_way_leaves_no_shards_and_training_refuses_then_a_re
     info = prepare(str(text), data_bpe_dir, out, progress=False, corpus_opts={"split_by": "paragraph"})
     assert not info.skipped and {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".bin"} == whole
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # the partial files were removed
+
+
+def test_a_binary_corpus_leaves_no_output_directory_and_no_bar_after_the_error(data_bpe_dir: Path, tmp_path: Path,
+                                                                              capsys) -> None:
+    corpus = tmp_path / "random.txt"
+    corpus.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    out = tmp_path / "shards"
+    assert main(["prepare", "--corpus", str(corpus), "--tokenizer", str(data_bpe_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8 text" in err.splitlines()[-1] and not out.exists()  # was: an empty shards/ left behind
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("keep")
+    assert main(["prepare", "--corpus", str(corpus), "--tokenizer", str(data_bpe_dir), "--out", str(existing),
+                 "--no-progress"]) == 2
+    assert [p.name for p in existing.iterdir()] == ["notes.txt"]

@@ -484,6 +484,10 @@ def test_shards_without_a_validation_split_are_refused_by_name(trained_run, tmp_
     (["convert", "{run}/train.log", "{tmp}/out", "--to", "hf"], ["train.log is a file"]),
     (["generate", "{run}", "--prompt", "the " * 20, "--max-new-tokens", "60", "--rope-scaling", "linear",
       "--factor", "2"], ["--rope-scaling linear with a --factor above 2"]),  # not the flags already given
+    (["eval", "{run}", "--corpus", "{labelled}", "--split", "test"], ["has no split 'test'", "--split val"]),
+    (["classify", "{run}", "--text", "a"], ["not a classifier: use `rotary generate` or `rotary serve` on it"]),
+    (["translate", "{run}", "--text", "a"], ["not a translation (seq2seq) run: use `rotary generate`"]),
+    (["train", "--model.n-layer", "0"], ["model.n_layer must be positive"]),  # was "ModelConfig: n_layer"
 ])
 def test_each_mistake_names_its_fix(argv, needles, trained_run, tmp_path, capsys):
     labelled = tmp_path / "reviews.jsonl"
@@ -503,3 +507,12 @@ def test_each_mistake_names_its_fix(argv, needles, trained_run, tmp_path, capsys
     assert_one_line_error(code, err, *map(filled, needles))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reviews.jsonl"]  # nothing written
     assert tree_digest(trained_run) == before
+
+
+def test_converting_an_unsupported_transformers_model_names_its_type(tmp_path, capsys):
+    hf = tmp_path / "gpt2"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "gpt2"}')  # no "architectures": was "architecture None"
+    code, err = run_cli(["convert", str(hf), str(tmp_path / "out"), "--from-hf"], capsys)
+    assert_one_line_error(code, err, "a gpt2 model (model_type) is not convertible")
+    assert not (tmp_path / "out").exists()

@@ -177,7 +177,8 @@ class Corpus:
     # -- public API ----------------------------------------------------------------------------
     def documents(self, split: str) -> Iterator[str]:
         if split not in SPLITS:
-            raise RotaryError(f"unknown split '{split}' (valid: {', '.join(SPLITS)})")
+            held_out = " (a text corpus holds out only a val split: evaluate on --split val)" if split == "test" else ""
+            raise RotaryError(f"{self.name} has no split '{split}': its splits are {', '.join(SPLITS)}{held_out}")
         self.replacements[split] = 0
         n = 0
         for text, replaced in self._documents(split):
