@@ -42,6 +42,14 @@ def closest_key_hint(key: str, valid: typing.Iterable[str]) -> str:
     return f" (valid keys: {', '.join(valid)})"
 
 
+def _mapping_expected(where: str, value: Any) -> str:
+    """'expected a mapping' with how to give one key of it on the command line."""
+    key = where.removeprefix("recipe.")
+    name, _, given = str(value).partition("=")
+    example = f"--{key}.{name.strip()} {given.strip()}" if given else f"--{key}.KEY VALUE"
+    return f"{where}: expected a mapping, got {value!r} (on the command line set one key at a time: {example})"
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check ``value`` against a field annotation, converting strings from the command line."""
     origin = get_origin(annotation)
@@ -81,7 +89,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return origin(_coerce(v, inner, where) for v in value)
     if origin is dict:
         if not isinstance(value, dict):
-            raise RotaryError(f"{where}: expected a mapping, got {value!r}")
+            raise RotaryError(_mapping_expected(where, value))
         return dict(value)
     if annotation is Any:
         return value
@@ -130,7 +138,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, annotation):
             return value
         if not isinstance(value, dict):
-            raise RotaryError(f"{where}: expected a mapping, got {value!r}")
+            raise RotaryError(_mapping_expected(where, value))
         return from_dict(annotation, value, where=where)
     return value
 

@@ -519,3 +519,10 @@ def test_values_that_meant_nothing_are_refused_before_loading(argv, says, capsys
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err, err
+
+
+def test_a_mapping_given_as_one_value_shows_the_dotted_spelling(tmp_path, capsys):
+    argv = ["train", "demo", "--data.corpus-options", "test_fraction=0.1", "--output-dir", str(tmp_path / "run")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--data.corpus_options.test_fraction 0.1" in err, err
