@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 _LAZY = {
     # models
     "ModelConfig": "rotary.model.config",
-    "PRESETS": "rotary.model.config",
-    "get_preset": "rotary.model.config",
+    "PRESETS": "rotary.model.presets",
+    "get_preset": "rotary.model.presets",
     "CausalLM": "rotary.model",
     "MaskedLM": "rotary.model",
     "SequenceClassifier": "rotary.model",

@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rotary.model.config import PRESETS
+    from rotary.model.presets import PRESETS
 
     machine = machine_summary()  # first: a bad ROTARY_CPU_GEMM is an error before any output
     width = max(len(n) for n in PRESETS) + 2

@@ -233,7 +233,7 @@ def _encode_as_a_decoder_classifier(model: RotaryModel, hf: Any, tokenizer_dir: 
     ``LlamaForSequenceClassification`` finds the last real token as the last one that is not
     ``pad_token_id``: a padding token of its own (never EOS, never in text) is added, with a
     zero embedding row when the vocabulary has no spare id. Other models are left as they are."""
-    from rotary.model.heads import SequenceClassifier
+    from rotary.model.classifier import SequenceClassifier
     from rotary.tokenizer import load_tokenizer
     from rotary.tokenizer.tokenizer import EOT
 

@@ -36,8 +36,9 @@ import torch
 
 from rotary.errors import RotaryError
 from rotary.hf.adapter import Architecture, Family, NameMap, labelled, require, transformers_module, with_labels
+from rotary.model.classifier import SequenceClassifier
 from rotary.model.config import ModelConfig
-from rotary.model.heads import CausalLM, RotaryModel, SequenceClassifier
+from rotary.model.heads import CausalLM, RotaryModel
 from rotary.model.rope import yarn_attention_scale
 
 _ACTS = ("silu", "swish")  # HF activation names that are exactly SwiGLU's SiLU gate

@@ -34,8 +34,9 @@ from rotary.hf.adapter import (
     transformers_module,
     with_labels,
 )
+from rotary.model.classifier import SequenceClassifier
 from rotary.model.config import ModelConfig
-from rotary.model.heads import MaskedLM, RotaryModel, SequenceClassifier
+from rotary.model.heads import MaskedLM, RotaryModel
 from rotary.model.rope import base_inv_freq, halves_to_pairs, pairs_to_halves
 
 # HF activation names that are exactly rotary's MLP activations (RoFormer uses one for all).

@@ -12,13 +12,13 @@ from typing import Any
 # public name -> submodule that defines it
 _LAZY = {
     "ModelConfig": "config",
-    "PRESETS": "config",
-    "get_preset": "config",
+    "PRESETS": "presets",
+    "get_preset": "presets",
     "KVCache": "cache",
     "RotaryModel": "heads",
     "CausalLM": "heads",
     "MaskedLM": "heads",
-    "SequenceClassifier": "heads",
+    "SequenceClassifier": "classifier",
     "Seq2SeqLM": "seq2seq",
 }
 

@@ -45,6 +45,7 @@ from rotary.train.distributed import (
     wrap_model,
 )
 from rotary.train.evaluate import evaluate
+from rotary.train.keep import clean_partial
 from rotary.train.logging import RunLogger, format_eta, plot_losses
 from rotary.train.metrics import CountedBatches, measure_matmul_peak
 from rotary.train.run_directory import Progress, RunDirectory, Training, checkpoint_due, torch_dtype
@@ -163,7 +164,7 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bo
     latest = resume_checkpoint(cfg.run_dir, verify=verify) if resume else None
     barrier(info)
     if info.is_main:
-        ckpt.clean_partial(cfg.run_dir)
+        clean_partial(cfg.run_dir)
     notes = []
     if resume and had_run and latest is None:
         notes.append(f"{cfg.run_dir} has no checkpoint yet: training from step 0")

@@ -23,6 +23,7 @@ from rotary.config import save_yaml, to_dict
 from rotary.errors import RotaryError
 from rotary.train.config import TrainConfig
 from rotary.train.distributed import DistInfo, barrier
+from rotary.train.keep import prune_checkpoints, publish_best
 from rotary.train.logging import truncate_metrics
 from rotary.train.metrics import LogWindow
 from rotary.train.state import full_state_dicts, gather_rng, load_optimizer_state
@@ -124,7 +125,7 @@ class RunDirectory:
             return False
         if ckpt.is_complete(best) and ckpt.read_json(best / "trainer_state.json").get("step") == progress.step:
             return False
-        ckpt.publish_best(self.path, latest)
+        publish_best(self.path, latest)
         return True
 
     # -- save -------------------------------------------------------------------------------
@@ -162,10 +163,10 @@ class RunDirectory:
             tokenizer_dir=self.tokenizer_dir,
         )
         path = ckpt.write_checkpoint_dir(self.path / ckpt.CHECKPOINTS / ckpt.step_dir_name(step), content)
-        ckpt.prune_checkpoints(self.path, cfg.keep_checkpoints)
+        prune_checkpoints(self.path, cfg.keep_checkpoints)
         barrier(info)
         if best:
-            ckpt.publish_best(self.path, path)
+            publish_best(self.path, path)
         return path
 
 

@@ -13,7 +13,8 @@ import rotary
 from rotary import cli
 from rotary.commands import info
 from rotary.errors import RotaryError
-from rotary.model.config import PRESETS, ModelConfig
+from rotary.model.config import ModelConfig
+from rotary.model.presets import PRESETS
 
 
 def run_module(*args):

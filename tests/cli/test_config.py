@@ -8,7 +8,8 @@ import yaml
 
 from rotary.config import apply_overrides, from_dict, load_yaml, parse_overrides
 from rotary.errors import RotaryError
-from rotary.model.config import PRESETS, ModelConfig, get_preset
+from rotary.model.config import ModelConfig
+from rotary.model.presets import PRESETS, get_preset
 
 
 def test_yaml_round_trip(tmp_path):

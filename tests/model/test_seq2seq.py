@@ -298,7 +298,7 @@ def test_label_smoothing_smooths_the_training_loss_only():
                                          ("transformer-small", dict(share_embeddings=False, decoder_vocab_size=9000,
                                                                     tie_embeddings=False, logits_bias=True))])
 def test_presets_and_the_parameter_estimate(name, change):
-    from rotary.model.config import get_preset
+    from rotary.model.presets import get_preset
 
     cfg = get_preset(name).replace(**change)
     assert cfg.estimate_num_parameters() == Seq2SeqLM(cfg).num_parameters()

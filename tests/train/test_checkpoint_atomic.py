@@ -13,6 +13,7 @@ import torch
 
 from rotary import checkpoint as ckpt
 from rotary.errors import RotaryError
+from rotary.train import keep
 from tests.train_support import make_recipe, write_corpus
 
 
@@ -112,7 +113,7 @@ def test_a_killed_save_leaves_only_a_temp_directory_that_clean_partial_removes(t
     left = [n for n in entries(tmp_path) if n != "step-0000002"]
     assert left and all(n.startswith(".tmp-") for n in left), left
     assert ckpt.latest_checkpoint(tmp_path) == good
-    removed = ckpt.clean_partial(tmp_path)
+    removed = keep.clean_partial(tmp_path)
     assert sorted(p.name for p in removed) == sorted(left)
     assert entries(tmp_path) == ["step-0000002"] and snapshot(good) == before
 
@@ -229,7 +230,7 @@ def test_a_failed_best_publish_keeps_the_old_best_and_a_resume_publishes_it(tmp_
                            tensorboard=False, batch_size=2, lr=1e-2)
 
     run = tmp_path / "run"
-    real = ckpt._link_or_copy
+    real = keep._link_or_copy
 
     def full_at_step_4(src, dst):
         if "step-0000004" in src:
@@ -237,7 +238,7 @@ def test_a_failed_best_publish_keeps_the_old_best_and_a_resume_publishes_it(tmp_
         real(src, dst)
 
     with monkeypatch.context() as mp:
-        mp.setattr(ckpt, "_link_or_copy", full_at_step_4)
+        mp.setattr(keep, "_link_or_copy", full_at_step_4)
         with pytest.raises(RotaryError, match="no space left to write .*best"):
             train(recipe())
     assert ckpt.read_json(run / "best" / "trainer_state.json")["step"] == 2  # the old best/, whole
@@ -305,7 +306,7 @@ def test_a_full_disk_that_raises_no_oserror_is_named_by_the_free_space(tmp_path,
 PRUNE_AND_DIE = r"""
 import os, shutil, signal, sys
 from pathlib import Path
-from rotary import checkpoint as ckpt
+from rotary.train import keep
 
 real = shutil.rmtree
 
@@ -315,7 +316,7 @@ def rmtree_then_die(path, *a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
 
 shutil.rmtree = rmtree_then_die
-ckpt.prune_checkpoints(Path(sys.argv[1]), keep=2)
+keep.prune_checkpoints(Path(sys.argv[1]), keep=2)
 """
 
 
@@ -336,7 +337,7 @@ def test_a_process_killed_while_pruning_leaves_no_half_deleted_checkpoint(tmp_pa
     # the trash is hidden and the next run's cleanup removes it
     hidden = [n for n in entries(tmp_path) if not ckpt.STEP_DIR.match(n)]
     assert hidden and all(n.startswith(".old-step-") for n in hidden), hidden
-    ckpt.clean_partial(tmp_path)
+    keep.clean_partial(tmp_path)
     assert entries(tmp_path) == ["step-0000003", "step-0000004"]
     assert {s: snapshot(tmp_path / "checkpoints" / ckpt.step_dir_name(s)) for s in (3, 4)} == kept
 
@@ -346,12 +347,12 @@ def test_pruning_removes_half_deleted_debris_older_than_the_kept_checkpoints(tmp
     for step in (1, 2, 3, 4):
         save(tmp_path, step, float(step))
     (tmp_path / "checkpoints" / "step-0000001" / "model.safetensors").unlink()
-    ckpt.prune_checkpoints(tmp_path, keep=3)
+    keep.prune_checkpoints(tmp_path, keep=3)
     assert entries(tmp_path) == ["step-0000002", "step-0000003", "step-0000004"]
-    ckpt.prune_checkpoints(tmp_path, keep=1)
+    keep.prune_checkpoints(tmp_path, keep=1)
     assert entries(tmp_path) == ["step-0000004"]
     with pytest.raises(ValueError):
-        ckpt.prune_checkpoints(tmp_path, keep=0)
+        keep.prune_checkpoints(tmp_path, keep=0)
 
 
 def test_an_incomplete_checkpoint_newer_than_the_kept_ones_is_not_pruned(tmp_path):
@@ -359,7 +360,7 @@ def test_an_incomplete_checkpoint_newer_than_the_kept_ones_is_not_pruned(tmp_pat
     for step in (1, 2, 3):
         save(tmp_path, step, float(step))
     (tmp_path / "checkpoints" / "step-0000003" / "model.safetensors").unlink()
-    ckpt.prune_checkpoints(tmp_path, keep=1)
+    keep.prune_checkpoints(tmp_path, keep=1)
     assert entries(tmp_path) == ["step-0000002", "step-0000003"]
 
 
@@ -369,5 +370,5 @@ def test_checkpoints_past_seven_digits_sort_by_step_not_by_name(tmp_path):
         save(tmp_path, step, 1.0)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [9_999_998, 9_999_999, 10_000_000]
     assert ckpt.latest_checkpoint(tmp_path).name == "step-10000000"
-    ckpt.prune_checkpoints(tmp_path, keep=1)
+    keep.prune_checkpoints(tmp_path, keep=1)
     assert entries(tmp_path) == ["step-10000000"]
