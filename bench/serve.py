@@ -94,8 +94,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from rotary.pretrained import load
-    from rotary.serve import create_app
+    from rotary.infer.pretrained import load
+    from rotary.infer.serve import create_app
 
     pre = load(args.run, device=args.device)
     model = "bench"

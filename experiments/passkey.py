@@ -67,7 +67,7 @@ import studylib as lib
 
 import rotary
 from rotary.errors import RotaryError
-from rotary.generate import generate
+from rotary.infer.generate import generate
 from rotary.io import atomic_write_text
 
 SEEDS = [1, 2, 3]

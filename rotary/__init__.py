@@ -38,14 +38,14 @@ _LAZY = {
     "register_task": "rotary.tasks",
     "get_task": "rotary.tasks",
     # use
-    "load": "rotary.pretrained",
-    "Pretrained": "rotary.pretrained",
-    "SamplingParams": "rotary.sampling",
+    "load": "rotary.infer.pretrained",
+    "Pretrained": "rotary.infer.pretrained",
+    "SamplingParams": "rotary.infer.sampling",
     "RotaryError": "rotary.errors",
 }
 _ALIASES = {"train_model": "train"}
 # submodules reachable as attributes (``rotary.hf.to_hf``) without importing them first
-_SUBMODULES = ("hf", "model", "ops", "data", "train", "tokenizer", "generate", "pretrained", "config",
+_SUBMODULES = ("hf", "model", "ops", "data", "train", "tokenizer", "infer", "config",
                "evaluation", "device", "checkpoint", "tasks", "errors", "demo", "io", "cli", "commands")
 
 __all__ = ["__version__", *_LAZY]

@@ -70,7 +70,7 @@ def classification_report(labels: np.ndarray, preds: np.ndarray, label_names: Se
 def evaluate_classifier(run: str | Path, examples: Sequence[Any], label_names: Sequence[str], *, pair: bool = False,
                         batch_size: int = 32, device: str = "auto") -> dict[str, Any]:
     """Score a classifier run on labelled ``examples``."""
-    from rotary.pretrained import load
+    from rotary.infer.pretrained import load
 
     pre = load(run, device=device)
     if pre.task != "classification":
@@ -180,7 +180,7 @@ def seq2seq_metrics(pre: Any, data: Any, split: str, *, num_beams: int = 5, leng
                     batch_size: int = 32, samples: int = 5) -> dict[str, Any]:
     """BLEU and chrF (sacrebleu; every reference of a source counts) of beam-search translations of
     ``split``'s distinct sources, the per-token loss of its pairs, and a few sample translations."""
-    from rotary.translate import bleu_chrf, encode_sources, translate_texts
+    from rotary.infer.translate import bleu_chrf, encode_sources, translate_texts
 
     sources, refs = data.references(split)
     if not sources:
@@ -277,8 +277,8 @@ def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | 
     splits unless ``baseline=False``. An option given for another kind of run is an error."""
     import json
 
+    from rotary.infer.pretrained import load
     from rotary.io import atomic_write_text
-    from rotary.pretrained import load
 
     pre = load(run, device=device)
     check_eval_options(pre.task, stride=stride, seq_len=seq_len, seed=seed, num_beams=num_beams, baseline=baseline)

@@ -6,8 +6,8 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rotary.batch_io import FORMATS
     from rotary.commands import DefaultsHelp, add_loading_options
+    from rotary.infer.batch_io import FORMATS
 
     p = subparsers.add_parser(
         "classify", help="classify texts with a fine-tuned run",
@@ -33,8 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from rotary.batch_io import blank_row, check_output, read_rows, write_rows
     from rotary.errors import RotaryError
+    from rotary.infer.batch_io import blank_row, check_output, read_rows, write_rows
 
     if bool(args.text) == bool(args.input):
         raise RotaryError("give texts with --text, or a batch file with --input")
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise RotaryError(f"{len(args.text or [])} --text but {len(args.text_pair)} --text-pair: one pair per text")
     if args.batch_size < 1:
         raise RotaryError(f"--batch-size must be at least 1, got {args.batch_size}")
-    from rotary.batch_io import Row
+    from rotary.infer.batch_io import Row
 
     rows = None
     check_output(args.input, args.output)
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.output:  # --text ... --output: the same rows a batch file gives
         rows = [Row(n, text, pair) for n, (text, pair) in
                 enumerate(zip(args.text, args.text_pair or [None] * len(args.text)), 1)]
-    from rotary.pretrained import load
+    from rotary.infer.pretrained import load
 
     pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify)
     if rows is None:

@@ -6,8 +6,8 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rotary.batch_io import FORMATS
     from rotary.commands import DefaultsHelp, add_loading_options
+    from rotary.infer.batch_io import FORMATS
 
     p = subparsers.add_parser(
         "fill-mask", help="predict the tokens at each [MASK] of a text with a masked LM",
@@ -32,10 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from rotary.batch_io import Row, blank_row, check_output, read_rows, write_rows
     from rotary.errors import RotaryError
-    from rotary.fill_mask import check_fill_mask, format_inline, mask_token, predictions_json
-    from rotary.pretrained import load
+    from rotary.infer.batch_io import Row, blank_row, check_output, read_rows, write_rows
+    from rotary.infer.fill_mask import check_fill_mask, format_inline, mask_token, predictions_json
+    from rotary.infer.pretrained import load
 
     if bool(args.text) == bool(args.input):
         raise RotaryError("give texts with --text, or a batch file with --input")

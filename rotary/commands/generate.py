@@ -60,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rotary.errors import RotaryError
-    from rotary.pretrained import load
-    from rotary.sampling import SamplingParams
+    from rotary.infer.pretrained import load
+    from rotary.infer.sampling import SamplingParams
 
     if args.max_new_tokens < 1:
         raise RotaryError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")

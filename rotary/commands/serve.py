@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weights in bf16: half the bytes per token (AMX / AVX512-BF16 CPUs, GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (compiled at startup)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
-                   help="uvicorn's and rotary.serve's log level (debug logs every decode step's batch size)")
+                   help="uvicorn's and rotary.infer.serve's log level (debug logs every decode step's batch size)")
     add_loading_options(p)
     p.set_defaults(func=run)
 
@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import logging
 
+    from rotary.infer.pretrained import load
+    from rotary.infer.serve.app import create_app, default_model_name
     from rotary.model import CausalLM
-    from rotary.pretrained import load
-    from rotary.serve.app import create_app, default_model_name
 
     if args.slots < 1 or args.max_queue < 1:
         raise RotaryError(f"--slots and --max-queue must be >= 1 (got {args.slots}, {args.max_queue})")
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.model_name or default_model_name(pre.path)
     app = create_app(pre, slots=args.slots, max_queue=args.max_queue, api_key=api_key, model_name=name,
                      compile=args.compile, max_len=args.max_len)
-    logging.getLogger("rotary.serve").setLevel(args.log_level.upper())
+    logging.getLogger("rotary.infer.serve").setLevel(args.log_level.upper())
     print(f"serving {name} ({pre.path}) at http://{args.host}:{args.port}/v1 with {args.slots} slots"
           f"{', compiled' if args.compile else ''}{', API key required' if api_key else ''}", flush=True)
     stopped_by = serve_on(sock, uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))

@@ -56,10 +56,10 @@ def read_inputs(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from rotary.decoding import MAX_BEAMS
     from rotary.errors import RotaryError
-    from rotary.pretrained import load
-    from rotary.translate import translate_texts
+    from rotary.infer.decoding import MAX_BEAMS
+    from rotary.infer.pretrained import load
+    from rotary.infer.translate import translate_texts
 
     if not 1 <= args.beam <= MAX_BEAMS:
         raise RotaryError(f"--beam must be between 1 and {MAX_BEAMS}, got {args.beam}")

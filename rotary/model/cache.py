@@ -103,7 +103,7 @@ class SlotCache:
     buffer would make the compiler copy all of it every step): keys and values (B, KV, S, hd),
     or for linear attention its running sums, the state (B, KV, hd, hd) and the key sum (B, KV,
     hd) in fp32, whatever the length. ``lengths`` (B,) counts each row's filled positions; the
-    caller (``rotary.engine``) sets it and keeps a host copy, so no pass needs a host sync. A
+    caller (``rotary.infer.engine``) sets it and keeps a host copy, so no pass needs a host sync. A
     row's new tokens are written at positions ``lengths[row]`` onwards; positions past a row's
     length hold stale values that the mask hides and later tokens overwrite. :meth:`window`
     gives a pass only the rows and positions in use.

@@ -254,7 +254,7 @@ class Backbone(nn.Module):
         row b from position ``cache.lengths[b]`` on; ``new_mask`` (B, T) marks right padding.
 
         No host syncs and no shape that depends on the lengths, so the decode step compiles to
-        one graph (``rotary.engine``); the caller checks the positions fit on the host and then
+        one graph (``rotary.infer.engine``); the caller checks the positions fit on the host and then
         sets ``cache.lengths``. Token types are not taken: generation is for causal LMs.
         ``empty`` says every row is empty and exactly as long as the cache (a prefill into a
         fresh cache without padding): then SDPA's own causal kernel replaces the mask.

@@ -292,7 +292,7 @@ class FakeTokenizer:
     ("causal", ["--prompt", ""], "encodes to no tokens"),
 ])
 def test_generate_checks_everything_before_printing_the_prompt(kind, args, needle, monkeypatch, capsys):
-    from rotary import pretrained
+    from rotary.infer import pretrained
     from rotary.model import CausalLM, MaskedLM
 
     cfg = ModelConfig.from_dict({"preset": "tiny", "causal": kind == "causal"})
@@ -308,7 +308,7 @@ def test_generate_checks_everything_before_printing_the_prompt(kind, args, needl
 
 
 def test_no_new_tokens_is_refused_before_the_first_piece_in_python_too():
-    from rotary import pretrained
+    from rotary.infer import pretrained
     from rotary.model import CausalLM
 
     model = CausalLM(ModelConfig.from_dict({"preset": "tiny", "causal": True})).eval()
@@ -423,7 +423,7 @@ def test_every_public_name_resolves_to_what_it_names():
         value = getattr(rotary, name)
         assert not isinstance(value, types.ModuleType), name
     assert callable(rotary.train_model) and rotary.train_model.__module__ == "rotary.train.loop"
-    assert rotary.hf.to_hf and rotary.load.__module__ == "rotary.pretrained"
+    assert rotary.hf.to_hf and rotary.load.__module__ == "rotary.infer.pretrained"
 
 
 def subcommand_help(*path: str) -> str:

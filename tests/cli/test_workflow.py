@@ -22,7 +22,7 @@ def greedy_decode(pre, prompt: str, n: int, seed: int | None = None, **sampling)
     """``n`` tokens by full forward passes over the growing sequence (no cache), stopping at EOS
     as ``Pretrained.generate`` does; the decoded text without the EOS. Greedy, or with
     ``sampling`` one ``sample_next`` draw per step from a generator seeded with ``seed``."""
-    from rotary.sampling import sample_next
+    from rotary.infer.sampling import sample_next
 
     ids = pre.tokenizer.encode(prompt)
     new: list[int] = []

@@ -17,8 +17,8 @@ import rotary  # noqa: E402
 from rotary import checkpoint as ckpt  # noqa: E402
 from rotary import cli  # noqa: E402
 from rotary.errors import RotaryError  # noqa: E402
-from rotary.fill_mask import format_inline, token_text  # noqa: E402
 from rotary.hf import save_hf  # noqa: E402
+from rotary.infer.fill_mask import format_inline, token_text  # noqa: E402
 from rotary.model import CausalLM, MaskedLM  # noqa: E402
 from rotary.model.config import ModelConfig  # noqa: E402
 from rotary.tokenizer import load_tokenizer  # noqa: E402

@@ -10,14 +10,14 @@ import json
 import pytest
 import torch
 
-from rotary.engine import Engine, Request
 from rotary.errors import RotaryError
-from rotary.generate import generate
+from rotary.infer.engine import Engine, Request
+from rotary.infer.generate import generate
+from rotary.infer.sampling import SamplingParams, apply_repetition_penalty, filter_logits
+from rotary.infer.text_stream import TextStream
 from rotary.model import CausalLM
 from rotary.model.config import ModelConfig
 from rotary.ops import inductor
-from rotary.sampling import SamplingParams, apply_repetition_penalty, filter_logits
-from rotary.text_stream import TextStream
 
 
 def small_lm(**kw) -> CausalLM:
@@ -337,7 +337,7 @@ def lm_run(tmp_path_factory):
 
 
 def test_a_prompt_longer_than_the_context_is_refused_or_cut_from_the_left(lm_run):
-    from rotary.pretrained import load
+    from rotary.infer.pretrained import load
 
     pre = load(lm_run, device="cpu")
     long = "Shall I compare thee to a summer's day? " * 6
@@ -356,7 +356,7 @@ def test_a_prompt_longer_than_the_context_is_refused_or_cut_from_the_left(lm_run
 
 
 def test_rope_scaling_at_inference_extends_the_context_exactly_as_the_config_says(lm_run):
-    from rotary.pretrained import load
+    from rotary.infer.pretrained import load
 
     pre = load(lm_run, device="cpu", rope_scaling="yarn", rope_factor=4)
     cfg = pre.model.config
@@ -379,7 +379,7 @@ def test_one_sampling_object_or_its_field_names_and_a_misspelt_one_is_named(lm_r
     """``sampling=SamplingParams(...)`` is what the CLI and the server hand down; keyword
     arguments with its field names replace its values; a misspelt one is an error, not ignored."""
     from rotary import SamplingParams
-    from rotary.pretrained import load
+    from rotary.infer.pretrained import load
 
     pre = load(lm_run, device="cpu")
     params = SamplingParams(temperature=0.9, top_k=5, seed=3)
@@ -397,7 +397,7 @@ def test_one_sampling_object_or_its_field_names_and_a_misspelt_one_is_named(lm_r
 
 def test_generate_cli_json_num_samples_stop_and_logprobs(lm_run, capsys):
     from rotary.cli import main
-    from rotary.pretrained import load
+    from rotary.infer.pretrained import load
 
     pre = load(lm_run)  # on the device the CLI picks (auto), to compare its logprobs there
 

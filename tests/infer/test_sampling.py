@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from rotary.errors import RotaryError
-from rotary.generate import generate
+from rotary.infer.generate import generate
+from rotary.infer.sampling import sample_next
 from rotary.model import CausalLM
 from rotary.model.config import ModelConfig
-from rotary.sampling import sample_next
 
 DRAWS = 4000  # rows per sampling call: a token of probability >= 0.05 is drawn ~200 times
 
@@ -116,7 +116,7 @@ def test_bad_sampling_arguments_are_one_line_errors(kw, match):
 
 @pytest.mark.parametrize("penalty", [float("nan"), float("inf"), 0.0])
 def test_a_repetition_penalty_that_is_not_a_positive_number_is_refused(penalty):
-    from rotary.sampling import check_sampling
+    from rotary.infer.sampling import check_sampling
 
     with pytest.raises(RotaryError, match="repetition_penalty must be > 0"):
         check_sampling(repetition_penalty=penalty)
@@ -248,7 +248,7 @@ def test_pretrained_stream_yields_pieces_that_join_to_generate(tmp_path):
     import io
     from contextlib import redirect_stdout
 
-    from rotary.pretrained import Pretrained
+    from rotary.infer.pretrained import Pretrained
     from rotary.tokenizer import train_tokenizer
     from tests.train_support import write_corpus
 

@@ -30,10 +30,10 @@ uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
 from rotary import cli  # noqa: E402
-from rotary.engine import Engine, Request  # noqa: E402
-from rotary.sampling import SamplingParams  # noqa: E402
-from rotary.serve import create_app  # noqa: E402
-from rotary.serve.protocol import ROLE_STOPS, Message, chat_prompt  # noqa: E402
+from rotary.infer.engine import Engine, Request  # noqa: E402
+from rotary.infer.sampling import SamplingParams  # noqa: E402
+from rotary.infer.serve import create_app  # noqa: E402
+from rotary.infer.serve.protocol import ROLE_STOPS, Message, chat_prompt  # noqa: E402
 from tests.train_support import LINES, free_port, make_recipe, write_corpus  # noqa: E402
 
 MODEL = "tiny-sonnets"
@@ -54,7 +54,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pre(run_dir: Path):
-    from rotary.pretrained import load
+    from rotary.infer.pretrained import load
 
     return load(run_dir, device="cpu")
 
@@ -479,9 +479,9 @@ def test_a_row_cancelled_while_it_waits_never_reaches_the_engine():
     C; the thread starts only after the three calls, so nothing here races.)"""
     import asyncio
 
+    from rotary.infer.serve.scheduler import Scheduler
     from rotary.model import CausalLM
     from rotary.model.config import ModelConfig
-    from rotary.serve.scheduler import Scheduler
 
     torch.manual_seed(0)
     model = CausalLM(ModelConfig(vocab_size=32, max_seq_len=16, n_layer=1, n_head=2, d_model=16)).eval()
@@ -507,10 +507,10 @@ def test_a_row_cancelled_while_it_waits_never_reaches_the_engine():
 # -- the verb -----------------------------------------------------------------------------------------
 def test_the_verb_passes_its_options_and_reads_the_key_from_the_environment(run_dir, monkeypatch, capsys):
     import rotary.commands.serve
-    import rotary.serve.app
+    import rotary.infer.serve.app
 
     seen = {}
-    monkeypatch.setattr(rotary.serve.app, "create_app", lambda pre, **kw: seen.update(kw) or "app")
+    monkeypatch.setattr(rotary.infer.serve.app, "create_app", lambda pre, **kw: seen.update(kw) or "app")
     monkeypatch.setattr(rotary.commands.serve, "serve_on",
                         lambda sock, config: seen.update(app=config.app, host=config.host, port=config.port,
                                                          bound=sock.getsockname()[:2]) or sock.close())
@@ -553,9 +553,9 @@ def test_the_verb_serves_on_the_socket_it_bound(run_dir):
 
 
 def test_a_busy_port_or_a_foreign_host_is_one_line_before_the_model_loads(run_dir, monkeypatch, capsys):
-    import rotary.pretrained
+    import rotary.infer.pretrained
 
-    monkeypatch.setattr(rotary.pretrained, "load", lambda *a, **kw: pytest.fail("loaded before binding"))
+    monkeypatch.setattr(rotary.infer.pretrained, "load", lambda *a, **kw: pytest.fail("loaded before binding"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -763,8 +763,8 @@ def variant(request, run_dir, pre):
     (the same projections: a different, deterministic function)."""
     import dataclasses
 
+    from rotary.infer.pretrained import Pretrained, load
     from rotary.model import CausalLM
-    from rotary.pretrained import Pretrained, load
 
     if request.param == "dynamic_ntk":
         return load(run_dir, device="cpu", rope_scaling="dynamic_ntk", rope_factor=2)

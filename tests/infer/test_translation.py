@@ -124,7 +124,7 @@ def test_bleu_and_chrf_are_sacrebleus_with_every_reference(lang):
     """Exact scores, not a 0..100 range: several references per source (a hypothesis that matches
     only its second reference counts as matched), and sacrebleu's zh tokenisation for Chinese."""
     sacrebleu = pytest.importorskip("sacrebleu")
-    from rotary.translate import bleu_chrf
+    from rotary.infer.translate import bleu_chrf
 
     if lang == "en":
         hyps = ["the cat sat on the mat", "a dog runs in the park today", "it is raining again", "hello there"]
@@ -307,7 +307,7 @@ def test_translate_mistakes_exit_2_in_one_line(reversal_run, tmp_path, capsys):
 def test_decoding_never_runs_past_the_decoders_max_seq_len():
     """Beyond max_seq_len a RoPE decoder extrapolates untrained positions: the default budget
     (2 x source + 10) is cut to it, for greedy and beams, as sources are."""
-    from rotary.decoding import translate_ids
+    from rotary.infer.decoding import translate_ids
     from rotary.model.config import ModelConfig
     from rotary.model.seq2seq import Seq2SeqLM
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rotary.errors import RotaryError
-from rotary.generate import generate
+from rotary.infer.generate import generate
 from rotary.model import CausalLM, MaskedLM
 from rotary.model.alibi import alibi_slopes
 from tests.tiny import build, tiny_config

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rotary.errors import RotaryError
-from rotary.generate import generate
+from rotary.infer.generate import generate
 from rotary.model import CausalLM, MaskedLM, ModelConfig
 from rotary.model.linear_attention import causal_numerator, feature_map
 from rotary.model.rope import apply_rope, base_inv_freq, cos_sin

@@ -12,9 +12,9 @@ import torch
 pytest.importorskip("transformers")
 import transformers as tf  # noqa: E402
 
-from rotary.decoding import beam_core, greedy_core, translate_ids  # noqa: E402
 from rotary.errors import RotaryError  # noqa: E402
 from rotary.hf import config_from_hf, config_to_hf, from_hf, to_hf  # noqa: E402
+from rotary.infer.decoding import beam_core, greedy_core, translate_ids  # noqa: E402
 from rotary.model import ModelConfig, Seq2SeqLM  # noqa: E402
 
 V, PAD, EOS = 24, 1, 0

@@ -75,7 +75,7 @@ def test_eval_of_the_classifier_matches_its_test_score_and_a_hand_count(classifi
     sklearn = pytest.importorskip("sklearn.metrics")
     from rotary.data.sources import load_labelled
     from rotary.evaluation import classifier_predictions
-    from rotary.pretrained import load
+    from rotary.infer.pretrained import load
 
     examples = load_labelled(str(sentiment_dir)).split("test")
     preds = classifier_predictions(load(classifier_run, device="cpu"), examples, pair=False)
@@ -171,14 +171,14 @@ def test_classify_prints_labels_and_probabilities_and_writes_jsonl(classifier_ru
     assert main(["classify", str(classifier_run), "--input", str(src), "--output", str(tmp_path / "out.jsonl")]) == 0
     rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
-    from rotary.pretrained import load
+    from rotary.infer.pretrained import load
 
     direct = load(classifier_run, device="cpu").classify(["很好", "很差"])
     assert [r["label"] for r in direct] == [r["label"] for r in rows]
 
 
 def test_classify_batches_plain_lines_or_jsonl_to_stdout_one_row_per_line(classifier_run, tmp_path, capsys):
-    from rotary.pretrained import load
+    from rotary.infer.pretrained import load
 
     texts = ["很好", "很差"]
     expected = dict(zip(texts, load(classifier_run, device="cpu").classify(texts)))
@@ -205,7 +205,7 @@ def test_batch_rows_strip_crlf_keep_falsy_ids_and_trust_the_txt_suffix(tmp_path)
     # a file saved on Windows must not leave "\r" on every text (it would be classified as part
     # of the text); a JSON id of 0 or "" is the caller's id, not a missing one; and a .txt file is
     # plain text even when its first line happens to be a JSON object
-    from rotary.batch_io import read_rows
+    from rotary.infer.batch_io import read_rows
 
     crlf = tmp_path / "win.txt"
     crlf.write_bytes("很好\r\n\r\n很差\r\n".encode())
@@ -224,7 +224,7 @@ def test_stdin_format_is_detected_from_the_first_non_blank_line(monkeypatch):
     # JSON Lines (its blank line keeps its row), not plain text with braces in it
     import io
 
-    from rotary.batch_io import read_rows
+    from rotary.infer.batch_io import read_rows
 
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO('\n{"id": "k", "text": "很好"}\n'.encode())))
     rows = read_rows("-")
@@ -235,7 +235,7 @@ def test_a_lone_carriage_return_inside_a_line_is_text_not_a_line_break(tmp_path,
     # text mode reads "\r" as a line end: row 2 of the output would then answer half of line 1
     import io
 
-    from rotary.batch_io import read_rows
+    from rotary.infer.batch_io import read_rows
 
     src = tmp_path / "cr.txt"
     src.write_bytes("好\r的\n差\r\n".encode())
@@ -338,7 +338,7 @@ def test_finetune_from_a_masked_lm_starts_from_its_backbone(tiny_mlm, data_char_
 def test_a_decoder_classifies_with_its_last_token(data_char_dir, sentiment_dir, tmp_path):
     """Fine-tuning from a causal LM run: LlamaForSequenceClassification's layout (last real token,
     a bias-free score), learning above chance; the saved classifier pools as its training did."""
-    from rotary.pretrained import load
+    from rotary.infer.pretrained import load
     from rotary.train.loop import train
     from tests.train_support import make_recipe
 
@@ -508,7 +508,7 @@ def test_a_single_class_and_a_label_count_mismatch_are_one_line_errors(classifie
 def test_the_fine_tune_records_its_max_len_and_classify_cuts_texts_there(classifier_run):
     """A text longer than max_len classifies as its first max_len tokens do, to the last digit:
     the 64th token is read, the 65th is not (a one-token cut and no cut both answer differently)."""
-    from rotary.pretrained import load
+    from rotary.infer.pretrained import load
 
     config = json.loads((classifier_run / "best" / "config.json").read_text())
     assert config["max_len"] == 64

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from rotary.serve import protocol as p
+from rotary.infer.serve import protocol as p
 
 
 def add_tokenizer_routes(app: FastAPI, server: Any, dependencies: list) -> None:

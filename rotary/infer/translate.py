@@ -43,7 +43,7 @@ def translate_texts(pre: Any, texts: Sequence[str], *, num_beams: int = 5, lengt
     """Translate ``texts`` with a loaded seq2seq run (``rotary.load``), batch by batch, longest
     sources together (so little padding), in the order given."""
     from rotary.data.seq2seq import special_ids
-    from rotary.decoding import translate_ids
+    from rotary.infer.decoding import translate_ids
 
     if pre.task != "seq2seq":
         from rotary.tasks import use_instead

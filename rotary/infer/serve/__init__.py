@@ -13,7 +13,7 @@ __all__ = ["create_app"]
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
-        from rotary.serve.app import create_app
+        from rotary.infer.serve.app import create_app
 
         return create_app
-    raise AttributeError(f"module 'rotary.serve' has no attribute {name!r}")
+    raise AttributeError(f"module 'rotary.infer.serve' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """The HTTP side of ``rotary serve``: a FastAPI app with the OpenAI API's endpoints.
 
 Handlers run in the event loop and never touch the engine: they validate, tokenize, queue rows
-on the :class:`~rotary.serve.scheduler.Scheduler` and turn its events into OpenAI's JSON or
+on the :class:`~rotary.infer.serve.scheduler.Scheduler` and turn its events into OpenAI's JSON or
 server-sent events. A client that goes away (mid-stream or while waiting for a whole answer)
 cancels its rows, which frees their slots at the scheduler's next turn.
 """
@@ -22,14 +22,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rotary.engine import Engine, Event
 from rotary.errors import RotaryError
-from rotary.scoring import prompt_logprobs
-from rotary.serve import protocol as p
-from rotary.serve.scheduler import EngineFailed, QueueFull, Scheduler, Ticket
-from rotary.serve.tokenizer_api import add_tokenizer_routes
+from rotary.infer.engine import Engine, Event
+from rotary.infer.scoring import prompt_logprobs
+from rotary.infer.serve import protocol as p
+from rotary.infer.serve.scheduler import EngineFailed, QueueFull, Scheduler, Ticket
+from rotary.infer.serve.tokenizer_api import add_tokenizer_routes
 
-log = logging.getLogger("rotary.serve")
+log = logging.getLogger("rotary.infer.serve")
 
 MAX_BODY = 1 << 20  # 1 MiB: far more than any prompt that fits a context, far less than a memory problem
 
@@ -45,7 +45,7 @@ def default_model_name(path: Path) -> str:
 def create_app(pre: Any, *, slots: int = 16, max_queue: int = 64, api_key: str | None = None,
                model_name: str | None = None, compile: bool = False, max_len: int | None = None,
                max_body: int = MAX_BODY) -> FastAPI:
-    """The server of the causal LM ``pre`` (a :class:`~rotary.pretrained.Pretrained`): ``slots``
+    """The server of the causal LM ``pre`` (a :class:`~rotary.infer.pretrained.Pretrained`): ``slots``
     rows decode together, at most ``max_queue`` rows wait for a slot (then 503), each row holds
     ``max_len`` positions (default: the model's ``max_seq_len``). With ``api_key`` every ``/v1/``
     request needs ``Authorization: Bearer <api_key>``; ``/health`` and ``/metrics`` stay open, as

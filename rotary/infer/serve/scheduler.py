@@ -1,6 +1,6 @@
 """The one thread that owns the decode engine, and the asyncio side's handle on it.
 
-The :class:`~rotary.engine.Engine` is not thread-safe, so a single background thread drives it:
+The :class:`~rotary.infer.engine.Engine` is not thread-safe, so a single background thread drives it:
 each turn of its loop frees the slots of cancelled requests, admits pending rows into free slots
 (``engine.start``, one prefill for all of them) and runs one decode step for every active row
 (``engine.step``). A row that arrives while others decode therefore joins the running batch at the
@@ -20,9 +20,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 from typing import Any
 
-from rotary.engine import Engine, Event, Request
+from rotary.infer.engine import Engine, Event, Request
 
-log = logging.getLogger("rotary.serve")
+log = logging.getLogger("rotary.infer.serve")
 
 
 class QueueFull(Exception):
@@ -168,7 +168,7 @@ class Scheduler:
 
     def _warm_up(self) -> None:
         """Compile the decode step at every batch size before the first client waits on it."""
-        from rotary.sampling import SamplingParams
+        from rotary.infer.sampling import SamplingParams
 
         t = time.perf_counter()
         self.engine.start([Request([0], 2, SamplingParams(temperature=0))])  # the prefill path too

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 from rotary.errors import RotaryError
+from rotary.infer.sampling import SamplingParams, apply_repetition_penalty, draw, filter_logits, row_generator
+from rotary.infer.text_stream import TextStream
 from rotary.model import CausalLM
 from rotary.model.cache import SlotCache
-from rotary.sampling import SamplingParams, apply_repetition_penalty, draw, filter_logits, row_generator
-from rotary.text_stream import TextStream
 
 
 @dataclass

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rotary.engine import Request
 from rotary.errors import RotaryError
-from rotary.sampling import SamplingParams, check_sampling
+from rotary.infer.engine import Request
+from rotary.infer.sampling import SamplingParams, check_sampling
 
 ROLE_STOPS = ("\nuser:", "\nsystem:", "\nassistant:")  # a plain model writes the next turn itself
 

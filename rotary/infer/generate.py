@@ -1,13 +1,13 @@
 """Text generation: greedy, temperature, top-k, top-p, min-p and repetition penalty.
 
-Every prompt goes through the decode engine (``rotary.engine``): one prefill pass for all
+Every prompt goes through the decode engine (``rotary.infer.engine``): one prefill pass for all
 prompts, then one forward pass of a single token per step against a slot KV cache, each row at
 its own length (no padding inside the cache, so a row's tokens do not depend on its neighbours
 beyond float rounding). Each row samples from its own generator: with a seed, a prompt gives
 the same text alone or in any batch. Every causal model decodes this way: dynamic NTK (the cache
 holds unrotated keys) and linear attention (the cache holds its running sums) included.
 
-Sampling settings travel as one :class:`~rotary.sampling.SamplingParams` (``sampling=``); keyword
+Sampling settings travel as one :class:`~rotary.infer.sampling.SamplingParams` (``sampling=``); keyword
 arguments named after its fields (``temperature=0``, ``top_k=5``, ...) replace its values.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from rotary.errors import RotaryError
+from rotary.infer.sampling import SamplingParams, check_sampling, sampling_params
 from rotary.model import CausalLM, MaskedLM
-from rotary.sampling import SamplingParams, check_sampling, sampling_params
 
 __all__ = ["check_generation", "check_sampling", "generate"]
 
@@ -68,7 +68,7 @@ def generate(
     ``seed`` seeds every row's own generator (so a prompt samples the same alone or in a batch);
     ``seeds`` gives one per row.
     """
-    from rotary.engine import Request, decode
+    from rotary.infer.engine import Request, decode
 
     params = sampling_params(sampling, **options)
     check_generation(model, max_new_tokens)

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from rotary.errors import RotaryError
+from rotary.infer.sampling import SamplingParams, check_sampling, sampling_params
 from rotary.model import RotaryModel
-from rotary.sampling import SamplingParams, check_sampling, sampling_params
 
 DEFAULT_SAMPLING = SamplingParams(temperature=0.8)  # the Python API's and the CLI's
 
@@ -53,7 +53,7 @@ class Pretrained:
                   max_new_tokens: int | None = None, max_length_ratio: float | None = None,
                   batch_size: int = 32) -> list[str]:
         """Translations of ``texts`` by a seq2seq run (beam search; ``num_beams=1`` is greedy)."""
-        from rotary.translate import translate_texts
+        from rotary.infer.translate import translate_texts
 
         return translate_texts(self, [texts] if isinstance(texts, str) else list(texts), num_beams=num_beams,
                                length_penalty=length_penalty, max_new_tokens=max_new_tokens,
@@ -76,7 +76,7 @@ class Pretrained:
                        **options: Any) -> list[list[int]]:
         """RotaryError for anything :meth:`generate` would refuse, before any output; returns the
         encoded prompts (cut from the left when ``truncate="left"`` and they would not fit)."""
-        from rotary.generate import check_generation
+        from rotary.infer.generate import check_generation
 
         params = self.sampling(sampling, **options)
         check_generation(self.model, max_new_tokens)
@@ -116,7 +116,7 @@ class Pretrained:
         """Continue each prompt ``num_samples`` times (prompt-major order): text, token ids,
         log-probabilities of the chosen tokens (with ``logprobs=True``) and why each ended.
         Sample j of a prompt uses seed ``seed + j``, whatever else shares the batch."""
-        from rotary.engine import Request, decode
+        from rotary.infer.engine import Request, decode
 
         params = self.sampling(sampling, **options)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -159,7 +159,7 @@ class Pretrained:
         pre.stream("ROMEO:"): print(piece, end="")``). The pieces join to :meth:`generate`'s text
         with the same arguments; a multi-byte character is held back until it is complete, and
         text that may begin a stop string until it is ruled out."""
-        from rotary.engine import Request, decode
+        from rotary.infer.engine import Request, decode
 
         # checked before the first piece: a stream never stops half-way on a bad setting
         params = self.sampling(sampling, **options)
@@ -174,14 +174,14 @@ class Pretrained:
     def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
                  batch_size: int = 32) -> list[dict[str, Any]]:
         """The label and the class probabilities of each text (or text pair)."""
-        from rotary.classify import classify
+        from rotary.infer.classify import classify
 
         return classify(self, texts, text_pairs, batch_size=batch_size)
 
     def fill_mask(self, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
         """For each [MASK] in ``text``, in order, the ``top_k`` (token, probability) pairs, as
-        transformers' fill-mask pipeline computes them (``rotary.fill_mask``)."""
-        from rotary.fill_mask import fill_mask
+        transformers' fill-mask pipeline computes them (``rotary.infer.fill_mask``)."""
+        from rotary.infer.fill_mask import fill_mask
 
         return fill_mask(self.model, self.tokenizer, text, top_k)
 
