@@ -328,30 +328,8 @@ def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "eval.json", json.dumps(record, indent=2, ensure_ascii=False))
     if pre.task == "classification":
+        from rotary.train.logging import plot_confusion
+
         record["confusion_png"] = str(plot_confusion(metrics["confusion"], metrics["label_names"],
                                                      out_dir / "confusion.png"))
     return record
-
-
-def plot_confusion(confusion: list[list[int]], names: Sequence[str], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rotary.io import atomic_open
-
-    m = np.asarray(confusion)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(names), 0.8 + 0.6 * len(names)), dpi=120)
-    ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    for (i, j), v in np.ndenumerate(m):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return path

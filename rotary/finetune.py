@@ -75,8 +75,9 @@ def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify:
     from rotary.tasks import get_task
     from rotary.tokenizer import load_tokenizer
     from rotary.train.distributed import init_distributed, shutdown
-    from rotary.train.loop import _grad_accum_steps, fit, prepare_run
+    from rotary.train.loop import _grad_accum_steps, fit
     from rotary.train.setting_up import setting_up
+    from rotary.train.setup import prepare_run
 
     if cfg.task != "classification":
         raise RotaryError(f"rotary finetune trains task: classification (the recipe says {cfg.task})")

@@ -131,7 +131,7 @@ def _seq2seq(cfg: Any, head: Mapping[str, Any]) -> Any:
 
 
 def _seq2seq_data(cfg: Any, info: Any) -> Any:
-    from rotary.data.seq2seq import prepare_seq2seq_data
+    from rotary.data.seq2seq_run import prepare_seq2seq_data
 
     return prepare_seq2seq_data(cfg, info)
 

@@ -15,7 +15,8 @@ class _RecipeKeysHelp(argparse.RawDescriptionHelpFormatter):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rotary.train.config import builtin_recipes, recipe_keys_help
+    from rotary.train.config import builtin_recipes
+    from rotary.train.recipe_keys import recipe_keys_help
 
     # RECIPE is not an argparse positional: with unknown override options around it argparse
     # would take the value of `--name mlm` for the recipe. train.run finds it among the extras.
@@ -50,7 +51,7 @@ def split_recipe(extra: list[str]) -> tuple[str | None, list[str]]:
     of that key's choices (``--compile blocks``); any other word is the recipe.
     """
     from rotary.errors import RotaryError
-    from rotary.train.config import recipe_keys
+    from rotary.train.recipe_keys import recipe_keys
 
     bool_words = {"true", "false", "yes", "no", "on", "off", "1", "0"}
     # key -> the words that are its value: booleans, and the choices of a bool | Literal key

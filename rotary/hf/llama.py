@@ -309,10 +309,6 @@ def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
     )
 
 
-def _causal_lm_hf_config(model: RotaryModel) -> Any:
-    return config_to_hf(model.config)
-
-
 # LlamaForSequenceClassification: the backbone and a bias-free ``score`` on the last real token.
 CLASSIFIER_NAMES: NameMap = {k: v for k, v in NAMES.items() if k != "lm_head.weight"} | {"score.weight": "score.weight"}
 
@@ -333,7 +329,7 @@ FAMILY = Family(
             hf_class="LlamaForCausalLM",
             rotary_class=CausalLM,
             build=lambda cfg, hfc: CausalLM(cfg),
-            hf_config=_causal_lm_hf_config,
+            hf_config=lambda model: config_to_hf(model.config),
             names=lambda cfg: NAMES,
         ),
         Architecture(

@@ -38,24 +38,21 @@ from rotary.train.distributed import (
     DistInfo,
     all_reduce_max,
     all_reduce_sum,
-    barrier,
     init_distributed,
     launcher_asked_for,
     shutdown,
     wrap_model,
 )
 from rotary.train.evaluate import evaluate
-from rotary.train.keep import clean_partial
 from rotary.train.logging import RunLogger, format_eta, plot_losses
 from rotary.train.metrics import CountedBatches, measure_matmul_peak
 from rotary.train.run_directory import Progress, RunDirectory, Training, checkpoint_due, torch_dtype
 from rotary.train.schedule import lr_at, make_optimizer
-from rotary.train.setting_up import RunSetup, setting_up
+from rotary.train.setting_up import setting_up
 from rotary.train.setup import (
     apply_init_from,
-    check_run_dir,
+    prepare_run,
     resolve_model_config,
-    resume_checkpoint,
     start_output_bias,
 )
 from rotary.train.signals import StopRequest
@@ -125,50 +122,6 @@ def _build(cfg: TrainConfig, info: DistInfo, task: Task, start_weights: Path | N
     if latest is None and (note := start_output_bias(model, getattr(data, "train_tokens", []))):
         notes.append(note)  # a fresh run or an init_from one: this data's unigram; a resume keeps its own
     return model, data, seq_len
-
-
-def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool, verify: bool,
-                check_model: bool = True, setup: RunSetup | None = None) -> tuple[Path | None, list[str]]:
-    """Every check that needs no data, before the first file is written, so a mistake never
-    leaves a run directory that blocks the corrected rerun; then ``--overwrite`` sets the previous
-    run aside (``setup``). Returns the checkpoint to resume."""
-    if cfg.optimizer == "muon" and info.enabled and cfg.distributed == "fsdp":
-        raise RotaryError("optimizer: muon needs whole matrices and FSDP shards them: use distributed: ddp "
-                          "or optimizer: adamw")
-    if cfg.tapt_steps and cfg.task != "classification":
-        raise RotaryError(f"tapt_steps pretrains a fine-tune's backbone on its task's texts (rotary finetune); "
-                          f"this recipe trains {cfg.task}: remove it")
-    if cfg.epochs is not None and cfg.task != "classification":
-        raise RotaryError(f"epochs sets the steps of a fine-tune (task classification); this recipe trains "
-                          f"{cfg.task}: use max_steps")
-    if cfg.label_smoothing and cfg.task != "seq2seq":
-        raise RotaryError(f"label_smoothing applies to task seq2seq, this recipe trains {cfg.task}: remove it")
-    if cfg.data.target_tokenizer is not None and cfg.task != "seq2seq":
-        raise RotaryError(f"data.target_tokenizer is for task seq2seq, this recipe trains {cfg.task}: remove it")
-    if cfg.data.target_tokenizer is not None and cfg.model.get("share_embeddings") is True:
-        raise RotaryError("data.target_tokenizer gives the target its own vocabulary and embedding: "
-                          "set model.share_embeddings false (or remove it)")
-    if not 0.0 <= cfg.label_smoothing < 1.0:
-        raise RotaryError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if cfg.precision == "fp16" and info.device.type != "cuda":
-        raise RotaryError("fp16 training needs CUDA (GradScaler): use --precision bf16 or fp32")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    gemm.cpu_gemm()  # a bad ROTARY_CPU_GEMM is an error before any file is written
-    # the model section's keys and values (the vocabulary comes from the data later)
-    if check_model:
-        resolve_model_config(cfg, vocab_size=int(cfg.model.get("vocab_size", 2**16)), pad_id=None)
-    had_run = check_run_dir(cfg, resume=resume, overwrite=overwrite)
-    if overwrite and setup is not None:
-        setup.set_aside()
-    latest = resume_checkpoint(cfg.run_dir, verify=verify) if resume else None
-    barrier(info)
-    if info.is_main:
-        clean_partial(cfg.run_dir)
-    notes = []
-    if resume and had_run and latest is None:
-        notes.append(f"{cfg.run_dir} has no checkpoint yet: training from step 0")
-    return latest, notes
 
 
 def _grad_accum_steps(cfg: TrainConfig, seq_len: int, info: DistInfo) -> int:

@@ -7,7 +7,7 @@ replacement of the previous run is ``rotary.train.setting_up``'s).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rotary import checkpoint
 from rotary.config import to_dict
@@ -16,6 +16,10 @@ from rotary.model.config import ModelConfig
 from rotary.run_source import open_run
 from rotary.tasks import get_task
 from rotary.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from rotary.train.distributed import DistInfo
+    from rotary.train.setting_up import RunSetup
 
 
 def resolve_model_config(cfg: TrainConfig, vocab_size: int, pad_id: int | None,
@@ -177,3 +181,53 @@ def start_output_bias(model: Any, tokens: Any, chunks: int = 64, chunk_tokens: i
     with torch.no_grad():
         bias.copy_(torch.from_numpy(log_p).to(bias.dtype))
     return f"output_bias started at the log unigram of {len(sample):,} training tokens"
+
+
+def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bool, verify: bool,
+                check_model: bool = True, setup: RunSetup | None = None) -> tuple[Path | None, list[str]]:
+    """Every check that needs no data, before the first file is written, so a mistake never
+    leaves a run directory that blocks the corrected rerun; then ``--overwrite`` sets the previous
+    run aside (``setup``). Returns the checkpoint to resume."""
+    if cfg.optimizer == "muon" and info.enabled and cfg.distributed == "fsdp":
+        raise RotaryError("optimizer: muon needs whole matrices and FSDP shards them: use distributed: ddp "
+                          "or optimizer: adamw")
+    if cfg.tapt_steps and cfg.task != "classification":
+        raise RotaryError(f"tapt_steps pretrains a fine-tune's backbone on its task's texts (rotary finetune); "
+                          f"this recipe trains {cfg.task}: remove it")
+    if cfg.epochs is not None and cfg.task != "classification":
+        raise RotaryError(f"epochs sets the steps of a fine-tune (task classification); this recipe trains "
+                          f"{cfg.task}: use max_steps")
+    if cfg.label_smoothing and cfg.task != "seq2seq":
+        raise RotaryError(f"label_smoothing applies to task seq2seq, this recipe trains {cfg.task}: remove it")
+    if cfg.data.target_tokenizer is not None and cfg.task != "seq2seq":
+        raise RotaryError(f"data.target_tokenizer is for task seq2seq, this recipe trains {cfg.task}: remove it")
+    if cfg.data.target_tokenizer is not None and cfg.model.get("share_embeddings") is True:
+        raise RotaryError("data.target_tokenizer gives the target its own vocabulary and embedding: "
+                          "set model.share_embeddings false (or remove it)")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise RotaryError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.precision == "fp16" and info.device.type != "cuda":
+        raise RotaryError("fp16 training needs CUDA (GradScaler): use --precision bf16 or fp32")
+    import torch
+
+    from rotary.ops import gemm
+    from rotary.train.distributed import barrier
+    from rotary.train.keep import clean_partial
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    gemm.cpu_gemm()  # a bad ROTARY_CPU_GEMM is an error before any file is written
+    # the model section's keys and values (the vocabulary comes from the data later)
+    if check_model:
+        resolve_model_config(cfg, vocab_size=int(cfg.model.get("vocab_size", 2**16)), pad_id=None)
+    had_run = check_run_dir(cfg, resume=resume, overwrite=overwrite)
+    if overwrite and setup is not None:
+        setup.set_aside()
+    latest = resume_checkpoint(cfg.run_dir, verify=verify) if resume else None
+    barrier(info)
+    if info.is_main:
+        clean_partial(cfg.run_dir)
+    notes = []
+    if resume and had_run and latest is None:
+        notes.append(f"{cfg.run_dir} has no checkpoint yet: training from step 0")
+    return latest, notes

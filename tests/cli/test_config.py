@@ -317,7 +317,8 @@ def test_literal_fields_suggest_the_closest_choice():
 
 def test_recipe_keys_cover_every_field_dotted():
     from rotary.model.config import ModelConfig
-    from rotary.train.config import DataConfig, TokenizerSpec, TrainConfig, recipe_keys
+    from rotary.train.config import DataConfig, TokenizerSpec, TrainConfig
+    from rotary.train.recipe_keys import recipe_keys
 
     keys = {k: (t, d, h) for k, t, d, h in recipe_keys()}
     expected = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "data"}

@@ -199,7 +199,7 @@ def test_muon_under_fsdp_is_refused_in_one_line(tmp_path):
     from rotary.errors import RotaryError
     from rotary.train.config import TrainConfig
     from rotary.train.distributed import DistInfo
-    from rotary.train.loop import prepare_run
+    from rotary.train.setup import prepare_run
 
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), optimizer="muon", distributed="fsdp")
     with pytest.raises(RotaryError, match="muon needs whole matrices and FSDP shards them"):
