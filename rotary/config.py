@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -54,23 +55,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check ``value`` against a field annotation, converting strings from the command line."""
     origin = get_origin(annotation)
     if origin is typing.Union or origin is types.UnionType:
-        options = get_args(annotation)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in options:
-                return None
-        errors = []
-        for opt in options:
-            if opt is type(None):
-                continue
-            try:
-                return _coerce(value, opt, where)
-            except RotaryError as err:
-                errors.append(str(err))
-        words = [w for opt in options for w in (("true", "false") if opt is bool else
-                                                   get_args(opt) if get_origin(opt) is Literal else ())]
-        if len(errors) > 1 and all(opt is bool or get_origin(opt) is Literal for opt in options):
-            raise RotaryError(f"{where}: {value!r} is not one of {', '.join(map(str, words))}")
-        raise RotaryError(errors[0] if errors else f"{where}: invalid value {value!r}")
+        return _coerce_union(value, get_args(annotation), where)
     if origin is Literal:
         choices = get_args(annotation)
         if value not in choices:
@@ -91,49 +76,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise RotaryError(_mapping_expected(where, value))
         return dict(value)
-    if annotation is Any:
-        return value
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        raise RotaryError(f"{where}: expected true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise RotaryError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                try:
-                    as_float = float(value)  # "1e4"
-                except ValueError:
-                    as_float = None
-                if as_float is not None and as_float.is_integer():
-                    return int(as_float)
-        raise RotaryError(f"{where}: expected an integer, got {value!r}")
-    if annotation is float:
-        if isinstance(value, bool):
-            raise RotaryError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise RotaryError(f"{where}: expected a number, got {value!r}")
-    if annotation is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise RotaryError(f"{where}: expected a string, got {value!r}")
+    if annotation in _SCALARS:
+        converted = _SCALARS[annotation][0](value)
+        if converted is None:
+            raise RotaryError(f"{where}: expected {_SCALARS[annotation][1]}, got {value!r}")
+        return converted
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value
@@ -141,6 +88,68 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise RotaryError(_mapping_expected(where, value))
         return from_dict(annotation, value, where=where)
     return value
+
+
+def _coerce_union(value: Any, options: tuple[Any, ...], where: str) -> Any:
+    """The first option ``value`` fits (``null`` / ``none`` for an optional one)."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if type(None) in options:
+            return None
+    errors = []
+    for opt in options:
+        if opt is type(None):
+            continue
+        try:
+            return _coerce(value, opt, where)
+        except RotaryError as err:
+            errors.append(str(err))
+    words = [w for opt in options for w in (("true", "false") if opt is bool else
+                                               get_args(opt) if get_origin(opt) is Literal else ())]
+    if len(errors) > 1 and all(opt is bool or get_origin(opt) is Literal for opt in options):
+        raise RotaryError(f"{where}: {value!r} is not one of {', '.join(map(str, words))}")
+    raise RotaryError(errors[0] if errors else f"{where}: invalid value {value!r}")
+
+
+def _as_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    word = value.lower() if isinstance(value, str) else None
+    return True if word in ("true", "yes", "1", "on") else False if word in ("false", "no", "0", "off") else None
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            value = _as_float(value)  # "1e4"
+    return int(value) if isinstance(value, float) and value.is_integer() else None
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _as_str(value: Any) -> str | None:
+    return str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+
+
+# annotation -> (converter returning None when the value does not fit, what the error says was expected)
+_SCALARS: dict[Any, tuple[Callable[[Any], Any], str]] = {
+    bool: (_as_bool, "true or false"), int: (_as_int, "an integer"), float: (_as_float, "a number"),
+    str: (_as_str, "a string"), Any: (lambda value: value, "anything"),
+}
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T:

@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from rotary.config import doc, from_dict, load_yaml, save_yaml, to_dict
 from rotary.errors import RotaryError
@@ -20,6 +20,10 @@ NormKind = Literal["rmsnorm", "layernorm"]
 PositionKind = Literal["rope", "learned", "sinusoidal", "alibi", "none"]
 AttentionKind = Literal["softmax", "linear"]
 RopeScaling = Literal["none", "linear", "dynamic_ntk", "yarn"]
+
+
+def _bad(msg: str) -> NoReturn:
+    raise RotaryError(f"model.{msg}" if re.match(r"[a-z_]+ ", msg) else f"model: {msg}")
 
 
 @dataclass
@@ -156,90 +160,97 @@ class ModelConfig:
         return "relu" if self.mlp == "relu" else "gelu"
 
     def validate(self) -> None:
-        def bad(msg: str) -> None:
-            raise RotaryError(f"model.{msg}" if re.match(r"[a-z_]+ ", msg) else f"model: {msg}")
+        """A RotaryError naming the first key whose value (alone or with another) cannot build a model."""
+        self._check_shapes()
+        self._check_positions()
+        if self.attention == "linear":
+            self._check_linear_attention()
 
+    def _check_shapes(self) -> None:
         for name in ("vocab_size", "max_seq_len", "n_layer", "n_head", "d_model"):
             if getattr(self, name) <= 0:
-                bad(f"{name} must be positive, got {getattr(self, name)}")
+                _bad(f"{name} must be positive, got {getattr(self, name)}")
         if self.n_decoder_layer is not None and self.n_decoder_layer <= 0:
-            bad(f"n_decoder_layer must be positive, got {self.n_decoder_layer}")
+            _bad(f"n_decoder_layer must be positive, got {self.n_decoder_layer}")
         if self.decoder_vocab_size is not None:
             if self.decoder_vocab_size <= 0:
-                bad(f"decoder_vocab_size must be positive, got {self.decoder_vocab_size}")
+                _bad(f"decoder_vocab_size must be positive, got {self.decoder_vocab_size}")
             if self.share_embeddings:
-                bad("decoder_vocab_size (a target vocabulary of its own) needs share_embeddings false: "
+                _bad("decoder_vocab_size (a target vocabulary of its own) needs share_embeddings false: "
                     "the two sides cannot share one embedding table")
         if self.decoder_start_token_id is not None and not 0 <= self.decoder_start_token_id < self.target_vocab_size:
-            bad(f"decoder_start_token_id {self.decoder_start_token_id} is outside the target vocabulary")
+            _bad(f"decoder_start_token_id {self.decoder_start_token_id} is outside the target vocabulary")
         if self.d_model % self.n_head:
-            bad(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+            _bad(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         if self.kv_heads <= 0 or self.n_head % self.kv_heads:
-            bad(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.kv_heads})")
+            _bad(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.kv_heads})")
         if self.embedding_size is not None and self.embedding_size <= 0:
-            bad(f"embedding_size must be positive, got {self.embedding_size}")
+            _bad(f"embedding_size must be positive, got {self.embedding_size}")
         if self.embed_dim != self.d_model and self.position in ("learned", "sinusoidal"):
             # absolute positions are added in d_model space; they have no place before the projection
-            bad(f"embedding_size {self.embed_dim} != d_model {self.d_model} needs position=rope or none, "
+            _bad(f"embedding_size {self.embed_dim} != d_model {self.d_model} needs position=rope or none, "
                 f"got position={self.position}")
+        if self.d_ff is not None and self.d_ff <= 0:
+            _bad(f"d_ff must be positive, got {self.d_ff}")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attention_dropout < 1.0:
+            _bad("dropout and attention_dropout must be in [0, 1)")
+        if self.type_vocab_size < 0:
+            _bad("type_vocab_size must be >= 0")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.target_vocab_size:
+            # with a vocabulary per side it is the target's (the decoder's inputs are padded with it)
+            _bad(
+                f"pad_token_id {self.pad_token_id} is outside the vocabulary "
+                f"(size {self.target_vocab_size})"
+            )
+
+    def _check_positions(self) -> None:
         if self.rotary_value and (self.position != "rope" or self.rope_scaling == "dynamic_ntk"):
             # dynamic NTK re-rotates cached keys with a new base; values would need the same
-            bad("rotary_value needs position=rope without dynamic_ntk scaling")
-        if self.d_ff is not None and self.d_ff <= 0:
-            bad(f"d_ff must be positive, got {self.d_ff}")
-        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attention_dropout < 1.0:
-            bad("dropout and attention_dropout must be in [0, 1)")
+            _bad("rotary_value needs position=rope without dynamic_ntk scaling")
         if not 0.0 < self.rotary_fraction <= 1.0:
-            bad(f"rotary_fraction must be in (0, 1], got {self.rotary_fraction}")
+            _bad(f"rotary_fraction must be in (0, 1], got {self.rotary_fraction}")
         if self.position == "rope":
             if self.rotary_dim % 2 or self.rotary_dim == 0:
-                bad(
+                _bad(
                     f"RoPE rotates pairs of dimensions: rotary dims = head_dim ({self.head_dim}) "
                     f"x rotary_fraction ({self.rotary_fraction}) = "
                     f"{self.head_dim * self.rotary_fraction:g} must be a positive even integer"
                 )
             if abs(self.head_dim * self.rotary_fraction - self.rotary_dim) > 1e-6:
-                bad(
+                _bad(
                     "head_dim x rotary_fraction must be an integer, "
                     f"got {self.head_dim * self.rotary_fraction:g}"
                 )
             if self.rope_theta <= 0:
-                bad(f"rope_theta must be positive, got {self.rope_theta}")
+                _bad(f"rope_theta must be positive, got {self.rope_theta}")
             if self.rope_scaling != "none" and self.rope_scaling_factor < 1.0:
-                bad(f"rope_scaling_factor must be >= 1, got {self.rope_scaling_factor}")
+                _bad(f"rope_scaling_factor must be >= 1, got {self.rope_scaling_factor}")
             if self.rope_scaling == "dynamic_ntk" and self.rotary_dim <= 2:
                 # the NTK base exponent rotary_dim / (rotary_dim - 2) is undefined
-                bad(
+                _bad(
                     f"rope_scaling=dynamic_ntk needs more than 2 rotary dims, got {self.rotary_dim}"
                 )
         elif self.rope_scaling != "none":
-            bad(
+            _bad(
                 f"rope_scaling={self.rope_scaling} needs position=rope "
                 f"(got position={self.position})"
             )
-        if self.attention == "linear":
-            if self.position == "alibi":
-                bad("position=alibi is a bias on softmax scores, which linear attention does not form: "
-                    "use attention=softmax or another position")
-            if self.attention_dropout:
-                bad("attention_dropout drops attention probabilities, which linear attention does not form: "
-                    "set it to 0")
-            if self.position == "rope" and self.rope_scaling == "dynamic_ntk":
-                # the running key-value state holds keys rotated with the base of their own step
-                bad("rope_scaling=dynamic_ntk re-rotates every cached key, which linear attention's running "
-                    "state cannot: use linear or yarn scaling")
-            if self.rotary_value:
-                bad("rotary_value is not defined for linear attention (the paper rotates queries and keys)")
         if self.position == "sinusoidal" and self.d_model % 2:
-            bad(f"sinusoidal positions need an even d_model, got {self.d_model}")
-        if self.type_vocab_size < 0:
-            bad("type_vocab_size must be >= 0")
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.target_vocab_size:
-            # with a vocabulary per side it is the target's (the decoder's inputs are padded with it)
-            bad(
-                f"pad_token_id {self.pad_token_id} is outside the vocabulary "
-                f"(size {self.target_vocab_size})"
-            )
+            _bad(f"sinusoidal positions need an even d_model, got {self.d_model}")
+
+    def _check_linear_attention(self) -> None:
+        if self.position == "alibi":
+            _bad("position=alibi is a bias on softmax scores, which linear attention does not form: "
+                "use attention=softmax or another position")
+        if self.attention_dropout:
+            _bad("attention_dropout drops attention probabilities, which linear attention does not form: "
+                "set it to 0")
+        if self.position == "rope" and self.rope_scaling == "dynamic_ntk":
+            # the running key-value state holds keys rotated with the base of their own step
+            _bad("rope_scaling=dynamic_ntk re-rotates every cached key, which linear attention's running "
+                "state cannot: use linear or yarn scaling")
+        if self.rotary_value:
+            _bad("rotary_value is not defined for linear attention (the paper rotates queries and keys)")
 
     # -- (de)serialisation ---------------------------------------------------------------------
     @classmethod

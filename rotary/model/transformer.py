@@ -185,19 +185,7 @@ class Backbone(nn.Module):
         else:
             pos_for_embed = position_ids
 
-        x = self.token_embeddings(input_ids)  # (B, T, d)
-        if self.embed_types is not None:
-            if token_type_ids is None:
-                token_type_ids = torch.zeros_like(input_ids)
-            x = x + self.embed_types(token_type_ids)
-        elif token_type_ids is not None and bool(token_type_ids.any()):
-            raise RotaryError(
-                "token_type_ids given but the model has no segment embeddings (type_vocab_size=0)"
-            )
-        if self.embed_positions is not None:
-            x = x + self.embed_positions(pos_for_embed, total)
-        x = self._finish_embedding(x)
-
+        x = self._embed(input_ids, token_type_ids, pos_for_embed, total)  # (B, T, d)
         ctx = AttentionContext()
         ctx.kv_cache = kv_cache
         if self.rope is not None:
@@ -228,6 +216,22 @@ class Backbone(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(T)
         return x
+
+    def _embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, positions: torch.Tensor,
+               total: int) -> torch.Tensor:
+        """Token, segment and absolute-position embeddings of a full pass: (B, T, d)."""
+        x = self.token_embeddings(input_ids)  # (B, T, d)
+        if self.embed_types is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.embed_types(token_type_ids)
+        elif token_type_ids is not None and bool(token_type_ids.any()):
+            raise RotaryError(
+                "token_type_ids given but the model has no segment embeddings (type_vocab_size=0)"
+            )
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(positions, total)
+        return self._finish_embedding(x)
 
     def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # (B, T, e)
