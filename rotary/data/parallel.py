@@ -19,7 +19,6 @@ sides is an error naming the line.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from rotary.config import closest_key_hint
 from rotary.corpus_names import PARALLEL_NAMES
+from rotary.data.sources.base import jsonl_records
 from rotary.errors import RotaryError
 
 PARALLEL_SPLITS = ("train", "val", "test")
@@ -120,17 +120,11 @@ def _tsv_pairs(path: Path) -> list[Pair]:
 
 def _jsonl_pairs(path: Path, source_field: str, target_field: str) -> list[Pair]:
     pairs = []
-    for n, line in enumerate(_read_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RotaryError(f"{path} line {n}: not JSON ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise RotaryError(f"{path} line {n}: expected a JSON object")
+    for record, replaced, where in jsonl_records(path):
+        if replaced:  # a translation pair is never guessed at
+            raise RotaryError(f"{where}: not UTF-8 text ({replaced} undecodable byte sequences): convert it to UTF-8")
         pairs.append(_pair(record.get(source_field), record.get(target_field),
-                           f"{path} line {n} (fields '{source_field}', '{target_field}')"))
+                           f"{where} (fields '{source_field}', '{target_field}')"))
     return pairs
 
 

@@ -292,3 +292,27 @@ def jsonl_records(path: Path, expected: str = "a JSON object") -> Iterator[tuple
             if not isinstance(record, dict):
                 raise RotaryError(f"{path}:{lineno}: expected {expected}")
             yield record, replaced, f"{path}:{lineno}"
+
+
+def parquet_records(path: Path, columns: list[str] | None = None) -> Iterator[tuple[dict[str, Any], int, str]]:
+    """(record, 0, "path: row n") of each row of a .parquet file, read in batches; ``columns``
+    (all when None) must exist, or the error names the closest."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise RotaryError("reading .parquet needs pyarrow: pip install pyarrow") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise RotaryError(f"{path}: not a readable parquet file ({err})") from None
+    from rotary.config import closest_key_hint
+
+    names = pf.schema_arrow.names
+    for col in columns or ():
+        if col not in names:
+            raise RotaryError(f"{path}: no column '{col}'{closest_key_hint(col, names)}")
+    row = 0
+    for batch in pf.iter_batches(batch_size=4096, columns=columns):
+        for record in batch.to_pylist():
+            row += 1
+            yield record, 0, f"{path}: row {row}"

@@ -16,6 +16,7 @@ from rotary.data.sources.base import (
     decode_text_file,
     file_fingerprint,
     jsonl_records,
+    parquet_records,
 )
 from rotary.errors import RotaryError
 
@@ -72,30 +73,10 @@ class FilesCorpus(HashSplitCorpus):
             elif suffix in JSONL_SUFFIXES:
                 yield from self._jsonl_records(path)
             else:
-                yield from self._parquet_records(path)
+                yield from parquet_records(path, [self.text_field])
 
     def _jsonl_records(self, path: Path) -> Iterator[tuple[dict[str, Any], int, str]]:
         return jsonl_records(path, f"a JSON object with a '{self.text_field}' field")
-
-    def _parquet_records(self, path: Path) -> Iterator[tuple[dict[str, Any], int, str]]:
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise RotaryError("reading .parquet needs pyarrow: pip install pyarrow") from None
-        try:
-            pf = pq.ParquetFile(path)
-        except Exception as err:  # pyarrow raises several types for a corrupt file
-            raise RotaryError(f"{path}: not a readable parquet file ({err})") from None
-        columns = pf.schema_arrow.names
-        wanted = [self.text_field]
-        for col in wanted:
-            if col not in columns:
-                raise RotaryError(f"{path}: no column '{col}'{closest_key_hint(col, columns)}")
-        row = 0
-        for batch in pf.iter_batches(batch_size=4096, columns=wanted):
-            for record in batch.to_pylist():
-                row += 1
-                yield record, 0, f"{path}: row {row}"
 
     def _text_of(self, record: dict[str, Any] | str, where: str) -> str:
         if isinstance(record, str):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rotary.config import closest_key_hint
-from rotary.data.sources.base import decode_text_file, file_fingerprint, jsonl_records
+from rotary.data.sources.base import decode_text_file, file_fingerprint, jsonl_records, parquet_records
 from rotary.data.sources.labelled import LabelledData, RawRow, build_labelled, check_max_examples
 from rotary.data.sources.splits import LABELLED_SPLITS, check_fractions, example_key, split_of
 from rotary.errors import RotaryError, RotaryWarning
@@ -77,19 +77,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[dict[str, Any], str, int]]:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[dict[str, Any], str, int]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise RotaryError("reading .parquet needs pyarrow: pip install pyarrow") from None
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as err:  # pyarrow raises several types for a corrupt file
-        raise RotaryError(f"{path}: not a readable parquet file ({err})") from None
-    row = 0
-    for batch in pf.iter_batches(batch_size=4096):
-        for record in batch.to_pylist():
-            row += 1
-            yield record, f"{path}: row {row}", 0
+    return ((record, where, replaced) for record, replaced, where in parquet_records(path))
 
 
 def _file_rows(path: Path, fields: _Fields) -> tuple[list[RawRow], int]:
