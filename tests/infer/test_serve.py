@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -807,3 +808,100 @@ def test_dynamic_ntk_and_linear_attention_are_served_with_every_option(variant):
         for i, t in enumerate(offline.token_ids):
             p = variant.model(torch.tensor([ids + offline.token_ids[:i]]))[0, -1].softmax(-1)
             assert p[t] >= 0.05 * p.max() - 1e-6
+
+
+# -- lm-evaluation-harness, as its users run it: `lm_eval --model local-completions` ---------------
+
+HARNESS_TASKS = {
+    "rotary_mc": """task: rotary_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{gold}}}}"
+target_delimiter: ""
+metric_list:
+  - metric: acc
+""",
+    "rotary_gen": """task: rotary_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{context}}}}"
+doc_to_target: "{{{{choices[gold]}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 6
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+""",
+}
+
+
+def harness_docs() -> list[dict]:
+    """Multiple choice from the training sonnets: a line's start, its true next word among two others."""
+    docs = []
+    for i, line in enumerate(LINES[:6]):
+        words = line.split()
+        others = [LINES[(i + k) % len(LINES)].split()[4] for k in (1, 2)]
+        choices = [" " + words[4], *(" " + w for w in others if w != words[4])]
+        docs.append({"context": " ".join(words[:4]), "choices": choices, "gold": i % len(choices)})
+    return docs
+
+
+def continuation_logprob(pre, context: str, continuation: str) -> float:
+    """log p(continuation | context) from one forward pass, split into tokens as lm-eval splits a
+    pair (a context's trailing space moves to the continuation; the whole text is encoded once)."""
+    if context.endswith(" "):
+        context, continuation = context[:-1], " " + continuation
+    whole = pre.tokenizer.encode(context + continuation)
+    n_ctx = len(pre.tokenizer.encode(context))
+    with torch.no_grad():
+        logits = pre.model(torch.tensor([whole]))[0].float().log_softmax(-1)  # (T, vocab)
+    return float(sum(logits[t - 1, whole[t]] for t in range(n_ctx, len(whole))))
+
+
+@pytest.mark.slow
+def test_lm_evaluation_harness_scores_through_the_server_what_the_model_computes(server, pre, offline, tmp_path):
+    """lm-eval 0.4.13's local-completions model, with the server's own tokenizer endpoints: every
+    choice's log-likelihood (echo + logprobs) equals the model's own, so its accuracy does; its
+    generate_until text is the engine's greedy text."""
+    pytest.importorskip("lm_eval")
+    docs = harness_docs()
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name, text in HARNESS_TASKS.items():
+        (tasks / f"{name}.yaml").write_text(text.format(data=data))
+    model_args = (f"model={MODEL},base_url={server.url}/v1/completions,num_concurrent=1,max_retries=1,"
+                  "tokenized_requests=True,tokenizer_backend=remote")
+    proc = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args", model_args,
+                           "--tasks", "rotary_mc,rotary_gen", "--include_path", str(tasks), "--output_path",
+                           str(tmp_path / "out"), "--log_samples"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    samples = {name: [json.loads(x) for x in next((tmp_path / "out").rglob(f"samples_{name}_*.jsonl")).read_text()
+                      .splitlines()] for name in HARNESS_TASKS}
+    correct = 0
+    for sample in sorted(samples["rotary_mc"], key=lambda s: s["doc_id"]):
+        doc = docs[sample["doc_id"]]
+        ours = [continuation_logprob(pre, doc["context"], c) for c in doc["choices"]]
+        theirs = [float(r[0]) for r in sample["filtered_resps"]]
+        assert theirs == pytest.approx(ours, rel=1e-4, abs=1e-4), doc
+        correct += int(max(range(len(ours)), key=ours.__getitem__) == doc["gold"])
+    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
+    assert results["rotary_mc"]["acc,none"] == pytest.approx(correct / len(docs))
+    for sample in samples["rotary_gen"]:
+        text, _ = offline(docs[sample["doc_id"]]["context"], 6, ("\n",))
+        assert sample["filtered_resps"][0] == text
