@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from rotary.device import cpu_model
+from rotary import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TUNE_WORKS = ["macbeth", "much_ado_about_nothing", "henry_v"]  # a tragedy, a comedy, a history

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from rotary.device import cpu_model
+from rotary import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,8 +24,7 @@ import position_ablation as study1
 import studylib as lib
 
 import rotary
-from rotary.errors import RotaryError
-from rotary.evaluation import causal_documents_metrics
+from rotary import RotaryError, causal_documents_metrics
 
 MULTIPLES = [1, 2, 4, 8, 16]
 # fine-tunes at 4L: name -> model keys laid over the rope run's config
@@ -124,8 +123,7 @@ def plot(table: dict[str, dict[int, list]], context: int, out: Path) -> str:
 
 
 def markdown(table: dict[str, dict[int, list]], seeds: list[int], quick: bool, image: str) -> list[str]:
-    from rotary.device import cpu_model
-
+    from rotary import cpu_model
     context = study1.budget(quick).get("context", study1.CONTEXT)
     lengths = [m * context for m in MULTIPLES]
     ft = FT_QUICK if quick else FT_FULL

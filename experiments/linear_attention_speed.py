@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=lib.RESULTS)
     parser.add_argument("--quick", action="store_true", help="the same code on a tiny budget (the test)")
     args = parser.parse_args(argv)
-    from rotary.device import cpu_model
-
+    from rotary import cpu_model
     lengths = [64, 256] if args.quick else LENGTHS
     rows = [measure(kind, n, args.quick) for n in lengths for kind in KINDS]
     by = {(r["kind"], r["T"]): r for r in rows}

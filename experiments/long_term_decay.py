@@ -28,7 +28,7 @@ import studylib as lib
 import torch
 
 import rotary
-from rotary.model.rope import apply_rope
+from rotary import apply_rope
 
 THETAS = [100.0, 10000.0, 500000.0]  # a small base, the RoFormer/Llama 2 one, Llama 3's
 CONTRAST = ["rope", "alibi", "sinusoidal", "none"]
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=lib.RESULTS)
     parser.add_argument("--quick", action="store_true", help="the same code on a tiny budget (the test)")
     args = parser.parse_args(argv)
-    from rotary.device import cpu_model
-
+    from rotary import cpu_model
     context = study1.budget(args.quick).get("context", study1.CONTEXT)
     schemes = list(dict.fromkeys(["rope", *args.schemes]))
     study1.ensure_runs(schemes, args.seeds, args.runs_dir, args.quick)

@@ -25,7 +25,7 @@ import numpy as np
 import studylib as lib
 
 import rotary
-from rotary.evaluation import masked_lm_metrics
+from rotary import masked_lm_metrics
 
 SEEDS = [1, 2, 3]
 SCHEMES = {"rope": "rope", "learned": "learned", "none": "none"}
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=lib.RESULTS)
     parser.add_argument("--quick", action="store_true", help="the same code on a tiny budget (the test)")
     args = parser.parse_args(argv)
-    from rotary.device import cpu_model
-
+    from rotary import cpu_model
     rows: dict[str, Any] = {}
     for scheme in args.schemes:
         per_seed = []

@@ -66,9 +66,7 @@ from typing import Any
 import studylib as lib
 
 import rotary
-from rotary.errors import RotaryError
-from rotary.infer.generate import generate
-from rotary.io import atomic_write_text
+from rotary import RotaryError, atomic_write_text, generate
 
 SEEDS = [1, 2, 3]
 SCHEMES = {"rope": "rope", "alibi": "alibi", "sinusoidal": "sinusoidal", "none": "none", "learned": "learned"}
@@ -235,8 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=lib.RESULTS)
     parser.add_argument("--quick", action="store_true", help="the same code on a tiny budget (the test)")
     args = parser.parse_args(argv)
-    from rotary.device import cpu_model
-
+    from rotary import cpu_model
     b = budget(args.quick)
     context = b["context"]
     lengths = [m * context for m in MULTIPLES]

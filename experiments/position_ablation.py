@@ -29,7 +29,7 @@ from typing import Any
 import studylib as lib
 
 import rotary
-from rotary.evaluation import causal_documents_metrics
+from rotary import causal_documents_metrics
 
 CONTEXT = 128  # L: the trained context, also study 3's unit of length
 SEEDS = [1, 2, 3]
@@ -163,8 +163,7 @@ def plot_curves(schemes: list[str], seeds: list[int], runs_dir: Path, out: Path)
 
 
 def markdown(rows: dict[str, Any], seeds: list[int], quick: bool, runs_dir: Path, images: list[str]) -> list[str]:
-    from rotary.device import cpu_model
-
+    from rotary import cpu_model
     b = budget(quick)
     context = b.get("context", CONTEXT)
     tokens = b["max_steps"] * b["batch_size"] * context

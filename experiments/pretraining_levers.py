@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from finetune_seeds import ROOT, run_one, summarise, wall_seconds, write_atomic  # noqa: E402
 
-from rotary.device import cpu_model  # noqa: E402
+from rotary import cpu_model  # noqa: E402
 
 PRETRAINING = {"mlm": "peoples-daily-mlm", "mlm+tapt": "peoples-daily-mlm", "electra": "peoples-daily-electra"}
 

@@ -24,8 +24,7 @@ from typing import Any
 import yaml
 
 import rotary
-from rotary.device import cpu_model
-from rotary.io import atomic_write_text
+from rotary import atomic_write_text, cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
@@ -169,8 +168,7 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: Path) -> None:
-    from rotary.io import atomic_open
-
+    from rotary import atomic_open
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)

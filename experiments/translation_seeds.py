@@ -20,8 +20,7 @@ import studylib as lib
 import yaml
 
 import rotary
-from rotary.data.parallel import load_parallel
-from rotary.evaluation import seq2seq_metrics
+from rotary import load_parallel, seq2seq_metrics
 
 SCHEMES = {"rope": "tatoeba-zh-en", "sinusoidal": "tatoeba-zh-en-sinusoidal"}
 SEEDS = [1, 2, 3]
@@ -55,8 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="the same code on a tiny budget (the test)")
     args = parser.parse_args(argv)
-    from rotary.device import cpu_model
-
+    from rotary import cpu_model
     order = [("rope", 1)] + [(s, k) for s in SCHEMES for k in args.seeds if (s, k) != ("rope", 1)]
     done = {}
     for scheme, seed in order:

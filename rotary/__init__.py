@@ -41,6 +41,17 @@ _LAZY = {
     "load": "rotary.infer.pretrained",
     "Pretrained": "rotary.infer.pretrained",
     "SamplingParams": "rotary.infer.sampling",
+    "generate": "rotary.infer.generate",
+    # evaluation: what rotary eval and the demo compute, for studies
+    "causal_documents_metrics": "rotary.evaluation",
+    "masked_lm_metrics": "rotary.evaluation",
+    "seq2seq_metrics": "rotary.evaluation",
+    "load_parallel": "rotary.data.parallel",
+    "apply_rope": "rotary.model.rope",
+    # the machine and files, for records that say where they were measured and are never half-written
+    "cpu_model": "rotary.device",
+    "atomic_write_text": "rotary.io",
+    "atomic_open": "rotary.io",
     "RotaryError": "rotary.errors",
 }
 _ALIASES = {"train_model": "train"}

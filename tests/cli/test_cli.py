@@ -426,6 +426,26 @@ def test_every_public_name_resolves_to_what_it_names():
     assert rotary.hf.to_hf and rotary.load.__module__ == "rotary.infer.pretrained"
 
 
+def test_the_experiments_use_only_the_public_api():
+    """experiments/ imports rotary's pinned names (``from rotary import X``) and rotary.hf, nothing
+    else: the internals may move without breaking a study."""
+    import ast
+
+    import rotary
+
+    root = Path(__file__).resolve().parents[2] / "experiments"
+    scripts = sorted(root.glob("*.py"))
+    assert scripts
+    for script in scripts:
+        for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rotary"):
+                assert node.module in ("rotary", "rotary.hf"), f"{script.name}:{node.lineno} imports {node.module}"
+                if node.module == "rotary":
+                    assert {a.name for a in node.names} <= set(rotary.__all__) | {"hf"}, script.name
+            if isinstance(node, ast.Import):
+                assert all(a.name in ("rotary", "rotary.hf") or not a.name.startswith("rotary") for a in node.names)
+
+
 def subcommand_help(*path: str) -> str:
     """The --help text of ``rotary PATH...``, whitespace joined, built in-process."""
     parser = cli.build_parser()
