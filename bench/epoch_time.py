@@ -45,7 +45,8 @@ def devices() -> list[tuple[str, int]]:
 def prepare(work: Path, pairs: int, seq_len: int) -> tuple[Path, Path, int]:
     """Tokenizer and prepared pairs of the budget; returns them and the epoch's micro-batches."""
     from rotary.data.parallel import load_parallel
-    from rotary.data.seq2seq import Seq2SeqData, _TextCorpus, prepare_pairs
+    from rotary.data.seq2seq import Seq2SeqData, prepare_pairs
+    from rotary.data.seq2seq_run import _TextCorpus
     from rotary.tokenizer import train_tokenizer
 
     recipe = yaml.safe_load((ROOT / "rotary" / "recipes" / "tatoeba-zh-en.yaml").read_text(encoding="utf-8"))

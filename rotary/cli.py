@@ -55,7 +55,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
         known = [flag for action in self._actions for flag in action.option_strings]
         for word in OneLineErrorParser.argv:
             flag = word.split("=", 1)[0]
-            if flag.startswith("--") and flag not in known:
+            if flag.startswith("--") and not any(k.startswith(flag) for k in known):  # prefixes are abbreviations
                 close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
                 if close:
                     return f"unrecognized argument {flag} (did you mean {close[0]}?)"

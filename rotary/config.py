@@ -76,6 +76,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise RotaryError(_mapping_expected(where, value))
         return dict(value)
+    if annotation is Any:
+        return value
     if annotation in _SCALARS:
         converted = _SCALARS[annotation][0](value)
         if converted is None:
@@ -148,7 +150,7 @@ def _as_str(value: Any) -> str | None:
 # annotation -> (converter returning None when the value does not fit, what the error says was expected)
 _SCALARS: dict[Any, tuple[Callable[[Any], Any], str]] = {
     bool: (_as_bool, "true or false"), int: (_as_int, "an integer"), float: (_as_float, "a number"),
-    str: (_as_str, "a string"), Any: (lambda value: value, "anything"),
+    str: (_as_str, "a string"),
 }
 
 
@@ -253,7 +255,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: later keys override it, as YAML says
+                continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # SafeLoader reports an unhashable key itself
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} given twice", key_node.start_mark)

@@ -62,10 +62,18 @@ class RunSetup:
         if self.made_dir and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
             self.run_dir.rmdir()
 
+    def entries_without_a_run(self) -> list[str]:
+        """What a run's names cover in a directory that holds no run (rank 0 looks)."""
+        return sorted(self.kept) if self.enabled else []
+
     def commit(self) -> None:
-        """The new run is set up: the replaced one goes for good."""
+        """The new run is set up: the replaced one goes for good. It is renamed to trash first
+        (``clean_partial`` removes ``.old-*`` left by a killed delete), so a half-deleted old run
+        never blocks the new one."""
         if self.aside:
-            shutil.rmtree(self.run_dir / REPLACED, ignore_errors=True)
+            trash = self.run_dir / f".old-replaced-run-{os.getpid()}"
+            os.replace(self.run_dir / REPLACED, trash)
+            shutil.rmtree(trash)
             self.aside = []
 
 
@@ -73,7 +81,7 @@ class RunSetup:
 def setting_up(run_dir: Path, *, enabled: bool, overwrite: bool) -> Iterator[RunSetup]:
     """Undo the setup when anything in the block fails (a mistake, Ctrl-C), keep it otherwise."""
     interrupted = Path(run_dir) / REPLACED
-    if enabled and not overwrite and interrupted.is_dir():
+    if not overwrite and interrupted.is_dir():  # every rank reads it, so none waits in a barrier
         raise RotaryError(f"an earlier --overwrite was killed before its run was set up: {interrupted} holds the "
                           f"run it replaced: move its files back into {run_dir} to keep that run, or pass "
                           "--overwrite to replace it")

@@ -213,6 +213,7 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bo
     from rotary.ops import gemm
     from rotary.train.distributed import barrier
     from rotary.train.keep import clean_partial
+    from rotary.train.setting_up import REPLACED
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -222,7 +223,13 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bo
         resolve_model_config(cfg, vocab_size=int(cfg.model.get("vocab_size", 2**16)), pad_id=None)
     had_run = check_run_dir(cfg, resume=resume, overwrite=overwrite)
     if overwrite and setup is not None:
-        setup.set_aside()
+        if had_run or (cfg.run_dir / REPLACED).is_dir():  # a run, or a killed --overwrite's remains
+            setup.set_aside()
+        elif found := setup.entries_without_a_run():
+            # a killed setup's leftovers, or the user's own data/: not rotary's to delete
+            raise RotaryError(f"{cfg.run_dir} holds {', '.join(found)} but no run (no recipe.yaml, no checkpoints): "
+                              "--overwrite replaces only a run; move them away or choose another --output-dir "
+                              "(nothing was deleted)")
     latest = resume_checkpoint(cfg.run_dir, verify=verify) if resume else None
     barrier(info)
     if info.is_main:

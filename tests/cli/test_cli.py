@@ -182,6 +182,14 @@ def test_a_key_at_the_wrong_level_is_pointed_to_where_it_lives(override, home, t
     assert err.count("\n") == 1 and f"it is {home} (on the command line --{home} VALUE)" in err, err
 
 
+def test_yaml_merge_keys_may_be_overridden_without_counting_as_a_repeat(tmp_path):
+    from rotary.config import load_yaml
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base: &b {n_layer: 2, d_model: 64}\nmodel: {<<: *b, n_layer: 4}\n")
+    assert load_yaml(recipe)["model"] == {"n_layer": 4, "d_model": 64}
+
+
 def test_demo_refuses_a_recipe_it_cannot_score_before_training(fake_train, tmp_path, capsys):
     assert cli.main(["demo", "--recipe", "peoples-daily-mlm", "--output-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
@@ -396,6 +404,8 @@ def test_bugs_keep_their_traceback(monkeypatch):
     (["generate", "runs/x", "--promt", "a"], "unrecognized argument --promt (did you mean --prompt?)"),
     (["tokenizer", "train", "--corpus", "c", "--kind", "bpe", "--outt", "t"],
      "unrecognized argument --outt (did you mean --out?) (see `rotary tokenizer train --help`)"),
+    # an abbreviation argparse accepts is not the typo: the missing option is named
+    (["prepare", "--corpus", "c", "--tokenize", "t"], "the following arguments are required: --out"),
     (["fill-mask", "runs/x", "--text", "a", "--topk", "3"],
      "unrecognized argument --topk (did you mean --top-k?) (see `rotary fill-mask --help`)"),
 ])

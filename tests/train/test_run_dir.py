@@ -420,19 +420,36 @@ def test_a_failed_first_run_leaves_nothing_the_corrected_rerun_reuses(trained_ru
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # the user's own file stays
 
 
-def test_overwrite_replaces_a_failed_runs_leftovers(trained_run, tmp_path, capsys):
-    """A tokenizer and shards without a run (a setup killed before its first step) are not reused
-    silently by --overwrite: they are rebuilt, and the replaced files go once the run is set up."""
+def test_overwrite_never_deletes_what_is_not_a_run(tmp_path, capsys):
+    """A data/ and eval.json of the user's own (or a killed setup's tokenizer/) in a directory with
+    no recipe.yaml and no checkpoints are not a run: --overwrite refuses and deletes nothing."""
+    out = tmp_path / "proj"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "corpus.txt").write_text("mine")
+    (out / "eval.json").write_text("{}")
+    before = tree_digest(out)
+    corpus = write_corpus(tmp_path / "corpus", 30)
+    code, err = run_cli(["train", "--data.corpus", str(corpus), "--model.preset", "tiny", "--seq-len", "32",
+                         "--output-dir", str(out), "--overwrite"], capsys)
+    assert_one_line_error(code, err, "holds data, eval.json but no run", "nothing was deleted")
+    assert tree_digest(out) == before
+
+
+def test_overwrite_recovers_from_a_killed_overwrite(trained_run, tmp_path):
+    """kill -9 after the set-aside: the old run sits in .replaced-run/, the new one's partial
+    tokenizer beside it. --overwrite replaces both and leaves neither behind."""
     from rotary.train.loop import train
 
     run = tmp_path / "run"
-    (run / "tokenizer").mkdir(parents=True)
-    (run / "tokenizer" / "tokenizer.json").write_text("{not a tokenizer")
+    (run / ".replaced-run").mkdir(parents=True)
+    shutil.copytree(trained_run / "checkpoints", run / ".replaced-run" / "checkpoints")
+    (run / "tokenizer").mkdir()
+    (run / "tokenizer" / "tokenizer.json").write_text("{half written")
     cfg = make_recipe(run, write_corpus(tmp_path / "corpus", 30), max_steps=1, eval_interval=100,
                       checkpoint_interval=100, tensorboard=False)
     train(cfg, overwrite=True)
     assert json.loads((run / "tokenizer" / "tokenizer.json").read_text())["model"]
-    assert not (run / ".replaced-run").exists()
+    assert not [p.name for p in run.iterdir() if p.name.startswith((".replaced", ".old-"))]
 
 
 def test_interrupted_setup_of_an_overwrite_is_restored_or_named(trained_run, tmp_path, monkeypatch, capsys):
