@@ -97,10 +97,10 @@ def run_demo(recipe: str | Path | None = None, overrides: dict[str, Any] | None 
 
     from rotary.data.lm import TrainData
     from rotary.evaluation import causal_documents_metrics
+    from rotary.evaluation.batches import evaluate
     from rotary.infer.pretrained import load
     from rotary.train.config import load_recipe
     from rotary.train.distributed import DistInfo
-    from rotary.train.evaluate import evaluate
     from rotary.train.logging import plot_losses
     from rotary.train.loop import train
 

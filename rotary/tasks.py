@@ -39,6 +39,11 @@ class Task:
     """What its evaluation reports (best_metric must be one of them)."""
     count_name: str = "tokens"
     """What its evaluation counts (tokens scored, or examples)."""
+    score: Callable[..., dict[str, Any]] | None = None
+    """``rotary eval``: (loaded run, corpus, split, EvalOptions) -> the metrics of a finished run on
+    a split (``rotary.evaluation.runs``); None for a task that rotary eval does not score."""
+    eval_options: tuple[str, ...] = ()
+    """The ``rotary eval`` options that apply to its runs (given to another task's, they are refused)."""
     fixed_windows: bool = False
     """Every training batch has one shape and no padding (fixed-length windows of a corpus), so a
     compiled model builds one graph for the whole run (``compile: auto`` relies on it)."""
@@ -141,19 +146,20 @@ def _seq2seq_inputs(batch: Any) -> dict[str, Any]:
     return {"attention_mask": attention_mask, "labels": labels}
 
 
-def _perplexity(loss: float) -> float:
+def perplexity(loss: float) -> float:
+    """exp(loss), clamped where exp overflows a float (an untrained model's loss can be huge)."""
     return math.exp(min(loss, 700.0))
 
 
 def _causal_metrics(totals: Any, data: Any) -> dict[str, float]:
     loss = float(totals[0] / totals[1])
     # per byte of text, not per token: tokenizers of different sizes compare
-    return {"perplexity": _perplexity(loss), "bits_per_byte": loss / math.log(2) / data.val_bytes_per_token}
+    return {"perplexity": perplexity(loss), "bits_per_byte": loss / math.log(2) / data.val_bytes_per_token}
 
 
 def _accuracy_metrics(totals: Any, data: Any) -> dict[str, float]:
     loss = float(totals[0] / totals[1])
-    return {"perplexity": _perplexity(loss), "accuracy": float(totals[2] / totals[1])}
+    return {"perplexity": perplexity(loss), "accuracy": float(totals[2] / totals[1])}
 
 
 def _classification_metrics(totals: Any, data: Any) -> dict[str, float]:
@@ -197,6 +203,18 @@ def _classification_inputs(batch: Any) -> dict[str, Any]:
     return {"attention_mask": attention_mask, "token_type_ids": token_type_ids, "labels": labels}
 
 
+def _scorer(name: str) -> Callable[..., dict[str, Any]]:
+    """``rotary.evaluation.runs.<name>``, imported when a run is scored (this module imports no torch)."""
+
+    def score(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        from rotary.evaluation import runs
+
+        return getattr(runs, name)(*args, **kwargs)
+
+    score.__name__ = name
+    return score
+
+
 # Class names per row, so that exporting a model finds its row without importing torch here.
 _MODEL_CLASS = {"causal_lm": "CausalLM", "masked_lm": "MaskedLM", "classification": "SequenceClassifier",
                 "seq2seq": "Seq2SeqLM", "electra": "ElectraPretrainer"}
@@ -204,10 +222,10 @@ _MODEL_CLASS = {"causal_lm": "CausalLM", "masked_lm": "MaskedLM", "classificatio
 MASKED_TASKS = ("masked_lm", "electra")
 
 register_task(Task("causal_lm", _causal_lm, causal=True, metrics=_causal_metrics, make_data=_lm_data,
-                   fixed_windows=True,
+                   fixed_windows=True, score=_scorer("score_causal_lm"), eval_options=("stride", "seq_len"),
                    metric_names=("loss", "perplexity", "bits_per_byte"), help="next-token prediction (decoder)"))
 register_task(Task("masked_lm", _masked_lm, causal=False, metrics=_accuracy_metrics, make_data=_lm_data,
-                   fixed_windows=True,
+                   fixed_windows=True, score=_scorer("score_masked_lm"), eval_options=("seq_len", "seed"),
                    metric_names=("loss", "perplexity", "accuracy"), help="masked-token prediction (encoder, RoFormer)"))
 register_task(Task("electra", _electra, causal=False, metrics=_electra_metrics, make_data=_lm_data,
                    fixed_windows=True, head_keys=("generator_fraction", "disc_weight"),
@@ -216,11 +234,13 @@ register_task(Task("electra", _electra, causal=False, metrics=_electra_metrics, 
                         "encoder that fine-tunes (Clark et al. 2020)"))
 register_task(Task("seq2seq", _seq2seq, causal=False, metrics=_accuracy_metrics, make_data=_seq2seq_data,
                    inputs=_seq2seq_inputs, metric_names=("loss", "perplexity", "accuracy"),
+                   score=_scorer("score_seq2seq"), eval_options=("num_beams",),
                    help="translation: an encoder-decoder trained on sentence pairs"))
 # Trained by fine-tuning (rotary.finetune builds its data and model), not from a corpus by `train`.
 register_task(Task("classification", _classifier, causal=False, metrics=_classification_metrics,
                    inputs=_classification_inputs, head_keys=("num_labels", "pooling", "label_names"),
                    metric_names=("loss", "accuracy", "macro_f1"), count_name="examples",
+                   score=_scorer("score_classification"), eval_options=("baseline",),
                    help="sequence (pair) classification (trained by `rotary finetune`)"))
 
 

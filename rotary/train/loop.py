@@ -28,6 +28,7 @@ from rotary import __version__
 from rotary import checkpoint as ckpt
 from rotary.device import keep_freed_cpu_memory
 from rotary.errors import RotaryError
+from rotary.evaluation.batches import evaluate
 from rotary.model.transformer import compile_blocks
 from rotary.ops import gemm, inductor
 from rotary.precision import resolve as resolve_precision
@@ -43,7 +44,6 @@ from rotary.train.distributed import (
     shutdown,
     wrap_model,
 )
-from rotary.train.evaluate import evaluate
 from rotary.train.logging import RunLogger, format_eta, plot_losses
 from rotary.train.metrics import CountedBatches, measure_matmul_peak
 from rotary.train.run_directory import Progress, RunDirectory, Training, checkpoint_due, torch_dtype

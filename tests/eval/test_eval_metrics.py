@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rotary.errors import RotaryError
+from rotary.evaluation.batches import evaluate
 from rotary.ops.fused_cross_entropy import cross_entropy_stats
 from rotary.train.distributed import DistInfo
-from rotary.train.evaluate import evaluate
 
 N, D, VOCAB = 61, 12, 37
 

@@ -179,3 +179,17 @@ def test_flops_count_both_networks_and_the_generators_projection_on_masked_rows_
     expected = 6 * (weights + share * VOCAB * gen.d_model) + attention
     assert model.flops_per_token(T, predicted_share=share) == pytest.approx(expected)
     assert model.flops_per_token(T, training=False, predicted_share=share) == pytest.approx(expected / 3)
+
+
+def test_rotary_eval_refuses_an_electra_run_with_the_verb_to_use(electra_run, capsys):
+    """rotary eval scores a run through its task's row; electra's has no scorer (its
+    discriminator is scored once fine-tuned), so the refusal is one line naming the verb."""
+    from rotary.cli import main
+    from rotary.tasks import TASKS
+
+    assert {n for n, t in TASKS.items() if t.score is not None} == {"causal_lm", "masked_lm", "seq2seq",
+                                                                      "classification"}
+    assert main(["eval", str(electra_run.run_dir), "--corpus", "peoples-daily"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not score an electra run" in err[0] and "rotary finetune" in err[0]
+    assert not (electra_run.run_dir / "eval.json").exists()

@@ -1,4 +1,4 @@
-"""Evaluation: the summed (loss, count, correct) statistics of every task, and its metrics.
+"""The trainer's evaluation: the summed (loss, count, correct) statistics of every task, and its metrics.
 
 The model's head computes the sums chunk by chunk (no tokens x vocab logits); ranks add their
 sums; the task's row in ``rotary.tasks`` turns them into its metrics (bits per byte for a

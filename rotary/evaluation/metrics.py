@@ -1,4 +1,4 @@
-"""``rotary eval``: score a run on a split, the numbers a paper table needs.
+"""The metrics of a finished model on a split: the numbers a paper table needs.
 
 - causal LM: loss, perplexity and bits per byte over the whole split; ``stride`` < window gives a
   sliding-window evaluation in which every token is scored once, with up to ``seq_len`` tokens of
@@ -21,6 +21,7 @@ import torch
 
 from rotary.errors import RotaryError
 from rotary.labels import IGNORE_INDEX
+from rotary.tasks import perplexity
 
 
 def bootstrap_interval(correct: np.ndarray, *, rounds: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -123,7 +124,7 @@ def causal_lm_metrics(model: Any, tokens: np.ndarray, *, seq_len: int, stride: i
         loss_sum += float(stats[0])
         count += int(stats[1])
     loss = loss_sum / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens_scored": count,
+    return {"loss": loss, "perplexity": perplexity(loss), "tokens_scored": count,
             "bits_per_byte": loss_sum / math.log(2) / bytes_total, "stride": stride, "seq_len": seq_len,
             "windows": len(windows)}
 
@@ -171,7 +172,7 @@ def masked_lm_metrics(model: Any, tokenizer: Any, tokens: np.ndarray, *, seq_len
         top5 += int((best5 == target[:, None]).any(-1).sum())
         count += int(keep.sum())
     loss = loss_sum / max(count, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "masked_tokens": count,
+    return {"loss": loss, "perplexity": perplexity(loss), "masked_tokens": count,
             "top1_accuracy": top1 / max(count, 1), "top5_accuracy": top5 / max(count, 1), "seed": seed}
 
 
@@ -208,128 +209,8 @@ def seq2seq_metrics(pre: Any, data: Any, split: str, *, num_beams: int = 5, leng
         stats = pre.model(src.to(device), mask.to(device), labels=labels.to(device), return_stats=True).cpu()
         loss_sum, count, correct = loss_sum + float(stats[0]), count + int(stats[1]), correct + int(stats[2])
     loss = loss_sum / max(count, 1)
-    return {**scores, "loss": loss, "perplexity": math.exp(min(loss, 700.0)), "token_accuracy": correct / max(count, 1),
+    return {**scores, "loss": loss, "perplexity": perplexity(loss), "token_accuracy": correct / max(count, 1),
             "target_tokens": count, "pairs": len(pairs), "num_beams": num_beams, "length_penalty": length_penalty,
             "truncated_sources": result.truncated_sources,
             "samples": [{"source": s, "translation": h, "references": r}
                         for s, h, r in list(zip(sources, result.texts, refs))[:samples]]}
-
-
-def run_recipe(pre: Any) -> dict[str, Any]:
-    """The recipe of the run that made ``pre`` (its recipe.yaml beside the checkpoint), or {}."""
-    import yaml
-
-    for d in (pre.path, pre.path.parent, pre.path.parent.parent):
-        recipe = Path(d) / "recipe.yaml"
-        if recipe.is_file():
-            return yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
-    return {}
-
-
-def run_data_options(pre: Any, corpus: str) -> dict[str, Any]:
-    """The corpus options of the run that made ``pre`` when it was trained on ``corpus``: scoring
-    a run uses its own direction and split."""
-    data = run_recipe(pre).get("data") or {}
-    if data.get("corpus") != corpus:
-        return {}
-    opts = dict(data.get("corpus_options") or {})
-    if data.get("val_fraction") is not None:
-        opts["val_fraction"] = data["val_fraction"]
-    return opts
-
-
-def eval_window(pre: Any, seq_len: int | None = None) -> int:
-    """Tokens per evaluation window: ``seq_len`` when given, else the ``seq_len`` the run trained
-    at (a model trained on 64-token windows is scored on 64-token windows), else max_seq_len."""
-    limit = int(pre.model.config.max_seq_len)
-    if seq_len is not None:
-        if not 0 < seq_len:
-            raise RotaryError(f"--seq-len must be positive, got {seq_len}")
-        return seq_len  # beyond max_seq_len only for a length-extrapolation study (RoPE has no table)
-    trained = run_recipe(pre).get("seq_len")
-    return min(int(trained), limit) if isinstance(trained, int) and trained > 0 else limit
-
-
-# Which runs each scoring option is for (by the run's task): given to any other, it is refused, not ignored.
-EVAL_OPTION_TASKS = {"stride": ("causal_lm",), "seq_len": ("causal_lm", "masked_lm"), "seed": ("masked_lm",),
-                     "num_beams": ("seq2seq",), "baseline": ("classification",)}
-_EVAL_FLAGS = {"stride": "--stride", "seq_len": "--seq-len", "seed": "--seed", "num_beams": "--beam",
-               "baseline": "--no-baseline"}
-
-
-def check_eval_options(task: str, **given: Any) -> None:
-    """A one-line error for an option (not None) that does not apply to a ``task`` run."""
-    for name, value in given.items():
-        if value is not None and task not in EVAL_OPTION_TASKS[name]:
-            runs = " or ".join(EVAL_OPTION_TASKS[name])
-            raise RotaryError(f"{_EVAL_FLAGS[name]} ({name}=) applies to a {runs} run; this run is a {task}")
-
-
-def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | None = None,
-             seed: int | None = None, batch_size: int = 8, device: str = "auto", out: str | Path | None = None,
-             corpus_options: dict[str, Any] | None = None, num_beams: int | None = None,
-             seq_len: int | None = None, baseline: bool | None = None) -> dict[str, Any]:
-    """Score ``run`` on ``corpus``'s ``split``; writes ``eval.json`` (and for a classifier
-    ``confusion.png``) into ``out`` (default: the run directory). Returns the metrics. Language
-    models are scored in windows of ``seq_len`` tokens (default: the run's training seq_len); a
-    masked LM on masks fixed by ``seed`` (default 0); a translation model with beams of
-    ``num_beams`` (default 5). A classifier's record holds the char TF-IDF + LR bar on the same
-    splits unless ``baseline=False``. An option given for another kind of run is an error."""
-    import json
-
-    from rotary.infer.pretrained import load
-    from rotary.io import atomic_write_text
-
-    pre = load(run, device=device)
-    check_eval_options(pre.task, stride=stride, seq_len=seq_len, seed=seed, num_beams=num_beams, baseline=baseline)
-    seed = 0 if seed is None else seed
-    num_beams = 5 if num_beams is None else num_beams
-    opts = dict(corpus_options or {})
-    if pre.task == "seq2seq":
-        from rotary.data.parallel import check_parallel_options, load_parallel
-
-        opts = {**run_data_options(pre, corpus), **opts}  # the run's direction and split unless overridden
-        if "max_documents" in opts:
-            opts["max_pairs"] = opts.pop("max_documents")
-        for key in ("text_field", "split_by"):  # text-corpus options with no meaning for pairs
-            if opts.pop(key, None) is not None:
-                raise RotaryError(f"--{key.replace('_', '-')} does not apply to parallel data")
-        parallel = load_parallel(corpus, **check_parallel_options(opts, "--corpus-opt"))
-        metrics = seq2seq_metrics(pre, parallel, split, num_beams=num_beams, batch_size=max(batch_size, 1))
-    elif pre.task == "classification":
-        from rotary.data.sources import load_labelled
-
-        labelled = load_labelled(corpus, **opts)
-        metrics = evaluate_classifier(run, labelled.split(split), labelled.label_names, pair=labelled.pair,
-                                      batch_size=batch_size, device=device)
-        if baseline is not False:
-            from rotary.baselines import baseline as classical
-
-            metrics["baseline"] = classical(labelled.split("train"), labelled.split("val"), labelled.split(split),
-                                            len(labelled.label_names))
-    else:
-        from rotary.data.encode import encode_documents
-        from rotary.data.sources import load_corpus
-
-        source = load_corpus(corpus, **opts)
-        docs = list(source.documents(split))
-        if not docs:
-            raise RotaryError(f"the {split} split of {corpus} is empty")
-        seq_len = eval_window(pre, seq_len)
-        if pre.task == "causal_lm":
-            metrics = causal_documents_metrics(pre, docs, stride=stride, batch_size=batch_size, seq_len=seq_len)
-        else:
-            tokens, _ = encode_documents(pre.tokenizer, docs, "int64", False)
-            metrics = masked_lm_metrics(pre.model, pre.tokenizer, tokens, seq_len=seq_len, seed=seed,
-                                        batch_size=batch_size)
-    record = {"run": str(run), "checkpoint": str(pre.path), "task": pre.task, "corpus": corpus, "split": split,
-              **metrics}
-    out_dir = Path(out) if out is not None else Path(run)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "eval.json", json.dumps(record, indent=2, ensure_ascii=False))
-    if pre.task == "classification":
-        from rotary.train.logging import plot_confusion
-
-        record["confusion_png"] = str(plot_confusion(metrics["confusion"], metrics["label_names"],
-                                                     out_dir / "confusion.png"))
-    return record
