@@ -27,7 +27,8 @@ from finetune_seeds import ROOT, run_one, summarise, wall_seconds, write_atomic 
 
 from rotary import cpu_model  # noqa: E402
 
-PRETRAINING = {"mlm": "peoples-daily-mlm", "mlm+tapt": "peoples-daily-mlm", "electra": "peoples-daily-electra"}
+PRETRAINING = {"mlm": "peoples-daily-mlm", "mlm+tapt": "peoples-daily-mlm", "electra": "peoples-daily-electra",
+               "mix-char": "chinese-mix-mlm"}
 
 
 def pretrain(recipe: str, runs: Path) -> Path:
@@ -58,6 +59,16 @@ def last_eval(run: Path) -> dict[str, Any]:
     return evals[-1] if evals else {}
 
 
+def _earlier_arms(path: Path, task: str) -> dict[str, Any]:
+    """The arms an earlier invocation recorded for this task (this one adds or replaces its own)."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    if earlier.get("task") != task:
+        return {}
+    return {arm: {"cpu": earlier.get("cpu"), **r} for arm, r in earlier["arms"].items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arms", nargs="+", default=list(PRETRAINING), choices=list(PRETRAINING))
@@ -70,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     started = time.time()
     results: dict[str, Any] = {"cpu": cpu_model(), "task": args.task, "tapt_steps": args.tapt_steps,
-                               "arms": {}}
+                               "arms": _earlier_arms(args.out / "pretraining_levers.json", args.task)}
     for arm in args.arms:
         pretrained = pretrain(PRETRAINING[arm], args.runs_dir)
         extra = list(args.extra) + (["--tapt-steps", str(args.tapt_steps)] if arm == "mlm+tapt" else [])
@@ -84,22 +95,25 @@ def main(argv: list[str] | None = None) -> int:
         results["arms"][arm] = {**summarise(rows), "pretraining": PRETRAINING[arm],
                                 "pretraining_wall_s": wall_seconds(pretrained),
                                 "pretraining_last_eval": last_eval(pretrained),
-                                "baseline": rows[0].get("baseline")}
+                                "baseline": rows[0].get("baseline"), "cpu": cpu_model(),
+                                "command": " ".join(["python experiments/pretraining_levers.py", "--arms", arm,
+                                                     "--seeds", *map(str, args.seeds)])}
     results["wall_s_this_invocation"] = round(time.time() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "pretraining_levers.json", json.dumps(results, indent=2, ensure_ascii=False))
     lines = [f"# Pretraining levers on {args.task}\n",
-             f"Machine: {results['cpu']}. Command: `python experiments/pretraining_levers.py --arms "
-             f"{' '.join(args.arms)} --seeds {' '.join(map(str, args.seeds))}`; test split scored once per run.\n",
-             "| arm | pretraining (wall s) | its last eval | test accuracy mean ± std | per seed | fine-tune s |",
-             "|---|---|---|---|---|---|"]
+             "Each arm: `python experiments/pretraining_levers.py --arms ARM --seeds ...` on the machine "
+             "named in its row; the test split is scored once per run.\n",
+             "| arm | pretraining (wall s) | its last eval | test accuracy mean ± std | per seed | fine-tune s "
+             "| machine |",
+             "|---|---|---|---|---|---|---|"]
     for arm, r in results["arms"].items():
         ev = r["pretraining_last_eval"]
         shown = ", ".join(f"{k} {ev[k]:.3f}" for k in ("accuracy", "disc_accuracy") if k in ev)
         lines.append(f"| {arm} | {r['pretraining']} ({r['pretraining_wall_s']}) | {shown} | "
                      f"**{r['accuracy_mean']:.3f}** ± {r['accuracy_std']:.3f} | "
                      f"{', '.join(f'{a:.3f}' for a in r['accuracy'])} | "
-                     f"{', '.join(str(w) for w in r['wall_s'])} |")
+                     f"{', '.join(str(w) for w in r['wall_s'])} | {r.get('cpu', results['cpu'])} |")
     bar = next((r["baseline"] for r in results["arms"].values() if r.get("baseline")), None)
     if bar:
         lines.append(f"\nThe bar: {bar['method']} on the same splits, test accuracy {bar['accuracy']:.3f}.")
