@@ -46,6 +46,8 @@ _LAZY = {
     "causal_documents_metrics": "rotary.evaluation",
     "masked_lm_metrics": "rotary.evaluation",
     "seq2seq_metrics": "rotary.evaluation",
+    "assistant_token_metrics": "rotary.evaluation",
+    "load_conversations": "rotary.data.sources.conversations",
     "load_parallel": "rotary.data.parallel",
     "apply_rope": "rotary.model.rope",
     # the machine and files, for records that say where they were measured and are never half-written
@@ -57,7 +59,7 @@ _LAZY = {
 _ALIASES = {"train_model": "train"}
 # submodules reachable as attributes (``rotary.hf.to_hf``) without importing them first
 _SUBMODULES = ("hf", "model", "ops", "data", "train", "tokenizer", "infer", "config",
-               "evaluation", "device", "checkpoint", "tasks", "errors", "demo", "io", "cli", "commands")
+               "evaluation", "chat", "device", "checkpoint", "tasks", "errors", "demo", "io", "cli", "commands")
 
 __all__ = ["__version__", *_LAZY]
 

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "rotary.commands.demo",
     "rotary.commands.train",
     "rotary.commands.generate",
+    "rotary.commands.chat",
     "rotary.commands.serve",
     "rotary.commands.fill_mask",
     "rotary.commands.translate",

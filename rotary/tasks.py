@@ -141,6 +141,17 @@ def _seq2seq_data(cfg: Any, info: Any) -> Any:
     return prepare_seq2seq_data(cfg, info)
 
 
+def _sft_data(cfg: Any, info: Any) -> Any:
+    from rotary.data.sft import prepare_sft_data
+
+    return prepare_sft_data(cfg, info)
+
+
+def _sft_inputs(batch: Any) -> dict[str, Any]:
+    _, targets, positions, documents = batch
+    return {"targets": targets, "position_ids": positions, "document_ids": documents}
+
+
 def _seq2seq_inputs(batch: Any) -> dict[str, Any]:
     _, attention_mask, labels = batch
     return {"attention_mask": attention_mask, "labels": labels}
@@ -218,6 +229,8 @@ def _scorer(name: str) -> Callable[..., dict[str, Any]]:
 # Class names per row, so that exporting a model finds its row without importing torch here.
 _MODEL_CLASS = {"causal_lm": "CausalLM", "masked_lm": "MaskedLM", "classification": "SequenceClassifier",
                 "seq2seq": "Seq2SeqLM", "electra": "ElectraPretrainer"}
+# Tasks whose models are decoders that generate (a causal LM, and one fine-tuned on conversations).
+CAUSAL_TASKS = ("causal_lm", "sft")
 # Tasks whose batches are a masked LM's (masked windows, labels at the masked positions).
 MASKED_TASKS = ("masked_lm", "electra")
 
@@ -236,6 +249,10 @@ register_task(Task("seq2seq", _seq2seq, causal=False, metrics=_accuracy_metrics,
                    inputs=_seq2seq_inputs, metric_names=("loss", "perplexity", "accuracy"),
                    score=_scorer("score_seq2seq"), eval_options=("num_beams",),
                    help="translation: an encoder-decoder trained on sentence pairs"))
+register_task(Task("sft", _causal_lm, causal=True, metrics=_accuracy_metrics, make_data=_sft_data,
+                   inputs=_sft_inputs, metric_names=("loss", "perplexity", "accuracy"),
+                   help="supervised fine-tuning of a decoder on conversations: the loss on the assistant's "
+                        "tokens only (init_from a causal_lm run)"))
 # Trained by fine-tuning (rotary.finetune builds its data and model), not from a corpus by `train`.
 register_task(Task("classification", _classifier, causal=False, metrics=_classification_metrics,
                    inputs=_classification_inputs, head_keys=("num_labels", "pooling", "label_names"),
@@ -245,7 +262,8 @@ register_task(Task("classification", _classifier, causal=False, metrics=_classif
 
 
 # The verb that uses a run of each task: what a wrong-kind error tells the user to run instead.
-USED_BY = {"causal_lm": "`rotary generate` or `rotary serve`", "masked_lm": "`rotary fill-mask`",
+USED_BY = {"causal_lm": "`rotary generate` or `rotary serve`", "sft": "`rotary chat` or `rotary serve`",
+           "masked_lm": "`rotary fill-mask`",
            "electra": "`rotary finetune --from RUN` (its discriminator)", "seq2seq": "`rotary translate`",
            "classification": "`rotary classify`"}
 

@@ -4,6 +4,7 @@ and chrF, classification reports), and ``rotary eval``'s scoring of a run, one s
 the task table (``runs``). The demo's table and the experiments call the same functions."""
 
 from rotary.evaluation.metrics import (
+                                       assistant_token_metrics,
                                        bootstrap_interval,
                                        causal_documents_metrics,
                                        causal_lm_metrics,
@@ -15,6 +16,6 @@ from rotary.evaluation.metrics import (
 )
 from rotary.evaluation.runs import EvalOptions, check_eval_options, eval_window, run_eval
 
-__all__ = ["EvalOptions", "bootstrap_interval", "causal_documents_metrics", "causal_lm_metrics", "check_eval_options",
-           "classification_report", "classifier_predictions", "eval_window", "evaluate_classifier",
-           "masked_lm_metrics", "run_eval", "seq2seq_metrics"]
+__all__ = ["EvalOptions", "assistant_token_metrics", "bootstrap_interval", "causal_documents_metrics",
+           "causal_lm_metrics", "check_eval_options", "classification_report", "classifier_predictions",
+           "eval_window", "evaluate_classifier", "masked_lm_metrics", "run_eval", "seq2seq_metrics"]

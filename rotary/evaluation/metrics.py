@@ -214,3 +214,32 @@ def seq2seq_metrics(pre: Any, data: Any, split: str, *, num_beams: int = 5, leng
             "truncated_sources": result.truncated_sources,
             "samples": [{"source": s, "translation": h, "references": r}
                         for s, h, r in list(zip(sources, result.texts, refs))[:samples]]}
+
+
+@torch.no_grad()
+def assistant_token_metrics(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[Any], *,
+                            template: str | None = None, batch_size: int = 32) -> dict[str, float]:
+    """Loss, perplexity and next-token accuracy over the assistant's tokens of ``conversations``
+    (end-of-turn included), rendered with ``template`` (default: the tokenizer's): what SFT
+    optimises, on held-out conversations. A model whose vocabulary lacks the template's tokens
+    (a base model) is scored after :meth:`CausalLM.grow_vocab` by the caller."""
+    from rotary.data.sft import collate, encode_conversations
+
+    template = template or tokenizer.chat_template
+    if template is None:
+        raise RotaryError("assistant_token_metrics needs a chat template (the tokenizer has none)")
+    examples = encode_conversations(tokenizer, template, conversations, where="eval")
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    device = next(model.parameters()).device
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)
+    capacity = max(len(e.inputs) for e in examples)
+    for lo in range(0, len(examples), batch_size):
+        ids, targets, positions, documents = collate(examples[lo:lo + batch_size], pad, packing=False,
+                                                     capacity=capacity)
+        stats = model(ids.to(device), targets=targets.to(device), position_ids=positions.to(device),
+                      document_ids=documents.to(device), return_stats=True)
+        totals += stats.cpu().double()[:3]
+    loss = float(totals[0] / totals[1])
+    return {"loss": loss, "perplexity": perplexity(loss), "accuracy": float(totals[2] / totals[1]),
+            "tokens": int(totals[1]), "conversations": len(examples)}

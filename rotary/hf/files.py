@@ -191,6 +191,7 @@ def save_hf(
             setattr(hf.config, key, value)
             if getattr(hf, "generation_config", None) is not None:
                 setattr(hf.generation_config, key, value)
+        _stop_at_end_of_turn(hf, Path(tokenizer_dir))
     out.mkdir(parents=True, exist_ok=True)
     # save_pretrained writes in place: write to a temp dir beside out_dir, then rename each file.
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
@@ -203,6 +204,18 @@ def save_hf(
         for f in sorted(Path(tmp).iterdir()):
             os.replace(f, out / f.name)
     return out
+
+
+def _stop_at_end_of_turn(hf: Any, tokenizer_dir: Path) -> None:
+    """A tokenizer with a chat template: transformers' ``generate`` stops at its end-of-turn
+    token as well as at EOS (generation_config's list of eos ids), as rotary's chat does."""
+    from rotary.tokenizer import load_tokenizer
+
+    generation = getattr(hf, "generation_config", None)
+    tok = load_tokenizer(tokenizer_dir) if (tokenizer_dir / "tokenizer.json").is_file() else None
+    if generation is None or tok is None or tok.chat_template is None or tok.end_of_turn_id == tok.eos_id:
+        return
+    generation.eos_token_id = [tok.eos_id, tok.end_of_turn_id]
 
 
 def _drop_the_exported_eos_template(tokenizer_json: Path) -> None:

@@ -41,6 +41,7 @@ class Request:
     params: SamplingParams = field(default_factory=SamplingParams)
     eos_id: int | None = None
     tag: Any = None  # the caller's handle (a request id)
+    stop_ids: tuple[int, ...] = ()  # more ids that end it as EOS does (a chat's end-of-turn token)
 
 
 @dataclass
@@ -290,7 +291,7 @@ class Engine:
             seq = row.seq
             finish = None
             text = ""
-            if seq.eos_id is not None and token == seq.eos_id:
+            if (seq.eos_id is not None and token == seq.eos_id) or token in seq.stop_ids:
                 finish = "stop"
                 if row.stream is not None:
                     text = row.stream.finish()

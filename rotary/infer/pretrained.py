@@ -171,6 +171,70 @@ class Pretrained:
                 if e.text:
                     yield e.text
 
+    # -- chat ------------------------------------------------------------------------------------
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """The ids the model continues to answer ``messages``: the run's chat template with the
+        assistant's turn opened (``add_generation_prompt``), as transformers' apply_chat_template gives."""
+        from rotary.chat.template import check_messages, render
+
+        template = self.tokenizer.chat_template
+        if template is None:
+            raise RotaryError(f"{self.path} has no chat template (it was not trained with task sft): fine-tune it "
+                              "on conversations with `rotary train` (task: sft), or continue text with "
+                              "`rotary generate`")
+        rendered = render(template, check_messages(messages, where="messages"), add_generation_prompt=True,
+                          special_tokens=self.tokenizer.hf_special_tokens())
+        return self.tokenizer.encode(rendered.text)
+
+    def _chat_request(self, messages: Sequence[dict[str, str]], max_new_tokens: int,
+                      sampling: SamplingParams | None, options: dict[str, Any]) -> Any:
+        from rotary.infer.engine import Request
+        from rotary.infer.generate import check_generation
+
+        params = self.sampling(sampling, **options)
+        check_generation(self.model, max_new_tokens)
+        if max_new_tokens < 1:
+            raise RotaryError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        ids = self.chat_prompt(messages)
+        if len(ids) + max_new_tokens > self.context:
+            raise RotaryError(f"the conversation ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) is beyond the "
+                              f"model's context of {self.context} tokens: drop old turns or lower max_new_tokens")
+        end = self.tokenizer.end_of_turn_id
+        return Request(ids, max_new_tokens, params, eos_id=self.tokenizer.eos_id, stop_ids=(end,))
+
+    def chat(self, messages: Sequence[dict[str, str]], max_new_tokens: int = 256, *,
+             sampling: SamplingParams | None = None, compile: bool = False, **options: Any) -> Completion:
+        """The assistant's next turn after ``messages`` ([{"role": "user", "content": "..."}, ...]):
+        generated until the end-of-turn token (finish_reason "stop") or ``max_new_tokens``."""
+        return self._chat_complete(self._chat_request(messages, max_new_tokens, sampling, options), compile)
+
+    def chat_stream(self, messages: Sequence[dict[str, str]], max_new_tokens: int = 256, *,
+                    sampling: SamplingParams | None = None, compile: bool = False, **options: Any) -> Iterator[str]:
+        """:meth:`chat`'s text, piece by piece as it is generated."""
+        from rotary.infer.engine import decode
+
+        request = self._chat_request(messages, max_new_tokens, sampling, options)
+        for events in decode(self.model, [request], tokenizer=self.tokenizer, compile=compile):
+            for e in events:
+                if e.text:
+                    yield e.text
+
+    def _chat_complete(self, request: Any, compile: bool) -> Completion:
+        from rotary.infer.engine import decode
+
+        stops = {request.eos_id, *request.stop_ids}
+        out = Completion("", [], [] if request.params.logprobs else None, "length", len(request.prompt))
+        for events in decode(self.model, [request], tokenizer=self.tokenizer, compile=compile):
+            for e in events:
+                out.text += e.text
+                if e.token not in stops:
+                    out.token_ids.append(e.token)
+                    if out.logprobs is not None:
+                        out.logprobs.append(e.logprob)
+                if e.finish_reason is not None:
+                    out.finish_reason = e.finish_reason
+        return out
+
     def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
                  batch_size: int = 32) -> list[dict[str, Any]]:
         """The label and the class probabilities of each text (or text pair)."""

@@ -177,15 +177,18 @@ class CausalLM(RotaryModel):
         labels: torch.Tensor | None = None,
         return_stats: bool = False,
         targets: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab); or, given ``labels`` (shifted inside, as in transformers) or
         ``targets`` (already shifted), the mean loss over scored positions (label != -100),
         computed without materialising the logits (``rotary.ops.fused_cross_entropy``); with
-        ``return_stats`` too, (loss sum, scored tokens, correct argmax) for evaluation."""
+        ``return_stats`` too, (loss sum, scored tokens, correct argmax) for evaluation.
+        ``document_ids`` (B, T): packed rows, attention kept within each document (SFT packing)."""
         _one_target(labels, targets)
         if labels is not None:
             targets = shift_labels(labels)
-        h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, kv_cache)
+        h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, kv_cache,
+                          document_ids=document_ids)
         if targets is not None:
             # every position is usually scored: no selection, so no host sync or graph break
             h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
@@ -195,6 +198,33 @@ class CausalLM(RotaryModel):
         if last_only:  # generation needs only the last position's logits
             h = h[:, -1:]
         return self.output_logits(h)
+
+    @torch.no_grad()
+    def grow_vocab(self, vocab_size: int) -> None:
+        """Room for ``vocab_size`` ids (a chat template's new special tokens): the embedding, the
+        output head and its bias get new rows at the mean of the old ones (so a new token starts
+        as an average token, not as noise), and every old id keeps its weights, so the logits of
+        the old ids on any old text are unchanged (the new ones join the softmax)."""
+        old = self.config.vocab_size
+        if vocab_size <= old:
+            return
+
+        def grown(weight: torch.Tensor) -> torch.Tensor:
+            extra = weight.mean(0, keepdim=True).expand(vocab_size - old, *weight.shape[1:])
+            return torch.cat([weight, extra])
+
+        embed = self.backbone.embed_tokens
+        embed.weight = nn.Parameter(grown(embed.weight))
+        embed.num_embeddings = vocab_size
+        if self.config.tie_embeddings:
+            self.lm_head.weight = embed.weight
+        else:
+            self.lm_head.weight = nn.Parameter(grown(self.lm_head.weight))
+        self.lm_head.out_features = vocab_size
+        if self.output_bias is not None:
+            self.output_bias = nn.Parameter(grown(self.output_bias))
+        self.config = self.config.replace(vocab_size=vocab_size)
+        self.backbone.cfg = self.config
 
     def output_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final hidden states (..., d_model) -> logits (..., vocab): the output projection and

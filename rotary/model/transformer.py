@@ -157,9 +157,12 @@ class Backbone(nn.Module):
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
         cross_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``memory`` (B, S, d) is the encoder output a decoder attends to, ``memory_mask`` (B, S)
-        marks its real tokens; ``cross_kv`` keeps the cross-attention keys/values between calls."""
+        marks its real tokens; ``cross_kv`` keeps the cross-attention keys/values between calls.
+        ``document_ids`` (B, T) packs several sequences in a row: a token attends only to tokens
+        of its own document (give ``position_ids`` that restart per document too)."""
         cfg = self.cfg
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
@@ -198,6 +201,13 @@ class Backbone(nn.Module):
             if key_cos is not None:
                 ctx.key_cos, ctx.key_sin = rope_factors(key_cos, key_sin)
         ctx.mask, ctx.is_causal = build_attention_mask(attention_mask, cfg.causal, past, T)
+        if document_ids is not None:
+            if kv_cache is not None:
+                raise RotaryError("document_ids (packed sequences) is for full passes, not for a KV cache")
+            same = document_ids[:, None, :, None] == document_ids[:, None, None, :]  # (B, 1, T, T)
+            if ctx.mask is None:
+                ctx.mask = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril() if ctx.is_causal else same
+            ctx.mask, ctx.is_causal = ctx.mask & same, False
         if self.alibi_slopes is not None:
             # distances between positions (real tokens only under left padding), not indices
             key_positions = all_positions

@@ -63,17 +63,20 @@ def load_tokenizer(path: str | Path | Tokenizer) -> Tokenizer:
 
 
 def _hf_special_tokens(directory: Path) -> dict[str, str]:
-    """EOS/PAD token names from a transformers folder's tokenizer_config.json or
-    special_tokens_map.json (the former wins), for folders rotary did not write."""
+    """EOS/PAD token names and the chat template from a transformers folder's tokenizer_config.json
+    or special_tokens_map.json (the former wins; a ``chat_template.jinja`` file, as newer
+    transformers saves it, wins over both), for folders rotary did not write."""
     names: dict[str, str] = {}
     for fname in ("special_tokens_map.json", "tokenizer_config.json"):
         try:
             data = json.loads((directory / fname).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        for key in ("eos_token", "pad_token"):
+        for key in ("eos_token", "pad_token", "chat_template"):
             value = data.get(key) if isinstance(data, dict) else None
             value = value.get("content") if isinstance(value, dict) else value
             if isinstance(value, str):
                 names[key] = value
+    if (directory / "chat_template.jinja").is_file():
+        names["chat_template"] = (directory / "chat_template.jinja").read_text(encoding="utf-8")
     return names

@@ -118,6 +118,45 @@ class Tokenizer:
     def is_causal(self) -> bool:
         return self.kind == "bpe"
 
+    # -- chat ------------------------------------------------------------------------------------
+    @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template saved with this tokenizer (None: the tokenizer has none)."""
+        template = self.meta.get("chat_template")
+        return template if isinstance(template, str) and template else None
+
+    @property
+    def end_of_turn_id(self) -> int:
+        """Where an assistant turn ends (generation stops there): the recorded end-of-turn token,
+        else ``<|im_end|>`` when the vocabulary has it, else the EOS."""
+        from rotary.chat.template import TURN_END
+
+        for name in (self.meta.get("end_of_turn_token"), TURN_END):
+            if isinstance(name, str) and (i := self.backend.token_to_id(name)) is not None:
+                return i
+        return self.eos_id
+
+    def with_chat_template(self, template: str, special_tokens: Sequence[str] = (),
+                           end_of_turn: str | None = None) -> Tokenizer:
+        """A copy that holds ``template`` and has ``special_tokens`` (those it lacks are appended
+        after the existing ids, which keep their meaning); ``end_of_turn`` names where turns end."""
+        from tokenizers import AddedToken
+        from tokenizers import Tokenizer as HFTokenizer
+
+        if self.jieba:
+            raise RotaryError("chat templates need a tokenizer without jieba (the loss mask follows character "
+                              "offsets, which jieba pre-tokenization does not keep): use a bpe tokenizer")
+        backend = HFTokenizer.from_str(self.backend.to_str())
+        missing = [t for t in special_tokens if backend.token_to_id(t) is None]
+        if missing:
+            backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+        meta = {k: v for k, v in self.meta.items() if k != "hash"}
+        meta["chat_template"] = template
+        if end_of_turn is not None:
+            meta["end_of_turn_token"] = end_of_turn
+        return Tokenizer(backend, self.kind, jieba=False, lowercase=self.lowercase, meta=meta,
+                         source_json=None if missing else self._source_json)
+
     # -- encoding -------------------------------------------------------------------------------
     def _segmenter(self) -> RoFormerSegmenter:
         if self._jieba_state is None:
@@ -244,6 +283,8 @@ class Tokenizer:
         }
         if self.kind != "bpe":
             hf_config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
+        if self.chat_template is not None:  # AutoTokenizer.apply_chat_template reads it from here
+            hf_config["chat_template"] = self.chat_template
         if self.jieba and self.kind == "wordpiece":
             # transformers' RoFormer tokenizer segments with rjieba as rotary does; its
             # normaliser comes from these keys (strip_accents=None would follow lowercase).

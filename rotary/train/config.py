@@ -54,6 +54,10 @@ class DataConfig:
     corpus_options: dict[str, Any] = doc(None, "other corpus options, e.g. {config: wikitext-2-raw-v1} for hf:NAME")
     mlm_probability: float = doc(0.15, "masked LM: share of tokens to predict")
     whole_word_mask: bool = doc(False, "masked LM: mask whole words (Chinese via jieba)")
+    chat_template: str | None = doc(None, "sft: a Jinja chat template, or the path of a .jinja file; None = the "
+                                          "tokenizer's own, else rotary's ChatML default")
+    packing: bool = doc(False, "sft: pack a step's conversations into full rows (positions restart and attention "
+                               "stays inside each conversation); the loss is the same as unpacked")
 
     def __post_init__(self) -> None:
         if self.corpus_options is None:
@@ -92,7 +96,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     name: str = doc("run", "run name; the default output directory is runs/<name>")
-    task: str = doc("causal_lm", "objective, a row of rotary.tasks: causal_lm, masked_lm, electra or seq2seq "
+    task: str = doc("causal_lm", "objective, a row of rotary.tasks: causal_lm, masked_lm, electra, seq2seq or sft "
                                  "(the model follows it)")
     model: dict[str, Any] = doc(None, "ModelConfig keys, optionally with `preset:`")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data source"})

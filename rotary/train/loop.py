@@ -105,11 +105,22 @@ def _build(cfg: TrainConfig, info: DistInfo, task: Task, start_weights: Path | N
            notes: list[str]) -> tuple[nn.Module, Any, int]:
     """The data (tokenizer and shards made when missing) and the model it sizes; adds to ``notes``."""
     data = task.make_data(cfg, info)
-    model_cfg = resolve_model_config(cfg, data.vocab_size, data.pad_id, getattr(data, "model_settings", None))
+    stored_vocab = cfg.model.get("vocab_size") if start_weights is not None else None
+    grow_to = None
+    if stored_vocab is not None and data.vocab_size > stored_vocab:
+        # init_from's tokenizer gained tokens (SFT's chat tokens): the model grows after loading;
+        # a resumed run's checkpoint has the grown size already
+        grow_to = data.vocab_size
+        if latest is not None:
+            cfg.model["vocab_size"], grow_to = data.vocab_size, None
+    model_cfg = resolve_model_config(cfg, data.vocab_size if grow_to is None else stored_vocab, data.pad_id,
+                                     getattr(data, "model_settings", None))
     seq_len = cfg.seq_len or model_cfg.max_seq_len
     sizes = {"model_vocab": model_cfg.vocab_size}
     if task.name == "seq2seq":
         sizes["model_target_vocab"] = model_cfg.target_vocab_size
+    if grow_to is not None:
+        sizes["model_vocab"] = grow_to
     data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, **sizes)
     torch.manual_seed(cfg.seed)
     model = task.build_model(model_cfg, {}).to(info.device)
@@ -119,8 +130,15 @@ def _build(cfg: TrainConfig, info: DistInfo, task: Task, start_weights: Path | N
     if start_weights is not None and latest is None:
         ckpt.load_weights(model, start_weights)
         notes.append(f"weights from {start_weights.parent} (init_from)")
-    if latest is None and (note := start_output_bias(model, getattr(data, "train_tokens", []))):
-        notes.append(note)  # a fresh run or an init_from one: this data's unigram; a resume keeps its own
+        if grow_to is not None:
+            model.grow_vocab(grow_to)
+            cfg.model["vocab_size"] = grow_to
+            notes.append(f"vocabulary grown {stored_vocab} -> {grow_to} for the tokenizer's new tokens (new rows "
+                         "start at the mean of the old ones; old ids unchanged)")
+    # a fresh run or an init_from one starts the bias at this data's unigram (a resume keeps its
+    # own); data without a token stream (SFT's conversations) keeps the pretrained bias
+    if latest is None and hasattr(data, "train_tokens") and (note := start_output_bias(model, data.train_tokens)):
+        notes.append(note)
     return model, data, seq_len
 
 

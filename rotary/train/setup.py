@@ -14,7 +14,7 @@ from rotary.config import to_dict
 from rotary.errors import RotaryError
 from rotary.model.config import ModelConfig
 from rotary.run_source import open_run
-from rotary.tasks import get_task
+from rotary.tasks import CAUSAL_TASKS, get_task
 from rotary.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -127,9 +127,12 @@ def apply_init_from(cfg: TrainConfig) -> Path | None:
     except RotaryError as err:  # say which setting named it: a recipe's init_from is easy to forget
         missing = "" if Path(cfg.init_from).exists() else " (train that run first, or set --init-from to another)"
         raise RotaryError(f"init_from: {err}{missing}") from None
-    if source.task != cfg.task:
+    # SFT starts from a pretrained decoder; every other task continues a run of its own kind.
+    allowed = CAUSAL_TASKS if cfg.task == "sft" else (cfg.task,)
+    if source.task not in allowed:
         raise RotaryError(f"init_from {cfg.init_from} is a {source.task} run and this recipe trains "
-                          f"{cfg.task}: continue a run of the same task (a classifier: rotary finetune --from)")
+                          f"{cfg.task}: continue a run of {' or '.join(allowed)} "
+                          "(a classifier: rotary finetune --from)")
     tok = source.tokenizer_dir("continued training")
     if cfg.data.target_tokenizer is not None:
         raise RotaryError(f"init_from brings its own tokenizers ({tok}): remove data.target_tokenizer")

@@ -247,7 +247,8 @@ def test_train_names_a_builtin_recipe_from_anywhere(fake_train, tmp_path, monkey
     assert [c[0].name for c in fake_train.calls] == ["shakespeare", "shakespeare"]
     assert cli.main(["train", "nosuch"]) == 2
     err = capsys.readouterr().err
-    names = ("chinese-mix-mlm, chinese-sentiment, demo, openwebtext-gqa, peoples-daily-electra, "
+    names = ("chat-base, chat-sft, chinese-mix-mlm, chinese-sentiment, demo, openwebtext-gqa, "
+                 "peoples-daily-electra, "
                  "peoples-daily-mlm, roformer-base, "
              "shakespeare, tatoeba-zh-en, "
              "tatoeba-zh-en-sinusoidal, thucnews")

@@ -341,7 +341,8 @@ def test_builtin_recipes_resolve_by_name_and_by_their_repository_path(tmp_path, 
     (tmp_path / "recipes" / "demo.yaml").write_text("name: mine\n")
     assert load_recipe("recipes/demo.yaml").name == "mine"  # a file that exists comes first
     for bad in ("nosuch", "elsewhere/shakespeare.yaml"):
-        names = ("chinese-mix-mlm, chinese-sentiment, demo, openwebtext-gqa, peoples-daily-electra, "
+        names = ("chat-base, chat-sft, chinese-mix-mlm, chinese-sentiment, demo, openwebtext-gqa, "
+                 "peoples-daily-electra, "
                  "peoples-daily-mlm, roformer-base, "
                  "shakespeare, tatoeba-zh-en, "
                  "tatoeba-zh-en-sinusoidal, thucnews")

@@ -109,6 +109,13 @@ class _Server:
         self.name = name
         self.max_body = max_body
         self.created = p.now()
+        # A run trained on conversations answers in its own template and stops at its end of turn;
+        # any other gets the plain "role: content" prompt (said once, at start).
+        self.template = self.tokenizer.chat_template
+        self.stop_ids = (self.tokenizer.end_of_turn_id,) if self.template is not None else ()
+        if self.template is None:
+            log.warning("this run has no chat template: chat completions use a plain 'role: content' prompt "
+                        "(fine-tune with task sft for a model that chats)")
 
     # -- small endpoints ----------------------------------------------------------------------
     async def health(self) -> JSONResponse:
@@ -185,11 +192,22 @@ class _Server:
         body = p.parse(p.ChatBody, await self._read_json(request))
         self._check_model(body.model)
         p.check_chat(body)
-        prompts = [self.tokenizer.encode(p.chat_prompt(body.messages))]
+        if self.template is not None:
+            from rotary.chat.template import render
+
+            messages = [{"role": m.role, "content": p.message_text(m)} for m in body.messages]
+            try:
+                text = render(self.template, messages, add_generation_prompt=True,
+                              special_tokens=self.tokenizer.hf_special_tokens()).text
+            except RotaryError as err:
+                raise p.APIError(400, str(err), param="messages") from None
+            prompts, extra = [self.tokenizer.encode(text)], ()
+        else:
+            prompts, extra = [self.tokenizer.encode(p.chat_prompt(body.messages))], p.ROLE_STOPS
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         rows = p.build_rows(prompts, body, max_tokens=max_tokens, max_len=self.engine.max_len,
-                            eos_id=self.tokenizer.eos_id, logprobs=body.logprobs, extra_stop=p.ROLE_STOPS,
-                            prompt_param="messages")
+                            eos_id=self.tokenizer.eos_id, logprobs=body.logprobs, extra_stop=extra,
+                            prompt_param="messages", stop_ids=self.stop_ids)
         return await self._answer("chat", request, body, prompts, rows, body.logprobs)
 
     async def _answer(self, kind: Literal["completion", "chat"], request: Request, body: Any,
@@ -231,7 +249,7 @@ class _Server:
     def _record(self, choices: list[p.Choice], ev: Event, logprobs: bool) -> tuple[p.Choice, bool]:
         """Add ``ev`` to its choice; True if it added a token's logprob (EOS has none to show)."""
         c = choices[ev.tag[1]]
-        eos = ev.finish_reason == "stop" and ev.token == self.tokenizer.eos_id
+        eos = ev.finish_reason == "stop" and (ev.token == self.tokenizer.eos_id or ev.token in self.stop_ids)
         token = self.tokenizer.decode([ev.token]) if logprobs and not eos else None
         return c, c.add(ev.text, token, ev.logprob, ev.index, ev.finish_reason)
 

@@ -184,19 +184,20 @@ def stops(body: _Body) -> tuple[str, ...]:
     return (body.stop,) if isinstance(body.stop, str) else tuple(body.stop)
 
 
+def message_text(m: Message) -> str:
+    """A message's content as one string (a list of text parts joined)."""
+    return m.content if isinstance(m.content, str) else "".join(p.text or "" for p in m.content or [])
+
+
 def chat_prompt(messages: Sequence[Message]) -> str:
-    """The plain role-prefixed template, used until a model carries its own chat template:
+    """The plain role-prefixed prompt of a run without a chat template:
     ``system: ...\\nuser: ...\\nassistant:``."""
-    lines = []
-    for m in messages:
-        content = m.content if isinstance(m.content, str) else "".join(p.text or "" for p in m.content or [])
-        lines.append(f"{m.role}: {content}")
-    return "\n".join(lines) + "\nassistant:"
+    return "\n".join(f"{m.role}: {message_text(m)}" for m in messages) + "\nassistant:"
 
 
 def build_rows(prompts: Sequence[list[int]], body: _Body, *, max_tokens: int | None, max_len: int,
                eos_id: int | None, logprobs: bool, extra_stop: Sequence[str] = (),
-               prompt_param: str = "prompt") -> list[Request]:
+               prompt_param: str = "prompt", stop_ids: tuple[int, ...] = ()) -> list[Request]:
     """One engine row per (prompt, sample): row ``p * n + j`` is sample ``j`` of prompt ``p``,
     seeded ``seed + j`` when a seed is given (so sample j does not depend on n)."""
     params = body_sampling(body, tuple(dict.fromkeys(stops(body) + tuple(extra_stop))), logprobs)
@@ -216,7 +217,7 @@ def build_rows(prompts: Sequence[list[int]], body: _Body, *, max_tokens: int | N
                            param="max_tokens", code="context_length_exceeded")
         for j in range(body.n):
             seed = None if body.seed is None else body.seed + j
-            rows.append(Request(list(ids), new, replace(params, seed=seed), eos_id))
+            rows.append(Request(list(ids), new, replace(params, seed=seed), eos_id, stop_ids=stop_ids))
     return rows
 
 

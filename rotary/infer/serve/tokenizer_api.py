@@ -20,7 +20,8 @@ def add_tokenizer_routes(app: FastAPI, server: Any, dependencies: list) -> None:
     async def tokenizer_info() -> dict[str, Any]:
         return {"tokenizer_class": f"rotary-{tokenizer.kind}", "eos_token": token(tokenizer.eos_id),
                 "bos_token": None, "pad_token": token(tokenizer.pad_id), "unk_token": token(tokenizer.unk_id),
-                "model_max_length": server.engine.max_len, "vocab_size": server.vocab_size, "chat_template": None}
+                "model_max_length": server.engine.max_len, "vocab_size": server.vocab_size,
+                "chat_template": server.tokenizer.chat_template}
 
     async def tokenize(request: Request) -> dict[str, Any]:
         """The ids a completions prompt of this text gets (a causal prompt carries no special

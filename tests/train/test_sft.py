@@ -1,0 +1,296 @@
+"""Supervised fine-tuning (task sft): the chat template, the loss mask, packing, vocabulary
+growth, and the ways to use the result (pre.chat, rotary chat, serve, transformers)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rotary import cli
+from rotary.chat.template import DEFAULT_TEMPLATE, TURN_END, render
+from rotary.data.sft import collate, encode_conversations
+from rotary.errors import RotaryError
+from rotary.labels import IGNORE_INDEX
+from rotary.train.loop import train
+from tests.train_support import make_recipe, write_corpus
+
+CONTEXT = 128
+CONVERSATIONS = [
+    [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"{i} and {i}"}] for i in range(40)
+] + [
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+     {"role": "assistant", "content": "hello"}, {"role": "user", "content": f"count {i}"},
+     {"role": "assistant", "content": f"{i}, {i + 1}"}] for i in range(20)
+]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def sft_recipe(root: Path, name: str, corpus: Path, base: Path, **overrides):
+    data = {"corpus": str(corpus), "val_fraction": 0.2, **overrides.pop("data", {})}
+    return make_recipe(root / name, corpus, task="sft", init_from=str(base), data=data, seq_len=CONTEXT,
+                       model={"preset": "tiny", "max_seq_len": CONTEXT}, **overrides)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    corpus = write_corpus(root / "corpus")
+    train(make_recipe(root / "base", corpus, max_steps=2, checkpoint_interval=2, seq_len=CONTEXT,
+                      model={"preset": "tiny", "max_seq_len": CONTEXT}))
+    chats = write_jsonl(root / "chats.jsonl", [{"messages": m} for m in CONVERSATIONS])
+    # long enough to learn the replies and to end them (a tiny model: seconds)
+    train(sft_recipe(root, "sft", chats, root / "base", max_steps=150, eval_interval=50, checkpoint_interval=50))
+    return root, chats
+
+
+@pytest.fixture(scope="module")
+def pre(runs):
+    from rotary.infer.pretrained import load
+
+    return load(runs[0] / "sft", device="cpu")
+
+
+def test_the_template_renders_and_marks_spans_as_transformers_does(pre):
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    specials = pre.tokenizer.hf_special_tokens()
+    for messages in (CONVERSATIONS[0], CONVERSATIONS[-1]):
+        ours = render(DEFAULT_TEMPLATE, messages, special_tokens=specials)
+        texts, spans = render_jinja_template([messages], chat_template=DEFAULT_TEMPLATE,
+                                             return_assistant_tokens_mask=True, **specials)
+        assert ours.text == texts[0] and ours.assistant_spans == [tuple(s) for s in spans[0]]
+        assert [ours.text[a:b] for a, b in ours.assistant_spans] == [
+            m["content"] + TURN_END for m in messages if m["role"] == "assistant"]
+
+
+def test_the_saved_tokenizer_gives_transformers_the_same_ids_and_mask(runs, pre):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(runs[0] / "sft" / "tokenizer"))
+    assert hf.chat_template == pre.tokenizer.chat_template
+    messages = CONVERSATIONS[-1]
+    out = hf.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    (ours,) = encode_conversations(pre.tokenizer, pre.tokenizer.chat_template, [messages])
+    assert list(out["input_ids"]) == ours.ids.tolist()
+    assert list(out["assistant_masks"]) == ours.scored.astype(int).tolist()
+    prompt = hf.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert list(prompt["input_ids"]) == pre.chat_prompt(messages[:-1])
+
+
+def test_the_loss_covers_each_assistant_turn_to_its_end_of_turn_and_nothing_else(pre):
+    tok = pre.tokenizer
+    bos = tok.token_to_id(tok.hf_special_tokens()["bos_token"])
+    examples = encode_conversations(tok, tok.chat_template, CONVERSATIONS)
+    for messages, e in zip(CONVERSATIONS, examples):
+        assert e.ids[0] == bos and e.ids[1] != bos  # one BOS: the template's, none added by encoding
+        targets = e.targets
+        scored = np.flatnonzero(targets != IGNORE_INDEX)
+        # the scored positions form one run per assistant turn, each ending at the end-of-turn id
+        runs_ = np.split(scored, np.flatnonzero(np.diff(scored) > 1) + 1)
+        answers = [m["content"] for m in messages if m["role"] == "assistant"]
+        assert len(runs_) == len(answers)
+        for run, answer in zip(runs_, answers):
+            assert targets[run[-1]] == tok.end_of_turn_id
+            assert tok.decode(targets[run].tolist()) == answer
+
+
+def test_a_pad_id_equal_to_eos_never_hides_a_label(pre):
+    """rotary's BPE tokenizer has no [PAD]: batches pad with the EOS id. An assistant turn that
+    writes the EOS token itself keeps it as a label (the mask is by position, not by value);
+    only the padding is ignored."""
+    from rotary.tokenizer.tokenizer import EOT
+
+    tok = pre.tokenizer
+    assert tok.pad_id is None
+    short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": f"bye{EOT}"}]
+    examples = encode_conversations(tok, tok.chat_template, [short, CONVERSATIONS[-1]])
+    ids, targets, _, documents = collate(examples, tok.eos_id, packing=False, capacity=CONTEXT)
+    labels = targets[0][targets[0] != IGNORE_INDEX].tolist()
+    assert labels[-2:] == [tok.eos_id, tok.end_of_turn_id]
+    assert (targets[0][documents[0] < 0] == IGNORE_INDEX).all() and (ids[0][documents[0] < 0] == tok.eos_id).all()
+
+
+def test_packing_gives_the_unpacked_loss(pre):
+    tok = pre.tokenizer
+    examples = encode_conversations(tok, tok.chat_template, CONVERSATIONS[:5] + CONVERSATIONS[-3:])
+    pad = tok.eos_id
+    packed = collate(examples, pad, packing=True, capacity=CONTEXT)
+    plain = collate(examples, pad, packing=False, capacity=CONTEXT)
+    assert packed[0].shape[0] < plain[0].shape[0]  # fewer rows
+    model = pre.model.eval()
+
+    def stats(batch):
+        ids, targets, positions, documents = batch
+        return model(ids, targets=targets, position_ids=positions, document_ids=documents, return_stats=True)
+
+    one_by_one = sum(stats(collate([e], pad, packing=False, capacity=CONTEXT)) for e in examples)
+    torch.testing.assert_close(stats(packed), one_by_one, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(stats(plain), one_by_one, rtol=1e-5, atol=1e-4)
+    # positions restart at every conversation
+    ids, _, positions, documents = packed
+    starts = (positions == 0) & (documents >= 0)
+    assert int(starts.sum()) == len(examples)
+
+
+def test_packed_training_ends_where_unpacked_training_ends(runs, pre):
+    from safetensors.torch import load_file
+
+    from rotary.infer.pretrained import load
+
+    root, chats = runs
+    for name, packing in (("sft6", False), ("sft6-packed", True)):
+        train(sft_recipe(root, name, chats, root / "base", max_steps=6, eval_interval=3, checkpoint_interval=3,
+                         data={"packing": packing}))
+    a = load_file(str(root / "sft6" / "checkpoints" / "step-0000006" / "model.safetensors"))
+    b = load_file(str(root / "sft6-packed" / "checkpoints" / "step-0000006" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    packed = load(root / "sft6-packed", device="cpu", which="latest")
+    unpacked = load(root / "sft6", device="cpu", which="latest")
+    for messages in (CONVERSATIONS[1][:1], CONVERSATIONS[-1][:-1]):
+        assert packed.chat(messages, 12, temperature=0).token_ids == unpacked.chat(messages, 12,
+                                                                                   temperature=0).token_ids
+
+
+def test_growing_the_vocabulary_keeps_every_old_logit(runs):
+    from rotary.infer.pretrained import load
+
+    base = load(runs[0] / "base", device="cpu").model.eval()
+    ids = torch.randint(0, base.config.vocab_size, (2, 12))
+    before = base(ids)
+    base.grow_vocab(base.config.vocab_size + 3)
+    after = base(ids)
+    assert after.shape[-1] == before.shape[-1] + 3
+    torch.testing.assert_close(after[..., :before.shape[-1]], before, rtol=0, atol=0)
+
+
+def test_the_sft_run_starts_from_the_base_and_records_its_grown_vocabulary(runs, pre):
+    log = (runs[0] / "sft" / "train.log").read_text()
+    assert "(init_from)" in log and "vocabulary grown" in log
+    base_vocab = json.loads((runs[0] / "base" / "best" / "config.json").read_text())["model"]["vocab_size"]
+    assert pre.model.config.vocab_size == base_vocab + 2 == pre.tokenizer.vocab_size
+    assert pre.task == "sft"
+
+
+def test_rotary_chat_reads_stdin_and_answers_as_pre_chat(runs, pre, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("say 3\n/reset\n\nsay 4\n/exit\nsay 5\n"))
+    assert cli.main(["chat", str(runs[0] / "sft"), "--temperature", "0", "--max-new-tokens", "8",
+                     "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    want = [pre.chat([{"role": "user", "content": q}], 8, temperature=0).text for q in ("say 3", "say 4")]
+    assert out == [want[0], "(conversation reset)", want[1]]
+
+
+def test_a_long_conversation_drops_its_oldest_turns(pre):
+    from rotary.chat.session import ChatSession
+
+    session = ChatSession(pre, system="be brief", max_new_tokens=8)
+    dropped = []
+    for i in range(6):
+        session.ask(f"say {i} " * 3, on_dropped=dropped.append, temperature=0)
+    assert sum(dropped) > 0 and session.messages()[0] == {"role": "system", "content": "be brief"}
+    assert len(pre.chat_prompt(session.messages())) <= pre.context
+    assert session.turns[0]["role"] == "user"
+
+
+def test_transformers_chats_as_rotary_does_after_export(runs, pre, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert cli.main(["convert", str(runs[0] / "sft"), "--to", "hf", str(tmp_path / "hf")]) == 0
+    hf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    hf_model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    messages = CONVERSATIONS[-1][:-1]
+    ids = hf_tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = hf_model.generate(**ids, max_new_tokens=12, do_sample=False)
+    ours = pre.chat(messages, 12, temperature=0)
+    theirs = out[0, ids["input_ids"].shape[1]:].tolist()
+    stops = {pre.tokenizer.eos_id, pre.tokenizer.end_of_turn_id}
+    assert [t for t in theirs if t not in stops] == ours.token_ids
+    assert (theirs[-1] in stops) == (ours.finish_reason == "stop")
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"messages": [{"role": "user", "content": "hi"}]}], "has no assistant turn"),
+    ([{"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}], "unknown role"),
+    ([{"text": "just text"}], "a row needs messages"),
+])
+def test_bad_conversations_are_one_line_and_write_nothing(runs, tmp_path, capsys, rows, message):
+    root, _ = runs
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows * 30)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--task", "sft", "--init-from", str(root / "base"), "--data.corpus", str(bad),
+                     "--output-dir", str(out), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_a_template_that_fails_and_a_conversation_over_the_context_are_refused(runs, tmp_path, capsys):
+    root, chats = runs
+    long = write_jsonl(tmp_path / "long.jsonl", [{"messages": m} for m in CONVERSATIONS]
+                       + [{"prompt": "tell me " * 200, "response": "no"}])
+    cases = [
+        (["--data.chat_template", "{{ raise_exception('no such thing') }}{% generation %}x{% endgeneration %}",
+          "--data.corpus", str(chats)], "chat template failed to render: no such thing"),
+        (["--data.chat_template", "{% for m in messages %}{{ m['content'] }}{% endfor %}", "--data.corpus",
+          str(chats)], "marks no assistant text"),
+        (["--data.corpus", str(long)], "over the context"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "run"
+        assert cli.main(["train", "--task", "sft", "--init-from", str(root / "base"), "--output-dir", str(out),
+                         "--max-steps", "1", "--seq-len", str(CONTEXT), *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not out.exists()
+
+
+def test_the_trained_model_answers_and_ends_its_turn(pre):
+    import re
+
+    for i in (3, 7):  # the reply's form, then the end of the turn (150 steps of a tiny model)
+        done = pre.chat([{"role": "user", "content": f"say {i}"}], 16, temperature=0)
+        assert done.finish_reason == "stop" and re.fullmatch(r"\d+ and \d+", done.text), done
+
+
+def test_serve_chat_completions_use_the_template_and_stop_at_end_of_turn(pre):
+    import openai
+
+    from rotary.infer.serve import create_app
+    from tests.infer.test_serve import live
+
+    with live(create_app(pre, slots=2, max_queue=8, model_name="chat")) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        messages = CONVERSATIONS[2][:-1]
+        want = pre.chat(messages, 16, temperature=0)
+        assert want.finish_reason == "stop"
+        got = client.chat.completions.create(model="chat", messages=messages, max_tokens=16, temperature=0)
+        assert got.choices[0].message.content == want.text and got.choices[0].finish_reason == "stop"
+        assert got.usage.prompt_tokens == len(pre.chat_prompt(messages))
+        assert got.usage.completion_tokens == len(want.token_ids) + 1  # the end-of-turn token counts
+        stream = client.chat.completions.create(model="chat", messages=messages, max_tokens=16, temperature=0,
+                                                stream=True)
+        chunks = [c for c in stream if c.choices]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == want.text
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x" * 2000}],
+                                           max_tokens=16)
+        info = json.loads(__import__("urllib.request").request.urlopen(server.url + "/tokenizer_info").read())
+        assert info["chat_template"] == pre.tokenizer.chat_template
+
+
+def test_a_run_without_a_template_is_told_what_to_do(runs):
+    from rotary.infer.pretrained import load
+
+    with pytest.raises(RotaryError, match="has no chat template"):
+        load(runs[0] / "base", device="cpu").chat([{"role": "user", "content": "hi"}])
