@@ -95,7 +95,7 @@ def scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=ROOT / "runs")
-    ap.add_argument("--items", type=int, default=400, help="held-out conversations to answer (test split)")
+    ap.add_argument("--items", type=int, default=200, help="held-out conversations to answer (test split)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     args = ap.parse_args()
     base_run, sft_run = args.runs / "chat-base", args.runs / "chat-sft"
@@ -110,20 +110,22 @@ def main() -> None:
     base_model.grow_vocab(sft.tokenizer.vocab_size)  # the chat tokens, as the SFT run started
     base = rotary.Pretrained(base_model, sft.tokenizer, base_run, {"task": "causal_lm"})
     test = rotary.load_conversations("tatoeba-instruct").split("test")
-    step = max(1, len(test) // args.items)
-    items = test[::step][:args.items]
+    # answerable: the prompt and the answer's budget fit the context (the same items for both models)
+    fits = [m for m in test if len(sft.chat_prompt(m[:-1])) + args.max_new_tokens <= sft.context]
+    step = max(1, len(fits) // args.items)
+    items = fits[::step][:args.items]
     result: dict[str, Any] = {
         "machine": cpu_model(), "command": "python experiments/sft_pair.py "
         f"--items {args.items} --max-new-tokens {args.max_new_tokens}",
         "train_seconds": {"chat-base": round(train_seconds(base_run), 1), "chat-sft": round(train_seconds(sft_run), 1)},
-        "test_conversations": len(test), "answered": len(items),
+        "test_conversations": len(test), "answered": len(items), "max_new_tokens": args.max_new_tokens,
     }
     for name, pre in (("base", base), ("sft", sft)):
         t0 = time.perf_counter()
         loss = rotary.assistant_token_metrics(pre.model, sft.tokenizer, test)
         rows = answers(pre, items, args.max_new_tokens)
         result[name] = {"assistant_loss": round(loss["loss"], 4), "assistant_accuracy": round(loss["accuracy"], 4),
-                        "scored_tokens": loss["tokens"], **scores(rows),
+                        "scored_tokens": loss["tokens"], "loss_conversations": loss["conversations"], **scores(rows),
                         "eval_seconds": round(time.perf_counter() - t0, 1),
                         "samples": rows[:3] + [r for r in rows if not r["prompt"].startswith("Translate")][:1]}
     OUT.mkdir(parents=True, exist_ok=True)
@@ -136,8 +138,8 @@ def render(r: dict[str, Any]) -> str:
     lines = ["# SFT pair: chat-base -> chat-sft (translation requests from Tatoeba)", "",
              f"`{r['command']}` on {r['machine']}. Training wall time: chat-base {r['train_seconds']['chat-base']} s, "
              f"chat-sft {r['train_seconds']['chat-sft']} s. Held out: Tatoeba's test split "
-             f"({r['test_conversations']} conversations for the loss; {r['answered']} answered greedily, "
-             "up to the token limit).", "",
+             f"({r['sft']['loss_conversations']} of its {r['test_conversations']} conversations that fit the 128-token "
+             f"context for the loss; {r['answered']} answered greedily, up to {r['max_new_tokens']} new tokens).", "",
              "| model | assistant-token loss | accuracy | zh→en chrF | zh→en exact | en→zh chrF | en→zh exact | "
              "ends its turn |", "|---|---|---|---|---|---|---|---|"]
     for name in ("base", "sft"):

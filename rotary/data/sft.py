@@ -141,13 +141,14 @@ class SFTData:
     """Train and validation batches of conversations for ``rotary.train.loop.fit``."""
 
     def __init__(self, train: Sequence[Any], val: Sequence[Any], tokenizer: Any, tokenizer_dir: Path, *,
-                 packing: bool = False, template_source: str = "") -> None:
+                 packing: bool = False, template_source: str = "", drop_long: bool = False) -> None:
         template = tokenizer.chat_template
         if template is None:
             raise RotaryError("SFT needs a tokenizer with a chat template (see rotary.data.sft.chat_tokenizer)")
         self.tokenizer = tokenizer
         self.tokenizer_dir = Path(tokenizer_dir)
         self.packing = bool(packing)
+        self.drop_long = bool(drop_long)
         self.train_set = encode_conversations(tokenizer, template, train, where="train")
         self.val_set = encode_conversations(tokenizer, template, val, where="val")
         scored = sum(int(e.scored.sum()) for e in self.train_set)
@@ -167,12 +168,22 @@ class SFTData:
     def configure(self, *, seq_len: int, batch_size: int, seed: int, model_vocab: int) -> None:
         if model_vocab < self.vocab_size:
             raise RotaryError(f"the tokenizer has {self.vocab_size} ids but the model {model_vocab}")
+        if self.drop_long:
+            for split in ("train", "val"):
+                kept = [e for e in getattr(self, f"{split}_set") if len(e.inputs) <= seq_len]
+                dropped = len(getattr(self, f"{split}_set")) - len(kept)
+                if dropped:
+                    self.notes.append(f"dropped {dropped} {split} conversations longer than the context "
+                                      f"({seq_len + 1} tokens)")
+                if not kept:
+                    raise RotaryError(f"every {split} conversation is longer than the context: raise seq_len")
+                setattr(self, f"{split}_set", kept)
         for split, examples in (("train", self.train_set), ("val", self.val_set)):
             for i, e in enumerate(examples):
                 if len(e.inputs) > seq_len:
                     raise RotaryError(f"{split} conversation {i + 1} has {len(e.ids)} tokens, over the context of "
-                                      f"{seq_len + 1} (seq_len {seq_len}): raise seq_len (up to model.max_seq_len) "
-                                      "or shorten or drop that conversation")
+                                      f"{seq_len + 1} (seq_len {seq_len}): raise seq_len (up to model.max_seq_len), "
+                                      "shorten that conversation, or set data.drop_long true")
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
 
     def _collate(self, examples: Sequence[Example]) -> Batch:
@@ -241,4 +252,4 @@ def prepare_sft_data(cfg: Any, info: Any) -> SFTData:
     if info.world_size > 1:
         torch.distributed.barrier()
     return SFTData(data.split("train"), data.split("val"), tokenizer, tok_dir, packing=d.packing,
-                   template_source=source)
+                   template_source=source, drop_long=d.drop_long)

@@ -222,13 +222,19 @@ def assistant_token_metrics(model: torch.nn.Module, tokenizer: Any, conversation
     """Loss, perplexity and next-token accuracy over the assistant's tokens of ``conversations``
     (end-of-turn included), rendered with ``template`` (default: the tokenizer's): what SFT
     optimises, on held-out conversations. A model whose vocabulary lacks the template's tokens
-    (a base model) is scored after :meth:`CausalLM.grow_vocab` by the caller."""
+    (a base model) is scored after :meth:`CausalLM.grow_vocab` by the caller. Conversations longer
+    than the model's context are skipped and counted."""
     from rotary.data.sft import collate, encode_conversations
 
     template = template or tokenizer.chat_template
     if template is None:
         raise RotaryError("assistant_token_metrics needs a chat template (the tokenizer has none)")
     examples = encode_conversations(tokenizer, template, conversations, where="eval")
+    context = int(model.config.max_seq_len)
+    longer = sum(len(e.inputs) > context for e in examples)  # the model cannot read them whole
+    examples = [e for e in examples if len(e.inputs) <= context]
+    if not examples:
+        raise RotaryError(f"every conversation is longer than the model's context of {context} tokens")
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     device = next(model.parameters()).device
     model.eval()
@@ -242,4 +248,4 @@ def assistant_token_metrics(model: torch.nn.Module, tokenizer: Any, conversation
         totals += stats.cpu().double()[:3]
     loss = float(totals[0] / totals[1])
     return {"loss": loss, "perplexity": perplexity(loss), "accuracy": float(totals[2] / totals[1]),
-            "tokens": int(totals[1]), "conversations": len(examples)}
+            "tokens": int(totals[1]), "conversations": len(examples), "skipped_longer_than_context": longer}

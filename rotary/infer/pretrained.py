@@ -186,29 +186,32 @@ class Pretrained:
                           special_tokens=self.tokenizer.hf_special_tokens())
         return self.tokenizer.encode(rendered.text)
 
-    def _chat_request(self, messages: Sequence[dict[str, str]], max_new_tokens: int,
+    def _chat_request(self, messages: Sequence[dict[str, str]], max_new_tokens: int | None,
                       sampling: SamplingParams | None, options: dict[str, Any]) -> Any:
         from rotary.infer.engine import Request
         from rotary.infer.generate import check_generation
 
         params = self.sampling(sampling, **options)
+        ids = self.chat_prompt(messages)
+        if max_new_tokens is None:  # as long as the context allows
+            max_new_tokens = max(1, self.context - len(ids))
         check_generation(self.model, max_new_tokens)
         if max_new_tokens < 1:
             raise RotaryError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        ids = self.chat_prompt(messages)
         if len(ids) + max_new_tokens > self.context:
             raise RotaryError(f"the conversation ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) is beyond the "
                               f"model's context of {self.context} tokens: drop old turns or lower max_new_tokens")
         end = self.tokenizer.end_of_turn_id
         return Request(ids, max_new_tokens, params, eos_id=self.tokenizer.eos_id, stop_ids=(end,))
 
-    def chat(self, messages: Sequence[dict[str, str]], max_new_tokens: int = 256, *,
+    def chat(self, messages: Sequence[dict[str, str]], max_new_tokens: int | None = None, *,
              sampling: SamplingParams | None = None, compile: bool = False, **options: Any) -> Completion:
         """The assistant's next turn after ``messages`` ([{"role": "user", "content": "..."}, ...]):
-        generated until the end-of-turn token (finish_reason "stop") or ``max_new_tokens``."""
+        generated until the end-of-turn token (finish_reason "stop") or ``max_new_tokens`` (None: as
+        many as the context leaves)."""
         return self._chat_complete(self._chat_request(messages, max_new_tokens, sampling, options), compile)
 
-    def chat_stream(self, messages: Sequence[dict[str, str]], max_new_tokens: int = 256, *,
+    def chat_stream(self, messages: Sequence[dict[str, str]], max_new_tokens: int | None = None, *,
                     sampling: SamplingParams | None = None, compile: bool = False, **options: Any) -> Iterator[str]:
         """:meth:`chat`'s text, piece by piece as it is generated."""
         from rotary.infer.engine import decode

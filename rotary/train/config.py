@@ -56,6 +56,8 @@ class DataConfig:
     whole_word_mask: bool = doc(False, "masked LM: mask whole words (Chinese via jieba)")
     chat_template: str | None = doc(None, "sft: a Jinja chat template, or the path of a .jinja file; None = the "
                                           "tokenizer's own, else rotary's ChatML default")
+    drop_long: bool = doc(False, "sft: drop conversations longer than the context (counted in the log) instead "
+                                 "of refusing the run")
     packing: bool = doc(False, "sft: pack a step's conversations into full rows (positions restart and attention "
                                "stays inside each conversation); the loss is the same as unpacked")
 

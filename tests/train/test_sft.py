@@ -252,6 +252,12 @@ def test_a_template_that_fails_and_a_conversation_over_the_context_are_refused(r
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
         assert not out.exists()
+    # data.drop_long leaves the long conversation out and says so
+    out = tmp_path / "dropped"
+    assert cli.main(["train", "--task", "sft", "--init-from", str(root / "base"), "--output-dir", str(out),
+                     "--max-steps", "1", "--seq-len", str(CONTEXT), "--data.corpus", str(long),
+                     "--data.drop_long", "true", "--progress", "false"]) == 0
+    assert "conversations longer than the context" in (out / "train.log").read_text()
 
 
 def test_the_trained_model_answers_and_ends_its_turn(pre):
@@ -287,6 +293,20 @@ def test_serve_chat_completions_use_the_template_and_stop_at_end_of_turn(pre):
                                            max_tokens=16)
         info = json.loads(__import__("urllib.request").request.urlopen(server.url + "/tokenizer_info").read())
         assert info["chat_template"] == pre.tokenizer.chat_template
+
+
+def test_the_chat_guides_python_snippet_runs_as_written(runs, monkeypatch, capsys):
+    import re
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "guides" / "chat.md").read_text(encoding="utf-8")
+    (code,) = [b for b in re.findall(r"^```python\n(.*?)^```", guide, flags=re.S | re.M) if "pre.chat(" in b]
+    monkeypatch.chdir(runs[0].parent)
+    (runs[0].parent / "runs").mkdir(exist_ok=True)
+    link = runs[0].parent / "runs" / "chat-sft"
+    if not link.exists():
+        link.symlink_to(runs[0] / "sft")
+    exec(compile(code, "docs/guides/chat.md:python", "exec"), {})
+    assert capsys.readouterr().out.strip()
 
 
 def test_a_run_without_a_template_is_told_what_to_do(runs):
