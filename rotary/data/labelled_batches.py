@@ -37,6 +37,21 @@ def stream_indices(n: int, seed: int, start: int, count: int) -> np.ndarray:
     return out
 
 
+def micro_batch_indices(n: int, batch_size: int, seed: int, start_step: int, accum: int,
+                        info: Any) -> Iterator[np.ndarray]:
+    """The example indices of this rank's micro-batches, step ``start_step`` on, endlessly: step s
+    takes the next ``batch_size x processes x accum`` positions of the stream of epoch orders,
+    and rank r's micro-batch a holds its rows [(r*accum + a)*B, (r*accum + a + 1)*B)."""
+    rows = batch_size * info.world_size * accum
+    step = start_step
+    while True:
+        idx = stream_indices(n, seed, step * rows, rows)
+        for a in range(accum):
+            lo = (info.rank * accum + a) * batch_size
+            yield idx[lo:lo + batch_size]
+        step += 1
+
+
 class ClassificationData:
     """Train and validation batches of a labelled corpus for ``rotary.train.loop.fit``."""
 
@@ -83,15 +98,8 @@ class ClassificationData:
         return b["input_ids"], b["attention_mask"], b["token_type_ids"], b["labels"]
 
     def train_batches(self, start_step: int, accum: int, info: Any) -> Iterator[Batch]:
-        B = self.batch_size
-        rows = B * info.world_size * accum
-        step = start_step
-        while True:
-            idx = stream_indices(len(self.train_set), self.seed, step * rows, rows)
-            for a in range(accum):
-                lo = (info.rank * accum + a) * B
-                yield self._collate(self.train_set, idx[lo:lo + B])
-            step += 1
+        for idx in micro_batch_indices(len(self.train_set), self.batch_size, self.seed, start_step, accum, info):
+            yield self._collate(self.train_set, idx)
 
     def eval_batches(self, max_batches: int | None, info: Any) -> Iterator[Batch]:
         """The validation examples in order, in global batches of batch_size x processes; a rank

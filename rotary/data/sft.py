@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rotary.chat.template import CHAT_SPECIALS, DEFAULT_TEMPLATE, TURN_END, render
-from rotary.data.labelled_batches import stream_indices
+from rotary.data.labelled_batches import micro_batch_indices
 from rotary.errors import RotaryError
 from rotary.labels import IGNORE_INDEX
 
@@ -190,15 +190,8 @@ class SFTData:
         return collate(examples, self.pad_id, packing=self.packing, capacity=self.seq_len)
 
     def train_batches(self, start_step: int, accum: int, info: Any) -> Iterator[Batch]:
-        B = self.batch_size
-        rows = B * info.world_size * accum
-        step = start_step
-        while True:
-            idx = stream_indices(len(self.train_set), self.seed, step * rows, rows)
-            for a in range(accum):
-                lo = (info.rank * accum + a) * B
-                yield self._collate([self.train_set[int(i)] for i in idx[lo:lo + B]])
-            step += 1
+        for idx in micro_batch_indices(len(self.train_set), self.batch_size, self.seed, start_step, accum, info):
+            yield self._collate([self.train_set[int(i)] for i in idx])
 
     def eval_batches(self, max_batches: int | None, info: Any) -> Iterator[Batch]:
         """The validation conversations in order, in global batches of batch_size x processes; a

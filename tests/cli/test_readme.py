@@ -157,7 +157,8 @@ def test_the_python_snippet_and_the_own_text_commands_run(tmp_path, monkeypatch,
     api = snippet(snippets, "docs/guides/python-api.md", "rotary.train_model(cfg)")
     conversion = snippet(snippets, "docs/guides/conversion.md", "rotary.hf.from_hf(")
     client = snippet(snippets, "README.md", "from openai import OpenAI")  # tests/infer/test_serve.py runs it
-    assert len(snippets) == 4 and {first, api, conversion, client} == {b for _, b in snippets}
+    chat = snippet(snippets, "docs/guides/chat.md", "pre.chat(")  # tests/train/test_sft.py runs it
+    assert len(snippets) == 5 and {first, api, conversion, client, chat} == {b for _, b in snippets}
     assert len(code_blocks("python")) == 2  # the README's: the first one and the client
 
     scope: dict = {}
