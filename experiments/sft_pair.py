@@ -148,8 +148,9 @@ def render(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {m['assistant_loss']:.3f} | {m['assistant_accuracy']:.3f} | {zh.get('chrF', '-')} | "
                      f"{zh.get('exact_match', '-')} | {en.get('chrF', '-')} | {en.get('exact_match', '-')} | "
                      f"{m['stop_share']:.1%} |")
-    lines += ["", "The base model is asked through the same ChatML template (it never saw one: it continues "
-              "the text and rarely stops); SFT trains the assistant's tokens and the end-of-turn token only. "
+    lines += ["", "The base model is asked through the same ChatML template (it never saw one; its "
+              "stops are mostly its own end-of-text token, which also ends a turn): "
+              "SFT trains the assistant's tokens and the end-of-turn token only. "
               "Goal for ending the turn: at least 95%.", "", "Sample conversations (SFT model, greedy):", ""]
     for s in r["sft"]["samples"][:3]:
         lines.append(f"- user: {s['prompt']}  \n  assistant: {s['answer']}  \n  reference: {s['reference']}")
