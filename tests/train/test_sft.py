@@ -309,6 +309,20 @@ def test_the_chat_guides_python_snippet_runs_as_written(runs, monkeypatch, capsy
     assert capsys.readouterr().out.strip()
 
 
+def test_an_imported_tokenizer_keeps_its_chat_template(pre, tmp_path):
+    from rotary.tokenizer import load_tokenizer
+
+    hf = pre.tokenizer.to_hf()
+    hf.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    hf.save_pretrained(str(tmp_path / "hf"))  # transformers' own files (chat_template.jinja or the config)
+    tok = load_tokenizer(tmp_path / "hf")
+    assert tok.chat_template == hf.chat_template
+    tok.save(tmp_path / "again")
+    saved = json.loads((tmp_path / "again" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert saved["chat_template"] == hf.chat_template
+    assert load_tokenizer(tmp_path / "again").chat_template == hf.chat_template
+
+
 def test_a_run_without_a_template_is_told_what_to_do(runs):
     from rotary.infer.pretrained import load
 
