@@ -210,11 +210,6 @@ class SFTData:
             yield ids, torch.full_like(targets, IGNORE_INDEX), positions, documents
 
 
-def sft_inputs(batch: Batch) -> dict[str, Any]:
-    _, targets, positions, documents = batch
-    return {"targets": targets, "position_ids": positions, "document_ids": documents}
-
-
 def prepare_sft_data(cfg: Any, info: Any) -> SFTData:
     """The run's conversations and tokenizer: the init_from run's tokenizer (or data.tokenizer.path)
     with the chat template and its special tokens, saved in the run directory by rank 0."""

@@ -116,7 +116,7 @@ class Pretrained:
         """Continue each prompt ``num_samples`` times (prompt-major order): text, token ids,
         log-probabilities of the chosen tokens (with ``logprobs=True``) and why each ended.
         Sample j of a prompt uses seed ``seed + j``, whatever else shares the batch."""
-        from rotary.infer.engine import Request, decode
+        from rotary.infer.engine import Request
 
         params = self.sampling(sampling, **options)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -129,11 +129,19 @@ class Pretrained:
                     for i, ids in enumerate(encoded) for j in range(num_samples)]
         out = [Completion("", [], [] if params.logprobs else None, "length", len(r.prompt),
                           full[i // num_samples] - len(r.prompt)) for i, r in enumerate(requests)]
+        return self._collect(requests, out, {eos}, compile)
+
+    def _collect(self, requests: list[Any], out: list[Completion], stops: set[int | None],
+                 compile: bool) -> list[Completion]:
+        """Decode ``requests`` into ``out`` (indexed by each request's tag): text, the token ids
+        other than ``stops`` with their log-probabilities, and why each ended."""
+        from rotary.infer.engine import decode
+
         for events in decode(self.model, requests, tokenizer=self.tokenizer, compile=compile):
             for e in events:
                 c = out[e.tag]
                 c.text += e.text
-                if e.token != eos:
+                if e.token not in stops:
                     c.token_ids.append(e.token)
                     if c.logprobs is not None:
                         c.logprobs.append(e.logprob)
@@ -223,20 +231,8 @@ class Pretrained:
                     yield e.text
 
     def _chat_complete(self, request: Any, compile: bool) -> Completion:
-        from rotary.infer.engine import decode
-
-        stops = {request.eos_id, *request.stop_ids}
-        out = Completion("", [], [] if request.params.logprobs else None, "length", len(request.prompt))
-        for events in decode(self.model, [request], tokenizer=self.tokenizer, compile=compile):
-            for e in events:
-                out.text += e.text
-                if e.token not in stops:
-                    out.token_ids.append(e.token)
-                    if out.logprobs is not None:
-                        out.logprobs.append(e.logprob)
-                if e.finish_reason is not None:
-                    out.finish_reason = e.finish_reason
-        return out
+        out = [Completion("", [], [] if request.params.logprobs else None, "length", len(request.prompt))]
+        return self._collect([replace(request, tag=0)], out, {request.eos_id, *request.stop_ids}, compile)[0]
 
     def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
                  batch_size: int = 32) -> list[dict[str, Any]]:
