@@ -9,9 +9,15 @@ token, and the ratio rotary / HF. Tokens must be identical (fp32; bf16 reports a
 
 Rows: rotary eager vs HF's default ``generate`` (dynamic cache); then rotary with its compiled
 decode step vs HF's best CPU configuration (static cache + ``torch.compile``, which
-transformers applies to the forward when ``cache_implementation="static"``).
+transformers applies to the forward when ``cache_implementation="static"``). ``--quantize int8``
+adds rotary with int8 weights (``rotary.ops.int8_linear``), eager and compiled, against HF's
+default ``generate`` in the run's precision: the tokens are reported, not required to be equal
+(other weights), and the batch-1 rows print the fraction of the memory-bandwidth bound reached
+(the bytes one decode step reads, weights and KV cache, over the bandwidth of a copy of that
+many bytes on this host; and of a 1 GiB copy, main memory).
 
     python bench/generate.py                          # batch 1 and 8, 16-token prompt, 256 new tokens
+    python bench/generate.py --quantize int8          # + the int8 rows and the bandwidth fraction
     python bench/generate.py --prompt-len 1024        # prefill measured too
     python bench/generate.py --precision bf16 --no-compile
 """
@@ -75,7 +81,39 @@ def timed(fn, prompts, new) -> tuple[float, list[list[int]]]:
     return time.perf_counter() - t, out
 
 
-def compare(label: str, ours, theirs, prompts: torch.Tensor, args) -> dict:
+def copy_bandwidth(n_bytes: int, repeats: int = 7) -> float:
+    """GB/s of ``dst.copy_(src)`` over ``n_bytes`` (read + write counted), best of ``repeats``."""
+    src = torch.ones(max(n_bytes // 4, 1024))
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def step_bytes(model, prompt_len: int, new: int) -> int:
+    """Bytes one batch-1 decode step reads: every weight but the embedding table (one row of it),
+    and the KV cache at its mean length over the run."""
+    weights = sum(b.numel() * b.element_size() for n, b in [*model.named_parameters(), *model.named_buffers()]
+                  if "embed_tokens" not in n and not n.endswith("scales_bf16") and b.ndim >= 1)
+    cfg = model.config
+    head_dim = cfg.d_model // cfg.n_head
+    cache = 2 * cfg.n_layer * (prompt_len + new / 2) * (cfg.n_kv_head or cfg.n_head) * head_dim * 4
+    return int(weights + cache + cfg.d_model * 4)
+
+
+def bandwidth_line(model, row: dict, args) -> str:
+    per_step = step_bytes(model, args.prompt_len, args.new)
+    seconds = row["rotary"]["ms_per_token"] / 1e3
+    near, far = copy_bandwidth(per_step), copy_bandwidth(1 << 30)
+    return (f"    batch 1 reads {per_step / 1e6:.1f} MB per step: {per_step / seconds / 1e9:.1f} GB/s reached; "
+            f"copy bandwidth {near:.1f} GB/s at that size ({per_step / seconds / 1e9 / near:.0%} of it), "
+            f"{far:.1f} GB/s at 1 GiB ({per_step / seconds / 1e9 / far:.0%})")
+
+
+def compare(label: str, ours, theirs, prompts: torch.Tensor, args, exact: bool = True) -> dict:
     B, new = prompts.shape[0], args.new
     for fn in (ours, theirs):  # warm-up: allocations, and compilation where there is one
         fn(prompts, new)
@@ -98,7 +136,7 @@ def compare(label: str, ours, theirs, prompts: torch.Tensor, args) -> dict:
     print(f"{label:<34} batch {B:>2} | rotary {r['tok_s']:8.1f} tok/s ttft {r['ttft_ms']:7.1f} ms "
           f"{r['ms_per_token']:6.2f} ms/tok | HF {h['tok_s']:8.1f} tok/s ttft {h['ttft_ms']:7.1f} ms "
           f"{h['ms_per_token']:6.2f} ms/tok | {ratio:5.2f}x | same tokens {same:.1%}", flush=True)
-    if args.precision == "fp32" and same < 1.0 and not args.allow_mismatch:
+    if exact and args.precision == "fp32" and same < 1.0 and not args.allow_mismatch:
         raise SystemExit(f"{label}: greedy tokens differ from transformers' ({same:.1%} equal)")
     return {"label": label, "batch": B, **row, "ratio": ratio, "same_tokens": same}
 
@@ -117,6 +155,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled / static-cache rows")
+    p.add_argument("--quantize", choices=("int8",), default=None, help="add rows for rotary with int8 weights")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--allow-mismatch", action="store_true", help="report, do not fail, when tokens differ")
     args = p.parse_args()
@@ -128,12 +167,30 @@ def main() -> None:
           f"{args.layers} layers d={args.d_model} GQA {args.heads}/{args.kv_heads} vocab {args.vocab}; "
           f"prompt {args.prompt_len}, {args.new} new tokens, greedy, median of {args.rounds} rounds")
     model, hf = build(args)
+    quantized = None
+    if args.quantize:
+        import copy
+
+        from rotary.ops.int8_linear import quantize
+
+        quantized = quantize(copy.deepcopy(model), args.quantize)
     g = torch.Generator().manual_seed(1)
     for B in args.batches:
         prompts = torch.randint(1, args.vocab, (B, args.prompt_len), generator=g)
-        compare("rotary eager vs HF dynamic cache", Rotary(model, False), HF(hf, False), prompts, args)
+        row = compare("rotary eager vs HF dynamic cache", Rotary(model, False), HF(hf, False), prompts, args)
+        if B == 1 and quantized is not None:
+            print(bandwidth_line(model, row, args), flush=True)
         if not args.no_compile:
-            compare("rotary compiled vs HF static+compile", Rotary(model, True), HF(hf, True), prompts, args)
+            row = compare("rotary compiled vs HF static+compile", Rotary(model, True), HF(hf, True), prompts, args)
+            if B == 1 and quantized is not None:
+                print(bandwidth_line(model, row, args), flush=True)
+        if quantized is None:
+            continue
+        for compiled in ((False,) if args.no_compile else (False, True)):
+            label = f"rotary {args.quantize} {'compiled' if compiled else 'eager'} vs HF dynamic cache"
+            row = compare(label, Rotary(quantized, compiled), HF(hf, False), prompts, args, exact=False)
+            if B == 1:
+                print(bandwidth_line(quantized, row, args), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,15 @@ def add_loading_options(p: argparse.ArgumentParser) -> None:
                    help="skip the sha256 check of the checkpoint's files (sizes are still checked)")
 
 
+def add_weight_options(p: argparse.ArgumentParser) -> None:
+    """How a decoding verb holds the weights: their precision and weight-only quantization."""
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="weights in bf16: half the bytes per token (AMX / AVX512-BF16 CPUs, GPUs)")
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="int8 weights with per-channel scales: a quarter of fp32's bytes, faster decoding at "
+                        "small batches (inference only; rotary.ops.int8_linear)")
+
+
 def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``--key value`` recipe overrides of a verb, with ``--output-dir`` folded in."""
     from rotary.config import parse_overrides

@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--no-baseline", action="store_true",
                    help="classifier: skip the char TF-IDF + LR baseline printed beside the accuracy")
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="score the model with int8 weights, as generate/serve --quantize int8 decode with")
     p.add_argument("--out", help="directory for eval.json (default: the run directory)")
     p.set_defaults(func=run)
 
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     record = run_eval(args.run, args.corpus, args.split, stride=args.stride, seed=args.seed,
                       batch_size=args.batch_size, device=args.device, out=args.out,
                       corpus_options=corpus_options(args), num_beams=args.beam, seq_len=args.seq_len,
-                      baseline=False if args.no_baseline else None)
+                      baseline=False if args.no_baseline else None, quantize=args.quantize)
     print(format_record(record))
     return 0
 

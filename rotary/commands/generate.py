@@ -16,7 +16,7 @@ def unescape(text: str) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rotary.commands import DefaultsHelp, add_loading_options
+    from rotary.commands import DefaultsHelp, add_loading_options, add_weight_options
 
     p = subparsers.add_parser(
         "generate", help="generate text from a trained causal LM",
@@ -51,8 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="extend a RoPE model's context at inference by --factor, without training")
     p.add_argument("--factor", type=float, default=None, help="context extension factor for --rope-scaling")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays off on long outputs)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="weights in bf16: half the bytes per token (AMX / AVX512-BF16 CPUs, GPUs)")
+    add_weight_options(p)
     p.add_argument("--no-stream", action="store_true", help="print when done instead of token by token")
     add_loading_options(p)
     p.set_defaults(func=run)
@@ -66,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise RotaryError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify,
-               rope_scaling=args.rope_scaling, rope_factor=args.factor, precision=args.precision)
+               rope_scaling=args.rope_scaling, rope_factor=args.factor, precision=args.precision,
+               quantize=args.quantize)
     # every check before the first byte of output: an error never follows a printed prompt
     sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                               repetition_penalty=args.repetition_penalty, seed=args.seed,

@@ -16,7 +16,7 @@ INSTALL_HINT = "rotary: error: rotary serve needs FastAPI and uvicorn: pip insta
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rotary.commands import DefaultsHelp, add_loading_options
+    from rotary.commands import DefaultsHelp, add_loading_options, add_weight_options
 
     p = subparsers.add_parser(
         "serve", help="serve a causal LM over HTTP with the OpenAI API",
@@ -35,9 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot; more get 503")
     p.add_argument("--max-len", type=int, default=None,
                    help="positions per sequence, prompt + completion (default: the model's max_seq_len)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="weights in bf16: half the bytes per token (AMX / AVX512-BF16 CPUs, GPUs)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (compiled at startup)")
+    add_weight_options(p)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch.compile the decode step, compiled for every batch size at startup (a minute on "
+                        "2 cores; faster decoding after); --no-compile starts at once and decodes eagerly")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's and rotary.infer.serve's log level (debug logs every decode step's batch size)")
     add_loading_options(p)
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         warnings.warn(f"serving on {args.host} without --api-key: anyone who can reach it can use it", RotaryWarning,
                       stacklevel=1)
     sock = listening_socket(args.host, args.port)  # a busy port fails now, not after loading and "serving ..."
-    pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify, precision=args.precision)
+    pre = load(args.run, device=args.device, which=args.checkpoint, verify=not args.no_verify, precision=args.precision,
+               quantize=args.quantize)
     if not isinstance(pre.model, CausalLM):
         from rotary.tasks import use_instead
 

@@ -143,20 +143,23 @@ def check_eval_options(task: str, **given: Any) -> None:
 def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | None = None,
              seed: int | None = None, batch_size: int = 8, device: str = "auto", out: str | Path | None = None,
              corpus_options: dict[str, Any] | None = None, num_beams: int | None = None,
-             seq_len: int | None = None, baseline: bool | None = None) -> dict[str, Any]:
+             seq_len: int | None = None, baseline: bool | None = None,
+             quantize: str | None = None) -> dict[str, Any]:
     """Score ``run`` on ``corpus``'s ``split``; writes ``eval.json`` (and for a classifier
     ``confusion.png``) into ``out`` (default: the run directory). Returns the metrics. Language
     models are scored in windows of ``seq_len`` tokens (default: the run's training seq_len); a
     masked LM on masks fixed by ``seed`` (default 0); a translation model with beams of
     ``num_beams`` (default 5). A classifier's record holds the char TF-IDF + LR bar on the same
-    splits unless ``baseline=False``. An option given for another kind of run is an error."""
+    splits unless ``baseline=False``. ``quantize="int8"`` scores the model with int8 weights, as
+    ``rotary generate/serve --quantize int8`` decode with. An option given for another kind of
+    run is an error."""
     import json
 
     from rotary.infer.pretrained import load
     from rotary.io import atomic_write_text
     from rotary.tasks import USED_BY, get_task
 
-    pre = load(run, device=device)
+    pre = load(run, device=device, quantize=quantize)
     task = get_task(pre.task)
     if task.score is None:
         raise RotaryError(f"rotary eval does not score an {pre.task} run: use {USED_BY.get(pre.task, 'its own verb')}")
@@ -166,7 +169,7 @@ def run_eval(run: str | Path, corpus: str, split: str = "val", *, stride: int | 
                        num_beams=5 if num_beams is None else num_beams, baseline=baseline is not False)
     metrics = task.score(pre, corpus, split, opts)
     record = {"run": str(run), "checkpoint": str(pre.path), "task": pre.task, "corpus": corpus, "split": split,
-              **metrics}
+              **({"quantize": quantize} if quantize else {}), **metrics}
     out_dir = Path(out) if out is not None else Path(run)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "eval.json", json.dumps(record, indent=2, ensure_ascii=False))

@@ -437,6 +437,34 @@ def test_generate_cli_json_num_samples_stop_and_logprobs(lm_run, capsys):
         assert "--seed" not in bad or "seed must be between 0 and 2**63" in err[0], err
 
 
+def test_int8_weights_from_the_cli_decode_and_score_close_to_fp32(lm_run, tmp_path, capsys):
+    """``--quantize int8`` loads the run with int8 linear layers for generate and eval; the
+    quantized model's held-out loss is within 1% of fp32's, and a bad value is one line."""
+    from rotary.cli import main
+    from rotary.infer.pretrained import load
+    from rotary.ops.int8_linear import is_quantized
+
+    assert is_quantized(load(lm_run, device="cpu", quantize="int8").model)
+    assert main(["generate", str(lm_run), "--prompt", "To be", "--max-new-tokens", "5", "--temperature", "0",
+                 "--json", "--quantize", "int8", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["usage"]["completion_tokens"] >= 1
+    corpus = str(lm_run.parent / "corpus")
+    records = {}
+    for name, extra in (("fp32", []), ("int8", ["--quantize", "int8"])):
+        out = str(tmp_path / name)
+        assert main(["eval", str(lm_run), "--corpus", corpus, "--device", "cpu", "--out", out, *extra]) == 0
+        capsys.readouterr()
+        records[name] = json.loads((tmp_path / name / "eval.json").read_text())
+    assert records["int8"]["quantize"] == "int8" and "quantize" not in records["fp32"]
+    assert records["int8"]["loss"] == pytest.approx(records["fp32"]["loss"], rel=0.01)
+    assert records["int8"]["loss"] != records["fp32"]["loss"]  # it did score other weights
+    with pytest.raises(RotaryError, match="unknown quantization 'int4'"):
+        load(lm_run, device="cpu", quantize="int4")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", str(lm_run), "--prompt", "x", "--quantize", "int4"])
+    assert exit_info.value.code == 2 and "invalid choice: 'int4'" in capsys.readouterr().err
+
+
 def test_the_readme_stop_line_stops_at_a_blank_line(tmp_path, capsys):
     """The README's `--stop "\\n\\n"` reaches rotary as a backslash and an n (the shell keeps them):
     rotary reads the usual escapes, so the line stops at the first blank line."""

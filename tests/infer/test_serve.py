@@ -517,8 +517,8 @@ def test_the_verb_passes_its_options_and_reads_the_key_from_the_environment(run_
                                                          bound=sock.getsockname()[:2]) or sock.close())
     monkeypatch.setenv("ROTARY_API_KEY", "from-env")
     port = free_port()
-    assert cli.main(["serve", str(run_dir), "--port", str(port), "--slots", "4", "--compile"]) == 0
-    assert seen["api_key"] == "from-env" and seen["compile"] is True and seen["slots"] == 4
+    assert cli.main(["serve", str(run_dir), "--port", str(port), "--slots", "4"]) == 0
+    assert seen["api_key"] == "from-env" and seen["compile"] is True and seen["slots"] == 4  # compiled by default
     assert (seen["host"], seen["port"], seen["model_name"]) == ("127.0.0.1", port, run_dir.name)
     assert seen["app"] == "app" and seen["bound"] == ("127.0.0.1", port)
     assert f"at http://127.0.0.1:{port}/v1 with 4 slots" in capsys.readouterr().out
@@ -526,7 +526,14 @@ def test_the_verb_passes_its_options_and_reads_the_key_from_the_environment(run_
     import signal
 
     monkeypatch.setattr(rotary.commands.serve, "serve_on", lambda sock, config: sock.close() or signal.SIGTERM)
-    assert cli.main(["serve", str(run_dir), "--port", str(free_port())]) == 128 + signal.SIGTERM
+    assert cli.main(["serve", str(run_dir), "--port", str(free_port()), "--no-compile"]) == 128 + signal.SIGTERM
+    assert seen["compile"] is False
+    # --quantize int8: the model served has int8 linear layers
+    from rotary.ops.int8_linear import is_quantized
+
+    monkeypatch.setattr(rotary.infer.serve.app, "create_app", lambda pre, **kw: seen.update(kw, pre=pre) or "app")
+    assert cli.main(["serve", str(run_dir), "--port", str(free_port()), "--quantize", "int8"]) == 128 + signal.SIGTERM
+    assert is_quantized(seen["pre"].model) and seen["compile"] is True
 
 
 def test_the_verb_serves_on_the_socket_it_bound(run_dir):
@@ -535,7 +542,8 @@ def test_the_verb_serves_on_the_socket_it_bound(run_dir):
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "rotary", "serve", str(run_dir), "--port", str(port),
-                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--log-level", "warning", "--no-compile"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def healthy() -> bool:
             try:
