@@ -7,12 +7,15 @@ from __future__ import annotations
 import bz2
 import hashlib
 import inspect
+import json
+import math
 import shutil
 import tracemalloc
 import zipfile
 
 import pytest
 
+from rotary import checkpoint as ckpt
 from rotary import cli
 from rotary.data.sources import download, enwiki_sample, load_corpus
 from rotary.data.sources.wikipedia import WikiDumpCorpus, articles, dump_pages
@@ -179,3 +182,29 @@ def test_a_truncated_real_dump_yields_its_first_pages_then_a_clear_error(tmp_pat
             titles.append(page.title)
     assert titles[:2] == ["AccessibleComputing", "Anarchism"]
 
+
+def test_the_real_sample_through_a_32k_bpe_shards_and_two_training_steps(tmp_path, capsys):
+    tok, shards = tmp_path / "tok", tmp_path / "shards"
+    assert cli.main(["tokenizer", "train", "--corpus", "enwiki-sample", "--kind", "bpe", "--vocab-size", "32000",
+                     "--out", str(tok), "--no-progress"]) == 0
+    vocab = json.loads((tok / "tokenizer.json").read_text())["model"]["vocab"]
+    assert len(vocab) == 32000  # 2.7M characters of train text are enough for all 31,743 merges
+    assert cli.main(["prepare", "--corpus", "enwiki-sample", "--tokenizer", str(tok), "--out", str(shards),
+                     "--no-progress"]) == 0
+    meta = json.loads((shards / "meta.json").read_text())
+    assert meta["source"] == "enwiki-sample" and meta["documents_train"] == 100 and meta["documents_val"] == 6
+    run = tmp_path / "run"
+    toy = ["--model.n_layer", "1", "--model.n_head", "2", "--model.d_model", "32", "--model.d_ff", "64",
+           "--model.max_seq_len", "64", "--seq-len", "64", "--batch-size", "2", "--global-batch-tokens", "128",
+           "--max-steps", "2", "--warmup-steps", "0", "--eval-interval", "2", "--eval-batches", "1",
+           "--checkpoint-interval", "2", "--precision", "fp32", "--compile", "false", "--tensorboard", "false",
+           "--progress", "false", "--threads", "1"]
+    capsys.readouterr()
+    assert cli.main(["train", "wikipedia-bpe32k", "--data.shards", str(shards), "--output-dir", str(run), *toy]) == 0
+    config = json.loads((ckpt.latest_checkpoint(run) / "config.json").read_text())
+    model = config["model"]  # the recipe's GPT-2-small kind of block at toy width, the 32k vocabulary
+    assert (model["vocab_size"], model["n_layer"], model["mlp"], model["norm"], model["position"]) == (
+        32000, 1, "gelu", "layernorm", "rope")
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in evals if r["kind"] == "eval"][-1]
+    assert last["step"] == 2 and math.isfinite(last["loss"]) and last["loss"] < math.log(32000) + 1
