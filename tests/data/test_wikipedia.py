@@ -80,6 +80,8 @@ def test_a_directory_of_dump_parts_is_read_part_by_part(tmp_path):
 def test_wikitext_keeps_prose_and_drops_furniture():
     assert wikitext_to_text("A [[:Category:Rivers|list of rivers]], [[wikt:tributary|tributaries]] "
                             "and [https://example.org a site].") == "A list of rivers, tributaries and a site."
+    assert wikitext_to_text("[[Ys: The Vanished Omens]] [[fr:Ys]][[Image:Ys.png|thumb|Box art]]") == \
+        "Ys: The Vanished Omens"
     assert wikitext_to_text("x<ref>note</ref> y<references /> z <math>e^x</math>.\n\n\n\nnext") == "x y z.\n\nnext"
 
 

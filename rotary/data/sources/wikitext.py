@@ -22,8 +22,9 @@ import re
 
 from rotary.errors import RotaryError
 
-# Links that are page furniture, not prose: [[File:...]], [[Category:...]], [[de:...]].
-_DROPPED_LINK = re.compile(r"^\s*(file|image|media|category|[a-z]{2,3}(-[a-z]{2,8})*)\s*:", re.IGNORECASE)
+# Links that are page furniture, not prose: [[File:...]], [[Category:...]], and interlanguage
+# links [[de:Tamsa]] (a lowercase code, no space after the colon: [[Ys: The Vanished Omens]] is prose).
+_DROPPED_LINK = re.compile(r"^\s*(?:(?i:file|image|media|category)\s*:|[a-z]{2,3}(?:-[a-z]{2,8})*:\S)")
 # strip_code keeps a tag's contents unless MediaWiki hides it (math, gallery): refs are footnotes
 # and tables are rows of cells, neither of them prose.
 _DROPPED_TAGS = frozenset({"ref", "references", "table"})
