@@ -6,5 +6,5 @@ The registries that map these names to their classes (``rotary.data.sources.CORP
 
 from __future__ import annotations
 
-CORPUS_NAMES = ("shakespeare", "peoples-daily", "chinese-sentiment", "thucnews", "sanguo")
+CORPUS_NAMES = ("shakespeare", "peoples-daily", "chinese-sentiment", "thucnews", "sanguo", "enwiki-sample")
 PARALLEL_NAMES = ("tatoeba-zh-en",)

@@ -16,8 +16,8 @@ def add_corpus_arguments(p: argparse.ArgumentParser, parallel: bool = False) -> 
 
     names = ", ".join(CORPUS_NAMES + (PARALLEL_NAMES if parallel else ()))
     p.add_argument("--corpus", required=True,
-                   help=f"a built-in corpus ({names}), a .txt/.jsonl/.parquet file or directory, or "
-                        "hf:NAME for datasets.load_dataset")
+                   help=f"a built-in corpus ({names}), a .txt/.jsonl/.parquet file or directory, a "
+                        "Wikipedia dump (.xml/.xml.bz2, or wikidump:PATH), or hf:NAME for datasets.load_dataset")
     p.add_argument("--text-field", help="field holding the text in .jsonl/.parquet/HF records (default: text)")
     p.add_argument("--max-documents", type=int, help="read at most this many documents per split")
     p.add_argument("--corpus-opt", action="append", default=[], metavar="KEY=VALUE",

@@ -39,8 +39,9 @@ class TokenizerSpec:
 @dataclass
 class DataConfig:
     corpus: str | dict[str, float] | None = doc(
-        None, f"built-in corpus ({', '.join(CORPUS_NAMES + PARALLEL_NAMES)}), a path, labelled:DATA (its train "
-        "texts), or a pretraining mix {corpus: weight, ...} (weight = passes over its train split)")
+        None, f"built-in corpus ({', '.join(CORPUS_NAMES + PARALLEL_NAMES)}), a path (a Wikipedia dump too: "
+        "wikidump:PATH), labelled:DATA (its train texts), or a pretraining mix {corpus: weight, ...} "
+        "(weight = passes over its train split)")
     shards: str | None = doc(None, "directory of prepared shards; None = prepare into <output_dir>/data")
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec, metadata={"help": "tokenizer to use"})
     target_tokenizer: TokenizerSpec | None = doc(

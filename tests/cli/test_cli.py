@@ -251,7 +251,7 @@ def test_train_names_a_builtin_recipe_from_anywhere(fake_train, tmp_path, monkey
                  "peoples-daily-electra, "
                  "peoples-daily-mlm, roformer-base, "
              "shakespeare, tatoeba-zh-en, "
-             "tatoeba-zh-en-sinusoidal, thucnews")
+             "tatoeba-zh-en-sinusoidal, thucnews, wikipedia-bpe32k")
     assert err.count("\n") == 1 and f"recipe not found: nosuch (built-in recipes: {names}" in err
 
 

@@ -345,7 +345,7 @@ def test_builtin_recipes_resolve_by_name_and_by_their_repository_path(tmp_path, 
                  "peoples-daily-electra, "
                  "peoples-daily-mlm, roformer-base, "
                  "shakespeare, tatoeba-zh-en, "
-                 "tatoeba-zh-en-sinusoidal, thucnews")
+                 "tatoeba-zh-en-sinusoidal, thucnews, wikipedia-bpe32k")
         with pytest.raises(RotaryError, match=rf"recipe not found: .*\(built-in recipes: {names}"):
             resolve_recipe(bad)
 

