@@ -22,6 +22,7 @@ from rotary.errors import RotaryError
 COMMAND_MODULES: tuple[str, ...] = (
     "rotary.commands.demo",
     "rotary.commands.train",
+    "rotary.commands.plan",
     "rotary.commands.generate",
     "rotary.commands.chat",
     "rotary.commands.serve",

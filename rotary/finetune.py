@@ -74,8 +74,9 @@ def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify:
     from rotary.data.sources import load_labelled
     from rotary.tasks import get_task
     from rotary.tokenizer import load_tokenizer
+    from rotary.train.batching import grad_accum_steps
     from rotary.train.distributed import init_distributed, shutdown
-    from rotary.train.loop import _grad_accum_steps, fit
+    from rotary.train.loop import fit
     from rotary.train.setting_up import setting_up
     from rotary.train.setup import prepare_run
 
@@ -108,7 +109,7 @@ def finetune(cfg: Any, *, resume: bool = False, overwrite: bool = False, verify:
     data.configure(seq_len=seq_len, batch_size=cfg.batch_size, seed=cfg.seed, model_vocab=model_cfg.vocab_size)
     info = init_distributed(cfg.device, cfg.dist_timeout_s)
     try:
-        rows = cfg.batch_size * info.world_size * _grad_accum_steps(cfg, seq_len, info)
+        rows = cfg.batch_size * info.world_size * grad_accum_steps(cfg, seq_len, info.world_size)
         cfg = steps_for_epochs(cfg, len(data.train_set), rows)
         # the backbone's config, not the recipe's model section, bounds seq_len here; a failure
         # before the first step leaves the directory as it was (see rotary.train.setting_up)

@@ -33,6 +33,7 @@ from rotary.model.transformer import compile_blocks
 from rotary.ops import gemm, inductor
 from rotary.precision import resolve as resolve_precision
 from rotary.tasks import Task, get_task
+from rotary.train.batching import grad_accum_steps
 from rotary.train.compilation import resolve as resolve_compile
 from rotary.train.config import TrainConfig
 from rotary.train.distributed import (
@@ -142,15 +143,6 @@ def _build(cfg: TrainConfig, info: DistInfo, task: Task, start_weights: Path | N
     return model, data, seq_len
 
 
-def _grad_accum_steps(cfg: TrainConfig, seq_len: int, info: DistInfo) -> int:
-    if cfg.grad_accum_steps is not None:
-        return cfg.grad_accum_steps
-    if cfg.global_batch_tokens is not None:
-        per_micro = cfg.batch_size * seq_len * info.world_size
-        return max(1, round(cfg.global_batch_tokens / per_micro))
-    return 1
-
-
 def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data: Any, *, seq_len: int,
         latest: Path | None = None, notes: list[str] | tuple[str, ...] = ()) -> TrainResult:
     """Train ``raw_model`` on ``data``'s batches as ``task`` says, from ``latest`` if given.
@@ -159,7 +151,7 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
     info)`` and ``tokenizer_dir``; the run directory (``RunDirectory``: resume, checkpoints,
     keep-N, best/), logging, evaluation, early stopping, signals and exact resume are the loop's.
     """
-    accum = _grad_accum_steps(cfg, seq_len, info)
+    accum = grad_accum_steps(cfg, seq_len, info.world_size)
     tokens_per_step = cfg.batch_size * seq_len * accum * info.world_size  # at most: padded batches are shorter
     head = {k: getattr(raw_model, k) for k in task.head_keys if hasattr(raw_model, k)} | getattr(data, "head_settings",
                                                                                                  {})

@@ -98,7 +98,7 @@ def check_parses(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert getattr(args, "func", None) is not None, argv
     if not getattr(args, "accepts_overrides", False):
         assert not extra, (argv, extra)
-    if args.command == "train":
+    if args.command in ("train", "plan"):
         recipe, rest = split_recipe(extra)
         load_recipe(recipe, parse_overrides(rest))  # the recipe is found, every key exists and types
     elif args.command == "demo":
