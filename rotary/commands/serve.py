@@ -37,8 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="positions per sequence, prompt + completion (default: the model's max_seq_len)")
     add_weight_options(p)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                   help="torch.compile the decode step, compiled for every batch size at startup (a minute on "
-                        "2 cores; faster decoding after); --no-compile starts at once and decodes eagerly")
+                   help="torch.compile the decode step for every batch size at startup (about a minute on 2 "
+                        "cores the first time, seconds once Inductor's cache holds the graphs; faster decoding "
+                        "after); --no-compile starts at once and decodes eagerly")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's and rotary.infer.serve's log level (debug logs every decode step's batch size)")
     add_loading_options(p)

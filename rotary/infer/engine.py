@@ -130,7 +130,11 @@ class Engine:
         self.slots = slots
         self.max_len = max_len
         self.dtype = dtype or model.backbone.embed_tokens.weight.dtype
-        self.cache = SlotCache(cfg, slots, max_len, device=self.device, dtype=self.dtype)
+        # Compiled, one spare position: every window (rows x positions <= max_len) is then a strided
+        # view of the buffers, so one graph per row count serves every length; a window spanning
+        # the whole buffer would be contiguous and compile a second graph (2 per row count hit
+        # Dynamo's limit of 8 at 16 slots, and the 16-row step ran eager).
+        self.cache = SlotCache(cfg, slots, max_len + (1 if compile else 0), device=self.device, dtype=self.dtype)
         if model.backbone.rope is not None:
             model.backbone.rope.ensure(max_len)
         pos = model.backbone.embed_positions

@@ -110,6 +110,27 @@ def test_the_compiled_decode_step_decodes_as_the_eager_one(kind):
     assert [e.logprob for e in compiled] == pytest.approx([e.logprob for e in eager], abs=1e-4)
 
 
+@pytest.mark.skipif(not inductor.available, reason="Inductor's CPU backend needs a C++ compiler")
+def test_a_compiled_engine_builds_one_graph_per_row_count_whatever_the_length():
+    """``rotary serve`` warms up every power-of-two row count; a window as long as the cache
+    must not need a graph of its own (two per row count hit Dynamo's limit of 8 at 16 slots, and
+    the step fell back to eager), and decoding to the last position compiles nothing more."""
+    from torch._dynamo.utils import counters
+
+    model = small_lm(n_layer=1)
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    engine = Engine(model, slots=2, max_len=24, compile=True)
+    engine.warm_up()  # row counts 1 and 2, at the full length and at half of it
+    assert counters["stats"]["unique_graphs"] - before == 2
+    events = engine.start([Request([1, 2, 3], 21, SamplingParams(temperature=0), tag=0),
+                           Request([4], 10, SamplingParams(temperature=0), tag=1)])
+    while engine.active:
+        events += engine.step()
+    assert max(e.index for e in events if e.tag == 0) == 21  # to the last of the 24 positions
+    assert counters["stats"]["unique_graphs"] - before == 2
+
+
 def test_the_engine_adds_a_causal_lms_output_bias():
     """A trained logits bias (output_bias) is part of every logit the engine decodes from: its
     greedy tokens and log-probabilities are those of repeated full forwards. The bias is large
