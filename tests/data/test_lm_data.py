@@ -207,3 +207,26 @@ def test_mlm_never_masks_the_document_separators(jieba_shards: Path, data_wordpi
         # random replacements are never special tokens either
         assert not torch.isin(inputs[chosen & (inputs != original) & (inputs != tok.mask_id)], specials).any()
     assert seen_separator  # the windows did hold [SEP]s between documents
+
+
+def test_a_shard_past_2_to_the_31_tokens_is_windowed_and_read_with_64_bit_offsets(tmp_path):
+    """OpenWebText is ~9B tokens: offsets past 2**31 must not wrap (nanoGPT's prepare summed
+    lengths in int32). A sparse uint16 shard of 2**31 + 4,096 tokens (4 GiB on paper, a few KiB
+    on disk) with known tokens at its end: the batch's last row draws past 2**31 and reads them."""
+    import numpy as np
+
+    from rotary.data.sampler import lm_window_starts, read_windows
+
+    n = 2**31 + 4096
+    path = tmp_path / "train.bin"
+    tail = np.arange(4096, dtype=np.uint16) + 1
+    with open(path, "wb") as f:
+        f.truncate(2 * n)  # sparse: the holes read as zeros
+        f.seek(2 * (n - 4096))
+        f.write(tail.tobytes())
+    starts = lm_window_starts(n, 64, 2, seed=0, index=0)
+    assert starts.dtype == np.int64 and starts[1] >= 2**30  # row 1's block is the shard's second half
+    windows = read_windows(path, np.dtype("uint16"), np.array([n - 64, 2**31 + 10], dtype=np.int64), 64)
+    assert windows.dtype == np.int64
+    assert windows[0].tolist() == tail[-64:].tolist()
+    assert windows[1].tolist() == tail[10:74].tolist()
