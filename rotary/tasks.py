@@ -250,7 +250,7 @@ register_task(Task("seq2seq", _seq2seq, causal=False, metrics=_accuracy_metrics,
                    score=_scorer("score_seq2seq"), eval_options=("num_beams",),
                    help="translation: an encoder-decoder trained on sentence pairs"))
 register_task(Task("sft", _causal_lm, causal=True, metrics=_accuracy_metrics, make_data=_sft_data,
-                   inputs=_sft_inputs, metric_names=("loss", "perplexity", "accuracy"),
+                   inputs=_sft_inputs, metric_names=("loss", "perplexity", "accuracy"), score=_scorer("score_sft"),
                    help="supervised fine-tuning of a decoder on conversations: the loss on the assistant's "
                         "tokens only (init_from a causal_lm run)"))
 # Trained by fine-tuning (rotary.finetune builds its data and model), not from a corpus by `train`.

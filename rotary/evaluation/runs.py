@@ -108,6 +108,41 @@ def score_seq2seq(pre: Any, corpus: str, split: str, opts: EvalOptions) -> dict[
     return seq2seq_metrics(pre, parallel, split, num_beams=opts.num_beams, batch_size=opts.batch_size)
 
 
+SFT_ANSWERS = 100  # held-out conversations answered greedily (the loss covers the whole split)
+SFT_MAX_NEW_TOKENS = 64
+
+
+def score_sft(pre: Any, corpus: str, split: str, opts: EvalOptions) -> dict[str, Any]:
+    """The assistant-token loss, perplexity and accuracy over the split's conversations (what SFT
+    optimises), then greedy answers to the last user turn of up to ``SFT_ANSWERS`` of them (those
+    whose prompt and answer budget fit the context, evenly spread): chrF against the reference
+    reply (sacrebleu, characters: any language), exact match, and the share that end their turn."""
+    import sacrebleu
+
+    from rotary.data.sources.conversations import load_conversations
+    from rotary.evaluation.metrics import assistant_token_metrics
+
+    conversations = load_conversations(corpus, **opts.corpus_options).split(split)
+    if not conversations:
+        raise RotaryError(f"the {split} split of {corpus} holds no conversations")
+    metrics = assistant_token_metrics(pre.model, pre.tokenizer, conversations, batch_size=opts.batch_size)
+    answerable = [m for m in conversations if m[-1]["role"] == "assistant"
+                  and len(pre.chat_prompt(m[:-1])) + SFT_MAX_NEW_TOKENS <= pre.context]
+    chosen = answerable[::max(1, len(answerable) // SFT_ANSWERS)][:SFT_ANSWERS]
+    rows = []
+    for messages in chosen:
+        done = pre.chat(messages[:-1], SFT_MAX_NEW_TOKENS, temperature=0)
+        rows.append((messages[-2]["content"], done.text.strip(), messages[-1]["content"].strip(),
+                     done.finish_reason == "stop"))
+    if rows:
+        hyps, refs = [r[1] for r in rows], [r[2] for r in rows]
+        metrics.update({"answered": len(rows), "chrF": sacrebleu.corpus_chrf(hyps, [refs]).score,
+                        "exact_match": sum(h == r for h, r in zip(hyps, refs)) / len(rows),
+                        "ends_turn": sum(r[3] for r in rows) / len(rows),
+                        "samples": [{"source": p, "translation": h, "references": [r]} for p, h, r, _ in rows[:3]]})
+    return metrics
+
+
 def score_classification(pre: Any, corpus: str, split: str, opts: EvalOptions) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class scores, the confusion matrix, and the char TF-IDF + LR bar."""
     from rotary.data.sources import load_labelled

@@ -328,3 +328,35 @@ def test_a_run_without_a_template_is_told_what_to_do(runs):
 
     with pytest.raises(RotaryError, match="has no chat template"):
         load(runs[0] / "base", device="cpu").chat([{"role": "user", "content": "hi"}])
+
+
+def test_rotary_eval_scores_an_sft_run_on_held_out_conversations(runs, pre, tmp_path, capsys):
+    """`rotary eval` on an SFT run: the assistant-token loss as assistant_token_metrics computes
+    it, and greedy answers scored by chrF, exact match and the share that end their turn."""
+    import json
+
+    from rotary import assistant_token_metrics
+    from rotary.cli import main
+    from rotary.data.sources.conversations import load_conversations
+
+    root, chats = runs
+    assert main(["eval", str(root / "sft"), "--corpus", str(chats), "--split", "train", "--device", "cpu",
+                 "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((tmp_path / "eval.json").read_text())
+    train_split = load_conversations(str(chats)).split("train")
+    want = assistant_token_metrics(pre.model, pre.tokenizer, train_split)
+    assert record["loss"] == pytest.approx(want["loss"], rel=1e-6) and record["tokens"] == want["tokens"]
+    # fewer than 100 conversations: every one whose prompt leaves room for 64 new tokens is
+    # answered; the scores recomputed from pre.chat
+    import sacrebleu
+
+    fits = [m for m in train_split if len(pre.chat_prompt(m[:-1])) + 64 <= pre.context]
+    answers = [pre.chat(m[:-1], 64, temperature=0) for m in fits]
+    hyps, refs = [a.text.strip() for a in answers], [m[-1]["content"].strip() for m in fits]
+    assert record["answered"] == len(fits) < 100 and len(fits) >= len(train_split) // 2
+    assert record["chrF"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert record["exact_match"] == pytest.approx(sum(h == r for h, r in zip(hyps, refs)) / len(hyps))
+    assert record["ends_turn"] == pytest.approx(sum(a.finish_reason == "stop" for a in answers) / len(hyps))
+    assert record["ends_turn"] > 0.9 and record["chrF"] > 20  # it learned the replies' form and their end
+    assert "chrF" in printed and "ends_turn" in printed and "sample" in printed
