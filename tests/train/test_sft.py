@@ -202,7 +202,7 @@ def test_a_long_conversation_drops_its_oldest_turns(pre):
     assert session.turns[0]["role"] == "user"
 
 
-def test_transformers_chats_as_rotary_does_after_export(runs, pre, tmp_path):
+def test_transformers_chats_as_rotary_does_after_export_and_back(runs, pre, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert cli.main(["convert", str(runs[0] / "sft"), "--to", "hf", str(tmp_path / "hf")]) == 0
@@ -216,6 +216,15 @@ def test_transformers_chats_as_rotary_does_after_export(runs, pre, tmp_path):
     stops = {pre.tokenizer.eos_id, pre.tokenizer.end_of_turn_id}
     assert [t for t in theirs if t not in stops] == ours.token_ids
     assert (theirs[-1] in stops) == (ours.finish_reason == "stop")
+    # and back: a transformers chat model converted into rotary chats with its template and stops
+    from rotary.infer.pretrained import load
+
+    assert cli.main(["convert", str(tmp_path / "hf"), "--from-hf", str(tmp_path / "back")]) == 0
+    back = load(tmp_path / "back", device="cpu")
+    assert back.tokenizer.chat_template == pre.tokenizer.chat_template
+    assert back.tokenizer.end_of_turn_id == pre.tokenizer.end_of_turn_id
+    again = back.chat(messages, 12, temperature=0)
+    assert (again.token_ids, again.finish_reason, again.text) == (ours.token_ids, ours.finish_reason, ours.text)
 
 
 @pytest.mark.parametrize("rows, message", [
