@@ -47,6 +47,11 @@ class Task:
     fixed_windows: bool = False
     """Every training batch has one shape and no padding (fixed-length windows of a corpus), so a
     compiled model builds one graph for the whole run (``compile: auto`` relies on it)."""
+    scored: Callable[[Any], Any] | None = None
+    """A batch -> how many positions its loss averages over (a 0-d tensor): the micro-batches of a
+    step, on every rank, are weighted by it, so the step's loss is the mean over the global batch's
+    scored tokens, not a mean of per-micro-batch means; None where every micro-batch scores the
+    same number (fixed windows, classification's fixed batches)."""
     help: str = ""
 
 
@@ -147,6 +152,19 @@ def _sft_data(cfg: Any, info: Any) -> Any:
     return prepare_sft_data(cfg, info)
 
 
+def _scored_targets(batch: Any) -> Any:
+    """The positions of ``batch[1]`` (targets or labels) that are not IGNORE_INDEX."""
+    from rotary.labels import IGNORE_INDEX
+
+    return (batch[1] != IGNORE_INDEX).sum()
+
+
+def _scored_seq2seq(batch: Any) -> Any:
+    from rotary.labels import IGNORE_INDEX
+
+    return (batch[2] != IGNORE_INDEX).sum()
+
+
 def _sft_inputs(batch: Any) -> dict[str, Any]:
     _, targets, positions, documents = batch
     return {"targets": targets, "position_ids": positions, "document_ids": documents}
@@ -238,7 +256,8 @@ register_task(Task("causal_lm", _causal_lm, causal=True, metrics=_causal_metrics
                    fixed_windows=True, score=_scorer("score_causal_lm"), eval_options=("stride", "seq_len"),
                    metric_names=("loss", "perplexity", "bits_per_byte"), help="next-token prediction (decoder)"))
 register_task(Task("masked_lm", _masked_lm, causal=False, metrics=_accuracy_metrics, make_data=_lm_data,
-                   fixed_windows=True, score=_scorer("score_masked_lm"), eval_options=("seq_len", "seed"),
+                   fixed_windows=True, scored=_scored_targets, score=_scorer("score_masked_lm"),
+                   eval_options=("seq_len", "seed"),
                    metric_names=("loss", "perplexity", "accuracy"), help="masked-token prediction (encoder, RoFormer)"))
 register_task(Task("electra", _electra, causal=False, metrics=_electra_metrics, make_data=_lm_data,
                    fixed_windows=True, head_keys=("generator_fraction", "disc_weight"),
@@ -246,11 +265,12 @@ register_task(Task("electra", _electra, causal=False, metrics=_electra_metrics, 
                    help="ELECTRA replaced-token detection: a small generator MLM and the discriminator "
                         "encoder that fine-tunes (Clark et al. 2020)"))
 register_task(Task("seq2seq", _seq2seq, causal=False, metrics=_accuracy_metrics, make_data=_seq2seq_data,
-                   inputs=_seq2seq_inputs, metric_names=("loss", "perplexity", "accuracy"),
+                   inputs=_seq2seq_inputs, scored=_scored_seq2seq, metric_names=("loss", "perplexity", "accuracy"),
                    score=_scorer("score_seq2seq"), eval_options=("num_beams",),
                    help="translation: an encoder-decoder trained on sentence pairs"))
 register_task(Task("sft", _causal_lm, causal=True, metrics=_accuracy_metrics, make_data=_sft_data,
-                   inputs=_sft_inputs, metric_names=("loss", "perplexity", "accuracy"), score=_scorer("score_sft"),
+                   inputs=_sft_inputs, scored=_scored_targets, metric_names=("loss", "perplexity", "accuracy"),
+                   score=_scorer("score_sft"),
                    help="supervised fine-tuning of a decoder on conversations: the loss on the assistant's "
                         "tokens only (init_from a causal_lm run)"))
 # Trained by fine-tuning (rotary.finetune builds its data and model), not from a corpus by `train`.

@@ -188,7 +188,8 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
             lr = set_lr(training.optimizer, cfg, progress.step)
             loss_sum, grad_norm = train_step(training.model, training.forward, task, batches,
                                              optimizer=training.optimizer, scaler=training.scaler, accum=accum,
-                                             precision=training.precision, grad_clip=cfg.grad_clip, device=info.device)
+                                             precision=training.precision, grad_clip=cfg.grad_clip, device=info.device,
+                                             world=info)
             progress.step += 1
             step = progress.step
             loss_value, signalled = _agree(loss_sum, stop, info, logger, run.path, step)

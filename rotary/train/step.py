@@ -33,21 +33,46 @@ def model_inputs(task: Task, batch: Any, device: torch.device) -> tuple[torch.Te
     return batch[0].to(device, non_blocking=True), kwargs
 
 
+def micro_batch_weights(task: Task, micro_batches: list[Any], accum: int, device: torch.device,
+                        world: Any = None) -> list[torch.Tensor] | None:
+    """What each micro-batch's mean loss is multiplied by (None: it is divided by accum). For a task
+    that scores a varying number of tokens per batch: its share of the scored tokens of the global batch
+    (summed over ranks; times the world size, which DDP and FSDP divide the gradients by), so the
+    gradient is that of the mean over every scored token of the step, as on one process with one
+    big batch (transformers' num_items_in_batch)."""
+    if task.scored is None:
+        return None
+    from rotary.train.distributed import all_reduce_sum
+
+    counts = torch.stack([task.scored(b) for b in micro_batches]).to(device=device, dtype=torch.float64)
+    total = counts.sum()
+    ranks = 1
+    if world is not None and world.enabled:
+        total = all_reduce_sum(total.clone(), world)
+        ranks = world.world_size
+    return list((counts * ranks / total.clamp(min=1)).to(torch.float32).unbind())
+
+
 def train_step(model: nn.Module, forward: nn.Module, task: Task, batches: Iterator[Any], *,
                optimizer: torch.optim.Optimizer, scaler: Any, accum: int, precision: str,
-               grad_clip: float | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+               grad_clip: float | None, device: torch.device,
+               world: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run ``accum`` micro-batches and one optimizer step; returns (summed loss, grad norm).
 
     ``model`` is the wrapped model (DDP/FSDP), ``forward`` what is called (it may be compiled).
     Under DDP only the last micro-batch all-reduces its gradients (``no_sync`` before it).
+    ``world`` (a DistInfo) is needed where the task weights micro-batches by scored tokens.
     """
     loss_sum = torch.zeros((), device=device)
-    for micro in range(accum):
-        x, kwargs = model_inputs(task, next(batches), device)
+    micro_batches = [next(batches) for _ in range(accum)]
+    weights = micro_batch_weights(task, micro_batches, accum, device, world)
+    for micro, batch in enumerate(micro_batches):
+        x, kwargs = model_inputs(task, batch, device)
         sync = micro == accum - 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
         with (contextlib.nullcontext() if sync else model.no_sync()):
             with autocast_context(precision, device):
-                loss = forward(x, **kwargs) / accum
+                loss = forward(x, **kwargs)
+                loss = loss / accum if weights is None else loss * weights[micro]
             (scaler.scale(loss) if scaler is not None else loss).backward()
         loss_sum += loss.detach()
     if scaler is not None:

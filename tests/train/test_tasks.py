@@ -63,3 +63,24 @@ def test_every_verb_reads_the_same_rows():
         assert task_of_model(model).name == name
         rebuilt = get_task(name).build_model(cfg, {"num_labels": 3})
         assert type(rebuilt) is type(model)
+
+
+def test_accumulated_micro_batches_weigh_by_their_scored_tokens():
+    """Two micro-batches of one step scoring 1 and 3 tokens: the step's loss is the mean over the
+    4 tokens (weights 1/4 and 3/4), not the mean of the two means; fixed windows keep 1 / accum."""
+    import torch
+
+    from rotary.labels import IGNORE_INDEX
+    from rotary.tasks import get_task
+    from rotary.train.step import micro_batch_weights
+
+    def batch(scored: int):
+        targets = torch.full((1, 5), IGNORE_INDEX)
+        targets[0, :scored] = 7
+        return torch.zeros(1, 5, dtype=torch.long), targets, torch.zeros(1, 5), torch.zeros(1, 5)
+
+    weights = micro_batch_weights(get_task("sft"), [batch(1), batch(3)], 2, torch.device("cpu"))
+    assert [float(w) for w in weights] == [0.25, 0.75]
+    losses = torch.tensor([2.0, 6.0])  # per-token mean of each micro-batch
+    assert float(sum(w * loss for w, loss in zip(weights, losses))) == (1 * 2.0 + 3 * 6.0) / 4
+    assert micro_batch_weights(get_task("causal_lm"), [batch(1), batch(3)], 2, torch.device("cpu")) is None
