@@ -369,3 +369,30 @@ def test_rotary_eval_scores_an_sft_run_on_held_out_conversations(runs, pre, tmp_
     assert record["ends_turn"] == pytest.approx(sum(a.finish_reason == "stop" for a in answers) / len(hyps))
     assert record["ends_turn"] > 0.9 and record["chrF"] > 20  # it learned the replies' form and their end
     assert "chrF" in printed and "ends_turn" in printed and "sample" in printed
+
+
+def test_a_chitchat_chat_becomes_alternating_windows_opened_by_the_user():
+    from rotary.data.sources.chitchat import WINDOW_TURNS, chat_windows
+
+    def msg(sender: str, text: str) -> dict:
+        return {"sender": sender, "text": text, "timestamp": ""}
+
+    chat = {"messages": [[msg("a", "hi"), msg("a", "there")], [msg("b", "hello")], [msg("b", "again")],
+                         [msg("a", " ")], *[[msg("ab"[i % 2], f"t{i}")] for i in range(9)]]}
+    (first, second) = chat_windows(chat, "test")
+    # consecutive turns of one person merge (b's two turns, and a's blank turn vanishes into nothing)
+    assert first[:2] == [{"role": "user", "content": "hi\nthere"}, {"role": "assistant", "content": "hello\nagain"}]
+    for window in (first, second):
+        assert len(window) <= WINDOW_TURNS and window[0]["role"] == "user" and window[-1]["role"] == "assistant"
+        assert all(a["role"] != b["role"] for a, b in zip(window, window[1:]))
+    assert chat_windows({"messages": [[msg("a", "x")], [msg("a", "y")]]}, "test") == []  # one person: no chat
+
+
+def test_the_chitchat_conversations_come_pinned_from_pypi():
+    """The built-in multi-turn set: chitchat-dataset==0.9.0's 4,018 two-person chats in windows."""
+    from rotary.data.sources.conversations import load_conversations
+
+    data = load_conversations("chitchat")
+    sizes = {s: len(data.split(s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 21484, "val": 1179, "test": 1182}
+    assert data.split("train")[0][0] == {"role": "user", "content": "Hello\nHow are you doing today?"}

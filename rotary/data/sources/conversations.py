@@ -158,4 +158,10 @@ def tatoeba_instruct() -> dict[str, list[Messages]]:
     return out
 
 
-BUILTIN = {"tatoeba-instruct": tatoeba_instruct}
+def chitchat() -> dict[str, list[Messages]]:
+    from rotary.data.sources.chitchat import chitchat_splits
+
+    return chitchat_splits()
+
+
+BUILTIN = {"tatoeba-instruct": tatoeba_instruct, "chitchat": chitchat}
