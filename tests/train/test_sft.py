@@ -428,3 +428,16 @@ def test_an_offline_first_use_or_a_foreign_wheel_of_a_conversation_set_is_one_li
     with pytest.raises(Error, match="is not the pinned one"):
         cb.chatterbot_wheel()
     assert not (tmp_path / "cache" / "chatterbot" / cb.WHEEL).exists()  # nothing half-kept
+
+
+def test_the_xiehouyu_sayings_are_instructions_with_checkable_answers():
+    """jionlp==1.5.31's 17,151 saying lines: 14,117 distinct first halves, each asking for its ending."""
+    from rotary.data.sources.conversations import load_conversations
+    from rotary.data.sources.xiehouyu import PROMPT, sayings
+
+    assert sayings("一个巴掌\t拍不响\n一个模子出来的\t一个样\n一个模子出来的\t一模一样\n\t\n") == {
+        "一个巴掌": ["拍不响"], "一个模子出来的": ["一个样", "一模一样"]}
+    data = load_conversations("xiehouyu-instruct")
+    every = [m for s in ("train", "val", "test") for m in data.split(s)]
+    assert len(every) == 14117 and len(data.split("test")) > 600
+    assert [{"role": "user", "content": PROMPT.format("一个巴掌")}, {"role": "assistant", "content": "拍不响"}] in every

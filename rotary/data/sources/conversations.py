@@ -170,4 +170,11 @@ def chatterbot() -> dict[str, list[Messages]]:
     return chatterbot_splits()
 
 
-BUILTIN = {"tatoeba-instruct": tatoeba_instruct, "chitchat": chitchat, "chatterbot": chatterbot}
+def xiehouyu_instruct() -> dict[str, list[Messages]]:
+    from rotary.data.sources.xiehouyu import xiehouyu_splits
+
+    return xiehouyu_splits()
+
+
+BUILTIN = {"tatoeba-instruct": tatoeba_instruct, "xiehouyu-instruct": xiehouyu_instruct, "chitchat": chitchat,
+           "chatterbot": chatterbot}
