@@ -5,9 +5,10 @@ A synthetic corpus of ``--gb`` GB (a .jsonl of ~8 KB documents: lines of Shakesp
 random, so no two documents are alike) is written once; a byte-level BPE of ``--vocab`` tokens
 is trained on its first 20 MB. Then, for each worker count, in fresh processes: rotary's
 ``prepare`` (read, hash split, encode, write uint16 shards: all of it timed) and the ceiling, the
-same tokenizer's ``encode_batch`` over the same documents in batches of 1,024, already read into
-memory (only the encode timed, nothing written). Printed per row: MB/s of text, the ratio
-rotary / ceiling, and each process's peak RSS (the ceiling's holds the whole corpus in memory);
+same tokenizer's ``encode_batch_fast`` (no character offsets, what prepare calls) and
+``encode_batch`` over the same documents in batches of 1,024, already read into memory (only the
+encode timed, nothing written). Printed per row: MB/s of text, the ratios rotary / each, and
+each process's peak RSS (the ceiling's holds the whole corpus in memory);
 with ``--gb-small`` a second, smaller corpus shows whether rotary's peak RSS depends on the size.
 
     python bench/prepare_scale.py                     # 1 GB, workers 1 and 2
@@ -32,11 +33,14 @@ from tokenizers import Tokenizer
 tok = Tokenizer.from_file(sys.argv[1])
 with open(sys.argv[2], encoding="utf-8") as f:  # read first, not timed: the ceiling is the encode alone
     docs = [json.loads(line)["text"] for line in f]
-n_bytes = sum(len(d.encode("utf-8")) for d in docs)
-t, n_tokens = time.perf_counter(), 0
-for i in range(0, len(docs), 1024):
-    n_tokens += sum(len(e.ids) for e in tok.encode_batch(docs[i:i + 1024], add_special_tokens=False))
-print(json.dumps({"seconds": time.perf_counter() - t, "bytes": n_bytes, "tokens": n_tokens}))
+out = {"bytes": sum(len(d.encode("utf-8")) for d in docs)}
+for name in sys.argv[3].split(","):  # encode_batch_fast (no character offsets), encode_batch
+    encode, t, n_tokens = getattr(tok, name), time.perf_counter(), 0
+    for i in range(0, len(docs), 1024):
+        n_tokens += sum(len(e.ids) for e in encode(docs[i:i + 1024], add_special_tokens=False))
+    out[name] = time.perf_counter() - t
+    out["tokens"] = n_tokens
+print(json.dumps(out))
 """
 
 OURS = r"""
@@ -86,6 +90,8 @@ def main() -> None:
     p.add_argument("--gb-small", type=float, default=0.25, help="a second corpus size for the RSS check (0: none)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--peers", nargs="+", default=["encode_batch_fast", "encode_batch"],
+                   choices=("encode_batch_fast", "encode_batch"), help="the ceilings to time")
     p.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     args = p.parse_args()
     from rotary.tokenizer import train_tokenizer
@@ -107,17 +113,21 @@ def main() -> None:
         train_tokenizer(str(sample), "bpe", args.vocab, tok_dir)
         sample_mb = sample.stat().st_size / 1e6
         print(f"cpu: {os.cpu_count()} logical cores; BPE {args.vocab:,} trained on {sample_mb:.0f} MB", flush=True)
-        print(f"{'corpus':>8} {'workers':>7} | {'rotary MB/s':>11} {'RSS':>8} | {'ceil MB/s':>9} {'RSS':>8} | ratio")
+        print(f"{'corpus':>8} {'workers':>7} | {'rotary MB/s':>11} {'RSS':>8} | {'fast MB/s':>9} {'MB/s':>6} "
+              f"{'RSS':>8} | rotary / fast, / encode_batch")
         for gb in sizes:
             for w in args.workers:
-                peer, peer_rss = run(PEER, str(tok_dir / "tokenizer.json"), str(corpora[gb]), threads=w)
+                peer, peer_rss = run(PEER, str(tok_dir / "tokenizer.json"), str(corpora[gb]), ",".join(args.peers),
+                                     threads=w)
                 ours, our_rss = run(OURS, str(corpora[gb]), str(tok_dir), str(work / f"out-{gb:g}-{w}"), str(w),
                                     threads=w)
                 mb = peer["bytes"] / 1e6
-                r, q = mb / ours["seconds"], mb / peer["seconds"]
-                print(f"{gb:>6g}GB {w:>7} | {r:>11.2f} {our_rss / 2**20:>6.0f}MB | {q:>9.2f} "
-                      f"{peer_rss / 2**20:>6.0f}MB | {r / q:5.2f}x   (tokens {ours['tokens']:,} vs {peer['tokens']:,})",
-                      flush=True)
+                r = mb / ours["seconds"]
+                fast, slow = (mb / peer[k] if k in peer else float("nan")
+                              for k in ("encode_batch_fast", "encode_batch"))
+                print(f"{gb:>6g}GB {w:>7} | {r:>11.2f} {our_rss / 2**20:>6.0f}MB | {fast:>9.2f} {slow:>6.2f} "
+                      f"{peer_rss / 2**20:>6.0f}MB | {r / fast:5.2f}x {r / slow:5.2f}x   (tokens {ours['tokens']:,} "
+                      f"vs {peer['tokens']:,})", flush=True)
 
 
 if __name__ == "__main__":
