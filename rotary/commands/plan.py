@@ -10,7 +10,7 @@ USAGE = ("rotary plan RECIPE [--gpus N] [--nodes M] [--gpu NAME] [--mfu F] [--tr
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from rotary.commands import DefaultsHelp
-    from rotary.train.plan import ACCELERATORS
+    from rotary.train.accelerators import ACCELERATORS
 
     p = subparsers.add_parser(
         "plan", help="what a recipe's run costs at a scale, then 2 trial steps here",

@@ -188,7 +188,7 @@ def test_rotary_eval_refuses_an_electra_run_with_the_verb_to_use(electra_run, ca
     from rotary.tasks import TASKS
 
     assert {n for n, t in TASKS.items() if t.score is not None} == {"causal_lm", "masked_lm", "seq2seq",
-                                                                      "classification"}
+                                                                      "classification", "sft"}
     assert main(["eval", str(electra_run.run_dir), "--corpus", "peoples-daily"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not score an electra run" in err[0] and "rotary finetune" in err[0]
