@@ -142,8 +142,7 @@ class Memory:
 
 
 def optimizer_bytes(model: torch.nn.Module, kind: str) -> float:
-    params = {id(p): p for p in model.parameters()}
-    total = sum(p.numel() for p in params.values())
+    total = model.num_parameters()  # tied weights once
     if kind != "muon":
         return 8.0 * total
     from rotary.train.schedule import hidden_matrices
@@ -153,7 +152,7 @@ def optimizer_bytes(model: torch.nn.Module, kind: str) -> float:
 
 
 def memory(model: torch.nn.Module, cfg: TrainConfig, b: Batching, activations: Activations, strategy: str) -> Memory:
-    n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    n = model.num_parameters()
     cfgm = model.config
     shard = b.world_size if strategy == "fsdp" else 1
     block = 0
@@ -212,7 +211,7 @@ def make_plan(cfg: TrainConfig, *, world_size: int = 1, accelerator: str = "h100
     precision = cfg.precision if cfg.precision != "auto" else "bf16"  # auto is bf16 on every listed GPU
     acts = measure_activations(cfg, b.seq_len, precision)
     plan = Plan(cfg.name, cfg.task, ACCELERATORS[accelerator], mfu, b,
-                sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
+                model.num_parameters(),
                 model.flops_per_token(b.seq_len, training=True, predicted_share=share), cfg.max_steps,
                 train_tokens=train_tokens, precision=precision, activations=acts,
                 asked_tokens=cfg.global_batch_tokens)
