@@ -30,7 +30,7 @@ LINE = re.compile(r"TOKS ([\d.]+) FROM (.+)")
 SNIPPET = """
 import statistics, sys, time, torch, rotary
 from rotary import CausalLM, ModelConfig
-from rotary.tasks import get_task
+from rotary import get_task
 from rotary.train.schedule import make_optimizer
 from rotary.train.step import train_step
 keep = getattr(__import__("rotary.device", fromlist=["device"]), "keep_freed_cpu_memory", None)

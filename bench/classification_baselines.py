@@ -29,8 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rotary import cpu_model  # noqa: E402
 from rotary.baselines import C_GRID  # noqa: E402
-from rotary.device import cpu_model  # noqa: E402
 
 
 def accuracy_f1(y_true: Sequence[int], y_pred: Sequence[int], n: int) -> dict[str, float]:
@@ -63,8 +63,8 @@ def run_corpus(name: str, max_examples: int | None = None) -> list[dict[str, Any
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.svm import LinearSVC
 
+    from rotary import load_labelled
     from rotary.baselines import fit_char_tfidf_lr
-    from rotary.data.sources import load_labelled
 
     data = load_labelled(name, max_examples=max_examples)
     n = data.num_labels
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-examples", type=int, help="cap each split (a quick check, not a figure)")
     ap.add_argument("--out", type=Path, help="write the table as JSON here")
     args = ap.parse_args(argv)
-    from rotary.errors import RotaryError
+    from rotary import RotaryError
 
     corpora = args.corpus or ["chinese-sentiment", "thucnews"]
     start = time.perf_counter()
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     print(f"\n{wall:.0f} s on {cpu_model()}")
     if args.out:
-        from rotary.io import atomic_write_text
+        from rotary import atomic_write_text
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, json.dumps({"rows": rows, "wall_s": round(wall, 1),

@@ -44,10 +44,9 @@ def devices() -> list[tuple[str, int]]:
 
 def prepare(work: Path, pairs: int, seq_len: int) -> tuple[Path, Path, int]:
     """Tokenizer and prepared pairs of the budget; returns them and the epoch's micro-batches."""
-    from rotary.data.parallel import load_parallel
+    from rotary import load_parallel, train_tokenizer
     from rotary.data.seq2seq import Seq2SeqData, prepare_pairs
     from rotary.data.seq2seq_run import _TextCorpus
-    from rotary.tokenizer import train_tokenizer
 
     recipe = yaml.safe_load((ROOT / "rotary" / "recipes" / "tatoeba-zh-en.yaml").read_text(encoding="utf-8"))
     data = load_parallel("tatoeba-zh-en", max_pairs=pairs)
@@ -97,7 +96,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rotary.device import cpu_model
+    from rotary import cpu_model
 
     with tempfile.TemporaryDirectory(prefix="rotary-epoch-") as tmp:
         work = Path(tmp)

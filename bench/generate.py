@@ -58,7 +58,7 @@ class Rotary:
         self.model, self.compile = model, compile
 
     def __call__(self, prompts: torch.Tensor, new: int) -> list[list[int]]:
-        from rotary.infer.generate import generate
+        from rotary import generate
 
         return generate(self.model, prompts, new, temperature=0, compile=self.compile)
 

@@ -32,9 +32,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
-    from rotary.data.prepare import prepare
-    from rotary.data.sources import load_corpus
-    from rotary.tokenizer import load_tokenizer, train_tokenizer
+    from rotary import load_corpus, load_tokenizer, prepare, train_tokenizer
 
     tmp = Path(tempfile.mkdtemp(prefix="rotary-bench-prepare-"))
     tok_dir = Path(args.tokenizer) if args.tokenizer else tmp / "tokenizer"

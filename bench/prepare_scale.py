@@ -45,7 +45,7 @@ print(json.dumps(out))
 
 OURS = r"""
 import json, sys, time
-from rotary.data.prepare import prepare
+from rotary import prepare
 t = time.perf_counter()
 info = prepare(sys.argv[1], sys.argv[2], sys.argv[3], num_workers=int(sys.argv[4]), progress=False, overwrite=True)
 meta = json.load(open(sys.argv[3] + "/meta.json"))
@@ -56,7 +56,7 @@ print(json.dumps({"seconds": time.perf_counter() - t, "tokens": tokens}))
 
 def write_corpus(path: Path, gb: float, seed: int = 0) -> int:
     """``gb`` GB of ~8 KB documents of Shakespeare lines drawn at random; returns its text bytes."""
-    from rotary.data.sources import load_corpus
+    from rotary import load_corpus
 
     lines = [ln for doc in load_corpus("shakespeare").documents("train") for ln in doc.splitlines() if ln.strip()]
     rng, target, total = random.Random(seed), int(gb * 1e9), 0
@@ -94,7 +94,7 @@ def main() -> None:
                    choices=("encode_batch_fast", "encode_batch"), help="the ceilings to time")
     p.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     args = p.parse_args()
-    from rotary.tokenizer import train_tokenizer
+    from rotary import train_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="rotary-prepare-bench-", dir=args.dir) as tmp:
         work = Path(tmp)

@@ -53,8 +53,8 @@ def group_of(name: str) -> str:
 
 
 def step_fn(args, precision: str, compile_mode: str | None = None):
+    from rotary import get_task
     from rotary.model.transformer import Block, compile_blocks
-    from rotary.tasks import get_task
     from rotary.train.compilation import resolve
     from rotary.train.schedule import make_optimizer
     from rotary.train.step import train_step

@@ -94,8 +94,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from rotary.infer.pretrained import load
-    from rotary.infer.serve import create_app
+    from rotary import create_app, load
 
     pre = load(args.run, device=args.device)
     model = "bench"

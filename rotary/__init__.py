@@ -12,7 +12,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 # The public API, pinned: scripts (experiments/, users' own) use only these names and the
-# submodule rotary.hf; everything else may move. Public name -> the module that defines it.
+# submodules rotary.hf and rotary.baselines; everything else may move. Public name -> the module that defines it.
 _LAZY = {
     # models
     "ModelConfig": "rotary.model.config",
@@ -42,6 +42,7 @@ _LAZY = {
     "Pretrained": "rotary.infer.pretrained",
     "SamplingParams": "rotary.infer.sampling",
     "generate": "rotary.infer.generate",
+    "create_app": "rotary.infer.serve",  # the FastAPI app of rotary serve, to mount or test in-process
     # evaluation: what rotary eval and the demo compute, for studies
     "causal_documents_metrics": "rotary.evaluation",
     "masked_lm_metrics": "rotary.evaluation",

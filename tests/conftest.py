@@ -24,6 +24,27 @@ os.environ[inductor.ENV] = "0"
 os.environ["ROTARY_BASELINE_CACHE"] = tempfile.mkdtemp(prefix="rotary-test-baselines-")
 
 
+# pytest-xdist's --dist loadfile (the Makefile's) hands whole files to the workers in collection
+# order. The files that take a minute or more go first (longest first, as measured with
+# --durations=0), so that the suite does not end on one worker running a long file while the
+# other has nothing left. Every other file keeps its place; tests keep their order within a file.
+LONGEST_FILES_FIRST = (
+    "train/test_distributed.py", "cli/test_studies.py", "cli/test_workflow.py", "infer/test_translation.py",
+    "train/test_finetune.py", "ops/test_compilation.py", "test_notebooks.py", "train/test_train.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = Path(__file__).resolve().parent
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+
+    def place(item: pytest.Item) -> int:
+        path = Path(str(item.fspath)).resolve()
+        return rank.get(path.relative_to(tests).as_posix(), len(rank)) if path.is_relative_to(tests) else len(rank)
+
+    items.sort(key=place)  # stable
+
+
 @pytest.fixture(scope="session")
 def data_bpe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A byte-level BPE tokenizer (vocab 1024) trained on four Shakespeare works."""

@@ -17,6 +17,20 @@ class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+RUN_HELP = "run directory (uses best/, else the latest checkpoint) or a checkpoint directory"
+
+
+def add_verb(subparsers: argparse._SubParsersAction, name: str, help: str, run: str | None = None,
+             **options: Any) -> argparse.ArgumentParser:
+    """A verb's parser, its options' defaults shown in --help (``formatter_class`` in ``options``
+    replaces that); ``run``: the help of the RUN positional of a verb that loads a run."""
+    options.setdefault("formatter_class", DefaultsHelp)
+    p = subparsers.add_parser(name, help=help, **options)
+    if run is not None:
+        p.add_argument("run", help=run)
+    return p
+
+
 def add_loading_options(p: argparse.ArgumentParser) -> None:
     """The options of every verb that loads a run: which device, which checkpoint, and whether
     to check its sha256 sums."""

@@ -7,16 +7,16 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rotary.commands import DefaultsHelp, add_loading_options
+    from rotary.commands import RUN_HELP, add_loading_options, add_verb
 
-    p = subparsers.add_parser(
-        "chat", help="talk with a model trained with task sft (its chat template)",
+    p = add_verb(
+        subparsers, "chat",
+        help="talk with a model trained with task sft (its chat template)",
         description="A conversation with a run that has a chat template (task: sft). Answers stream as they are "
                     "generated; the oldest turns are dropped (with a notice) when the conversation outgrows the "
                     "context. /reset starts over, /exit (or end of input) leaves. Reads stdin line by line when it "
                     "is not a terminal, so `printf 'hi\\n' | rotary chat RUN` works in scripts.",
-        formatter_class=DefaultsHelp)
-    p.add_argument("run", help="run directory (uses best/, else the latest checkpoint) or a checkpoint directory")
+        run=RUN_HELP)
     p.add_argument("--system", default=None, help="a system message that leads the conversation")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per answer at most")
     p.add_argument("--temperature", type=float, default=0.7, help="softmax temperature; 0 = greedy")

@@ -6,18 +6,18 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rotary.commands import DefaultsHelp, add_loading_options
+    from rotary.commands import add_loading_options, add_verb
     from rotary.infer.batch_io import FORMATS
 
-    p = subparsers.add_parser(
-        "classify", help="classify texts with a fine-tuned run",
+    p = add_verb(
+        subparsers, "classify",
+        help="classify texts with a fine-tuned run",
         description="Print the label and class probabilities of each --text (with --text-pair for "
                     "sentence pairs), or classify a batch file: --input FILE is JSON Lines (fields "
                     "text, optional text_pair and id) or plain text, one text per line ('-' = stdin). "
                     "A batch gives one JSON row per input line, with the input's id and text, on "
                     "stdout or in --output; a blank line gives a row marked \"skipped\".",
-        formatter_class=DefaultsHelp)
-    p.add_argument("run", help="run directory (its best/) or checkpoint of a classifier")
+        run="run directory (its best/) or checkpoint of a classifier")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
     p.add_argument("--text-pair", action="append", help="the second text of a pair, one per --text")
     p.add_argument("--input", help="a batch file: .jsonl rows or plain text lines; '-' reads stdin")

@@ -6,15 +6,16 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "convert",
+    from rotary.commands import add_verb
+
+    p = add_verb(
+        subparsers, "convert",
         help="convert a run to an HF transformers checkpoint, or an HF checkpoint to a rotary one",
         description="rotary convert runs/x --to hf out/  (config.json + model.safetensors that "
         "AutoModelForCausalLM / AutoModelForMaskedLM load)\n"
         "rotary convert HF_DIR --from-hf out/  (a rotary checkpoint directory). "
         "OUT must be new or empty; an existing checkpoint of the same kind is replaced only with "
-        "--overwrite (a training run never is), and the source is never touched.",
-    )
+        "--overwrite (a training run never is), and the source is never touched.")
     p.add_argument("source", help="run/checkpoint directory, or an HF checkpoint directory with --from-hf")
     p.add_argument("out", help="output directory (new or empty, or a checkpoint to replace with --overwrite)")
     p.add_argument("--to", choices=("hf",), help="convert a rotary run to transformers' layout")

@@ -6,13 +6,14 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "demo",
+    from rotary.commands import add_verb
+
+    p = add_verb(
+        subparsers, "demo",
         help="train a RoPE LM on Shakespeare end to end, evaluate against xz/gzip, sample",
         description="Runs recipes/demo.yaml: tokenizer, shards, 4-8 minutes of training on 2 CPU "
         "cores, a results table, a sample and loss.png. Re-running resumes. Recipe keys can be "
-        "overridden: rotary demo --max-steps 50.",
-    )
+        "overridden: rotary demo --max-steps 50.")
     p.add_argument("--recipe", help="recipe YAML (default: the built-in demo recipe)")
     p.add_argument("--prompt", default="ROMEO:", help="prompt for the sample")
     p.add_argument("--fresh", action="store_true", help="start the demo run from scratch")

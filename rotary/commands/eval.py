@@ -6,17 +6,19 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from rotary.commands import add_verb
     from rotary.commands.tokenizer import add_corpus_arguments
 
-    p = subparsers.add_parser(
-        "eval", help="evaluate a run on a corpus split: loss/perplexity/bits per byte, MLM accuracy, or accuracy/F1",
+    p = add_verb(
+        subparsers, "eval",
+        help="evaluate a run on a corpus split: loss/perplexity/bits per byte, MLM accuracy, or accuracy/F1",
         description="Writes eval.json (and confusion.png for a classifier) into the run directory (or --out) and "
                     "prints a table. A causal LM is scored on every token of the split (--stride < the window: a "
                     "sliding window, each token scored once with up to a window of context; windows of the run's "
                     "training seq_len unless --seq-len); a masked LM by "
                     "top-1/top-5 accuracy on masks fixed by --seed; a classifier by accuracy (with a bootstrap 95% "
-                    "interval), macro-F1, per-class precision/recall/F1 and the confusion matrix.")
-    p.add_argument("run", help="run directory (its best/) or checkpoint")
+                    "interval), macro-F1, per-class precision/recall/F1 and the confusion matrix.",
+        run="run directory (its best/) or checkpoint")
     add_corpus_arguments(p, parallel=True)
     p.add_argument("--split", default="val", help="val (default) or test (labelled corpora)")
     p.add_argument("--stride", type=int, help="causal LM: window stride in tokens (default: the window, no overlap)")

@@ -6,18 +6,18 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rotary.commands import DefaultsHelp, add_loading_options
+    from rotary.commands import RUN_HELP, add_loading_options, add_verb
     from rotary.infer.batch_io import FORMATS
 
-    p = subparsers.add_parser(
-        "fill-mask", help="predict the tokens at each [MASK] of a text with a masked LM",
+    p = add_verb(
+        subparsers, "fill-mask",
+        help="predict the tokens at each [MASK] of a text with a masked LM",
         description="Print each text with the top-k candidates of every [MASK] written inline, "
                     "as PaddleNLP's RoFormer example does: 今天[天气||天||阳光]很好. --json prints "
                     "the tokens with their ids and probabilities instead. --input FILE is a batch: JSON "
                     "Lines (fields text, optional id) or plain text lines ('-' = stdin), one output "
                     "line per input line, blank lines included.",
-        formatter_class=DefaultsHelp)
-    p.add_argument("run", help="run directory (uses best/, else the latest checkpoint) or a checkpoint directory")
+        run=RUN_HELP)
     p.add_argument("--text", action="append", help="text with one or more [MASK] (repeatable)")
     p.add_argument("--input", help="a batch file: .jsonl rows or plain text lines; '-' reads stdin")
     p.add_argument("--format", choices=FORMATS, default="auto",

@@ -6,8 +6,11 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "finetune", help="fine-tune a pretrained encoder as a classifier (sentiment, topics, sentence pairs)",
+    from rotary.commands import add_verb
+
+    p = add_verb(
+        subparsers, "finetune",
+        help="fine-tune a pretrained encoder as a classifier (sentiment, topics, sentence pairs)",
         usage="rotary finetune [RECIPE] --from RUN|none [--resume | --overwrite] [--output-dir DIR] [--KEY VALUE ...]",
         description="Fine-tune task: classification from RECIPE (e.g. chinese-sentiment, thucnews) on the "
                     "backbone and tokenizer of --from (a masked_lm or causal_lm run, or a RoFormer or Llama "

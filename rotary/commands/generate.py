@@ -16,14 +16,14 @@ def unescape(text: str) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rotary.commands import DefaultsHelp, add_loading_options, add_weight_options
+    from rotary.commands import RUN_HELP, add_loading_options, add_verb, add_weight_options
 
-    p = subparsers.add_parser(
-        "generate", help="generate text from a trained causal LM",
+    p = add_verb(
+        subparsers, "generate",
+        help="generate text from a trained causal LM",
         description="Continue each prompt with a trained causal LM (decode engine: slot KV cache, every row at "
                     "its own length). One prompt streams token by token.",
-        formatter_class=DefaultsHelp)
-    p.add_argument("run", help="run directory (uses best/, else the latest checkpoint) or a checkpoint directory")
+        run=RUN_HELP)
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate after each prompt at most")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy")

@@ -6,7 +6,11 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("info", help="list model presets with parameter counts, and this machine's compute setup")
+    from rotary.commands import add_verb
+
+    p = add_verb(
+        subparsers, "info",
+        help="list model presets with parameter counts, and this machine's compute setup")
     p.set_defaults(func=run)
 
 

@@ -9,12 +9,12 @@ USAGE = ("rotary plan RECIPE [--gpus N] [--nodes M] [--gpu NAME] [--mfu F] [--tr
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rotary.commands import DefaultsHelp
+    from rotary.commands import add_verb
     from rotary.train.accelerators import ACCELERATORS
 
-    p = subparsers.add_parser(
-        "plan", help="what a recipe's run costs at a scale, then 2 trial steps here",
-        usage=USAGE, formatter_class=DefaultsHelp,
+    p = add_verb(
+        subparsers, "plan", help="what a recipe's run costs at a scale, then 2 trial steps here",
+        usage=USAGE,
         description="Print a recipe's parameters, batch arithmetic, FLOPs, memory per device (DDP and FSDP) "
                     "and wall time on N accelerators at a stated MFU; then run its model and data path for 2 "
                     "steps on this machine (scaled down where it cannot hold them), saving a checkpoint after "

@@ -8,8 +8,11 @@ from rotary.commands.tokenizer import add_corpus_arguments, corpus_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "prepare", help="tokenize a corpus into memory-mappable token shards",
+    from rotary.commands import add_verb
+
+    p = add_verb(
+        subparsers, "prepare",
+        help="tokenize a corpus into memory-mappable token shards",
         description="Tokenize in parallel batches into OUT/train.bin and OUT/val.bin (uint16, or uint32 "
                     "for vocabularies of 65,536 or more) and OUT/meta.json. Documents are separated by "
                     "the tokenizer's EOS/[SEP] token. Re-running with the same inputs does nothing.")

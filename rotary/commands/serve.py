@@ -16,15 +16,15 @@ INSTALL_HINT = "rotary: error: rotary serve needs FastAPI and uvicorn: pip insta
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rotary.commands import DefaultsHelp, add_loading_options, add_weight_options
+    from rotary.commands import RUN_HELP, add_loading_options, add_verb, add_weight_options
 
-    p = subparsers.add_parser(
-        "serve", help="serve a causal LM over HTTP with the OpenAI API",
+    p = add_verb(
+        subparsers, "serve",
+        help="serve a causal LM over HTTP with the OpenAI API",
         description="Serve a trained causal LM at /v1/completions and /v1/chat/completions (OpenAI's API, "
                     "streaming included), /v1/models, /health and /metrics. Requests decode together "
                     "(continuous batching): a new one joins the running batch at the next token.",
-        formatter_class=DefaultsHelp)
-    p.add_argument("run", help="run directory (uses best/, else the latest checkpoint) or a checkpoint directory")
+        run=RUN_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--api-key", default=None,

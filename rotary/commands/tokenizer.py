@@ -44,11 +44,15 @@ def corpus_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("tokenizer", help="train tokenizers",
-                              description="Train a tokenizer; the result loads in rotary and, with the same "
-                                          "ids, in transformers.AutoTokenizer.from_pretrained(DIR) (a --jieba "
-                                          "wordpiece tokenizer loads as RoFormerTokenizer, which needs the "
-                                          "rjieba package).")
+    from rotary.commands import add_verb
+
+    p = add_verb(
+        subparsers, "tokenizer",
+        help="train tokenizers",
+        description="Train a tokenizer; the result loads in rotary and, with the same "
+                    "ids, in transformers.AutoTokenizer.from_pretrained(DIR) (a --jieba "
+                    "wordpiece tokenizer loads as RoFormerTokenizer, which needs the "
+                    "rjieba package).")
     sub = p.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
     t = sub.add_parser("train", help="train a tokenizer on a corpus's training split",
                        description="Train on the training split only (validation text stays unseen). "

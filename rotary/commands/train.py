@@ -15,13 +15,14 @@ class _RecipeKeysHelp(argparse.RawDescriptionHelpFormatter):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from rotary.commands import add_verb
     from rotary.train.config import builtin_recipes
     from rotary.train.recipe_keys import recipe_keys_help
 
     # RECIPE is not an argparse positional: with unknown override options around it argparse
     # would take the value of `--name mlm` for the recipe. train.run finds it among the extras.
-    p = subparsers.add_parser(
-        "train",
+    p = add_verb(
+        subparsers, "train",
         help="train a model from a YAML recipe",
         usage=USAGE,
         formatter_class=_RecipeKeysHelp,

@@ -6,15 +6,15 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rotary.commands import DefaultsHelp, add_loading_options
+    from rotary.commands import RUN_HELP, add_loading_options, add_verb
 
-    p = subparsers.add_parser(
-        "translate", help="translate texts with an encoder-decoder (seq2seq) run",
+    p = add_verb(
+        subparsers, "translate",
+        help="translate texts with an encoder-decoder (seq2seq) run",
         description="One translation per line of output, in the order of the inputs. Beam search with "
                     "transformers' semantics (--beam 1 is greedy); sources longer than the encoder's max_seq_len "
                     "are cut to it, and the count is reported on stderr.",
-        formatter_class=DefaultsHelp)
-    p.add_argument("run", help="run directory (uses best/, else the latest checkpoint) or a checkpoint directory")
+        run=RUN_HELP)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a sentence to translate (repeatable)")
     src.add_argument("--input", help="a UTF-8 file of sentences, one per line ('-' = stdin)")

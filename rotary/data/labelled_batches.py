@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from rotary.data.classification import ClassificationDataset, collate_classification
-from rotary.data.sampler import epoch_order
+from rotary.data.sampler import epoch_order, eval_shares
 from rotary.errors import RotaryError
 from rotary.labels import IGNORE_INDEX
 
@@ -105,13 +105,8 @@ class ClassificationData:
         """The validation examples in order, in global batches of batch_size x processes; a rank
         whose rows run out gets padding rows labelled -100 (they count nothing)."""
         B, n = self.batch_size, len(self.val_set)
-        G = B * info.world_size
-        total = -(-n // G)
-        if max_batches is not None:
-            total = min(total, max_batches)
-        for b in range(total):
-            lo = b * G + info.rank * B
-            idx = np.arange(lo, lo + B)
+        for share in eval_shares(n, B, info.world_size, info.rank, max_batches):
+            idx = np.arange(share.lo, share.lo + B)
             real = idx < n
             batch = self._collate(self.val_set, np.where(real, idx, 0))
             labels = torch.where(torch.from_numpy(real), batch[3], torch.full_like(batch[3], IGNORE_INDEX))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from rotary.data.masking import mask_tokens, word_ids_from_starts, wordpiece_start_table
-from rotary.data.sampler import lm_window_starts, mask_seed, read_windows
+from rotary.data.sampler import eval_shares, lm_window_starts, mask_seed, read_windows
 from rotary.errors import RotaryError
 from rotary.labels import IGNORE_INDEX
 
@@ -135,18 +135,12 @@ class TrainData:
         stride = self.seq_len  # causal windows overlap by one token: every token is predicted once
         starts = np.arange(0, len(self.val_tokens) - window + 1, stride, dtype=np.int64)
         B = self.batch_size
-        G = B * info.world_size
-        total = -(-len(starts) // G)  # the last global batch may be short
-        if max_batches is not None:
-            total = min(total, max_batches)
-        for b in range(total):
-            chunk = starts[b * G : (b + 1) * G]
-            lo, hi = info.rank * B, min((info.rank + 1) * B, len(chunk))
+        for b, first, stop, lo, hi in eval_shares(len(starts), B, info.world_size, info.rank, max_batches):
             if lo < hi:
                 # The validation masks have their own seed: eval batch b is not train batch b.
-                yield from self._examples("val", chunk, [(lo, hi)], self.seed + 1, b)
+                yield from self._examples("val", starts[first:stop], [(lo - first, hi - first)], self.seed + 1, b)
                 continue
-            pad = torch.full((min(B, len(chunk)), self.seq_len), self.pad_id or 0, dtype=torch.long)
+            pad = torch.full((min(B, stop - first), self.seq_len), self.pad_id or 0, dtype=torch.long)
             yield pad, torch.full_like(pad, IGNORE_INDEX)
 
     def _examples(self, split: str, starts: np.ndarray, shares: list[tuple[int, int]],

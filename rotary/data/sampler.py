@@ -12,7 +12,9 @@ across a huge memmap is slow).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -60,3 +62,28 @@ def read_windows(path: str | Path, dtype: np.dtype, starts: np.ndarray, window: 
     out = tokens[idx].astype(np.int64)
     del tokens
     return out
+
+
+class EvalShare(NamedTuple):
+    """One global validation batch, examples [start, stop), and this rank's rows of it, [lo, hi)."""
+
+    index: int
+    start: int
+    stop: int
+    lo: int
+    hi: int
+
+
+def eval_shares(n: int, batch_size: int, world_size: int, rank: int,
+                max_batches: int | None = None) -> Iterator[EvalShare]:
+    """Examples [0, n) in order, in global batches of batch_size x processes (the last one short),
+    ``max_batches`` of them at most (None = all). Every rank gets every batch: under FSDP each
+    forward pass is a collective, so a rank whose share is empty (lo == hi) must still run a
+    padding batch that scores nothing."""
+    G = batch_size * world_size
+    total = -(-n // G)
+    if max_batches is not None:
+        total = min(total, max_batches)
+    for b in range(total):
+        lo = min(b * G + rank * batch_size, n)
+        yield EvalShare(b, b * G, min((b + 1) * G, n), lo, min(lo + batch_size, n))

@@ -26,6 +26,7 @@ import torch
 
 from rotary.chat.template import CHAT_SPECIALS, DEFAULT_TEMPLATE, TURN_END, render
 from rotary.data.labelled_batches import micro_batch_indices
+from rotary.data.sampler import eval_shares
 from rotary.errors import RotaryError
 from rotary.labels import IGNORE_INDEX
 
@@ -196,15 +197,9 @@ class SFTData:
     def eval_batches(self, max_batches: int | None, info: Any) -> Iterator[Batch]:
         """The validation conversations in order, in global batches of batch_size x processes; a
         rank whose share runs out gets a padding batch that scores nothing."""
-        B, n = self.batch_size, len(self.val_set)
-        G = B * info.world_size
-        total = -(-n // G)
-        if max_batches is not None:
-            total = min(total, max_batches)
-        for b in range(total):
-            lo, hi = b * G + info.rank * B, min(b * G + (info.rank + 1) * B, n)
-            if lo < hi:
-                yield self._collate(self.val_set[lo:hi])
+        for share in eval_shares(len(self.val_set), self.batch_size, info.world_size, info.rank, max_batches):
+            if share.lo < share.hi:
+                yield self._collate(self.val_set[share.lo:share.hi])
                 continue
             ids, targets, positions, documents = self._collate(self.val_set[:1])
             yield ids, torch.full_like(targets, IGNORE_INDEX), positions, documents

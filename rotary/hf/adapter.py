@@ -126,6 +126,39 @@ def require(ok: bool, family: str, msg: str) -> None:
         raise RotaryError(f"cannot express this model as HF {family}: {msg}")
 
 
+def fused(template: str, *parts: str) -> tuple[str, ...]:
+    """The HF names of the tensors rotary fuses into one, in order: ``template`` with its ``*``
+    replaced by each part (``fused("attn.*_proj.weight", "q", "k", "v")``)."""
+    return tuple(template.replace("*", part) for part in parts)
+
+
+def require_rope_softmax(cfg: ModelConfig, family: str) -> None:
+    """Refuse what no HF family rotary converts can express: other positions than RoPE, other
+    attention than softmax."""
+    require(cfg.position == "rope", family,
+            f"{family} has only RoPE positions, this model uses position={cfg.position}")
+    require(cfg.attention == "softmax", family,
+            f"{family} has softmax attention, this model uses attention={cfg.attention}")
+
+
+def bert_style_fields_from_hf(hfc: Any) -> dict[str, Any]:
+    """The ModelConfig fields of the settings that Llama's and RoFormer's configs both name as
+    BERT does (hidden_size, num_hidden_layers, ...); a RoPE model's."""
+    return {"vocab_size": hfc.vocab_size, "max_seq_len": hfc.max_position_embeddings,
+            "n_layer": hfc.num_hidden_layers, "n_head": hfc.num_attention_heads, "d_model": hfc.hidden_size,
+            "d_ff": hfc.intermediate_size, "tie_embeddings": bool(hfc.tie_word_embeddings),
+            "pad_token_id": hfc.pad_token_id, "initializer_range": float(hfc.initializer_range),
+            "position": "rope"}
+
+
+def bert_style_fields_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """The inverse of :func:`bert_style_fields_from_hf`: those settings under their HF names."""
+    return {"vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.max_seq_len,
+            "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head, "hidden_size": cfg.d_model,
+            "intermediate_size": cfg.ff_dim, "tie_word_embeddings": cfg.tie_embeddings,
+            "pad_token_id": cfg.pad_token_id, "initializer_range": cfg.initializer_range}
+
+
 def permute_heads(t: torch.Tensor, n_heads: int, perm: torch.Tensor) -> torch.Tensor:
     """Reorder the rows of every head of a (n_heads*hd, ...) weight or (n_heads*hd,) bias."""
     hd = t.shape[0] // n_heads

@@ -35,7 +35,19 @@ from typing import Any
 import torch
 
 from rotary.errors import RotaryError
-from rotary.hf.adapter import Architecture, Family, NameMap, labelled, require, transformers_module, with_labels
+from rotary.hf.adapter import (
+    Architecture,
+    Family,
+    NameMap,
+    bert_style_fields_from_hf,
+    bert_style_fields_to_hf,
+    fused,
+    labelled,
+    require,
+    require_rope_softmax,
+    transformers_module,
+    with_labels,
+)
 from rotary.model.classifier import SequenceClassifier
 from rotary.model.config import ModelConfig
 from rotary.model.heads import CausalLM, RotaryModel
@@ -51,16 +63,8 @@ _R, _H = "backbone.layers.{}.", "model.layers.{}."
 NAMES: NameMap = {
     "backbone.embed_tokens.weight": "model.embed_tokens.weight",
     _R + "attn_norm.weight": _H + "input_layernorm.weight",
-    _R + "attn.qkv_proj.weight": (
-        _H + "self_attn.q_proj.weight",
-        _H + "self_attn.k_proj.weight",
-        _H + "self_attn.v_proj.weight",
-    ),
-    _R + "attn.qkv_proj.bias": (
-        _H + "self_attn.q_proj.bias",
-        _H + "self_attn.k_proj.bias",
-        _H + "self_attn.v_proj.bias",
-    ),
+    _R + "attn.qkv_proj.weight": fused(_H + "self_attn.*_proj.weight", "q", "k", "v"),
+    _R + "attn.qkv_proj.bias": fused(_H + "self_attn.*_proj.bias", "q", "k", "v"),
     _R + "attn.o_proj.weight": _H + "self_attn.o_proj.weight",
     _R + "attn.o_proj.bias": _H + "self_attn.o_proj.bias",
     _R + "mlp_norm.weight": _H + "post_attention_layernorm.weight",
@@ -196,13 +200,8 @@ def config_from_hf(hfc: Any) -> ModelConfig:
         )
     n_kv = hfc.num_key_value_heads or n_head
     return ModelConfig(
-        vocab_size=hfc.vocab_size,
-        max_seq_len=hfc.max_position_embeddings,
-        n_layer=hfc.num_hidden_layers,
-        n_head=n_head,
+        **bert_style_fields_from_hf(hfc),
         n_kv_head=None if n_kv == n_head else n_kv,
-        d_model=hfc.hidden_size,
-        d_ff=hfc.intermediate_size,
         mlp="swiglu",
         norm="rmsnorm",
         norm_eps=float(hfc.rms_norm_eps),
@@ -211,11 +210,7 @@ def config_from_hf(hfc: Any) -> ModelConfig:
         dropout=0.0,
         attention_dropout=float(hfc.attention_dropout or 0.0),
         causal=True,
-        position="rope",
-        tie_embeddings=bool(hfc.tie_word_embeddings),
         type_vocab_size=0,
-        pad_token_id=hfc.pad_token_id,
-        initializer_range=float(hfc.initializer_range),
         **_rope_from_hf(hfc),
     )
 
@@ -254,9 +249,7 @@ def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
     tf = transformers_module()
     fam = "Llama"
     require(cfg.causal, fam, "the model is bidirectional (causal=False)")
-    require(cfg.position == "rope", fam,
-            f"Llama has only RoPE positions, this model uses position={cfg.position}")
-    require(cfg.attention == "softmax", fam, f"Llama has softmax attention, this model uses attention={cfg.attention}")
+    require_rope_softmax(cfg, fam)
     require(cfg.pre_norm, fam, "Llama is pre-norm, this model is post-norm (pre_norm=False)")
     require(cfg.norm == "rmsnorm", fam, f"Llama uses RMSNorm, this model uses norm={cfg.norm}")
     require(cfg.mlp == "swiglu", fam, f"Llama uses a SwiGLU MLP, this model uses mlp={cfg.mlp}")
@@ -285,21 +278,13 @@ def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
         kwargs["rope_theta"] = rope.pop("rope_theta")
         kwargs["rope_scaling"] = None if rope["rope_type"] == "default" else rope
     return tf.LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.ff_dim,
-        num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head,
+        **(bert_style_fields_to_hf(cfg) | {"max_position_embeddings": mpe}),
         num_key_value_heads=cfg.kv_heads,
         head_dim=cfg.head_dim,
         hidden_act="silu",
-        max_position_embeddings=mpe,
-        initializer_range=cfg.initializer_range,
         rms_norm_eps=cfg.norm_eps,
-        pad_token_id=cfg.pad_token_id,
         bos_token_id=None,  # rotary's config does not know the tokenizer: save_hf fills these in
         eos_token_id=None,
-        tie_word_embeddings=cfg.tie_embeddings,
         attention_bias=cfg.bias,
         mlp_bias=cfg.bias,
         attention_dropout=cfg.attention_dropout,

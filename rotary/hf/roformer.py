@@ -28,9 +28,13 @@ from rotary.hf.adapter import (
     Family,
     NameMap,
     Transform,
+    bert_style_fields_from_hf,
+    bert_style_fields_to_hf,
+    fused,
     labelled,
     permute_heads,
     require,
+    require_rope_softmax,
     transformers_module,
     with_labels,
 )
@@ -53,16 +57,8 @@ BACKBONE: NameMap = {
     "backbone.embed_types.weight": _E + "token_type_embeddings.weight",
     "backbone.embed_norm.weight": _E + "LayerNorm.weight",
     "backbone.embed_norm.bias": _E + "LayerNorm.bias",
-    _R + "attn.qkv_proj.weight": (
-        _H + "attention.self.query.weight",
-        _H + "attention.self.key.weight",
-        _H + "attention.self.value.weight",
-    ),
-    _R + "attn.qkv_proj.bias": (
-        _H + "attention.self.query.bias",
-        _H + "attention.self.key.bias",
-        _H + "attention.self.value.bias",
-    ),
+    _R + "attn.qkv_proj.weight": fused(_H + "attention.self.*.weight", "query", "key", "value"),
+    _R + "attn.qkv_proj.bias": fused(_H + "attention.self.*.bias", "query", "key", "value"),
     _R + "attn.o_proj.weight": _H + "attention.output.dense.weight",
     _R + "attn.o_proj.bias": _H + "attention.output.dense.bias",
     _R + "attn_norm.weight": _H + "attention.output.LayerNorm.weight",  # post-norm
@@ -164,15 +160,10 @@ def config_from_hf(hfc: Any) -> ModelConfig:
         )
     act = _ACTS[act]
     return ModelConfig(
-        vocab_size=hfc.vocab_size,
-        max_seq_len=hfc.max_position_embeddings,
-        n_layer=hfc.num_hidden_layers,
-        n_head=hfc.num_attention_heads,
+        **bert_style_fields_from_hf(hfc),
         n_kv_head=None,
-        d_model=hfc.hidden_size,
         # None when equal: a plain config round-trips to itself
         embedding_size=None if hfc.embedding_size == hfc.hidden_size else hfc.embedding_size,
-        d_ff=hfc.intermediate_size,
         mlp=act,
         norm="layernorm",
         norm_eps=float(hfc.layer_norm_eps),
@@ -181,14 +172,10 @@ def config_from_hf(hfc: Any) -> ModelConfig:
         dropout=float(hfc.hidden_dropout_prob),
         attention_dropout=float(hfc.attention_probs_dropout_prob),
         causal=False,
-        position="rope",
         rope_theta=_THETA,
         rope_scaling="none",
         rotary_value=bool(hfc.rotary_value),
-        tie_embeddings=bool(hfc.tie_word_embeddings),
         type_vocab_size=hfc.type_vocab_size,
-        pad_token_id=hfc.pad_token_id,
-        initializer_range=float(hfc.initializer_range),
         hidden_act=act,
     )
 
@@ -199,10 +186,7 @@ def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
     tf = transformers_module()
     fam = "RoFormer"
     require(not cfg.causal, fam, "RoFormer is an encoder, this model is causal")
-    require(cfg.position == "rope", fam,
-            f"RoFormer has only RoPE positions, this model uses position={cfg.position}")
-    require(cfg.attention == "softmax", fam,
-            f"RoFormer has softmax attention, this model uses attention={cfg.attention}")
+    require_rope_softmax(cfg, fam)
     require(not cfg.pre_norm, fam, "RoFormer is post-norm, this model is pre-norm (pre_norm=True)")
     require(cfg.norm == "layernorm", fam,
             f"RoFormer uses LayerNorm, this model uses norm={cfg.norm}")
@@ -224,24 +208,16 @@ def config_to_hf(cfg: ModelConfig, num_labels: int | None = None) -> Any:
     extra = {} if num_labels is None else {"num_labels": num_labels}
     head = "RoFormerForMaskedLM" if num_labels is None else "RoFormerForSequenceClassification"
     return tf.RoFormerConfig(
-        vocab_size=cfg.vocab_size,
+        **bert_style_fields_to_hf(cfg),
         embedding_size=cfg.embed_dim,
-        hidden_size=cfg.d_model,
-        num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head,
-        intermediate_size=cfg.ff_dim,
         hidden_act=cfg.mlp,
         hidden_dropout_prob=cfg.dropout,
         attention_probs_dropout_prob=cfg.attention_dropout,
-        max_position_embeddings=cfg.max_seq_len,
         # HF always adds a token-type embedding: one all-zero type stands for "none".
         type_vocab_size=max(cfg.type_vocab_size, 1),
-        initializer_range=cfg.initializer_range,
         layer_norm_eps=cfg.norm_eps,
-        pad_token_id=cfg.pad_token_id,
         rotary_value=cfg.rotary_value,
         is_decoder=False,
-        tie_word_embeddings=cfg.tie_embeddings,
         architectures=[head],
         **extra,
     )

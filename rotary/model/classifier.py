@@ -74,15 +74,9 @@ class SequenceClassifier(RotaryModel):
         x = self.drop(self.act(self.dense(x)))
         return self.out_proj(x)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        return_stats: bool = False,
-    ) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, return_stats: bool = False) -> torch.Tensor:
         """Logits (B, num_labels); with ``labels`` (B,) the mean loss over rows whose label is not
         -100; with ``return_stats`` too, float64 (3 + L*L,): loss sum, scored rows, correct, and
         the confusion counts (true x predicted, row-major) that macro-F1 needs."""

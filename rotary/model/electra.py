@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from rotary.labels import IGNORE_INDEX
 from rotary.model.config import ModelConfig
-from rotary.model.heads import MaskedLM, RotaryModel, _one_target, labelled_rows
+from rotary.model.heads import MaskedLM, RotaryModel, labelled_rows, one_target
 from rotary.model.transformer import ACTIVATIONS
 from rotary.ops.gemm import Linear
 
@@ -61,18 +61,11 @@ class ElectraPretrainer(RotaryModel):
         h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
         return self.disc_out(self.disc_act(self.disc_dense(h))).squeeze(-1)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        return_stats: bool = False,
-        targets: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        _one_target(labels, targets)
-        labels = targets if labels is None else labels
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, return_stats: bool = False,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
+        labels = one_target(labels, targets)
         gen = self.generator
         if labels is None:
             return gen(input_ids, attention_mask, token_type_ids, position_ids)

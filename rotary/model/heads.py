@@ -134,10 +134,12 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels[..., 1:], (0, 1), value=IGNORE_INDEX)
 
 
-def _one_target(labels: torch.Tensor | None, targets: torch.Tensor | None) -> None:
+def one_target(labels: torch.Tensor | None, targets: torch.Tensor | None) -> torch.Tensor | None:
+    """Whichever of ``labels`` / ``targets`` was given (an encoder's are the same thing); both is an error."""
     if labels is not None and targets is not None:
         raise RotaryError("pass labels= (aligned with input_ids, as transformers) or targets= "
                           "(one per position), not both")
+    return targets if labels is None else labels
 
 
 class CausalLM(RotaryModel):
@@ -166,25 +168,17 @@ class CausalLM(RotaryModel):
         self.output_bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.output_bias else None
         self.init_weights()
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
-        last_only: bool = False,
-        labels: torch.Tensor | None = None,
-        return_stats: bool = False,
-        targets: torch.Tensor | None = None,
-        document_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None, last_only: bool = False, labels: torch.Tensor | None = None,
+                return_stats: bool = False, targets: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab); or, given ``labels`` (shifted inside, as in transformers) or
         ``targets`` (already shifted), the mean loss over scored positions (label != -100),
         computed without materialising the logits (``rotary.ops.fused_cross_entropy``); with
         ``return_stats`` too, (loss sum, scored tokens, correct argmax) for evaluation.
         ``document_ids`` (B, T): packed rows, attention kept within each document (SFT packing)."""
-        _one_target(labels, targets)
+        one_target(labels, targets)
         if labels is not None:
             targets = shift_labels(labels)
         h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, kv_cache,
@@ -275,21 +269,14 @@ class MaskedLM(RotaryModel):
         self.head = MaskedLMHead(config)
         self.init_weights()
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        return_stats: bool = False,
-        targets: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, return_stats: bool = False,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab); or, given ``labels``, the mean loss over the masked positions.
         Then the head runs on those positions alone (~15% of them), as BERT's pre-training
         code does, and the logits are never materialised. ``return_stats``: as CausalLM's."""
-        _one_target(labels, targets)
-        labels = targets if labels is None else labels
+        labels = one_target(labels, targets)
         h = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
         embedding = self.backbone.embed_tokens.weight
         if labels is not None:

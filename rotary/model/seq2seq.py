@@ -126,15 +126,10 @@ class Seq2SeqLM(RotaryModel):
         return Seq2SeqCache(KVCache(self.decoder.cfg, batch_size, max_len, device=self.device, dtype=dtype),
                             memory_mask)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.Tensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        return_stats: bool = False,
-    ) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None,
+                decoder_attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                return_stats: bool = False) -> torch.Tensor:
         """Logits (B, T, vocab) of the decoder inputs; or, given ``labels`` (and no decoder
         inputs, which are then ``shift_right(labels)``), the mean loss over labels != -100,
         without materialising the logits; ``return_stats``: (loss sum, scored tokens, correct)."""

@@ -147,18 +147,12 @@ class Backbone(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i, cross) for i in range(cfg.n_layer))
         self.final_norm = make_norm(cfg) if cfg.pre_norm else None
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
-        memory: torch.Tensor | None = None,
-        memory_mask: torch.Tensor | None = None,
-        cross_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
-        document_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None, memory: torch.Tensor | None = None,
+                memory_mask: torch.Tensor | None = None,
+                cross_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``memory`` (B, S, d) is the encoder output a decoder attends to, ``memory_mask`` (B, S)
         marks its real tokens; ``cross_kv`` keeps the cross-attention keys/values between calls.
         ``document_ids`` (B, T) packs several sequences in a row: a token attends only to tokens

@@ -156,14 +156,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return out[0], out[1], out[2], None, None, None
 
 
-def linear_cross_entropy(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    labels: torch.Tensor,
-    chunk_rows: int | None = None,
-    ignore_index: int = IGNORE_INDEX,
-) -> torch.Tensor:
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         labels: torch.Tensor, chunk_rows: int | None = None,
+                         ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean cross entropy of ``F.linear(hidden, weight, bias)`` against ``labels``, over the
     rows whose label is not ``ignore_index`` (``F.cross_entropy``'s semantics, except that no
     labelled row at all gives 0, not NaN).
@@ -176,14 +171,9 @@ def linear_cross_entropy(
 
 
 @torch.no_grad()
-def cross_entropy_stats(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    labels: torch.Tensor,
-    chunk_rows: int | None = None,
-    ignore_index: int = IGNORE_INDEX,
-) -> torch.Tensor:
+def cross_entropy_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        labels: torch.Tensor, chunk_rows: int | None = None,
+                        ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Evaluation without logits: float64 (3,) tensor of (sum of token losses, labelled tokens,
     tokens whose argmax is the label), over rows of ``F.linear(hidden, weight, bias)``.
 

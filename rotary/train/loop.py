@@ -200,14 +200,7 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
                        loss_value)
             best = stopping = False
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-                metrics = evaluate(training.forward, data, cfg, info, cfg.eval_batches)
-                logger.metrics("eval", step, metrics)
-                logger.line("eval   " + " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                                   for k, v in metrics.items()))
-                best, stopping = progress.record_eval(metrics, cfg)
-                if stopping:
-                    result.stopped = "early_stopping"
-                    logger.line(f"early stopping: no improvement in {progress.bad_evals} evaluations")
+                best, stopping = _evaluate_and_record(training, data, cfg, info, logger, progress, result)
             interrupted = signalled or stop.signal is not None  # a signal during this step's logging too
             if checkpoint_due(cfg, step) or stopping or interrupted or best:
                 run.save(training, progress, best=best)
@@ -224,6 +217,20 @@ def fit(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module, data
     if info.is_main:
         plot_losses(run.path)
     return _finish(result, progress)
+
+
+def _evaluate_and_record(training: Training, data: Any, cfg: TrainConfig, info: DistInfo, logger: RunLogger,
+                         progress: Progress, result: TrainResult) -> tuple[bool, bool]:
+    """Evaluate at progress.step, log it, and say (a new best, time to stop early)."""
+    metrics = evaluate(training.forward, data, cfg, info, cfg.eval_batches)
+    logger.metrics("eval", progress.step, metrics)
+    logger.line("eval   " + " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in metrics.items()))
+    best, stopping = progress.record_eval(metrics, cfg)
+    if stopping:
+        result.stopped = "early_stopping"
+        logger.line(f"early stopping: no improvement in {progress.bad_evals} evaluations")
+    return best, stopping
 
 
 def build_training(cfg: TrainConfig, info: DistInfo, task: Task, raw_model: nn.Module) -> tuple[Training, str]:

@@ -26,13 +26,11 @@ from rotary.errors import RotaryError
 from rotary.infer.engine import Engine, Event
 from rotary.infer.scoring import prompt_logprobs
 from rotary.infer.serve import protocol as p
+from rotary.infer.serve.body import MAX_BODY, read_json
 from rotary.infer.serve.scheduler import EngineFailed, QueueFull, Scheduler, Ticket
 from rotary.infer.serve.tokenizer_api import add_tokenizer_routes
 
 log = logging.getLogger("rotary.infer.serve")
-
-MAX_BODY = 1 << 20  # 1 MiB: far more than any prompt that fits a context, far less than a memory problem
-
 
 def default_model_name(path: Path) -> str:
     """A run's directory name, also when ``path`` is its ``best/`` or ``checkpoints/step-N/``."""
@@ -133,18 +131,18 @@ class _Server:
         return {"object": "list", "data": [self._card()]}
 
     async def model(self, model_id: str) -> dict[str, Any]:
-        self._check_model(model_id)
+        self.check_model(model_id)
         return self._card()
 
-    def _check_model(self, name: str) -> None:
+    def check_model(self, name: str) -> None:
         if name != self.name:
             raise p.APIError(404, f"the model '{name}' does not exist: this server serves '{self.name}'",
                              param="model", code="model_not_found")
 
     # -- generation ---------------------------------------------------------------------------
     async def completions(self, request: Request) -> Response:
-        body = p.parse(p.CompletionBody, await self._read_json(request))
-        self._check_model(body.model)
+        body = p.parse(p.CompletionBody, await read_json(request, self.max_body))
+        self.check_model(body.model)
         p.check_completion(body)
         prompts = self._encode_prompts(body.prompt)
         logprobs = body.logprobs is not None
@@ -189,8 +187,8 @@ class _Server:
         return out
 
     async def chat(self, request: Request) -> Response:
-        body = p.parse(p.ChatBody, await self._read_json(request))
-        self._check_model(body.model)
+        body = p.parse(p.ChatBody, await read_json(request, self.max_body))
+        self.check_model(body.model)
         p.check_chat(body)
         if self.template is not None:
             from rotary.chat.template import render
@@ -312,21 +310,6 @@ class _Server:
             self.scheduler.cancel(ticket)
 
     # -- input --------------------------------------------------------------------------------
-    async def _read_json(self, request: Request) -> Any:
-        """The body as JSON; 413 past ``max_body`` bytes, also when no Content-Length says so."""
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > self.max_body:
-            raise _too_large(self.max_body)
-        data = bytearray()
-        async for part in request.stream():
-            data += part
-            if len(data) > self.max_body:
-                raise _too_large(self.max_body)
-        try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise p.APIError(400, "the request body is not valid JSON") from None
-
     def _encode_prompts(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
         """Text or token ids, one prompt or a list of them. An empty text starts from the end-of-text
         token, as OpenAI's models do, since a row needs at least one token."""
@@ -350,6 +333,3 @@ def _last_logprobs(kind: str, c: p.Choice) -> dict[str, Any]:
         return p.completion_logprobs(c.tokens[-1:], c.logprobs[-1:], c.offsets[-1:])
     return p.chat_logprobs(c.tokens[-1:], c.logprobs[-1:])
 
-
-def _too_large(limit: int) -> p.APIError:
-    return p.APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")

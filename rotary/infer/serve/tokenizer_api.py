@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from rotary.infer.serve import protocol as p
+from rotary.infer.serve.body import read_json
 
 
 def add_tokenizer_routes(app: FastAPI, server: Any, dependencies: list) -> None:
@@ -26,16 +27,16 @@ def add_tokenizer_routes(app: FastAPI, server: Any, dependencies: list) -> None:
     async def tokenize(request: Request) -> dict[str, Any]:
         """The ids a completions prompt of this text gets (a causal prompt carries no special
         tokens, so ``add_special_tokens`` changes nothing; special-token text maps to its id)."""
-        body = p.parse(p.TokenizeBody, await server._read_json(request))
+        body = p.parse(p.TokenizeBody, await read_json(request, server.max_body))
         if body.model is not None:
-            server._check_model(body.model)
+            server.check_model(body.model)
         ids = tokenizer.encode(body.prompt)
         return {"count": len(ids), "max_model_len": server.engine.max_len, "tokens": ids}
 
     async def detokenize(request: Request) -> dict[str, Any]:
-        body = p.parse(p.DetokenizeBody, await server._read_json(request))
+        body = p.parse(p.DetokenizeBody, await read_json(request, server.max_body))
         if body.model is not None:
-            server._check_model(body.model)
+            server.check_model(body.model)
         if any(not 0 <= t < server.vocab_size for t in body.tokens):
             raise p.APIError(400, f"token ids must be in [0, {server.vocab_size})", param="tokens")
         return {"prompt": tokenizer.decode(body.tokens)}
