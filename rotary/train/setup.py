@@ -240,4 +240,26 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, *, resume: bool, overwrite: bo
     notes = []
     if resume and had_run and latest is None:
         notes.append(f"{cfg.run_dir} has no checkpoint yet: training from step 0")
+    if latest is not None and (changed := schedule_changes(cfg)):
+        notes.append(f"note: the learning-rate schedule differs from the one this run trained under ({changed}): "
+                     "the remaining steps follow the new one, so the run is not the one a fresh start with "
+                     "these settings would train")
     return latest, notes
+
+
+# The settings the learning rate of step s depends on (rotary.train.schedule.lr_at).
+SCHEDULE_KEYS = ("max_steps", "epochs", "lr", "min_lr", "lr_schedule", "warmup_steps", "warmup_fraction")
+
+
+def schedule_changes(cfg: TrainConfig) -> str:
+    """The schedule settings in which ``cfg`` differs from the recipe.yaml its run directory was
+    trained with, as ``max_steps 3600 -> 7200``; "" when none does (or there is no record)."""
+    from rotary.config import load_yaml
+
+    previous = cfg.run_dir / "recipe.yaml"
+    if not previous.is_file():
+        return ""
+    old, new = load_yaml(previous), to_dict(cfg)
+    # a fine-tune by epochs derives max_steps from the data later: its epochs are what it asked for
+    keys = [k for k in SCHEDULE_KEYS if not (k == "max_steps" and new.get("epochs") is not None)]
+    return ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys if old.get(k) != new.get(k))

@@ -265,6 +265,19 @@ def test_output_dir_with_another_run_needs_resume_or_overwrite(train_recipe):
     assert res.step == 2
 
 
+def test_resuming_with_another_schedule_says_so_and_the_same_schedule_does_not(train_recipe):
+    """lr_at depends on max_steps (and lr, warmup, ...): a resume that changes them trains another
+    run than a fresh start would, and the log says which settings changed."""
+    train(train_recipe(max_steps=2, eval_interval=100))
+    log = train_recipe().run_dir / "train.log"
+    train(train_recipe(max_steps=3, eval_interval=100), resume=True)
+    assert "learning-rate schedule differs" in log.read_text() and "(max_steps 2 -> 3)" in log.read_text()
+    train(train_recipe(max_steps=4, eval_interval=100, lr=1e-3), resume=True)
+    assert "(max_steps 3 -> 4, lr 0.003 -> 0.001)" in log.read_text()
+    train(train_recipe(max_steps=4, eval_interval=100, lr=1e-3), resume=True)  # the same settings: no note
+    assert log.read_text().count("learning-rate schedule differs") == 2
+
+
 def test_seq_len_longer_than_the_model_is_refused(train_recipe):
     cfg = train_recipe(max_steps=2, seq_len=128)
     with pytest.raises(RotaryError, match="longer than model.max_seq_len"):
