@@ -52,10 +52,11 @@ def scratch_recipe(task: str, pretrained: Path, tmp: Path) -> Path:
 
 
 def wall_seconds(run: Path) -> float | None:
-    for line in reversed((run / "train.log").read_text(encoding="utf-8").splitlines()):
-        if line.startswith("trained ") and " in " in line:
-            return float(line.split(" in ")[1].split("s")[0])
-    return None
+    """The run's training time: the sum over its sessions (a resumed run logs one line each)."""
+    spans = [float(line.split(" in ")[1].split("s")[0])
+             for line in (run / "train.log").read_text(encoding="utf-8").splitlines()
+             if line.startswith("trained ") and " in " in line]
+    return round(sum(spans), 1) if spans else None
 
 
 def run_one(recipe: str, init: str, run: Path, seed: int, extra: list[str]) -> None:
