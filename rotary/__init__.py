@@ -34,6 +34,8 @@ _LAZY = {
     "load_recipe": "rotary.train.config",
     "train_model": "rotary.train.loop",  # rotary.train is the package
     "TrainResult": "rotary.train.loop",
+    "finetune_model": "rotary.train.finetune",  # what `rotary finetune` runs
+    "finetune_defaults": "rotary.train.finetune",
     "Task": "rotary.tasks",
     "register_task": "rotary.tasks",
     "get_task": "rotary.tasks",
@@ -48,6 +50,7 @@ _LAZY = {
     "masked_lm_metrics": "rotary.evaluation",
     "seq2seq_metrics": "rotary.evaluation",
     "assistant_token_metrics": "rotary.evaluation",
+    "run_eval": "rotary.evaluation.runs",  # what `rotary eval` runs
     "load_conversations": "rotary.data.sources.conversations",
     "load_parallel": "rotary.data.parallel",
     "apply_rope": "rotary.model.rope",
@@ -57,7 +60,7 @@ _LAZY = {
     "atomic_open": "rotary.io",
     "RotaryError": "rotary.errors",
 }
-_ALIASES = {"train_model": "train"}
+_ALIASES = {"train_model": "train", "finetune_model": "finetune"}
 # submodules reachable as attributes (``rotary.hf.to_hf``) without importing them first
 _SUBMODULES = ("hf", "model", "ops", "data", "train", "tokenizer", "infer", "config",
                "evaluation", "chat", "device", "checkpoint", "tasks", "errors", "demo", "io", "cli", "commands")

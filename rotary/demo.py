@@ -75,8 +75,8 @@ def ngram_bits_per_byte(shards_dir: Path, val_text: str, order: int = NGRAM_ORDE
     (keyed by a hash of both texts) instead of fitting again."""
     import hashlib
 
+    from rotary.evaluation.ngram import KneserNey
     from rotary.io import atomic_write_text
-    from rotary.ngram import KneserNey
 
     train_text = split_text(shards_dir, "train")
     key = hashlib.sha256(f"{order}\0{train_text}\0{val_text}".encode()).hexdigest()

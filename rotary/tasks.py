@@ -273,7 +273,7 @@ register_task(Task("sft", _causal_lm, causal=True, metrics=_accuracy_metrics, ma
                    score=_scorer("score_sft"),
                    help="supervised fine-tuning of a decoder on conversations: the loss on the assistant's "
                         "tokens only (init_from a causal_lm run)"))
-# Trained by fine-tuning (rotary.finetune builds its data and model), not from a corpus by `train`.
+# Trained by fine-tuning (rotary.train.finetune builds its data and model), not from a corpus by `train`.
 register_task(Task("classification", _classifier, causal=False, metrics=_classification_metrics,
                    inputs=_classification_inputs, head_keys=("num_labels", "pooling", "label_names"),
                    metric_names=("loss", "accuracy", "macro_f1"), count_name="examples",

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rotary.errors import RotaryError
-    from rotary.outputs import check_output_dir
+    from rotary.hf.output_dir import check_output_dir
 
     if bool(args.to) == bool(args.from_hf):
         raise RotaryError("say which way: --to hf (rotary -> transformers) or --from-hf (transformers -> rotary)")

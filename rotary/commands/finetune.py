@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from rotary.commands.train import interrupted_exit_code, is_main_rank, recipe_from_args
 
     extra = {"init_from": args.init_from} if args.init_from is not None else {}
-    from rotary.finetune import finetune, finetune_defaults
+    from rotary.train.finetune import finetune, finetune_defaults
 
     cfg = recipe_from_args(args, extra, verb="finetune", defaults=finetune_defaults)
 

@@ -546,8 +546,8 @@ def test_batch_and_eval_outputs_that_are_the_wrong_kind_of_path_are_one_line_err
 
 
 def test_settings_of_which_one_is_ignored_are_warned_about():
-    from rotary.finetune import finetune_defaults
     from rotary.train.config import load_recipe
+    from rotary.train.finetune import finetune_defaults
 
     both = load_recipe("shakespeare", {"warmup_steps": 5}).warnings()
     assert any("warmup_steps 5 and warmup_fraction" in w and "warmup_steps is used" in w for w in both), both

@@ -25,8 +25,8 @@ from rotary import cli
 from rotary.commands.train import split_recipe
 from rotary.config import parse_overrides
 from rotary.demo import DEFAULT_RECIPE
-from rotary.finetune import finetune_defaults
 from rotary.train.config import load_recipe
+from rotary.train.finetune import finetune_defaults
 from tests.train_support import write_corpus
 
 ROOT = Path(__file__).resolve().parents[2]

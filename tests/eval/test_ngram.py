@@ -1,4 +1,5 @@
-"""The Kneser-Ney character n-gram (rotary/ngram.py): normalisation, discounts, a hand-computed case, the demo's bar."""
+"""The Kneser-Ney character n-gram (rotary/evaluation/ngram.py): normalisation, discounts, a hand-computed
+case, the demo's bar."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rotary.ngram import KneserNey, discounts
+from rotary.evaluation.ngram import KneserNey, discounts
 
 SMALL = "the cat sat on the mat; the dog sat on the log. A cat, a dog, a mat!\nthe end\n" * 2 + "zebra quiz"
 

@@ -153,9 +153,9 @@ def test_an_electra_run_trains_evaluates_and_resumes_exactly(electra_run, data_c
 def test_a_fine_tune_from_electra_takes_the_discriminator(electra_run, tmp_path):
     from safetensors.torch import load_file
 
-    from rotary.finetune import load_backbone
     from rotary.infer.pretrained import load
     from rotary.model import SequenceClassifier
+    from rotary.train.finetune import load_backbone
 
     pre = load(electra_run.run_dir, device="cpu")
     assert isinstance(pre.model, ElectraPretrainer) and pre.task == "electra"

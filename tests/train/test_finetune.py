@@ -313,9 +313,9 @@ def test_finetune_needs_no_recipe_and_sizes_its_steps_from_the_data(tiny_mlm, se
 
 
 def test_finetune_from_a_masked_lm_starts_from_its_backbone(tiny_mlm, data_char_dir, sentiment_dir, tmp_path):
-    from rotary.finetune import load_backbone
     from rotary.run_source import load_model
     from rotary.tasks import get_task
+    from rotary.train.finetune import load_backbone
 
     mlm = tiny_mlm
     pretrained, ckpt_dir = load_model(mlm.run_dir)

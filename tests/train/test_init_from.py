@@ -63,9 +63,9 @@ def test_every_way_of_starting_from_a_run_refuses_alike(base_run, tmp_path):
     import shutil
 
     import rotary
-    from rotary.finetune import _source
     from rotary.manifest import write_manifest
     from rotary.train.config import TrainConfig
+    from rotary.train.finetune import _source
 
     root, corpus = base_run
     hf = tmp_path / "hf"
