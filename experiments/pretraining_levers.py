@@ -6,7 +6,8 @@ a task over seeds, every figure from the test split the fine-tune scores once.
     electra      rotary train peoples-daily-electra, then rotary finetune TASK --from it
 
 Resumable: a finished pretraining or fine-tune is reused, an interrupted one resumes, so the
-study can span sessions. Writes docs/results/pretraining_levers.{json,md}.
+study can span sessions. Writes docs/results/pretraining_levers.{json,md} (for another --task,
+pretraining_levers_TASK.{json,md}).
 
     python experiments/pretraining_levers.py --arms electra mlm mlm+tapt --seeds 1337
 """
@@ -69,6 +70,11 @@ def _earlier_arms(path: Path, task: str) -> dict[str, Any]:
     return {arm: {"cpu": earlier.get("cpu"), **r} for arm, r in earlier["arms"].items()}
 
 
+def stem(task: str) -> str:
+    """The results' file name: one table per task (chinese-sentiment's is the first, unsuffixed)."""
+    return "pretraining_levers" if task == "chinese-sentiment" else f"pretraining_levers_{task.replace('-', '_')}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arms", nargs="+", default=list(PRETRAINING), choices=list(PRETRAINING))
@@ -81,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     started = time.time()
     results: dict[str, Any] = {"cpu": cpu_model(), "task": args.task, "tapt_steps": args.tapt_steps,
-                               "arms": _earlier_arms(args.out / "pretraining_levers.json", args.task)}
+                               "arms": _earlier_arms(args.out / f"{stem(args.task)}.json", args.task)}
+    task_option = ["--task", args.task] if args.task != "chinese-sentiment" else []
     for arm in args.arms:
         pretrained = pretrain(PRETRAINING[arm], args.runs_dir)
         extra = list(args.extra) + (["--tapt-steps", str(args.tapt_steps)] if arm == "mlm+tapt" else [])
@@ -97,10 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                                 "pretraining_last_eval": last_eval(pretrained),
                                 "baseline": rows[0].get("baseline"), "cpu": cpu_model(),
                                 "command": " ".join(["python experiments/pretraining_levers.py", "--arms", arm,
+                                                     *task_option,
                                                      "--seeds", *map(str, args.seeds)])}
     results["wall_s_this_invocation"] = round(time.time() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out / "pretraining_levers.json", json.dumps(results, indent=2, ensure_ascii=False))
+    write_atomic(args.out / f"{stem(args.task)}.json", json.dumps(results, indent=2, ensure_ascii=False))
     lines = [f"# Pretraining levers on {args.task}\n",
              "Each arm: `python experiments/pretraining_levers.py --arms ARM --seeds ...` on the machine "
              "named in its row; the test split is scored once per run.\n",
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if bar:
         lines.append(f"\nThe bar: {bar['method']} on the same splits, test accuracy {bar['accuracy']:.3f}.")
     md = "\n".join(lines) + "\n"
-    write_atomic(args.out / "pretraining_levers.md", md)
+    write_atomic(args.out / f"{stem(args.task)}.md", md)
     print(md)
     return 0
 
